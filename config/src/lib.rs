@@ -1,0 +1,587 @@
+//! Typed, layered configuration for the tandem server.
+//!
+//! Settings are read, from lowest to highest precedence, from:
+//!
+//! 1. built-in defaults,
+//! 2. a TOML file (`--config <file>` or `TANDEM_CONFIG`), whose keys are the
+//!    field names below (`match_burst = 5`),
+//! 3. environment variables `TANDEM_<FIELD NAME IN CAPITALS>`,
+//! 4. command-line flags `--<field-name-with-dashes>`.
+//!
+//! The result is validated once; every error names the offending key and
+//! where its value came from. The crate does no network I/O and needs no
+//! async runtime.
+//!
+//! ```no_run
+//! let config = tandem_config::load().unwrap_or_else(|err| err.exit());
+//! println!("listening on {}", config.bind);
+//! ```
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+mod error;
+mod validate;
+
+pub use error::ConfigError;
+
+/// A string that must never end up in logs: `Debug` and `Display` print
+/// `[redacted]`. Call [`Secret::expose`] where the real value is needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Use only where it is really needed.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// One entry of the settings table, for error messages and env lookup.
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    /// TOML key and `Config` field name.
+    key: &'static str,
+    /// Environment variable.
+    env: &'static str,
+}
+
+impl Field {
+    fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+/// The `--help` line of one setting: its doc, default and env var.
+fn help_line(doc: &[&str], default: &str, env: &str) -> String {
+    let text = doc
+        .iter()
+        .map(|line| line.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("{text} [default: {default}] [env: {env}]")
+}
+
+/// Config type of a setting: `req` settings always have a value, `opt`
+/// settings may be absent.
+macro_rules! field_type {
+    (req $t:ty) => { $t };
+    (opt $t:ty) => { Option<$t> };
+}
+
+/// Final value of a setting from the winning layer's value and the default.
+macro_rules! pick {
+    (req $value:expr, $default:expr) => {
+        $value.unwrap_or_else(|| $default)
+    };
+    (opt $value:expr, $default:expr) => {
+        $value.or($default)
+    };
+}
+
+/// Generates, from one list of settings, the public `Config`, its
+/// `Default`, the all-`Option` `Layer` parsed from flags, environment and
+/// the TOML file, the table of env vars, and the layer merge.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident : $kind:ident $ty:ty = $default:expr;
+        shown $shown:literal, env $env:literal $(, arg($($arg:tt)+))?;
+    )+) => {
+        /// The server's whole configuration, validated.
+        ///
+        /// Build it with [`load`] (or [`load_from`]); `Config::default()`
+        /// gives the built-in defaults. `Debug` never shows secrets.
+        #[derive(Clone, Debug)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                #[doc = ""]
+                #[doc = concat!("Default: ", $shown, ". TOML key `", stringify!($name), "`, env `", $env, "`.")]
+                pub $name: field_type!($kind $ty),
+            )+
+            /// The TOML file the settings were read from, if any (for logging).
+            pub config_file: Option<PathBuf>,
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    $( $name: pick!($kind None::<$ty>, $default), )+
+                    config_file: None,
+                }
+            }
+        }
+
+        /// One source of settings; `None` means "not set here".
+        #[derive(clap::Args, Debug, Default)]
+        struct Layer {
+            $(
+                #[arg(long, help = help_line(&[$($doc),+], $shown, $env) $(, $($arg)+)?)]
+                $name: Option<$ty>,
+            )+
+        }
+
+        /// Every setting, in declaration order.
+        const FIELDS: &[Field] = &[ $( Field { key: stringify!($name), env: $env }, )+ ];
+
+        impl Layer {
+            /// Fields set in `self` win over those of `lower`.
+            fn or(self, lower: Layer) -> Layer {
+                Layer { $( $name: self.$name.or(lower.$name), )+ }
+            }
+
+            /// Reads a parsed TOML table; every key must be a setting.
+            fn from_table(mut table: toml::Table, path: &Path) -> Result<Layer, ConfigError> {
+                let mut layer = Layer::default();
+                $(
+                    if let Some(value) = table.remove(stringify!($name)) {
+                        let parsed = value.try_into::<$ty>().map_err(|err| ConfigError::FileValue {
+                            path: path.to_owned(),
+                            key: stringify!($name),
+                            message: err.message().trim().to_owned(),
+                        })?;
+                        layer.$name = Some(parsed);
+                    }
+                )+
+                if !table.is_empty() {
+                    let keys: Vec<String> = table.keys().cloned().collect();
+                    return Err(ConfigError::unknown_keys(path, keys));
+                }
+                Ok(layer)
+            }
+        }
+
+        /// Merges the layers (flags over env over file over defaults) and
+        /// records where each setting came from.
+        fn resolve(flags: Layer, env: Layer, file: Layer) -> (Config, Vec<(&'static str, Origin)>) {
+            let mut origins = Vec::with_capacity(FIELDS.len());
+            let config = Config {
+                $(
+                    $name: {
+                        let (value, origin) = first(flags.$name, env.$name, file.$name);
+                        origins.push((stringify!($name), origin));
+                        pick!($kind value, $default)
+                    },
+                )+
+                config_file: None,
+            };
+            (config, origins)
+        }
+    };
+}
+
+/// The highest-precedence value among the three layers.
+fn first<T>(flag: Option<T>, env: Option<T>, file: Option<T>) -> (Option<T>, Origin) {
+    match (flag, env, file) {
+        (Some(v), _, _) => (Some(v), Origin::Flag),
+        (None, Some(v), _) => (Some(v), Origin::Env),
+        (None, None, Some(v)) => (Some(v), Origin::File),
+        (None, None, None) => (None, Origin::Default),
+    }
+}
+
+settings! {
+    /// Address and port to listen on
+    bind: req SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080));
+        shown "0.0.0.0:8080", env "TANDEM_BIND", arg(value_name = "ADDR");
+
+    /// Key for signing guest tokens, at least 32 bytes; prefer the env var or
+    /// config file, as flags show up in `ps`. If unset, a random key is made at
+    /// each start, so tokens do not survive a restart
+    jwt_secret: opt Secret = None;
+        shown "random at each start", env "TANDEM_JWT_SECRET", arg(value_name = "SECRET");
+
+    /// Browser origin allowed to connect, as `scheme://host[:port]` or `*`;
+    /// repeat the flag for several (comma-separated in the env var)
+    allowed_origin: req Vec<String> = Vec::new();
+        shown "none", env "TANDEM_ALLOWED_ORIGIN",
+        arg(value_name = "ORIGIN", value_delimiter = ',');
+
+    /// Development mode, for local testing only; `--dev` alone means true
+    dev: req bool = false;
+        shown "false", env "TANDEM_DEV",
+        arg(
+            value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        );
+
+    /// Log line format
+    log_format: req LogFormat = LogFormat::Text;
+        shown "text", env "TANDEM_LOG_FORMAT", arg(value_name = "FORMAT");
+
+    /// Log filter, e.g. `info` or `tandem=debug,info`
+    log_level: req String = String::from("info");
+        shown "info", env "TANDEM_LOG_LEVEL", arg(value_name = "FILTER");
+
+    /// Lifetime of a guest token, in seconds (60 to 86400)
+    token_ttl_secs: req u64 = 7200;
+        shown "7200", env "TANDEM_TOKEN_TTL_SECS", arg(value_name = "SECS");
+
+    /// Seconds a disconnected guest keeps their partner before the partner is
+    /// told they left (0 ends the chat at once)
+    grace_period_secs: req u64 = 30;
+        shown "30", env "TANDEM_GRACE_PERIOD_SECS", arg(value_name = "SECS");
+
+    /// Seconds before the same two guests may be paired again
+    repair_cooldown_secs: req u64 = 300;
+        shown "300", env "TANDEM_REPAIR_COOLDOWN_SECS", arg(value_name = "SECS");
+
+    /// Seconds after which a "typing…" indicator clears without an update
+    typing_timeout_secs: req u64 = 5;
+        shown "5", env "TANDEM_TYPING_TIMEOUT_SECS", arg(value_name = "SECS");
+
+    /// Messages held for a partner who is briefly away; the oldest go first
+    away_queue_max: req usize = 100;
+        shown "100", env "TANDEM_AWAY_QUEUE_MAX", arg(value_name = "N");
+
+    /// Simultaneous connections (tabs) one guest may hold
+    max_sockets_per_guest: req u32 = 10;
+        shown "10", env "TANDEM_MAX_SOCKETS_PER_GUEST", arg(value_name = "N");
+
+    /// Guest sessions held in memory at most
+    max_sessions: req usize = 100_000;
+        shown "100000", env "TANDEM_MAX_SESSIONS", arg(value_name = "N");
+
+    /// Chat messages one connection may send per second
+    chat_messages_per_sec: req u32 = 10;
+        shown "10", env "TANDEM_CHAT_MESSAGES_PER_SEC", arg(value_name = "N");
+
+    /// Match requests one guest may make per second, sustained
+    match_per_sec: req u32 = 1;
+        shown "1", env "TANDEM_MATCH_PER_SEC", arg(value_name = "N");
+
+    /// Match requests one guest may make in a quick burst
+    match_burst: req u32 = 3;
+        shown "3", env "TANDEM_MATCH_BURST", arg(value_name = "N");
+
+    /// Typing notifications one connection may send per second
+    typing_per_sec: req u32 = 2;
+        shown "2", env "TANDEM_TYPING_PER_SEC", arg(value_name = "N");
+
+    /// Other events one connection may send per second
+    events_per_sec: req u32 = 10;
+        shown "10", env "TANDEM_EVENTS_PER_SEC", arg(value_name = "N");
+
+    /// Rate-limit refusals within the flood window that get a connection cut
+    flood_refusals: req u32 = 50;
+        shown "50", env "TANDEM_FLOOD_REFUSALS", arg(value_name = "N");
+
+    /// Length of the flood window, in seconds
+    flood_window_secs: req u64 = 10;
+        shown "10", env "TANDEM_FLOOD_WINDOW_SECS", arg(value_name = "SECS");
+
+    /// HTTP requests one IP address may make per minute
+    http_requests_per_min: req u32 = 100;
+        shown "100", env "TANDEM_HTTP_REQUESTS_PER_MIN", arg(value_name = "N");
+
+    /// New guests one IP address may create per minute
+    guest_creations_per_min: req u32 = 10;
+        shown "10", env "TANDEM_GUEST_CREATIONS_PER_MIN", arg(value_name = "N");
+
+    /// Simultaneous connections from one IP address
+    max_connections_per_ip: req u32 = 50;
+        shown "50", env "TANDEM_MAX_CONNECTIONS_PER_IP", arg(value_name = "N");
+
+    /// Largest message accepted, in bytes (1024 to 1048576)
+    max_message_bytes: req u64 = 16_384;
+        shown "16384", env "TANDEM_MAX_MESSAGE_BYTES", arg(value_name = "BYTES");
+
+    /// Memory the server aims to stay within, in MiB
+    memory_budget_mb: req u64 = 1024;
+        shown "1024", env "TANDEM_MEMORY_BUDGET_MB", arg(value_name = "MIB");
+
+    /// How often live statistics are refreshed, in milliseconds
+    stats_interval_ms: req u64 = 1000;
+        shown "1000", env "TANDEM_STATS_INTERVAL_MS", arg(value_name = "MS");
+
+    /// A guest seen within this many seconds counts as active
+    active_window_secs: req u64 = 300;
+        shown "300", env "TANDEM_ACTIVE_WINDOW_SECS", arg(value_name = "SECS");
+
+    /// Seconds given to open connections to finish when shutting down
+    shutdown_grace_secs: req u64 = 10;
+        shown "10", env "TANDEM_SHUTDOWN_GRACE_SECS", arg(value_name = "SECS");
+}
+
+/// Environment variable naming the TOML file, like `--config`.
+const CONFIG_ENV: &str = "TANDEM_CONFIG";
+
+/// Prefix of every environment variable this crate reads.
+const ENV_PREFIX: &str = "TANDEM_";
+
+/// The command line: `--config` plus one flag per setting.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem",
+    bin_name = "tandem",
+    version,
+    about = "tandem — pairs anonymous strangers for chat and calls. One binary, nothing else to install.",
+    after_help = "Settings are read from built-in defaults, then the --config TOML file (keys are the \
+                  flag names with underscores, e.g. match_burst = 5), then TANDEM_* environment \
+                  variables, then flags; later ones win. Unknown keys and variables are refused."
+)]
+struct Cli {
+    /// TOML file to read settings from [env: TANDEM_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(flatten)]
+    layer: Layer,
+}
+
+impl Config {
+    /// How long a guest token stays valid.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    /// How long a disconnected guest keeps their partner.
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(self.grace_period_secs)
+    }
+
+    /// How long before the same two guests may be paired again.
+    pub fn repair_cooldown(&self) -> Duration {
+        Duration::from_secs(self.repair_cooldown_secs)
+    }
+
+    /// How long a typing indicator lasts without an update.
+    pub fn typing_timeout(&self) -> Duration {
+        Duration::from_secs(self.typing_timeout_secs)
+    }
+
+    /// The window over which rate-limit refusals are counted.
+    pub fn flood_window(&self) -> Duration {
+        Duration::from_secs(self.flood_window_secs)
+    }
+
+    /// How often live statistics are refreshed.
+    pub fn stats_interval(&self) -> Duration {
+        Duration::from_millis(self.stats_interval_ms)
+    }
+
+    /// How recently a guest must have been seen to count as active.
+    pub fn active_window(&self) -> Duration {
+        Duration::from_secs(self.active_window_secs)
+    }
+
+    /// How long open connections get to finish on shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The memory budget in bytes.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.memory_budget_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Whether any browser origin may connect (`allowed_origin` holds `*`).
+    pub fn allows_any_origin(&self) -> bool {
+        self.allowed_origin.iter().any(|origin| origin == "*")
+    }
+
+    /// Checks every rule on the values. [`load`] already does this; call it
+    /// on a `Config` built by hand.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::check(self, &|_| None)
+    }
+}
+
+/// Loads the configuration from the process's arguments and environment.
+///
+/// On error, `err.exit()` prints help, version or the problem and exits.
+pub fn load() -> Result<Config, ConfigError> {
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        // Only our variables matter; anything else may be any bytes.
+        let Some(key) = key.to_str().filter(|k| k.starts_with(ENV_PREFIX)) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| ConfigError::EnvValue {
+            var: key.to_owned(),
+            message: "the value is not valid UTF-8".to_owned(),
+        })?;
+        env.push((key.to_owned(), value));
+    }
+    load_from(std::env::args_os(), &env)
+}
+
+/// Loads the configuration from the given arguments (including the program
+/// name) and environment variables, without touching the process's own.
+pub fn load_from<I, T>(args: I, env: &[(String, String)]) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // Flags first, so that --help and --version work whatever else is wrong.
+    let cli = Cli::try_parse_from(args)?;
+
+    let env_layer = env_layer(env)?;
+
+    let config_file = cli.config.clone().or_else(|| {
+        env.iter()
+            .rev()
+            .find(|(key, value)| key == CONFIG_ENV && !value.is_empty())
+            .map(|(_, value)| PathBuf::from(value))
+    });
+    let file_layer = match &config_file {
+        Some(path) => read_file(path)?,
+        None => Layer::default(),
+    };
+
+    let (mut config, origins) = resolve(cli.layer, env_layer, file_layer);
+    config.config_file = config_file;
+    normalize(&mut config);
+
+    let path = config.config_file.clone();
+    let describe = |key: &str| -> Option<String> {
+        let origin = origins.iter().find(|(k, _)| *k == key).map(|(_, o)| *o)?;
+        let field = FIELDS.iter().find(|f| f.key == key)?;
+        match origin {
+            Origin::Default => None,
+            Origin::Flag => Some(format!("set by flag {}", field.flag())),
+            Origin::Env => Some(format!("set by environment variable {}", field.env)),
+            Origin::File => Some(format!(
+                "set in config file {}",
+                path.as_deref().unwrap_or(Path::new("?")).display()
+            )),
+        }
+    };
+    validate::check(&config, &describe)?;
+    Ok(config)
+}
+
+/// Builds the environment layer, refusing unknown `TANDEM_*` variables and
+/// parsing each known one with the same parser as its flag.
+fn env_layer(env: &[(String, String)]) -> Result<Layer, ConfigError> {
+    let unknown: Vec<String> = env
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.starts_with(ENV_PREFIX))
+        .filter(|key| *key != CONFIG_ENV && !FIELDS.iter().any(|f| f.env == key.as_str()))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ConfigError::unknown_env(unknown));
+    }
+
+    let mut layer = Layer::default();
+    for field in FIELDS {
+        // The last occurrence wins, as a shell would have it.
+        let Some((_, value)) = env.iter().rev().find(|(key, _)| key == field.env) else {
+            continue;
+        };
+        // An empty variable counts as unset, as in `TANDEM_X= tandem`.
+        if value.is_empty() {
+            continue;
+        }
+        let arg = format!("{}={}", field.flag(), value);
+        let parsed = Cli::try_parse_from([OsString::from("tandem"), OsString::from(arg)]).map_err(
+            |err| ConfigError::EnvValue {
+                var: field.env.to_owned(),
+                message: error::clap_reason(&err, value, field.key == "jwt_secret"),
+            },
+        )?;
+        layer = layer.or(parsed.layer);
+    }
+    Ok(layer)
+}
+
+/// Reads and parses the TOML file.
+fn read_file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: err.to_string().trim_end().to_owned(),
+    })?;
+    Layer::from_table(table, path)
+}
+
+/// Tidies values that are easy to get slightly wrong: stray spaces, empty
+/// list entries, and capitals in origins (browsers send them in lowercase).
+fn normalize(config: &mut Config) {
+    config.allowed_origin = config
+        .allowed_origin
+        .iter()
+        .map(|origin| origin.trim().to_ascii_lowercase())
+        .filter(|origin| !origin.is_empty())
+        .collect();
+    config.log_level = config.log_level.trim().to_owned();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,522 @@
+use std::io::Write;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+
+use super::*;
+
+const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef-extra";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn args(rest: &[&str]) -> Vec<String> {
+    std::iter::once("tandem")
+        .chain(rest.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+fn load_with(rest: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load_from(args(rest), &env(vars))
+}
+
+fn ok(rest: &[&str], vars: &[(&str, &str)]) -> Config {
+    load_with(rest, vars).unwrap_or_else(|err| panic!("unexpected error: {err}"))
+}
+
+fn err(rest: &[&str], vars: &[(&str, &str)]) -> String {
+    match load_with(rest, vars) {
+        Ok(config) => panic!("accepted: {config:?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+fn toml_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.flush().unwrap();
+    file
+}
+
+fn path_of(file: &tempfile::NamedTempFile) -> String {
+    file.path().to_str().unwrap().to_owned()
+}
+
+#[test]
+fn defaults() {
+    let c = ok(&[], &[]);
+    assert_eq!(c.bind, "0.0.0.0:8080".parse().unwrap());
+    assert!(c.jwt_secret.is_none());
+    assert!(c.allowed_origin.is_empty());
+    assert!(!c.dev);
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.log_level, "info");
+    assert_eq!(c.token_ttl_secs, 7200);
+    assert_eq!(c.grace_period_secs, 30);
+    assert_eq!(c.repair_cooldown_secs, 300);
+    assert_eq!(c.typing_timeout_secs, 5);
+    assert_eq!(c.away_queue_max, 100);
+    assert_eq!(c.max_sockets_per_guest, 10);
+    assert_eq!(c.max_sessions, 100_000);
+    assert_eq!(c.chat_messages_per_sec, 10);
+    assert_eq!(c.match_per_sec, 1);
+    assert_eq!(c.match_burst, 3);
+    assert_eq!(c.typing_per_sec, 2);
+    assert_eq!(c.events_per_sec, 10);
+    assert_eq!(c.flood_refusals, 50);
+    assert_eq!(c.flood_window_secs, 10);
+    assert_eq!(c.http_requests_per_min, 100);
+    assert_eq!(c.guest_creations_per_min, 10);
+    assert_eq!(c.max_connections_per_ip, 50);
+    assert_eq!(c.max_message_bytes, 16_384);
+    assert_eq!(c.memory_budget_mb, 1024);
+    assert_eq!(c.stats_interval_ms, 1000);
+    assert_eq!(c.active_window_secs, 300);
+    assert_eq!(c.shutdown_grace_secs, 10);
+    assert!(c.config_file.is_none());
+}
+
+#[test]
+fn default_impl_matches_loaded_defaults_and_is_valid() {
+    let loaded = ok(&[], &[]);
+    let default = Config::default();
+    assert_eq!(format!("{loaded:?}"), format!("{default:?}"));
+    default.validate().unwrap();
+}
+
+#[test]
+fn duration_helpers() {
+    let c = Config::default();
+    assert_eq!(c.token_ttl(), Duration::from_secs(7200));
+    assert_eq!(c.grace_period(), Duration::from_secs(30));
+    assert_eq!(c.repair_cooldown(), Duration::from_secs(300));
+    assert_eq!(c.typing_timeout(), Duration::from_secs(5));
+    assert_eq!(c.flood_window(), Duration::from_secs(10));
+    assert_eq!(c.stats_interval(), Duration::from_millis(1000));
+    assert_eq!(c.active_window(), Duration::from_secs(300));
+    assert_eq!(c.shutdown_grace(), Duration::from_secs(10));
+    assert_eq!(c.memory_budget_bytes(), 1024 * 1024 * 1024);
+    assert!(!c.allows_any_origin());
+}
+
+#[test]
+fn toml_overrides_default() {
+    let file = toml_file(
+        r#"
+        bind = "127.0.0.1:9000"
+        match_burst = 7
+        log_format = "json"
+        dev = true
+        allowed_origin = ["https://a.example", "http://localhost:5173"]
+        jwt_secret = "0123456789abcdef0123456789abcdef"
+        "#,
+    );
+    let c = ok(&["--config", &path_of(&file)], &[]);
+    assert_eq!(c.bind, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(c.match_burst, 7);
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert!(c.dev);
+    assert_eq!(
+        c.allowed_origin,
+        ["https://a.example", "http://localhost:5173"]
+    );
+    assert_eq!(
+        c.jwt_secret.as_ref().map(Secret::expose),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(c.config_file.as_deref(), Some(file.path()));
+    // Untouched keys keep their defaults.
+    assert_eq!(c.match_per_sec, 1);
+}
+
+#[test]
+fn config_file_from_env() {
+    let file = toml_file("match_burst = 8\n");
+    let c = ok(&[], &[("TANDEM_CONFIG", &path_of(&file))]);
+    assert_eq!(c.match_burst, 8);
+    assert_eq!(c.config_file.as_deref(), Some(file.path()));
+}
+
+#[test]
+fn config_flag_wins_over_config_env() {
+    let from_flag = toml_file("match_burst = 8\n");
+    let from_env = toml_file("match_burst = 9\n");
+    let c = ok(
+        &["--config", &path_of(&from_flag)],
+        &[("TANDEM_CONFIG", &path_of(&from_env))],
+    );
+    assert_eq!(c.match_burst, 8);
+}
+
+#[test]
+fn env_overrides_toml() {
+    let file = toml_file("match_burst = 7\nlog_level = \"debug\"\n");
+    let c = ok(
+        &["--config", &path_of(&file)],
+        &[("TANDEM_MATCH_BURST", "11")],
+    );
+    assert_eq!(c.match_burst, 11);
+    assert_eq!(c.log_level, "debug");
+}
+
+#[test]
+fn flag_overrides_env() {
+    let file = toml_file("match_burst = 7\n");
+    let c = ok(
+        &["--config", &path_of(&file), "--match-burst", "13"],
+        &[("TANDEM_MATCH_BURST", "11"), ("TANDEM_MATCH_PER_SEC", "4")],
+    );
+    assert_eq!(c.match_burst, 13);
+    assert_eq!(c.match_per_sec, 4);
+}
+
+#[test]
+fn every_setting_has_flag_and_env() {
+    let c = ok(
+        &[
+            "--bind=127.0.0.1:1",
+            "--log-format=json",
+            "--token-ttl-secs=61",
+            "--max-sessions=5",
+        ],
+        &[
+            ("TANDEM_JWT_SECRET", GOOD_SECRET),
+            ("TANDEM_SHUTDOWN_GRACE_SECS", "0"),
+            ("TANDEM_STATS_INTERVAL_MS", "250"),
+            ("TANDEM_LOG_LEVEL", "tandem=debug,info"),
+        ],
+    );
+    assert_eq!(c.bind.port(), 1);
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.token_ttl_secs, 61);
+    assert_eq!(c.max_sessions, 5);
+    assert_eq!(c.jwt_secret.as_ref().unwrap().expose(), GOOD_SECRET);
+    assert_eq!(c.shutdown_grace_secs, 0);
+    assert_eq!(c.stats_interval(), Duration::from_millis(250));
+    assert_eq!(c.log_level, "tandem=debug,info");
+
+    // The generated table and the env names agree.
+    for field in FIELDS {
+        assert_eq!(
+            field.env,
+            format!("TANDEM_{}", field.key.to_ascii_uppercase()),
+            "{}",
+            field.key
+        );
+    }
+}
+
+#[test]
+fn unknown_toml_key_refused() {
+    let file = toml_file("bind = \"127.0.0.1:1\"\nmatch_brust = 3\n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("match_brust"), "{message}");
+    assert!(message.contains("did you mean `match_burst`"), "{message}");
+}
+
+#[test]
+fn config_key_is_not_a_file_setting() {
+    let file = toml_file("config = \"other.toml\"\n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("unknown key `config`"), "{message}");
+}
+
+#[test]
+fn nested_table_refused() {
+    let file = toml_file("[server]\nbind = \"127.0.0.1:1\"\n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("`server`"), "{message}");
+}
+
+#[test]
+fn toml_syntax_error_reported_with_path() {
+    let file = toml_file("bind = \n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("not valid TOML"), "{message}");
+    assert!(message.contains(&path_of(&file)), "{message}");
+}
+
+#[test]
+fn missing_config_file_reported() {
+    let message = err(&["--config", "/nonexistent/tandem.toml"], &[]);
+    assert!(
+        message.contains("cannot read config file /nonexistent/tandem.toml"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_tandem_env_refused() {
+    let message = err(&[], &[("TANDEM_MATCH_BURTS", "3"), ("TANDEM_NOPE", "1")]);
+    assert!(message.contains("TANDEM_MATCH_BURTS"), "{message}");
+    assert!(
+        message.contains("did you mean TANDEM_MATCH_BURST"),
+        "{message}"
+    );
+    assert!(message.contains("TANDEM_NOPE"), "{message}");
+}
+
+#[test]
+fn other_env_ignored() {
+    let c = ok(
+        &[],
+        &[
+            ("PATH", "/bin"),
+            ("RUST_LOG", "trace"),
+            ("tandem_bind", "x"),
+        ],
+    );
+    assert_eq!(c.log_level, "info");
+}
+
+#[test]
+fn empty_env_counts_as_unset() {
+    let c = ok(&[], &[("TANDEM_BIND", ""), ("TANDEM_CONFIG", "")]);
+    assert_eq!(c.bind.port(), 8080);
+}
+
+#[test]
+fn bad_flag_value_names_flag() {
+    let Err(ConfigError::Cli(e)) = load_with(&["--bind", "nope"], &[]) else {
+        panic!("expected a clap error");
+    };
+    assert_eq!(e.kind(), ErrorKind::ValueValidation);
+    assert!(e.to_string().contains("--bind"), "{e}");
+}
+
+#[test]
+fn zero_rate_refused_naming_key_and_source() {
+    let message = err(&["--match-burst", "0"], &[]);
+    assert!(
+        message.contains("match_burst must be at least 1"),
+        "{message}"
+    );
+    assert!(message.contains("--match-burst"), "{message}");
+
+    let message = err(&[], &[("TANDEM_CHAT_MESSAGES_PER_SEC", "0")]);
+    assert!(
+        message.contains("chat_messages_per_sec must be at least 1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("TANDEM_CHAT_MESSAGES_PER_SEC"),
+        "{message}"
+    );
+}
+
+#[test]
+fn validation_error_carries_key() {
+    let e = load_with(&["--stats-interval-ms", "0"], &[]).unwrap_err();
+    assert_eq!(e.key(), Some("stats_interval_ms"));
+    assert!(matches!(
+        e,
+        ConfigError::Invalid {
+            key: "stats_interval_ms",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bad_toml_value_names_key() {
+    let file = toml_file("log_format = \"xml\"\n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("log_format"), "{message}");
+    assert!(message.contains("xml"), "{message}");
+
+    let file = toml_file("match_burst = -1\n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("match_burst"), "{message}");
+
+    let file = toml_file("bind = 8080\n");
+    let message = err(&["--config", &path_of(&file)], &[]);
+    assert!(message.contains("`bind`"), "{message}");
+}
+
+#[test]
+fn bad_env_value_names_var() {
+    let message = err(&[], &[("TANDEM_BIND", "nope")]);
+    assert!(message.contains("TANDEM_BIND"), "{message}");
+    assert!(message.contains("nope"), "{message}");
+
+    let message = err(&[], &[("TANDEM_LOG_FORMAT", "xml")]);
+    assert!(message.contains("TANDEM_LOG_FORMAT"), "{message}");
+    assert!(message.contains("text, json"), "{message}");
+
+    let message = err(&[], &[("TANDEM_MATCH_BURST", "-3")]);
+    assert!(message.contains("TANDEM_MATCH_BURST"), "{message}");
+}
+
+#[test]
+fn allowed_origin_repeatable_flag_and_comma_env() {
+    let c = ok(
+        &[
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin",
+            "https://b.example:8443",
+        ],
+        &[],
+    );
+    assert_eq!(
+        c.allowed_origin,
+        ["https://a.example", "https://b.example:8443"]
+    );
+
+    let c = ok(
+        &[],
+        &[(
+            "TANDEM_ALLOWED_ORIGIN",
+            "https://a.example, http://localhost:3000",
+        )],
+    );
+    assert_eq!(
+        c.allowed_origin,
+        ["https://a.example", "http://localhost:3000"]
+    );
+
+    // Flags replace the env list rather than adding to it.
+    let c = ok(
+        &["--allowed-origin", "https://c.example"],
+        &[(
+            "TANDEM_ALLOWED_ORIGIN",
+            "https://a.example,https://b.example",
+        )],
+    );
+    assert_eq!(c.allowed_origin, ["https://c.example"]);
+
+    let c = ok(&["--allowed-origin", "*"], &[]);
+    assert!(c.allows_any_origin());
+}
+
+#[test]
+fn bad_origins_refused() {
+    let message = err(&["--allowed-origin", "https://a.example/app"], &[]);
+    assert!(message.contains("allowed_origin"), "{message}");
+    assert!(message.contains("https://a.example/app"), "{message}");
+    let message = err(&[], &[("TANDEM_ALLOWED_ORIGIN", "a.example")]);
+    assert!(message.contains("TANDEM_ALLOWED_ORIGIN"), "{message}");
+}
+
+#[test]
+fn origins_lowercased() {
+    let c = ok(&["--allowed-origin", "HTTPS://Chat.Example.COM"], &[]);
+    assert_eq!(c.allowed_origin, ["https://chat.example.com"]);
+}
+
+#[test]
+fn dev_flag_forms() {
+    assert!(ok(&["--dev"], &[]).dev);
+    assert!(ok(&["--dev=true"], &[]).dev);
+    assert!(!ok(&["--dev=false"], &[]).dev);
+    assert!(!ok(&["--dev=false"], &[("TANDEM_DEV", "true")]).dev);
+    assert!(ok(&[], &[("TANDEM_DEV", "1")]).dev);
+    assert!(ok(&[], &[("TANDEM_DEV", "true")]).dev);
+    assert!(!ok(&[], &[("TANDEM_DEV", "no")]).dev);
+    // `--dev` does not swallow the next flag.
+    let c = ok(&["--dev", "--match-burst", "4"], &[]);
+    assert!(c.dev);
+    assert_eq!(c.match_burst, 4);
+    let message = err(&[], &[("TANDEM_DEV", "maybe")]);
+    assert!(message.contains("TANDEM_DEV"), "{message}");
+}
+
+#[test]
+fn secret_never_printed() {
+    let c = ok(&[], &[("TANDEM_JWT_SECRET", GOOD_SECRET)]);
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(GOOD_SECRET), "{debug}");
+    assert!(debug.contains("[redacted]"), "{debug}");
+    let secret = c.jwt_secret.unwrap();
+    assert_eq!(format!("{secret}"), "[redacted]");
+    assert_eq!(format!("{secret:?}"), "[redacted]");
+    assert_eq!(secret.expose(), GOOD_SECRET);
+}
+
+#[test]
+fn short_secret_refused_without_echo() {
+    let message = err(&[], &[("TANDEM_JWT_SECRET", "hunter2")]);
+    assert!(
+        message.contains("jwt_secret must be at least 32 bytes"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn ranges_enforced() {
+    for (flag, value, key) in [
+        ("--max-message-bytes", "1023", "max_message_bytes"),
+        ("--max-message-bytes", "1048577", "max_message_bytes"),
+        ("--token-ttl-secs", "59", "token_ttl_secs"),
+        ("--token-ttl-secs", "86401", "token_ttl_secs"),
+        ("--grace-period-secs", "999999999", "grace_period_secs"),
+    ] {
+        let message = err(&[flag, value], &[]);
+        assert!(message.contains(key), "{flag} {value}: {message}");
+    }
+    ok(
+        &["--max-message-bytes", "1024", "--token-ttl-secs", "86400"],
+        &[],
+    );
+    ok(
+        &["--max-message-bytes", "1048576", "--token-ttl-secs", "60"],
+        &[],
+    );
+}
+
+#[test]
+fn log_level_checked() {
+    let message = err(&["--log-level", "tandem = debug"], &[]);
+    assert!(message.contains("log_level"), "{message}");
+    let message = err(&[], &[("TANDEM_LOG_LEVEL", "  ")]);
+    assert!(message.contains("log_level"), "{message}");
+    let message = err(&["--log-level="], &[]);
+    assert!(message.contains("log_level"), "{message}");
+    let message = err(&["--log-format", "xml"], &[]);
+    assert!(message.contains("--log-format"), "{message}");
+}
+
+#[test]
+fn help_and_version_are_clap_errors() {
+    let Err(ConfigError::Cli(e)) = load_with(&["--help"], &[]) else {
+        panic!("expected help");
+    };
+    assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+    let help = e.to_string();
+    assert!(help.contains("pairs anonymous strangers"), "{help}");
+    assert!(help.contains("--match-burst"), "{help}");
+    assert!(help.contains("[default: 3]"), "{help}");
+    assert!(help.contains("[env: TANDEM_MATCH_BURST]"), "{help}");
+    assert!(help.contains("TANDEM_CONFIG"), "{help}");
+
+    // Help works even when the environment is wrong.
+    let Err(ConfigError::Cli(e)) = load_with(&["--help"], &[("TANDEM_BOGUS", "1")]) else {
+        panic!("expected help");
+    };
+    assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+
+    let Err(ConfigError::Cli(e)) = load_with(&["--version"], &[]) else {
+        panic!("expected version");
+    };
+    assert_eq!(e.kind(), ErrorKind::DisplayVersion);
+}
+
+#[test]
+fn unknown_flag_is_clap_error() {
+    let Err(ConfigError::Cli(e)) = load_with(&["--match-brust", "3"], &[]) else {
+        panic!("expected a clap error");
+    };
+    assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+}
+
+#[test]
+fn clap_command_is_consistent() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}

@@ -1,0 +1,261 @@
+//! The rules a loaded configuration must follow.
+
+use std::net::Ipv6Addr;
+
+use crate::{Config, ConfigError};
+
+/// Shortest accepted JWT signing key, in bytes.
+const MIN_SECRET_BYTES: usize = 32;
+/// Durations beyond a year are surely mistakes, and would overflow clocks.
+const MAX_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// Checks `config`; `origin(key)` says where a key's value came from.
+pub(crate) fn check(
+    config: &Config,
+    origin: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let fail = |key: &'static str, message: String| ConfigError::Invalid {
+        key,
+        message,
+        origin: origin(key),
+    };
+
+    // Rates, limits and counts: zero would block everything or divide by zero.
+    let positive: [(&'static str, u64); 17] = [
+        ("typing_timeout_secs", config.typing_timeout_secs),
+        ("away_queue_max", config.away_queue_max as u64),
+        ("max_sockets_per_guest", config.max_sockets_per_guest.into()),
+        ("max_sessions", config.max_sessions as u64),
+        ("chat_messages_per_sec", config.chat_messages_per_sec.into()),
+        ("match_per_sec", config.match_per_sec.into()),
+        ("match_burst", config.match_burst.into()),
+        ("typing_per_sec", config.typing_per_sec.into()),
+        ("events_per_sec", config.events_per_sec.into()),
+        ("flood_refusals", config.flood_refusals.into()),
+        ("flood_window_secs", config.flood_window_secs),
+        ("http_requests_per_min", config.http_requests_per_min.into()),
+        (
+            "guest_creations_per_min",
+            config.guest_creations_per_min.into(),
+        ),
+        (
+            "max_connections_per_ip",
+            config.max_connections_per_ip.into(),
+        ),
+        ("memory_budget_mb", config.memory_budget_mb),
+        ("stats_interval_ms", config.stats_interval_ms),
+        ("active_window_secs", config.active_window_secs),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return Err(fail(key, format!("{key} must be at least 1, got 0")));
+        }
+    }
+
+    let durations: [(&'static str, u64); 7] = [
+        ("grace_period_secs", config.grace_period_secs),
+        ("repair_cooldown_secs", config.repair_cooldown_secs),
+        ("typing_timeout_secs", config.typing_timeout_secs),
+        ("flood_window_secs", config.flood_window_secs),
+        ("active_window_secs", config.active_window_secs),
+        ("shutdown_grace_secs", config.shutdown_grace_secs),
+        ("stats_interval_ms", config.stats_interval_ms / 1000),
+    ];
+    for (key, secs) in durations {
+        if secs > MAX_SECS {
+            return Err(fail(
+                key,
+                format!("{key} is too long: it must be at most one year"),
+            ));
+        }
+    }
+
+    in_range(config.token_ttl_secs, "token_ttl_secs", 60, 86_400)
+        .map_err(|m| fail("token_ttl_secs", m))?;
+    in_range(
+        config.max_message_bytes,
+        "max_message_bytes",
+        1024,
+        1_048_576,
+    )
+    .map_err(|m| fail("max_message_bytes", m))?;
+
+    if let Some(secret) = &config.jwt_secret {
+        let len = secret.expose().len();
+        if len < MIN_SECRET_BYTES {
+            return Err(fail(
+                "jwt_secret",
+                format!(
+                    "jwt_secret must be at least {MIN_SECRET_BYTES} bytes long, got {len}; \
+                     generate one with `openssl rand -hex 32`"
+                ),
+            ));
+        }
+    }
+
+    check_origins(&config.allowed_origin).map_err(|m| fail("allowed_origin", m))?;
+
+    let level = &config.log_level;
+    if level.trim().is_empty() {
+        return Err(fail(
+            "log_level",
+            "log_level must not be empty; try `info`".to_owned(),
+        ));
+    }
+    if level.chars().any(char::is_whitespace) {
+        return Err(fail(
+            "log_level",
+            format!(
+                "log_level '{level}' must not contain spaces; separate directives with commas, \
+                 as in `tandem=debug,info`"
+            ),
+        ));
+    }
+
+    Ok(())
+}
+
+fn in_range(value: u64, key: &str, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} must be between {min} and {max}, got {value}"
+        ))
+    }
+}
+
+fn check_origins(origins: &[String]) -> Result<(), String> {
+    let wildcard = origins.iter().any(|origin| origin == "*");
+    if wildcard && origins.len() > 1 {
+        return Err("allowed_origin: `*` already allows every origin, so list it alone".to_owned());
+    }
+    for origin in origins {
+        check_origin(origin)
+            .map_err(|why| format!("allowed_origin entry '{origin}' is invalid: {why}"))?;
+    }
+    Ok(())
+}
+
+/// Accepts `*` or `scheme://host[:port]` with scheme http or https, the
+/// form browsers send in the `Origin` header.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let form = "write it as scheme://host[:port], e.g. https://chat.example.com";
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!("it has no scheme; {form}"));
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(format!("the scheme must be http or https, not '{scheme}'")),
+    };
+    if rest.ends_with('/') && !rest[..rest.len() - 1].contains(['/', '?', '#']) {
+        return Err("remove the trailing `/`: browsers send origins without one".to_owned());
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err(format!("an origin has no path, query or fragment; {form}"));
+    }
+    if rest.contains('@') {
+        return Err(format!("an origin has no user name or password; {form}"));
+    }
+
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return Err("the IPv6 address is missing its closing `]`".to_owned());
+        };
+        if address.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("'{address}' is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return Err(format!("unexpected '{after}' after the address")),
+            },
+        };
+        (None, port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(rest), None),
+        }
+    };
+
+    if let Some(host) = host {
+        let valid = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && !host.starts_with(['.', '-'])
+            && !host.ends_with(['.', '-']);
+        if !valid {
+            return Err(format!("'{host}' is not a valid host name; {form}"));
+        }
+    }
+
+    if let Some(port) = port {
+        let number = port
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n != 0 && port.chars().all(|c| c.is_ascii_digit()));
+        match number {
+            None => return Err(format!("'{port}' is not a valid port (1 to 65535)")),
+            Some(n) if n == default_port => {
+                return Err(format!(
+                    "drop the default port :{n}: browsers leave it out of the Origin header"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        for good in [
+            "*",
+            "https://chat.example.com",
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "https://[::1]:8443",
+            "https://[::1]",
+            "https://xn--bcher-kva.example",
+        ] {
+            assert_eq!(check_origin(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "chat.example.com",
+            "ftp://example.com",
+            "https://example.com/",
+            "https://example.com/app",
+            "https://example.com?x=1",
+            "https://user@example.com",
+            "https://",
+            "https://exa mple.com",
+            "https://example.com:0",
+            "https://example.com:99999",
+            "https://example.com:+80",
+            "https://example.com:443",
+            "http://example.com:80",
+            "https://[::1",
+            "https://[nope]",
+            "https://-example.com",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn wildcard_stands_alone() {
+        assert!(check_origins(&["*".into()]).is_ok());
+        assert!(check_origins(&["*".into(), "https://a.example".into()]).is_err());
+    }
+}

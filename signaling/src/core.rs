@@ -1,0 +1,890 @@
+//! The signaling state machine: sessions, presence, matching, rooms, chat, typing, stats and
+//! per-guest limits. Sans-I/O: every input carries `now`, every effect is an [`Output`] to poll.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::ids::{ConnId, MessageId, RoomId, SessionId};
+use crate::wire::*;
+use crate::SignalError;
+
+/// Recent messages remembered per room, for receipts.
+pub const RECENT_MESSAGES: usize = 256;
+/// Reports remembered per guest (the oldest is forgotten past this).
+const MAX_BLOCKS_PER_GUEST: usize = 1024;
+/// How often the core re-checks the active-guest count on its own.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The core's tunables. `Default` matches the documented defaults.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub token_ttl: Duration,
+    pub grace_period: Duration,
+    pub repair_cooldown: Duration,
+    pub typing_timeout: Duration,
+    pub away_queue_max: usize,
+    pub max_sockets_per_guest: usize,
+    pub max_sessions: usize,
+    pub chat_messages_per_sec: u32,
+    pub match_per_sec: u32,
+    pub match_burst: u32,
+    pub typing_per_sec: u32,
+    pub events_per_sec: u32,
+    pub flood_refusals: u32,
+    pub flood_window: Duration,
+    pub stats_interval: Duration,
+    pub active_window: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(7200),
+            grace_period: Duration::from_secs(30),
+            repair_cooldown: Duration::from_secs(300),
+            typing_timeout: Duration::from_secs(5),
+            away_queue_max: 100,
+            max_sockets_per_guest: 10,
+            max_sessions: 100_000,
+            chat_messages_per_sec: 10,
+            match_per_sec: 1,
+            match_burst: 3,
+            typing_per_sec: 2,
+            events_per_sec: 10,
+            flood_refusals: 50,
+            flood_window: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(1),
+            active_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where an emitted event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Every socket of one guest.
+    Guest(SessionId),
+    /// One socket.
+    Conn(ConnId),
+    /// Every connected socket.
+    All,
+}
+
+/// Why the core asks the shell to close a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Sustained rate-limit refusals.
+    Flood,
+    /// The session expired.
+    SessionExpired,
+}
+
+/// An effect for the shell to carry out, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Emit { to: Target, event: ServerEvent },
+    /// A partner message that needs the receiver's ack: on the first ack call
+    /// [`Core::handle_delivered`], on failure [`Core::handle_undelivered`].
+    Deliver { to: SessionId, message: ChatMessage },
+    Close { conn: ConnId, reason: CloseReason },
+}
+
+/// What `POST /api/guest` and refresh return, before the shell signs a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestInfo {
+    pub session_id: SessionId,
+    pub username: String,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// Monotonic counters for metrics; the shell turns deltas into Prometheus counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub guests_created: u64,
+    pub matches: u64,
+    pub chats_ended: [u64; 4],
+    pub messages_relayed: u64,
+    pub receipts_delivered: u64,
+    pub receipts_read: u64,
+    pub floods_closed: u64,
+    pub sessions_expired: u64,
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, NoOpMiddleware<governor::nanos::Nanos>>;
+
+struct Limiters {
+    message: Limiter,
+    matching: Limiter,
+    typing: Limiter,
+    other: Limiter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Online,
+    Searching { seq: u64, interests: Vec<String> },
+    InChat { room: RoomId },
+}
+
+struct Session {
+    username: String,
+    expires_at: Instant,
+    conns: Vec<ConnId>,
+    state: State,
+    last_active: Instant,
+    /// Bumped on every connect; a grace timer only fires for its own generation.
+    presence_gen: u64,
+    typing: Option<(Instant, u64)>,
+    typing_gen: u64,
+    limits: Limiters,
+    flood: (Instant, u32),
+    /// Messages waiting for this guest while it is away, in order.
+    inbox: VecDeque<(u64, ChatMessage)>,
+    blocks: Vec<SessionId>,
+}
+
+struct Recent {
+    id: MessageId,
+    from: SessionId,
+    seq: u64,
+}
+
+struct Room {
+    guests: [SessionId; 2],
+    next_seq: u64,
+    recent: VecDeque<Recent>,
+}
+
+impl Room {
+    fn other(&self, me: SessionId) -> SessionId {
+        if self.guests[0] == me {
+            self.guests[1]
+        } else {
+            self.guests[0]
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Typing(SessionId, u64),
+    Grace(SessionId, u64),
+    Expiry(SessionId),
+    Unblock(SessionId, SessionId),
+    Sweep,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Until(Instant),
+    Forever,
+}
+
+/// The signaling state machine.
+pub struct Core {
+    cfg: CoreConfig,
+    rng: ChaCha20Rng,
+    epoch: Instant,
+    epoch_unix_ms: u64,
+    clock: FakeRelativeClock,
+    sessions: HashMap<SessionId, Session>,
+    conns: HashMap<ConnId, SessionId>,
+    rooms: HashMap<RoomId, Room>,
+    /// Searching guests by the order they started waiting.
+    queue: BTreeMap<u64, SessionId>,
+    next_seq: u64,
+    blocks: HashMap<(SessionId, SessionId), Block>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    outputs: VecDeque<Output>,
+    stats_due: Option<Instant>,
+    stats_sent_at: Option<Instant>,
+    stats_sent: Option<Stats>,
+    counters: Counters,
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("max(1) is non-zero")
+}
+
+impl Core {
+    /// `seed` feeds the id generator (give it OS randomness in production, a constant in tests);
+    /// `now` and `unix_ms` anchor the wall clock used for message timestamps and expiries.
+    pub fn new(cfg: CoreConfig, seed: [u8; 32], now: Instant, unix_ms: u64) -> Self {
+        let mut core = Self {
+            cfg,
+            rng: ChaCha20Rng::from_seed(seed),
+            epoch: now,
+            epoch_unix_ms: unix_ms,
+            clock: FakeRelativeClock::default(),
+            sessions: HashMap::new(),
+            conns: HashMap::new(),
+            rooms: HashMap::new(),
+            queue: BTreeMap::new(),
+            next_seq: 0,
+            blocks: HashMap::new(),
+            timers: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            stats_due: None,
+            stats_sent_at: None,
+            stats_sent: None,
+            counters: Counters::default(),
+        };
+        core.timers.push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
+        core
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Creates a guest session (`POST /api/guest`).
+    pub fn create_guest(&mut self, username: Option<&str>, now: Instant) -> Result<GuestInfo, SignalError> {
+        self.tick(now);
+        let username = match username {
+            Some(u) => valid_username(u).ok_or(SignalError::InvalidUsername)?,
+            None => format!("Guest-{:04x}", self.rng.next_u32() & 0xffff),
+        };
+        if self.sessions.len() >= self.cfg.max_sessions {
+            return Err(SignalError::ServerBusy);
+        }
+        let id = loop {
+            let id = SessionId::from_raw(self.random_u128());
+            if !self.sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        let expires_at = now + self.cfg.token_ttl;
+        let limits = self.limiters();
+        self.sessions.insert(
+            id,
+            Session {
+                username: username.clone(),
+                expires_at,
+                conns: Vec::new(),
+                state: State::Online,
+                last_active: now,
+                presence_gen: 0,
+                typing: None,
+                typing_gen: 0,
+                limits,
+                flood: (now, 0),
+                inbox: VecDeque::new(),
+                blocks: Vec::new(),
+            },
+        );
+        self.timers.push(Reverse((expires_at, Timer::Expiry(id))));
+        self.counters.guests_created += 1;
+        self.stats_changed(now);
+        Ok(GuestInfo { session_id: id, username, expires_at_ms: self.unix_ms(expires_at) })
+    }
+
+    /// Extends a live session by one token lifetime (`POST /api/guest/refresh`).
+    pub fn refresh(&mut self, id: SessionId, now: Instant) -> Result<GuestInfo, SignalError> {
+        self.tick(now);
+        let ttl = self.cfg.token_ttl;
+        let s = self.live_session(id, now)?;
+        s.expires_at = now + ttl;
+        s.last_active = now;
+        let info = GuestInfo { session_id: id, username: s.username.clone(), expires_at_ms: 0 };
+        self.timers.push(Reverse((now + ttl, Timer::Expiry(id))));
+        Ok(GuestInfo { expires_at_ms: self.unix_ms(now + ttl), ..info })
+    }
+
+    /// May this session open one more socket? (Checked before the socket is accepted.)
+    pub fn admit(&mut self, id: SessionId, now: Instant) -> Result<(), SignalError> {
+        self.tick(now);
+        let max = self.cfg.max_sockets_per_guest;
+        let s = self.live_session(id, now)?;
+        if s.conns.len() >= max {
+            return Err(SignalError::RateLimited);
+        }
+        Ok(())
+    }
+
+    /// A socket of `id` connected. Emits `connection:established` and `realtime:stats` to it,
+    /// tells a partner the guest is back, and delivers messages queued while it was away.
+    pub fn connect(&mut self, id: SessionId, conn: ConnId, now: Instant) -> Result<(), SignalError> {
+        self.admit(id, now)?;
+        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        let returning = s.conns.is_empty();
+        s.conns.push(conn);
+        s.last_active = now;
+        if returning {
+            s.presence_gen += 1;
+        }
+        self.conns.insert(conn, id);
+        let established = self.established(id);
+        self.emit(Target::Conn(conn), ServerEvent::Established(established));
+        let stats = self.stats(now);
+        self.emit(Target::Conn(conn), ServerEvent::Stats(stats));
+        if returning {
+            if let Some((room, partner)) = self.room_of(id) {
+                self.emit(
+                    Target::Guest(partner),
+                    ServerEvent::Presence(PresenceChange { room_id: room, status: Presence::Online }),
+                );
+            }
+            let s = self.sessions.get_mut(&id).expect("session checked above");
+            let inbox = std::mem::take(&mut s.inbox);
+            for (_, message) in inbox {
+                self.outputs.push_back(Output::Deliver { to: id, message });
+            }
+            if matches!(self.sessions[&id].state, State::Searching { .. }) {
+                self.try_match(id, now);
+            }
+        }
+        self.stats_changed(now);
+        Ok(())
+    }
+
+    /// A socket closed (for any reason). Unknown connections are ignored.
+    pub fn disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.tick(now);
+        let Some(id) = self.conns.remove(&conn) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.conns.retain(|c| *c != conn);
+        if !s.conns.is_empty() {
+            return;
+        }
+        let gen = s.presence_gen;
+        self.timers.push(Reverse((now + self.cfg.grace_period, Timer::Grace(id, gen))));
+        self.stop_typing(id);
+        if let Some((room, partner)) = self.room_of(id) {
+            self.emit(
+                Target::Guest(partner),
+                ServerEvent::Presence(PresenceChange { room_id: room, status: Presence::Away }),
+            );
+        }
+        self.stats_changed(now);
+    }
+
+    /// One client event from socket `conn`. `Ok` is the ack payload; `Err` changed nothing
+    /// (except, for floods, a [`Output::Close`] of that socket).
+    pub fn handle_event(&mut self, conn: ConnId, event: ClientEvent, now: Instant) -> Result<Ack, SignalError> {
+        self.tick(now);
+        let id = *self.conns.get(&conn).ok_or(SignalError::Unauthorized)?;
+        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        let limiter = match event.kind() {
+            EventKind::Match => &s.limits.matching,
+            EventKind::Message => &s.limits.message,
+            EventKind::Typing => &s.limits.typing,
+            EventKind::Other => &s.limits.other,
+        };
+        if limiter.check().is_err() {
+            let window = self.cfg.flood_window;
+            if now.duration_since(s.flood.0) > window {
+                s.flood = (now, 0);
+            }
+            s.flood.1 += 1;
+            if s.flood.1 >= self.cfg.flood_refusals {
+                s.flood = (now, 0);
+                self.counters.floods_closed += 1;
+                self.outputs.push_back(Output::Close { conn, reason: CloseReason::Flood });
+            }
+            return Err(SignalError::RateLimited);
+        }
+        let was_inactive = now.duration_since(s.last_active) >= self.cfg.active_window;
+        s.last_active = now;
+        if was_inactive {
+            self.stats_changed(now);
+        }
+        match event {
+            ClientEvent::MatchStart { interests } => self.match_start(id, interests, now),
+            ClientEvent::MatchCancel => self.match_cancel(id, now),
+            ClientEvent::MatchNext { interests } => {
+                let room = self.room_of(id).ok_or(SignalError::NotInChat)?.0;
+                self.end_chat(room, id, EndReason::Skipped, now);
+                self.match_start(id, interests, now)
+            }
+            ClientEvent::ChatLeave => {
+                let room = self.room_of(id).ok_or(SignalError::NotInChat)?.0;
+                self.end_chat(room, id, EndReason::Left, now);
+                Ok(Ack::State(GuestState::Online))
+            }
+            ClientEvent::ChatReport { reason: _ } => {
+                let room = self.room_of(id).ok_or(SignalError::NotInChat)?.0;
+                self.end_chat(room, id, EndReason::Reported, now);
+                Ok(Ack::State(GuestState::Online))
+            }
+            ClientEvent::ChatMessage { client_id, content } => self.chat_message(id, client_id, content, now),
+            ClientEvent::ChatRead { id: msg } => {
+                let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                let room = &self.rooms[&room_id];
+                if !room.recent.iter().rev().any(|r| r.id == msg && r.from == partner) {
+                    return Err(SignalError::UnknownMessage);
+                }
+                self.counters.receipts_read += 1;
+                self.emit(Target::Guest(partner), ServerEvent::Read(MessageRef { id: msg }));
+                Ok(Ack::Ok)
+            }
+            ClientEvent::TypingStart => {
+                let (room, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                let until = now + self.cfg.typing_timeout;
+                let s = self.sessions.get_mut(&id).expect("session looked up above");
+                s.typing_gen += 1;
+                s.typing = Some((until, s.typing_gen));
+                self.timers.push(Reverse((until, Timer::Typing(id, s.typing_gen))));
+                self.emit(Target::Guest(partner), ServerEvent::TypingStart(RoomRef { room_id: room }));
+                Ok(Ack::Ok)
+            }
+            ClientEvent::TypingStop => {
+                self.room_of(id).ok_or(SignalError::NotInChat)?;
+                self.stop_typing(id);
+                Ok(Ack::Ok)
+            }
+        }
+    }
+
+    /// The receiver acknowledged a delivered message.
+    pub fn handle_delivered(&mut self, room: RoomId, msg: MessageId, now: Instant) {
+        self.tick(now);
+        let Some(r) = self.rooms.get(&room) else { return };
+        let Some(rec) = r.recent.iter().rev().find(|r| r.id == msg) else { return };
+        let sender = rec.from;
+        self.counters.receipts_delivered += 1;
+        self.emit(Target::Guest(sender), ServerEvent::Delivered(MessageRef { id: msg }));
+    }
+
+    /// A delivery reached no socket (the receiver's sockets were going away). If the receiver is
+    /// still in the same chat, the message goes back into its queue, in order, for when it returns.
+    pub fn handle_undelivered(&mut self, to: SessionId, message: ChatMessage, now: Instant) {
+        self.tick(now);
+        let Some(s) = self.sessions.get_mut(&to) else { return };
+        if s.state != (State::InChat { room: message.room_id }) {
+            return;
+        }
+        let Some(room) = self.rooms.get(&message.room_id) else { return };
+        let seq = room.recent.iter().rev().find(|x| x.id == message.id).map_or(u64::MAX, |x| x.seq);
+        let at = s.inbox.partition_point(|(q, _)| *q < seq);
+        s.inbox.insert(at, (seq, message));
+    }
+
+    /// Advances time: typing expiry, grace periods, session expiry, cooldowns, stats.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.fire(timer, now);
+        }
+        if self.stats_due.is_some_and(|due| due <= now) {
+            self.stats_due = None;
+            let stats = self.stats(now);
+            if self.stats_sent != Some(stats) {
+                self.stats_sent = Some(stats);
+                self.stats_sent_at = Some(now);
+                self.emit(Target::All, ServerEvent::Stats(stats));
+            }
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When `handle_timeout` next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.stats_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The live statistics.
+    pub fn stats(&self, now: Instant) -> Stats {
+        let mut st = Stats { total_users: self.sessions.len() as u64, ..Stats::default() };
+        for s in self.sessions.values() {
+            st.online_users += u64::from(!s.conns.is_empty());
+            st.active_users += u64::from(now.duration_since(s.last_active) < self.cfg.active_window);
+            match s.state {
+                State::Online => {}
+                State::Searching { .. } => st.available_users += 1,
+                State::InChat { .. } => st.connected_users += 1,
+            }
+        }
+        st
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The session's current id, if it lives (for the shell's refresh/auth checks).
+    pub fn session_alive(&self, id: SessionId, now: Instant) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.expires_at > now)
+    }
+
+    /// Milliseconds since the Unix epoch at `t`, on the core's anchored clock.
+    pub fn unix_ms(&self, t: Instant) -> u64 {
+        self.epoch_unix_ms + t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn tick(&mut self, now: Instant) {
+        let target = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let current: u64 = self.clock.now().into();
+        if target > current {
+            self.clock.advance(Duration::from_nanos(target - current));
+        }
+    }
+
+    fn limiters(&self) -> Limiters {
+        let c = &self.cfg;
+        let per_sec = |n: u32| Quota::per_second(nz(n));
+        let make = |q: Quota| RateLimiter::direct_with_clock(q, self.clock.clone());
+        Limiters {
+            message: make(per_sec(c.chat_messages_per_sec)),
+            matching: make(per_sec(c.match_per_sec).allow_burst(nz(c.match_burst))),
+            typing: make(per_sec(c.typing_per_sec)),
+            other: make(per_sec(c.events_per_sec)),
+        }
+    }
+
+    fn random_u128(&mut self) -> u128 {
+        let mut b = [0u8; 16];
+        self.rng.fill_bytes(&mut b);
+        u128::from_le_bytes(b)
+    }
+
+    fn live_session(&mut self, id: SessionId, now: Instant) -> Result<&mut Session, SignalError> {
+        match self.sessions.get_mut(&id) {
+            Some(s) if s.expires_at > now => Ok(s),
+            _ => Err(SignalError::Unauthorized),
+        }
+    }
+
+    fn emit(&mut self, to: Target, event: ServerEvent) {
+        self.outputs.push_back(Output::Emit { to, event });
+    }
+
+    fn stats_changed(&mut self, now: Instant) {
+        if self.stats_due.is_none() {
+            let due = match self.stats_sent_at {
+                Some(at) => (at + self.cfg.stats_interval).max(now),
+                None => now,
+            };
+            self.stats_due = Some(due);
+        }
+    }
+
+    fn room_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
+        match self.sessions.get(&id)?.state {
+            State::InChat { room } => self.rooms.get(&room).map(|r| (room, r.other(id))),
+            _ => None,
+        }
+    }
+
+    fn established(&self, id: SessionId) -> Established {
+        let s = &self.sessions[&id];
+        let (state, room) = match &s.state {
+            State::Online => (GuestState::Online, None),
+            State::Searching { .. } => (GuestState::Searching, None),
+            State::InChat { room } => {
+                let partner = self.rooms[room].other(id);
+                let username = self.sessions.get(&partner).map(|p| p.username.clone()).unwrap_or_default();
+                (GuestState::InChat, Some(RoomInfo { room_id: *room, partner: Partner { username } }))
+            }
+        };
+        Established { session_id: id, username: s.username.clone(), state, room }
+    }
+
+    fn match_start(&mut self, id: SessionId, interests: Vec<String>, now: Instant) -> Result<Ack, SignalError> {
+        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        match s.state {
+            State::Online => {}
+            State::Searching { .. } => return Err(SignalError::AlreadySearching),
+            State::InChat { .. } => return Err(SignalError::AlreadyInChat),
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        s.state = State::Searching { seq, interests };
+        self.queue.insert(seq, id);
+        self.emit(Target::Guest(id), ServerEvent::Searching(Empty {}));
+        self.stats_changed(now);
+        let state = if self.try_match(id, now) { GuestState::InChat } else { GuestState::Searching };
+        Ok(Ack::State(state))
+    }
+
+    fn match_cancel(&mut self, id: SessionId, now: Instant) -> Result<Ack, SignalError> {
+        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        let State::Searching { seq, .. } = s.state else {
+            return Err(SignalError::NotSearching);
+        };
+        s.state = State::Online;
+        self.queue.remove(&seq);
+        self.stats_changed(now);
+        Ok(Ack::State(GuestState::Online))
+    }
+
+    fn blocked(&self, a: SessionId, b: SessionId, now: Instant) -> bool {
+        match self.blocks.get(&pair(a, b)) {
+            Some(Block::Forever) => true,
+            Some(Block::Until(t)) => *t > now,
+            None => false,
+        }
+    }
+
+    /// Pairs `id` (searching, connected) with the best waiting partner, if any.
+    fn try_match(&mut self, id: SessionId, now: Instant) -> bool {
+        let Some(me) = self.sessions.get(&id) else { return false };
+        let State::Searching { interests: mine, .. } = &me.state else { return false };
+        if me.conns.is_empty() {
+            return false;
+        }
+        let mut first: Option<SessionId> = None;
+        let mut shared: Option<SessionId> = None;
+        for &other in self.queue.values() {
+            if other == id || self.blocked(id, other, now) {
+                continue;
+            }
+            let Some(o) = self.sessions.get(&other) else { continue };
+            if o.conns.is_empty() {
+                continue;
+            }
+            first.get_or_insert(other);
+            if mine.is_empty() {
+                break;
+            }
+            if let State::Searching { interests, .. } = &o.state {
+                if interests.iter().any(|t| mine.contains(t)) {
+                    shared = Some(other);
+                    break;
+                }
+            }
+        }
+        let Some(partner) = shared.or(first) else { return false };
+        self.pair_up(id, partner, now);
+        true
+    }
+
+    fn pair_up(&mut self, a: SessionId, b: SessionId, now: Instant) {
+        let room_id = loop {
+            let r = RoomId::from_raw(self.random_u128());
+            if !self.rooms.contains_key(&r) {
+                break r;
+            }
+        };
+        for id in [a, b] {
+            let s = self.sessions.get_mut(&id).expect("both guests are live");
+            if let State::Searching { seq, .. } = s.state {
+                self.queue.remove(&seq);
+            }
+            s.state = State::InChat { room: room_id };
+        }
+        self.rooms.insert(room_id, Room { guests: [a, b], next_seq: 0, recent: VecDeque::new() });
+        for (me, other) in [(a, b), (b, a)] {
+            let username = self.sessions[&other].username.clone();
+            self.emit(
+                Target::Guest(me),
+                ServerEvent::Found(RoomInfo { room_id, partner: Partner { username } }),
+            );
+        }
+        self.counters.matches += 1;
+        self.stats_changed(now);
+    }
+
+    fn stop_typing(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.typing.take().is_none() {
+            return;
+        }
+        if let Some((room, partner)) = self.room_of(id) {
+            self.emit(Target::Guest(partner), ServerEvent::TypingStop(RoomRef { room_id: room }));
+        }
+    }
+
+    fn end_chat(&mut self, room_id: RoomId, actor: SessionId, reason: EndReason, now: Instant) {
+        self.stop_typing(actor);
+        let Some(room) = self.rooms.remove(&room_id) else { return };
+        let other = room.other(actor);
+        for id in room.guests {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.state = State::Online;
+                s.typing = None;
+                s.inbox.clear();
+            }
+        }
+        let (mine, theirs) = match reason {
+            EndReason::Left => ("You left the chat.", "Stranger has left the chat."),
+            EndReason::Skipped => ("You skipped to the next stranger.", "Stranger has skipped to someone else."),
+            EndReason::Reported => ("You reported the stranger. You won't be matched again.", "Stranger has ended the chat."),
+            EndReason::Disconnected => ("You were disconnected from the chat.", "Stranger has disconnected."),
+        };
+        for (id, text) in [(actor, mine), (other, theirs)] {
+            self.emit(Target::Guest(id), ServerEvent::Ended(Ended { room_id, reason }));
+            let message = ChatMessage {
+                id: MessageId::from_raw(self.rng.next_u64()),
+                room_id,
+                kind: MessageType::System,
+                content: text.to_owned(),
+                timestamp: self.unix_ms(now),
+                from: Sender::System,
+            };
+            self.emit(Target::Guest(id), ServerEvent::Message(message));
+        }
+        let block = if reason == EndReason::Reported {
+            Block::Forever
+        } else {
+            let until = now + self.cfg.repair_cooldown;
+            self.timers.push(Reverse((until, Timer::Unblock(actor, other))));
+            Block::Until(until)
+        };
+        let key = pair(actor, other);
+        if self.blocks.get(&key) != Some(&Block::Forever) {
+            if self.blocks.insert(key, block).is_none() {
+                for (me, them) in [(actor, other), (other, actor)] {
+                    if let Some(s) = self.sessions.get_mut(&me) {
+                        s.blocks.push(them);
+                        if s.blocks.len() > MAX_BLOCKS_PER_GUEST {
+                            let oldest = s.blocks.remove(0);
+                            self.blocks.remove(&pair(me, oldest));
+                        }
+                    }
+                }
+            }
+        }
+        self.counters.chats_ended[reason as usize] += 1;
+        self.stats_changed(now);
+    }
+
+    fn chat_message(&mut self, id: SessionId, client_id: String, content: String, now: Instant) -> Result<Ack, SignalError> {
+        let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+        let p = self.sessions.get(&partner).ok_or(SignalError::NotInChat)?;
+        let away = p.conns.is_empty();
+        if away && p.inbox.len() >= self.cfg.away_queue_max {
+            return Err(SignalError::PartnerAwayQueueFull);
+        }
+        self.stop_typing(id);
+        let msg_id = MessageId::from_raw(self.rng.next_u64());
+        let timestamp = self.unix_ms(now);
+        let room = self.rooms.get_mut(&room_id).expect("room_of found it");
+        let seq = room.next_seq;
+        room.next_seq += 1;
+        if room.recent.len() == RECENT_MESSAGES {
+            room.recent.pop_front();
+        }
+        room.recent.push_back(Recent { id: msg_id, from: id, seq });
+        let message = ChatMessage {
+            id: msg_id,
+            room_id,
+            kind: MessageType::Text,
+            content,
+            timestamp,
+            from: Sender::Partner,
+        };
+        self.emit(Target::Guest(id), ServerEvent::Sent(Sent { client_id, id: msg_id, timestamp }));
+        if away {
+            let p = self.sessions.get_mut(&partner).expect("partner looked up above");
+            p.inbox.push_back((seq, message));
+        } else {
+            self.outputs.push_back(Output::Deliver { to: partner, message });
+        }
+        self.counters.messages_relayed += 1;
+        Ok(Ack::Sent { id: msg_id, timestamp })
+    }
+
+    fn fire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Typing(id, gen) => {
+                let due = self.sessions.get(&id).and_then(|s| s.typing).is_some_and(|(_, g)| g == gen);
+                if due {
+                    self.stop_typing(id);
+                }
+            }
+            Timer::Grace(id, gen) => {
+                let Some(s) = self.sessions.get_mut(&id) else { return };
+                if !s.conns.is_empty() || s.presence_gen != gen {
+                    return;
+                }
+                match s.state {
+                    State::InChat { room } => self.end_chat(room, id, EndReason::Disconnected, now),
+                    State::Searching { .. } => {
+                        let _ = self.match_cancel(id, now);
+                    }
+                    State::Online => {}
+                }
+            }
+            Timer::Expiry(id) => {
+                if self.sessions.get(&id).is_some_and(|s| s.expires_at <= now) {
+                    self.remove_session(id, now);
+                }
+            }
+            Timer::Unblock(a, b) => {
+                let key = pair(a, b);
+                if let Some(Block::Until(t)) = self.blocks.get(&key) {
+                    if *t <= now {
+                        self.blocks.remove(&key);
+                        for (me, them) in [(a, b), (b, a)] {
+                            if let Some(s) = self.sessions.get_mut(&me) {
+                                s.blocks.retain(|x| *x != them);
+                            }
+                        }
+                        // Two guests who were only waiting for each other can pair now.
+                        for id in [a, b] {
+                            self.try_match(id, now);
+                        }
+                    }
+                }
+            }
+            Timer::Sweep => {
+                self.timers.push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
+                if self.stats_sent.is_some_and(|sent| sent != self.stats(now)) {
+                    self.stats_changed(now);
+                }
+            }
+        }
+    }
+
+    fn remove_session(&mut self, id: SessionId, now: Instant) {
+        match self.sessions.get(&id).map(|s| s.state.clone()) {
+            Some(State::InChat { room }) => self.end_chat(room, id, EndReason::Disconnected, now),
+            Some(State::Searching { .. }) => {
+                let _ = self.match_cancel(id, now);
+            }
+            _ => {}
+        }
+        let Some(s) = self.sessions.remove(&id) else { return };
+        for conn in s.conns {
+            self.conns.remove(&conn);
+            self.outputs.push_back(Output::Close { conn, reason: CloseReason::SessionExpired });
+        }
+        for other in s.blocks {
+            self.blocks.remove(&pair(id, other));
+            if let Some(o) = self.sessions.get_mut(&other) {
+                o.blocks.retain(|x| *x != id);
+            }
+        }
+        self.counters.sessions_expired += 1;
+        self.stats_changed(now);
+    }
+}
+
+fn pair(a: SessionId, b: SessionId) -> (SessionId, SessionId) {
+    if a < b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// 1–24 characters after trimming: letters, digits, space, `_`, `-`.
+pub fn valid_username(u: &str) -> Option<String> {
+    let u = u.trim();
+    let n = u.chars().count();
+    let ok = (1..=24).contains(&n) && u.chars().all(|c| c.is_alphanumeric() || c == ' ' || c == '_' || c == '-');
+    ok.then(|| u.to_owned())
+}

@@ -1,0 +1,79 @@
+//! The signaling core's one error type. Every variant is a refusal a client may see: its
+//! `code()` is the wire code and its Display is the human message (never an internal detail).
+
+/// A refused request or event. Nothing changed in the core when one is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("The token is missing, invalid or expired, or its session is gone.")]
+    Unauthorized,
+    #[error("Too many requests; slow down and try again.")]
+    RateLimited,
+    #[error("The server is busy; try again later.")]
+    ServerBusy,
+    #[error("Usernames are 1-24 letters, digits, spaces, '_' or '-'.")]
+    InvalidUsername,
+    #[error("The event's payload has the wrong shape.")]
+    InvalidPayload,
+    #[error("Interests are at most 5 tags of 1-24 characters each.")]
+    InvalidInterests,
+    #[error("You are already searching for a partner.")]
+    AlreadySearching,
+    #[error("You are in a chat; leave it first.")]
+    AlreadyInChat,
+    #[error("You are not searching.")]
+    NotSearching,
+    #[error("You are not in a chat.")]
+    NotInChat,
+    #[error("Messages need a clientId and 1-2000 characters of text without control characters.")]
+    InvalidMessage,
+    #[error("Your partner is away and has too many unread messages; wait for them to return.")]
+    PartnerAwayQueueFull,
+    #[error("No such message from your partner in this chat.")]
+    UnknownMessage,
+    #[error("A report reason is at most 200 characters.")]
+    InvalidReport,
+    #[error("Unknown event.")]
+    UnknownEvent,
+}
+
+impl SignalError {
+    /// The snake_case wire code.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::ServerBusy => "server_busy",
+            Self::InvalidUsername => "invalid_username",
+            Self::InvalidPayload => "invalid_payload",
+            Self::InvalidInterests => "invalid_interests",
+            Self::AlreadySearching => "already_searching",
+            Self::AlreadyInChat => "already_in_chat",
+            Self::NotSearching => "not_searching",
+            Self::NotInChat => "not_in_chat",
+            Self::InvalidMessage => "invalid_message",
+            Self::PartnerAwayQueueFull => "partner_away_queue_full",
+            Self::UnknownMessage => "unknown_message",
+            Self::InvalidReport => "invalid_report",
+            Self::UnknownEvent => "unknown_event",
+        }
+    }
+
+    /// Every variant, for metrics label pre-registration and docs checks.
+    pub const ALL: [SignalError; 15] = [
+        Self::Unauthorized,
+        Self::RateLimited,
+        Self::ServerBusy,
+        Self::InvalidUsername,
+        Self::InvalidPayload,
+        Self::InvalidInterests,
+        Self::AlreadySearching,
+        Self::AlreadyInChat,
+        Self::NotSearching,
+        Self::NotInChat,
+        Self::InvalidMessage,
+        Self::PartnerAwayQueueFull,
+        Self::UnknownMessage,
+        Self::InvalidReport,
+        Self::UnknownEvent,
+    ];
+}

@@ -1,0 +1,201 @@
+//! HTTP routes: guest tokens, stats, health, metrics. Every error is
+//! `{"error":{"code","message"}}` with the right status.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tandem_signaling::{GuestInfo, SignalError};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::bearer;
+use crate::limits::RetryAfter;
+use crate::App;
+
+/// An HTTP error response.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    fn rate_limited(RetryAfter(wait): RetryAfter) -> Self {
+        let mut e = Self::from(SignalError::RateLimited);
+        e.retry_after = Some(wait.as_secs().max(1));
+        e
+    }
+}
+
+impl From<SignalError> for ApiError {
+    fn from(e: SignalError) -> Self {
+        let status = match e {
+            SignalError::Unauthorized => StatusCode::UNAUTHORIZED,
+            SignalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            SignalError::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut res = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    token: String,
+    session_id: String,
+    username: String,
+    expires_at: String,
+}
+
+fn token_response(app: &App, info: GuestInfo) -> Result<TokenResponse, ApiError> {
+    let token = app.tokens.issue(info.session_id, info.expires_at_ms).map_err(|e| {
+        tracing::error!(error = %e, "signing a token failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side.")
+    })?;
+    let at = time::OffsetDateTime::from_unix_timestamp((info.expires_at_ms / 1000) as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    Ok(TokenResponse { token, session_id: info.session_id.to_string(), username: info.username, expires_at: at })
+}
+
+fn ip_of(req: &Request) -> Option<IpAddr> {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let cors_app = app.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, parts| {
+            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            cors_app.origins.allows(origin.to_str().ok(), host)
+        }))
+        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    let api = Router::new()
+        .route("/guest", post(create_guest))
+        .route("/guest/refresh", post(refresh))
+        .route("/stats", get(stats))
+        .fallback(api_not_found)
+        .route_layer(middleware::from_fn_with_state(app.clone(), api_limits))
+        .layer(cors);
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+/// Per-IP and per-guest request limits on `/api/*`.
+async fn api_limits(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(ip) = ip_of(&req) {
+        if let Err(r) = app.http_limits.request(ip) {
+            app.http_metrics.rate_limited.with_label_values(&["ip"]).inc();
+            return Err(ApiError::rate_limited(r));
+        }
+    }
+    if let Some(session) = bearer(req.headers().get(header::AUTHORIZATION)).and_then(|t| app.tokens.verify(t)) {
+        if let Err(r) = app.http_limits.guest_request(session) {
+            app.http_metrics.rate_limited.with_label_values(&["guest"]).inc();
+            return Err(ApiError::rate_limited(r));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(p) => p.as_str().to_owned(),
+        None if req.uri().path().starts_with("/api/") => "/api/*".to_owned(),
+        None => "other".to_owned(),
+    };
+    let res = next.run(req).await;
+    app.http_metrics.requests.with_label_values(&[route.as_str(), res.status().as_str()]).inc();
+    res
+}
+
+async fn create_guest(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Err(r) = app.http_limits.creation(peer.ip()) {
+        app.http_metrics.rate_limited.with_label_values(&["guest_creation"]).inc();
+        return Err(ApiError::rate_limited(r));
+    }
+    if app.draining.load(Ordering::Relaxed) || app.memory.busy() {
+        return Err(SignalError::ServerBusy.into());
+    }
+    let username = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "The body must be a JSON object."))?;
+        let Value::Object(o) = v else {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "The body must be a JSON object."));
+        };
+        match o.get("username") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(SignalError::InvalidUsername.into()),
+        }
+    };
+    let info = app.hub.create_guest(username).await?;
+    Ok((StatusCode::CREATED, Json(token_response(&app, info)?)).into_response())
+}
+
+async fn refresh(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<TokenResponse>, ApiError> {
+    let session = bearer(headers.get(header::AUTHORIZATION))
+        .and_then(|t| app.tokens.verify(t))
+        .ok_or(SignalError::Unauthorized)?;
+    let info = app.hub.refresh(session).await?;
+    Ok(Json(token_response(&app, info)?))
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    Ok(Json(app.hub.stats().await?).into_response())
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" }))).into_response()
+    } else {
+        Json(json!({ "status": "ok" })).into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let body = crate::metrics::encode(&app.registry);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Body::from(body)).into_response()
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.")
+}

@@ -1,0 +1,305 @@
+//! The signaling hub: one task owns the sans-I/O [`Core`] and is fed through one bounded channel,
+//! so everything order-sensitive (a guest's messages, a room) has a single owner. It carries out
+//! the core's outputs on Socket.IO and turns the core's counters into metrics.
+//!
+//! State seam: [`Hub`] is what the HTTP and Socket.IO layers talk to. Today it is backed by the
+//! in-memory core; a Redis-backed implementation replaces what sits behind the channel. Every
+//! guest's sockets join the room [`guest_room`], so a guest is reachable by room on any node.
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use rand::RngCore;
+use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::{AckError, SocketIo};
+use tandem_signaling::wire::{ErrorEvent, Refused, Stats};
+use tandem_signaling::{
+    ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MessageId, Output, RoomId, ServerEvent,
+    SessionId, SignalError, Target,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::SignalingMetrics;
+
+/// Bound of the hub's inbox; past it new work is refused with `server_busy`.
+const INBOX: usize = 65_536;
+/// Commands handled per wake-up at most, so timers are never starved.
+const BATCH: usize = 256;
+
+/// The Socket.IO room that holds every socket of one guest.
+pub fn guest_room(id: SessionId) -> String {
+    format!("g:{id}")
+}
+
+/// Where the answer to a client event goes.
+pub enum Reply {
+    /// The event carried an ack callback.
+    Ack(AckSender),
+    /// No ack: a refusal becomes an `error` event on this socket.
+    Socket(SocketRef, String),
+}
+
+impl Reply {
+    pub fn refuse(self, e: SignalError) {
+        match self {
+            Reply::Ack(ack) => {
+                let _ = ack.send(&Refused::new(e));
+            }
+            Reply::Socket(s, event) => {
+                let body = ErrorEvent { code: e.code(), message: e.to_string(), event: &event };
+                let _ = s.emit("error", &body);
+            }
+        }
+    }
+}
+
+pub enum Command {
+    CreateGuest { username: Option<String>, reply: oneshot::Sender<Result<GuestInfo, SignalError>> },
+    Refresh { session: SessionId, reply: oneshot::Sender<Result<GuestInfo, SignalError>> },
+    Admit { session: SessionId, reply: oneshot::Sender<Result<(), SignalError>> },
+    Connect { session: SessionId, conn: ConnId, socket: SocketRef },
+    Disconnect { conn: ConnId },
+    Event { conn: ConnId, event: ClientEvent, reply: Reply, received: Instant },
+    Delivered { room: RoomId, msg: MessageId },
+    Undelivered { to: SessionId, message: tandem_signaling::wire::ChatMessage },
+    Stats { reply: oneshot::Sender<Stats> },
+}
+
+/// A cheap handle to the hub.
+#[derive(Clone)]
+pub struct Hub {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Hub {
+    /// Queues a command without waiting; `Err` when the hub is saturated or gone.
+    pub fn try_send(&self, cmd: Command) -> Result<(), SignalError> {
+        self.tx.try_send(cmd).map_err(|_| SignalError::ServerBusy)
+    }
+
+    /// Queues a command without waiting; hands it back when the hub is saturated or gone.
+    pub fn try_command(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.try_send(cmd).map_err(|e| e.into_inner())
+    }
+
+    /// Queues a command, waiting for room (for work that must not be lost, like a disconnect).
+    pub async fn send(&self, cmd: Command) {
+        let _ = self.tx.send(cmd).await;
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SignalError> {
+        let (tx, rx) = oneshot::channel();
+        self.try_send(make(tx))?;
+        rx.await.map_err(|_| SignalError::ServerBusy)
+    }
+
+    pub async fn create_guest(&self, username: Option<String>) -> Result<GuestInfo, SignalError> {
+        self.ask(|reply| Command::CreateGuest { username, reply }).await?
+    }
+
+    pub async fn refresh(&self, session: SessionId) -> Result<GuestInfo, SignalError> {
+        self.ask(|reply| Command::Refresh { session, reply }).await?
+    }
+
+    pub async fn admit(&self, session: SessionId) -> Result<(), SignalError> {
+        self.ask(|reply| Command::Admit { session, reply }).await?
+    }
+
+    pub async fn stats(&self) -> Result<Stats, SignalError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+}
+
+/// Starts the hub task.
+pub fn spawn(cfg: CoreConfig, io: SocketIo, metrics: SignalingMetrics) -> (Hub, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let core = Core::new(cfg, seed, Instant::now(), unix_ms);
+    let hub = Hub { tx: tx.clone() };
+    let task = HubTask { core, io, metrics, sockets: HashMap::new(), feedback: Hub { tx }, last: Default::default() };
+    (hub, tokio::spawn(task.run(rx)))
+}
+
+struct HubTask {
+    core: Core,
+    io: SocketIo,
+    metrics: SignalingMetrics,
+    /// This node's sockets by connection id, for per-socket emits and closes.
+    sockets: HashMap<ConnId, SocketRef>,
+    /// For delivery-ack tasks to report back.
+    feedback: Hub,
+    last: tandem_signaling::Counters,
+}
+
+impl HubTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.metrics.hub_batch.observe(n as f64);
+                    for cmd in batch.drain(..) {
+                        self.handle(cmd);
+                    }
+                }
+                _ = sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.drain().await;
+            let counters = self.core.counters();
+            if counters != self.last {
+                self.metrics.apply_counters(&self.last, &counters);
+                self.last = counters;
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::CreateGuest { username, reply } => {
+                let _ = reply.send(self.core.create_guest(username.as_deref(), now));
+            }
+            Command::Refresh { session, reply } => {
+                let _ = reply.send(self.core.refresh(session, now));
+            }
+            Command::Admit { session, reply } => {
+                let _ = reply.send(self.core.admit(session, now));
+            }
+            Command::Connect { session, conn, socket } => match self.core.connect(session, conn, now) {
+                Ok(()) => {
+                    self.metrics.sockets_connected.inc();
+                    self.sockets.insert(conn, socket);
+                }
+                Err(e) => {
+                    // Lost a race with another socket of the same guest, or the session expired
+                    // between admission and connect.
+                    self.metrics.connect_refusals.with_label_values(&[e.code()]).inc();
+                    let _ = socket.disconnect();
+                }
+            },
+            Command::Disconnect { conn } => {
+                if self.sockets.remove(&conn).is_some() {
+                    self.metrics.sockets_connected.dec();
+                }
+                self.core.disconnect(conn, now);
+            }
+            Command::Event { conn, event, reply, received } => {
+                let name = event.name();
+                match self.core.handle_event(conn, event, now) {
+                    Ok(ack) => {
+                        if let Reply::Ack(a) = reply {
+                            let _ = a.send(&ack);
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.refused(e);
+                        reply.refuse(e);
+                    }
+                }
+                self.metrics.event_latency.with_label_values(&[name]).observe(received.elapsed().as_secs_f64());
+            }
+            Command::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
+            Command::Undelivered { to, message } => {
+                self.metrics.undelivered.inc();
+                self.core.handle_undelivered(to, message, now);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.core.stats(now));
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Emit { to, event } => {
+                    if let ServerEvent::Stats(s) = &event {
+                        self.metrics.apply_stats(s);
+                    }
+                    self.emit(to, &event).await;
+                }
+                Output::Deliver { to, message } => {
+                    let op = self.io.to(guest_room(to));
+                    let hub = self.feedback.clone();
+                    match op.emit_with_ack::<_, serde_json::Value>("chat:message", &message).await {
+                        Ok(acks) => {
+                            tokio::spawn(async move {
+                                let mut acks = std::pin::pin!(acks);
+                                let mut reached = false;
+                                while let Some((_, res)) = acks.next().await {
+                                    // Any answer counts, even one whose payload we cannot
+                                    // decode (a bare `ack()` carries no payload at all).
+                                    if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
+                                        let cmd = Command::Delivered { room: message.room_id, msg: message.id };
+                                        let _ = hub.tx.send(cmd).await;
+                                        return;
+                                    }
+                                    reached = true;
+                                }
+                                // No socket got it (the receiver's sockets were just going away):
+                                // hand it back to be queued. A socket that got it and never acked
+                                // is a client that does not send receipts; nothing to retry.
+                                if !reached {
+                                    let _ = hub.tx.send(Command::Undelivered { to, message }).await;
+                                }
+                            });
+                        }
+                        Err(_) => {
+                            let _ = self.feedback.try_send(Command::Undelivered { to, message });
+                        }
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    if let Some(s) = self.sockets.get(&conn) {
+                        tracing::info!(conn = conn.0, ?reason, "closing socket");
+                        if reason == CloseReason::SessionExpired {
+                            let _ = s.emit("error", &ErrorEvent {
+                                code: SignalError::Unauthorized.code(),
+                                message: "Your session expired.".into(),
+                                event: "",
+                            });
+                        }
+                        let _ = s.clone().disconnect();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn emit(&self, to: Target, event: &ServerEvent) {
+        let name = event.name();
+        match to {
+            Target::Conn(conn) => {
+                if let Some(s) = self.sockets.get(&conn) {
+                    let _ = s.emit(name, event);
+                }
+            }
+            Target::Guest(id) => {
+                let r = self.io.to(guest_room(id)).emit(name, event).await;
+                tracing::debug!(name, ?r, "emit guest");
+            }
+            Target::All => {
+                let r = self.io.emit(name, event).await;
+                tracing::debug!(name, ?r, "emit all");
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,139 @@
+//! tandem's I/O shell: sockets, tasks, timers and metrics around the sans-I/O cores.
+
+mod auth;
+mod http;
+mod hub;
+mod limits;
+mod metrics;
+mod sio;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus::Registry;
+use rand::RngCore;
+use socketioxide::SocketIo;
+use tandem_config::Config;
+use tandem_signaling::CoreConfig;
+use tokio::net::TcpListener;
+
+/// Everything the HTTP and Socket.IO layers share.
+pub struct App {
+    hub: hub::Hub,
+    tokens: auth::Tokens,
+    origins: limits::OriginPolicy,
+    ip_conns: limits::IpConns,
+    memory: limits::MemoryGuard,
+    http_limits: limits::HttpLimits,
+    registry: Registry,
+    signaling_metrics: metrics::SignalingMetrics,
+    http_metrics: metrics::HttpMetrics,
+    draining: AtomicBool,
+    next_conn: AtomicU64,
+}
+
+fn core_config(c: &Config) -> CoreConfig {
+    CoreConfig {
+        token_ttl: c.token_ttl(),
+        grace_period: c.grace_period(),
+        repair_cooldown: c.repair_cooldown(),
+        typing_timeout: c.typing_timeout(),
+        away_queue_max: c.away_queue_max,
+        max_sockets_per_guest: c.max_sockets_per_guest as usize,
+        max_sessions: c.max_sessions,
+        chat_messages_per_sec: c.chat_messages_per_sec,
+        match_per_sec: c.match_per_sec,
+        match_burst: c.match_burst,
+        typing_per_sec: c.typing_per_sec,
+        events_per_sec: c.events_per_sec,
+        flood_refusals: c.flood_refusals,
+        flood_window: c.flood_window(),
+        stats_interval: c.stats_interval(),
+        active_window: c.active_window(),
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains: refuses new work, tells clients, closes
+/// their sockets and lets in-flight requests finish (bounded by `shutdown_grace_secs`).
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let secret = match &cfg.jwt_secret {
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "no --jwt-secret (TANDEM_JWT_SECRET) given: using a random one; tokens will not survive a restart"
+            );
+            let mut s = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut s);
+            s
+        }
+    };
+    let registry = Registry::new();
+    let signaling_metrics = metrics::SignalingMetrics::register(&registry);
+    let http_metrics = metrics::HttpMetrics::register(&registry);
+    let (layer, io) = SocketIo::builder()
+        .max_payload(cfg.max_message_bytes)
+        .ack_timeout(Duration::from_secs(10))
+        .build_layer();
+    let (hub, _hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
+    let app = Arc::new(App {
+        hub,
+        tokens: auth::Tokens::new(&secret),
+        origins: limits::OriginPolicy::new(cfg.dev, &cfg.allowed_origin),
+        ip_conns: limits::IpConns::new(cfg.max_connections_per_ip),
+        memory: limits::MemoryGuard::new(cfg.memory_budget_bytes()),
+        http_limits: limits::HttpLimits::new(cfg.http_requests_per_min, cfg.guest_creations_per_min),
+        registry,
+        signaling_metrics,
+        http_metrics,
+        draining: AtomicBool::new(false),
+        next_conn: AtomicU64::new(1),
+    });
+    sio::setup(&io, app.clone());
+    tokio::spawn(housekeeping(app.clone()));
+
+    let router = http::router(app.clone()).layer(layer);
+    let listener = TcpListener::bind(cfg.bind).await.with_context(|| format!("cannot listen on {}", cfg.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, dev = cfg.dev, "tandem listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+    let grace = cfg.shutdown_grace();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("shutting down: refusing new work, closing sockets");
+        app.draining.store(true, Ordering::Relaxed);
+        let _ = io.emit("server:shutdown", &serde_json::json!({})).await;
+        io.close().await;
+        let _ = stop_tx.send(());
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = serve => r.context("HTTP server failed")?,
+        () = drain => tracing::warn!("in-flight requests did not finish within the shutdown grace; exiting"),
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Memory readings and limiter sweeps.
+async fn housekeeping(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        let rss = app.memory.refresh();
+        app.signaling_metrics.resident_memory.set(rss as i64);
+        n += 1;
+        if n % 60 == 0 {
+            app.http_limits.sweep();
+        }
+    }
+}

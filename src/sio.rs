@@ -1,0 +1,167 @@
+//! Socket.IO: admission (middleware), connection setup, and in-order dispatch of client events.
+//!
+//! socketioxide runs each event handler in its own task, which can reorder two events of one
+//! socket. Dispatch therefore happens in the [`Inbound`] extractor, which socketioxide calls
+//! synchronously in packet order; the handler itself is empty.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ConnectInfo;
+use serde_json::Value;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::message::FromMessage;
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::socket::Socket;
+use socketioxide::SocketIo;
+use socketioxide_core::Value as RawValue;
+use tandem_signaling::{ClientEvent, ConnId, SessionId, SignalError};
+
+use crate::hub::{guest_room, Command, Hub, Reply};
+use crate::metrics::SignalingMetrics;
+use crate::App;
+
+/// A refused connection; its Display is the `connect_error` message the client sees.
+#[derive(Debug)]
+struct Refusal(&'static str);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// What the middleware learned, for the connect handler.
+#[derive(Clone)]
+struct Admitted {
+    session: SessionId,
+    ip: Option<IpAddr>,
+}
+
+/// Per-socket context for event dispatch.
+#[derive(Clone)]
+struct ConnCtx {
+    conn: ConnId,
+    hub: Hub,
+    metrics: SignalingMetrics,
+}
+
+pub fn setup(io: &SocketIo, app: Arc<App>) {
+    let a = app.clone();
+    let handler = move |s: SocketRef| {
+        let app = a.clone();
+        async move { on_connect(s, app) }
+    };
+    let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let app = app.clone();
+        async move {
+            let r = admit(&s, auth.ok(), &app).await;
+            if let Err(Refusal(reason)) = &r {
+                app.signaling_metrics.connect_refusals.with_label_values(&[reason]).inc();
+                if *reason == "rate_limited" {
+                    app.signaling_metrics.rate_limited.with_label_values(&["connect"]).inc();
+                }
+            }
+            r
+        }
+    };
+    io.ns("/", handler.with(middleware));
+}
+
+fn client_ip(s: &SocketRef) -> Option<IpAddr> {
+    s.req_parts().extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refusal> {
+    let parts = s.req_parts();
+    let header = |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if !app.origins.allows(header(http::header::ORIGIN), header(http::header::HOST)) {
+        return Err(Refusal("origin_not_allowed"));
+    }
+    if app.draining.load(Ordering::Relaxed) || app.memory.busy() {
+        return Err(Refusal("server_busy"));
+    }
+    let token = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str);
+    let session = token.and_then(|t| app.tokens.verify(t)).ok_or(Refusal("unauthorized"))?;
+    let ip = client_ip(s);
+    if ip.is_some_and(|ip| !app.ip_conns.has_room(ip)) {
+        return Err(Refusal("rate_limited"));
+    }
+    app.hub.admit(session).await.map_err(|e| Refusal(e.code()))?;
+    s.extensions.insert(Admitted { session, ip });
+    Ok(())
+}
+
+fn on_connect(s: SocketRef, app: Arc<App>) {
+    let Some(Admitted { session, ip }) = s.extensions.get::<Admitted>() else {
+        let _ = s.disconnect();
+        return;
+    };
+    let conn = ConnId(app.next_conn.fetch_add(1, Ordering::Relaxed));
+    let span = tracing::debug_span!("conn", conn = conn.0, session = %session);
+    let _enter = span.enter();
+    tracing::debug!(?ip, transport = ?s.transport_type(), "socket connected");
+    s.extensions.insert(ConnCtx { conn, hub: app.hub.clone(), metrics: app.signaling_metrics.clone() });
+    s.join(guest_room(session));
+    if let Some(ip) = ip {
+        app.ip_conns.opened(ip);
+    }
+    let a = app.clone();
+    s.on_disconnect(move |_: SocketRef| {
+        let app = a.clone();
+        async move {
+            if let Some(ip) = ip {
+                app.ip_conns.closed(ip);
+            }
+            app.hub.send(Command::Disconnect { conn }).await;
+            tracing::debug!(conn = conn.0, "socket disconnected");
+        }
+    });
+    s.on_fallback(async |_: Inbound| {});
+    if app.hub.try_send(Command::Connect { session, conn, socket: s.clone() }).is_err() {
+        let _ = s.disconnect();
+    }
+}
+
+/// Extracting this dispatches the event to the hub, in the socket's packet order.
+struct Inbound;
+
+impl FromMessage<LocalAdapter> for Inbound {
+    type Error = Infallible;
+
+    fn from_message(s: Arc<Socket<LocalAdapter>>, mut v: RawValue, ack_id: Option<i64>) -> Result<Self, Infallible> {
+        dispatch(&s, &mut v, ack_id);
+        Ok(Inbound)
+    }
+}
+
+fn dispatch(s: &Arc<Socket<LocalAdapter>>, v: &mut RawValue, ack_id: Option<i64>) {
+    let received = Instant::now();
+    let Some(ctx) = s.extensions.get::<ConnCtx>() else { return };
+    let Ok(Event(name)) = Event::from_message_parts(s, v, &ack_id) else { return };
+    let Ok(TryData(data)) = TryData::<Value>::from_message_parts(s, v, &ack_id);
+    let reply = if ack_id.is_some() {
+        let Ok(ack) = AckSender::from_message_parts(s, v, &ack_id);
+        Reply::Ack(ack)
+    } else {
+        let Ok(socket) = SocketRef::from_message_parts(s, v, &ack_id);
+        Reply::Socket(socket, name.clone())
+    };
+    let event = match ClientEvent::parse(&name, data.ok().as_ref()) {
+        Ok(event) => event,
+        Err(e) => {
+            ctx.metrics.refused(e);
+            reply.refuse(e);
+            return;
+        }
+    };
+    if let Err(Command::Event { reply, .. }) = ctx.hub.try_command(Command::Event { conn: ctx.conn, event, reply, received }) {
+        ctx.metrics.refused(SignalError::ServerBusy);
+        reply.refuse(SignalError::ServerBusy);
+    }
+}

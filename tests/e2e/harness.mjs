@@ -1,0 +1,478 @@
+// Shared helpers for the tandem end-to-end tests.
+//
+// Every test file starts its own tandem process(es) on a free loopback port, talks to it over
+// HTTP (global fetch) and Socket.IO (the official socket.io-client), and stops it afterwards.
+// The binary comes from $TANDEM_BIN (cargo sets it in tests/e2e.rs).
+
+import { spawn } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+
+export { sleep };
+
+// Limits generous enough that ordinary tests never trip them; tests that exercise a limit pass
+// their own value, which replaces the default (clap refuses a repeated single-value flag).
+const DEFAULT_FLAGS = {
+  '--log-level': 'warn',
+  '--guest-creations-per-min': '10000',
+  '--http-requests-per-min': '100000',
+  '--max-connections-per-ip': '1000',
+  '--match-per-sec': '100',
+  '--match-burst': '100',
+  '--events-per-sec': '1000',
+  '--chat-messages-per-sec': '1000',
+  '--typing-per-sec': '1000',
+};
+
+// Flags that may be given several times; their values are appended, never replaced.
+const REPEATABLE = new Set(['--allowed-origin']);
+
+const STARTUP_TIMEOUT_MS = 15_000;
+
+/** Finds a free TCP port on 127.0.0.1 (listen on port 0, read it, close). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Random lowercase hex of `n` characters. */
+export function hex(n) {
+  return randomBytes(Math.ceil(n / 2)).toString('hex').slice(0, n);
+}
+
+/** A valid, probably unique username (letters, digits, '-'; at most 24 characters). */
+export function uname(prefix = 'u') {
+  return `${prefix}-${hex(6)}`;
+}
+
+// Turns ['--a', '1', '--flag', '--b', '2'] into an ordered list of [flag, value|null] entries.
+function parseArgs(list) {
+  const out = [];
+  for (let i = 0; i < list.length; i++) {
+    const flag = String(list[i]);
+    if (!flag.startsWith('--')) throw new Error(`startServer: expected a flag, got ${flag}`);
+    const next = list[i + 1];
+    if (next !== undefined && !String(next).startsWith('--')) {
+      out.push([flag, String(next)]);
+      i++;
+    } else {
+      out.push([flag, null]);
+    }
+  }
+  return out;
+}
+
+const liveServers = new Set();
+
+/**
+ * Starts tandem on a free port with test-friendly limits, then `extraArgs` (which replace
+ * defaults of the same flag). Resolves once GET /healthz answers 200.
+ * @returns {Promise<{url: string, port: number, secret: string, proc: import('node:child_process').ChildProcess, args: string[], output: () => string, stop: () => Promise<void>}>}
+ */
+export async function startServer(extraArgs = []) {
+  const bin = process.env.TANDEM_BIN;
+  if (!bin) throw new Error('TANDEM_BIN is not set: point it at the tandem binary (cargo build --bin tandem)');
+  const port = await freePort();
+  const secret = `e2e-${hex(36)}`; // 40 characters
+  const flags = new Map();
+  flags.set('--bind', [`127.0.0.1:${port}`]);
+  flags.set('--jwt-secret', [secret]);
+  for (const [k, v] of Object.entries(DEFAULT_FLAGS)) flags.set(k, [v]);
+  const overridden = new Set();
+  for (const [flag, value] of parseArgs(extraArgs)) {
+    if (REPEATABLE.has(flag) && flags.has(flag) && overridden.has(flag)) {
+      flags.get(flag).push(value);
+    } else {
+      flags.set(flag, [value]);
+    }
+    overridden.add(flag);
+  }
+  const args = [];
+  for (const [flag, values] of flags) {
+    for (const v of values) {
+      args.push(flag);
+      if (v !== null) args.push(v);
+    }
+  }
+
+  const verbose = !!process.env.TANDEM_E2E_LOG;
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (chunk) => {
+    if (verbose) process.stderr.write(chunk);
+    log += chunk.toString();
+    if (log.length > 64_000) log = log.slice(-32_000);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    proc.once('exit', (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    });
+    proc.once('error', (err) => {
+      exited = { code: null, signal: null, error: err };
+      resolve(exited);
+    });
+  });
+
+  const url = `http://127.0.0.1:${port}`;
+  const sockets = new Set();
+  let stopped = false;
+  const server = {
+    url,
+    port,
+    secret,
+    proc,
+    args,
+    sockets,
+    output: () => log,
+    exited: () => exited,
+    async stop() {
+      if (stopped) return exitPromise;
+      stopped = true;
+      liveServers.delete(server);
+      for (const s of sockets) s.close();
+      sockets.clear();
+      if (exited === null) {
+        proc.kill('SIGTERM');
+        const killer = setTimeout(() => {
+          if (exited === null) proc.kill('SIGKILL');
+        }, 3000);
+        await exitPromise;
+        clearTimeout(killer);
+      }
+      return exitPromise;
+    },
+  };
+  socketRegistry.set(url, sockets);
+  liveServers.add(server);
+
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  for (;;) {
+    if (exited !== null) {
+      await server.stop();
+      throw new Error(
+        `tandem exited during startup (${JSON.stringify(exited)}); args: ${args.join(' ')}\n${log}`,
+      );
+    }
+    try {
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      if (res.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await server.stop();
+      throw new Error(`tandem did not answer GET /healthz 200 within ${STARTUP_TIMEOUT_MS} ms; args: ${args.join(' ')}\n${log}`);
+    }
+    await sleep(50);
+  }
+  return server;
+}
+
+/** Starts a server and stops it when the test `t` (or the suite, for a `before` hook) ends. */
+export async function serverFor(t, extraArgs = []) {
+  const server = await startServer(extraArgs);
+  t.after(() => server.stop());
+  return server;
+}
+
+// Safety net: never leave a server behind if a test process dies.
+process.once('exit', () => {
+  for (const s of liveServers) {
+    try {
+      s.proc.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/**
+ * Calls the server. `body` is JSON-encoded unless it is a string (sent as is) or undefined.
+ * @returns {Promise<{status: number, headers: Headers, body: any, text: string}>}
+ */
+export async function api(url, path, { method = 'GET', body, token, headers = {} } = {}) {
+  const h = { ...headers };
+  let payload;
+  if (body !== undefined) {
+    payload = typeof body === 'string' ? body : JSON.stringify(body);
+    if (!Object.keys(h).some((k) => k.toLowerCase() === 'content-type')) h['content-type'] = 'application/json';
+  }
+  if (token !== undefined) h.authorization = `Bearer ${token}`;
+  const res = await fetch(`${url}${path}`, { method, headers: h, body: payload, signal: AbortSignal.timeout(10_000) });
+  const text = await res.text();
+  let parsed;
+  try {
+    parsed = text === '' ? undefined : JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  return { status: res.status, headers: res.headers, body: parsed, text };
+}
+
+/** POST /api/guest; asserts 201 and returns `{ token, sessionId, username, expiresAt }`. */
+export async function createGuest(url, username) {
+  const res = await api(url, '/api/guest', { method: 'POST', body: username === undefined ? {} : { username } });
+  assert.equal(res.status, 201, `POST /api/guest answered ${res.status}: ${res.text}`);
+  return res.body;
+}
+
+/** Asserts the `{ error: { code, message } }` body of an HTTP error response. */
+export function assertHttpError(res, status, code) {
+  assert.equal(res.status, status, `expected HTTP ${status} ${code}, got ${res.status}: ${res.text}`);
+  assert.ok(res.body && typeof res.body === 'object', `error body is not JSON: ${res.text}`);
+  assert.ok(res.body.error && typeof res.body.error === 'object', `no "error" object in ${res.text}`);
+  assert.equal(res.body.error.code, code);
+  assert.equal(typeof res.body.error.message, 'string');
+  assert.ok(res.body.error.message.length > 0, 'error.message is empty');
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWT (crafted by hand for the auth tests)
+
+export function decodeJwt(token) {
+  const [h, p] = token.split('.');
+  return {
+    header: JSON.parse(Buffer.from(h, 'base64url').toString('utf8')),
+    payload: JSON.parse(Buffer.from(p, 'base64url').toString('utf8')),
+  };
+}
+
+/** Signs `payload` as a JWT. alg: 'HS256' (default), 'HS384', 'HS512' or 'none'. */
+export function signJwt(payload, secret, alg = 'HS256') {
+  const enc = (obj) => Buffer.from(JSON.stringify(obj), 'utf8').toString('base64url');
+  const head = `${enc({ alg, typ: 'JWT' })}.${enc(payload)}`;
+  if (alg === 'none') return `${head}.`;
+  const hash = { HS256: 'sha256', HS384: 'sha384', HS512: 'sha512' }[alg];
+  if (!hash) throw new Error(`signJwt: unsupported alg ${alg}`);
+  return `${head}.${createHmac(hash, secret).update(head).digest('base64url')}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket.IO
+
+const socketRegistry = new Map(); // url -> Set of sockets, closed by server.stop()
+
+// Records every incoming event (and 'disconnect') so that a test can wait for an event that
+// arrived before it started waiting.
+function record(socket) {
+  socket.__log = [];
+  socket.__waiters = [];
+  const push = (event, args) => {
+    const entry = { event, args, payload: args[0], at: Date.now(), consumed: false };
+    socket.__log.push(entry);
+    for (const w of socket.__waiters.slice()) {
+      if (w.event === event && w.pred(entry.payload)) {
+        entry.consumed = true;
+        socket.__waiters.splice(socket.__waiters.indexOf(w), 1);
+        w.resolve(entry);
+        break;
+      }
+    }
+  };
+  socket.onAny((event, ...args) => push(event, args));
+  socket.on('disconnect', (reason, details) => push('disconnect', [reason, details]));
+}
+
+/**
+ * Opens a Socket.IO connection with `auth: { token }` (no token when `token` is undefined).
+ * Resolves with the connected socket; rejects with the `connect_error` error.
+ * opts.autoAck (default true): acknowledge every incoming `chat:message`.
+ * Other opts go to `io()` (e.g. extraHeaders, auth).
+ */
+export function connect(url, token, opts = {}) {
+  const { autoAck = true, timeoutMs = 5000, ...ioOpts } = opts;
+  const socket = io(url, {
+    transports: ['websocket'],
+    forceNew: true,
+    reconnection: false,
+    auth: token === undefined ? {} : { token },
+    ...ioOpts,
+  });
+  socket.autoAck = autoAck;
+  record(socket);
+  socket.on('chat:message', (_msg, ack) => {
+    if (socket.autoAck && typeof ack === 'function') ack();
+  });
+  const reg = socketRegistry.get(url);
+  if (reg) reg.add(socket);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.close();
+      reject(new Error(`connect to ${url} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('connect_error');
+      resolve(socket);
+    });
+    socket.once('connect_error', (err) => {
+      clearTimeout(timer);
+      socket.close();
+      reject(err);
+    });
+  });
+}
+
+/** Connects and asserts that the connection is refused with `message`. */
+export async function assertRefusedConnect(url, token, message, opts = {}) {
+  let err;
+  try {
+    await connect(url, token, opts);
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err, `connection was accepted; expected connect_error "${message}"`);
+  assert.equal(err.message, message, `connect_error message: expected "${message}", got "${err.message}"`);
+}
+
+/**
+ * Resolves with the payload of the first not yet consumed `event` on `socket` that satisfies
+ * `pred` (including events that arrived earlier). Rejects after `timeoutMs`.
+ */
+export async function waitFor(socket, event, timeoutMs = 5000, pred = () => true) {
+  const entry = await waitForEntry(socket, event, timeoutMs, pred);
+  return entry.payload;
+}
+
+/** Like waitFor, resolving with the whole record `{ event, args, payload, at }`. */
+export function waitForEntry(socket, event, timeoutMs = 5000, pred = () => true) {
+  const found = socket.__log.find((e) => !e.consumed && e.event === event && pred(e.payload));
+  if (found) {
+    found.consumed = true;
+    return Promise.resolve(found);
+  }
+  return new Promise((resolve, reject) => {
+    const waiter = {
+      event,
+      pred,
+      resolve: (entry) => {
+        clearTimeout(timer);
+        resolve(entry);
+      },
+    };
+    const timer = setTimeout(() => {
+      const i = socket.__waiters.indexOf(waiter);
+      if (i >= 0) socket.__waiters.splice(i, 1);
+      const seen = socket.__log.map((e) => e.event).join(', ');
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for "${event}" (events seen: ${seen || 'none'})`));
+    }, timeoutMs);
+    socket.__waiters.push(waiter);
+  });
+}
+
+/** Every payload of `event` received so far (consumed or not). */
+export function received(socket, event, pred = () => true) {
+  return socket.__log.filter((e) => e.event === event && pred(e.payload)).map((e) => e.payload);
+}
+
+/** Waits `ms` and asserts that no unconsumed `event` (matching `pred`) arrived. */
+export async function expectNone(socket, event, ms, pred = () => true) {
+  if (ms > 0) await sleep(ms);
+  const got = socket.__log.filter((e) => !e.consumed && e.event === event && pred(e.payload));
+  assert.equal(got.length, 0, `unexpected "${event}": ${JSON.stringify(got.map((e) => e.payload))}`);
+}
+
+/** Emits with an ack callback (5 s timeout) and resolves with the ack's argument. */
+export async function emitAck(socket, event, ...payload) {
+  try {
+    return await socket.timeout(5000).emitWithAck(event, ...payload);
+  } catch (err) {
+    throw new Error(`no ack for "${event}" within 5000 ms (${err.message})`);
+  }
+}
+
+/** Asserts `{ ok: true }` and returns the ack. */
+export function assertOk(ack, what = 'ack') {
+  assert.ok(ack && typeof ack === 'object', `${what}: not an object: ${JSON.stringify(ack)}`);
+  assert.equal(ack.ok, true, `${what}: expected ok:true, got ${JSON.stringify(ack)}`);
+  return ack;
+}
+
+/** Asserts `{ ok: false, error: { code, message } }`; `code` may be a list of accepted codes. */
+export function assertRefused(ack, code, what = 'ack') {
+  assert.ok(ack && typeof ack === 'object', `${what}: not an object: ${JSON.stringify(ack)}`);
+  assert.equal(ack.ok, false, `${what}: expected ok:false, got ${JSON.stringify(ack)}`);
+  assert.ok(ack.error && typeof ack.error === 'object', `${what}: no error object in ${JSON.stringify(ack)}`);
+  if (Array.isArray(code)) {
+    assert.ok(code.includes(ack.error.code), `${what}: expected one of ${code.join('|')}, got ${JSON.stringify(ack.error)}`);
+  } else {
+    assert.equal(ack.error.code, code, `${what}: expected ${code}, got ${JSON.stringify(ack.error)}`);
+  }
+  assert.equal(typeof ack.error.message, 'string', `${what}: error.message is not a string`);
+  assert.ok(ack.error.message.length > 0, `${what}: error.message is empty`);
+  return ack;
+}
+
+/** Resolves when the socket is disconnected (or already is); rejects after `timeoutMs`. */
+export async function waitDisconnect(socket, timeoutMs = 5000) {
+  if (socket.disconnected && socket.__log.some((e) => e.event === 'disconnect')) {
+    return socket.__log.find((e) => e.event === 'disconnect').payload;
+  }
+  return waitFor(socket, 'disconnect', timeoutMs);
+}
+
+/** Creates a guest and connects it; resolves with `{ guest, socket, established }`. */
+export async function guestSocket(url, { username, ...opts } = {}) {
+  const guest = await createGuest(url, username ?? uname('g'));
+  const socket = await connect(url, guest.token, opts);
+  const established = await waitFor(socket, 'connection:established');
+  return { guest, socket, established };
+}
+
+/** Starts a search on `socket` and asserts it has started (ack ok + match:searching). */
+export async function startSearching(socket, interests) {
+  const ack = assertOk(await emitAck(socket, 'match:start', interests ? { interests } : {}), 'match:start');
+  assert.equal(ack.state, 'searching', `match:start: expected state searching, got ${JSON.stringify(ack)}`);
+  await waitFor(socket, 'match:searching');
+  return ack;
+}
+
+/**
+ * Creates two guests, connects them, has both start matching and waits for match:found on
+ * both. Resolves with `{ a, b, ga, gb, roomId }` (sockets a/b, guests ga/gb).
+ */
+export async function pair(url, opts = {}) {
+  const A = await guestSocket(url, { username: uname('A'), ...(opts.a ?? {}) });
+  const B = await guestSocket(url, { username: uname('B'), ...(opts.b ?? {}) });
+  await startSearching(A.socket);
+  assertOk(await emitAck(B.socket, 'match:start', {}), 'match:start (second guest)');
+  const fa = await waitFor(A.socket, 'match:found');
+  const fb = await waitFor(B.socket, 'match:found');
+  assert.equal(fa.roomId, fb.roomId, 'both guests must get the same roomId');
+  assert.equal(fa.partner?.username, B.guest.username);
+  assert.equal(fb.partner?.username, A.guest.username);
+  return { a: A.socket, b: B.socket, ga: A.guest, gb: B.guest, roomId: fa.roomId };
+}
+
+/** Sends a valid text message; asserts ok and returns the ack `{ ok, id, timestamp }`. */
+export async function sendText(socket, content, clientId = `c-${hex(8)}`) {
+  const ack = await emitAck(socket, 'chat:message', { clientId, type: 'text', content });
+  return assertOk(ack, `chat:message ${JSON.stringify(content).slice(0, 40)}`);
+}
+
+/** Ends the chat of `socket` (if any) quietly: used so that pairs do not leak into the queue. */
+export async function leaveQuietly(socket) {
+  try {
+    await socket.timeout(2000).emitWithAck('chat:leave');
+  } catch {
+    // not connected or no ack
+  }
+}
