@@ -103,6 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/guest/refresh", post(refresh))
         .route("/stats", get(stats))
         .fallback(api_not_found)
+        .method_not_allowed_fallback(api_method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), api_limits))
         .layer(cors);
     Router::new()
@@ -198,4 +199,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 async fn api_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.")
+}
+
+async fn api_method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This route does not take that method.")
 }

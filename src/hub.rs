@@ -287,11 +287,11 @@ impl HubTask {
             }
             Target::Guest(id) => {
                 let r = self.io.to(guest_room(id)).emit(name, event).await;
-                tracing::debug!(name, ?r, "emit guest");
+                tracing::trace!(name, ?r, "emit to guest");
             }
             Target::All => {
                 let r = self.io.emit(name, event).await;
-                tracing::debug!(name, ?r, "emit all");
+                tracing::trace!(name, ?r, "emit to all");
             }
         }
     }

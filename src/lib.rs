@@ -21,6 +21,9 @@ use tandem_config::Config;
 use tandem_signaling::CoreConfig;
 use tokio::net::TcpListener;
 
+/// How long a draining server keeps listening after it closed every socket.
+const DRAIN_NOTICE: Duration = Duration::from_secs(1);
+
 /// Everything the HTTP and Socket.IO layers share.
 pub struct App {
     hub: hub::Hub,
@@ -76,6 +79,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let http_metrics = metrics::HttpMetrics::register(&registry);
     let (layer, io) = SocketIo::builder()
         .max_payload(cfg.max_message_bytes)
+        .ws_max_message_size(cfg.max_message_bytes as usize)
+        .ws_max_frame_size(cfg.max_message_bytes as usize)
+        .max_buffer_size(1024)
         .ack_timeout(Duration::from_secs(10))
         .build_layer();
     let (hub, _hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
@@ -112,6 +118,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         app.draining.store(true, Ordering::Relaxed);
         let _ = io.emit("server:shutdown", &serde_json::json!({})).await;
         io.close().await;
+        // Keep answering (healthz 503, new work refused) for a moment so that load balancers
+        // and reconnecting clients see the drain, then stop listening.
+        tokio::time::sleep(DRAIN_NOTICE.min(grace)).await;
         let _ = stop_tx.send(());
         tokio::time::sleep(grace).await;
     };
@@ -132,7 +141,7 @@ async fn housekeeping(app: Arc<App>) {
         let rss = app.memory.refresh();
         app.signaling_metrics.resident_memory.set(rss as i64);
         n += 1;
-        if n % 60 == 0 {
+        if n.is_multiple_of(60) {
             app.http_limits.sweep();
         }
     }

@@ -142,7 +142,7 @@ impl OriginPolicy {
             return true;
         }
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self.list.iter().any(|o| *o == origin) {
+        if self.list.contains(&origin) {
             return true;
         }
         let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));

@@ -12,8 +12,8 @@ fn socketio_e2e() {
     let dir = root.join("tests").join("e2e");
     assert!(
         dir.join("node_modules").is_dir(),
-        "tests/e2e/node_modules is missing: run the test command from tests/e2e/README.md \
-         (`npm ci --prefix tests/e2e && cargo test --test e2e`)"
+        "tests/e2e/node_modules is missing: run the README's test command, `./scripts/test.sh` \
+         (it runs `npm ci` in tests/e2e), or `npm ci --prefix tests/e2e` once"
     );
 
     let mut files: Vec<String> = std::fs::read_dir(&dir)

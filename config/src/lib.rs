@@ -301,7 +301,7 @@ settings! {
     typing_timeout_secs: req u64 = 5;
         shown "5", env "TANDEM_TYPING_TIMEOUT_SECS", arg(value_name = "SECS");
 
-    /// Messages held for a partner who is briefly away; the oldest go first
+    /// Messages queued, in order, for a partner who is briefly away; past this the sender is refused
     away_queue_max: req usize = 100;
         shown "100", env "TANDEM_AWAY_QUEUE_MAX", arg(value_name = "N");
 
@@ -313,7 +313,7 @@ settings! {
     max_sessions: req usize = 100_000;
         shown "100000", env "TANDEM_MAX_SESSIONS", arg(value_name = "N");
 
-    /// Chat messages one connection may send per second
+    /// Chat messages one guest may send per second
     chat_messages_per_sec: req u32 = 10;
         shown "10", env "TANDEM_CHAT_MESSAGES_PER_SEC", arg(value_name = "N");
 
@@ -325,11 +325,11 @@ settings! {
     match_burst: req u32 = 3;
         shown "3", env "TANDEM_MATCH_BURST", arg(value_name = "N");
 
-    /// Typing notifications one connection may send per second
+    /// Typing notifications one guest may send per second
     typing_per_sec: req u32 = 2;
         shown "2", env "TANDEM_TYPING_PER_SEC", arg(value_name = "N");
 
-    /// Other events one connection may send per second
+    /// Other events one guest may send per second
     events_per_sec: req u32 = 10;
         shown "10", env "TANDEM_EVENTS_PER_SEC", arg(value_name = "N");
 

@@ -106,7 +106,10 @@ export async function startServer(extraArgs = []) {
   }
 
   const verbose = !!process.env.TANDEM_E2E_LOG;
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // tandem reads TANDEM_* variables as settings and refuses unknown ones (TANDEM_BIN is ours):
+  // the server is configured by flags only.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_')));
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let log = '';
   const keep = (chunk) => {
     if (verbose) process.stderr.write(chunk);

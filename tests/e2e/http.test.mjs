@@ -217,3 +217,33 @@ test('SIGTERM: connected sockets get server:shutdown', async (t) => {
   const payload = await waitFor(s, 'server:shutdown', 5000);
   assert.deepEqual(payload, {});
 });
+
+test('SIGTERM: while draining, /healthz answers 503 { status: "shutting_down" }', async (t) => {
+  const server = await serverFor(t);
+  const g = await createGuest(server.url, uname('Drain'));
+  // An open socket keeps the server draining (up to its shutdown grace).
+  const s = await connect(server.url, g.token);
+  await waitFor(s, 'connection:established');
+  server.proc.kill('SIGTERM');
+  await waitFor(s, 'server:shutdown', 5000);
+  // Two tries: the first may land on a pooled keep-alive connection the server has just closed.
+  let res;
+  let lastErr;
+  for (let i = 0; i < 2 && !res; i++) {
+    try {
+      res = await api(server.url, '/healthz');
+    } catch (err) {
+      lastErr = err;
+    }
+  }
+  assert.ok(res, `GET /healthz during the drain failed: ${lastErr?.cause?.code ?? lastErr?.message}`);
+  assert.equal(res.status, 503);
+  assert.deepEqual(res.body, { status: 'shutting_down' });
+});
+
+test('memory above 80% of --memory-budget-mb: POST /api/guest → 503 server_busy', async (t) => {
+  const server = await serverFor(t, ['--memory-budget-mb', '1']);
+  assertHttpError(await api(server.url, '/api/guest', { method: 'POST', body: {} }), 503, 'server_busy');
+  // The process itself is healthy.
+  assert.equal((await api(server.url, '/healthz')).status, 200);
+});

@@ -11,7 +11,6 @@ import {
   emitAck,
   assertOk,
   assertRefused,
-  assertRefusedConnect,
   waitDisconnect,
   createGuest,
   guestSocket,
