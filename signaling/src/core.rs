@@ -295,6 +295,8 @@ impl Core {
         s.last_active = now;
         let info = GuestInfo { session_id: id, username: s.username.clone(), expires_at_ms: 0 };
         self.timers.push(Reverse((now + ttl, Timer::Expiry(id))));
+        // `last_active` moved: the active count may have changed.
+        self.stats_changed(now);
         Ok(GuestInfo { expires_at_ms: self.unix_ms(now + ttl), ..info })
     }
 
@@ -380,7 +382,8 @@ impl Core {
         };
         if limiter.check().is_err() {
             let window = self.cfg.flood_window;
-            if now.duration_since(s.flood.0) > window {
+            // The window opens at the first refusal (not at session creation or a stale refusal).
+            if s.flood.1 == 0 || now.duration_since(s.flood.0) > window {
                 s.flood = (now, 0);
             }
             s.flood.1 += 1;
@@ -454,11 +457,19 @@ impl Core {
     }
 
     /// A delivery reached no socket (the receiver's sockets were going away). If the receiver is
-    /// still in the same chat, the message goes back into its queue, in order, for when it returns.
+    /// still in the same chat, the message goes back into its queue, in order, for when it returns;
+    /// if it has a socket again (it came back before this report), it is delivered again at once.
     pub fn handle_undelivered(&mut self, to: SessionId, message: ChatMessage, now: Instant) {
         self.tick(now);
         let Some(s) = self.sessions.get_mut(&to) else { return };
         if s.state != (State::InChat { room: message.room_id }) {
+            return;
+        }
+        if !s.conns.is_empty() {
+            // The receiver is (back) online, e.g. it reconnected before this report arrived: its
+            // queue was already flushed, so deliver again now instead of parking the message in
+            // a queue that is only flushed on the next return.
+            self.outputs.push_back(Output::Deliver { to, message });
             return;
         }
         let Some(room) = self.rooms.get(&message.room_id) else { return };
@@ -744,14 +755,17 @@ impl Core {
             Block::Until(until)
         };
         let key = pair(actor, other);
-        if self.blocks.get(&key) != Some(&Block::Forever) {
-            if self.blocks.insert(key, block).is_none() {
-                for (me, them) in [(actor, other), (other, actor)] {
-                    if let Some(s) = self.sessions.get_mut(&me) {
-                        s.blocks.push(them);
-                        if s.blocks.len() > MAX_BLOCKS_PER_GUEST {
-                            let oldest = s.blocks.remove(0);
-                            self.blocks.remove(&pair(me, oldest));
+        if self.blocks.get(&key) != Some(&Block::Forever) && self.blocks.insert(key, block).is_none() {
+            for (me, them) in [(actor, other), (other, actor)] {
+                if let Some(s) = self.sessions.get_mut(&me) {
+                    s.blocks.push(them);
+                    if s.blocks.len() > MAX_BLOCKS_PER_GUEST {
+                        let oldest = s.blocks.remove(0);
+                        self.blocks.remove(&pair(me, oldest));
+                        // Forget it on the other side too, or a stale entry there would
+                        // later evict a newer block between the same two guests.
+                        if let Some(o) = self.sessions.get_mut(&oldest) {
+                            o.blocks.retain(|x| *x != me);
                         }
                     }
                 }
