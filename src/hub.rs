@@ -4,7 +4,8 @@
 //!
 //! State seam: [`Hub`] is what the HTTP and Socket.IO layers talk to. Today it is backed by the
 //! in-memory core; a Redis-backed implementation replaces what sits behind the channel. Every
-//! guest's sockets join the room [`guest_room`], so a guest is reachable by room on any node.
+//! guest's sockets join the room [`guest_room`], so a guest is reachable by room on any node;
+//! on this node the hub emits straight to the guest's sockets (no room lookup per event).
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use futures_util::StreamExt;
 use rand::RngCore;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
-use tandem_signaling::wire::{ErrorEvent, Refused, Stats};
+use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
     ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MessageId, Output, RoomId, ServerEvent,
     SessionId, SignalError, Target,
@@ -62,7 +63,7 @@ pub enum Command {
     Disconnect { conn: ConnId },
     Event { conn: ConnId, event: ClientEvent, reply: Reply, received: Instant },
     Delivered { room: RoomId, msg: MessageId },
-    Undelivered { to: SessionId, message: tandem_signaling::wire::ChatMessage },
+    Undelivered { to: SessionId, message: ChatMessage },
     Stats { reply: oneshot::Sender<Stats> },
 }
 
@@ -119,7 +120,15 @@ pub fn spawn(cfg: CoreConfig, io: SocketIo, metrics: SignalingMetrics) -> (Hub, 
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let core = Core::new(cfg, seed, Instant::now(), unix_ms);
     let hub = Hub { tx: tx.clone() };
-    let task = HubTask { core, io, metrics, sockets: HashMap::new(), feedback: Hub { tx }, last: Default::default() };
+    let task = HubTask {
+        core,
+        io,
+        metrics,
+        sockets: HashMap::new(),
+        guests: HashMap::new(),
+        feedback: Hub { tx },
+        last: Default::default(),
+    };
     (hub, tokio::spawn(task.run(rx)))
 }
 
@@ -128,7 +137,9 @@ struct HubTask {
     io: SocketIo,
     metrics: SignalingMetrics,
     /// This node's sockets by connection id, for per-socket emits and closes.
-    sockets: HashMap<ConnId, SocketRef>,
+    sockets: HashMap<ConnId, (SessionId, SocketRef)>,
+    /// This node's sockets by guest.
+    guests: HashMap<SessionId, Vec<(ConnId, SocketRef)>>,
     /// For delivery-ack tasks to report back.
     feedback: Hub,
     last: tandem_signaling::Counters,
@@ -179,7 +190,8 @@ impl HubTask {
             Command::Connect { session, conn, socket } => match self.core.connect(session, conn, now) {
                 Ok(()) => {
                     self.metrics.sockets_connected.inc();
-                    self.sockets.insert(conn, socket);
+                    self.guests.entry(session).or_default().push((conn, socket.clone()));
+                    self.sockets.insert(conn, (session, socket));
                 }
                 Err(e) => {
                     // Lost a race with another socket of the same guest, or the session expired
@@ -189,8 +201,14 @@ impl HubTask {
                 }
             },
             Command::Disconnect { conn } => {
-                if self.sockets.remove(&conn).is_some() {
+                if let Some((session, _)) = self.sockets.remove(&conn) {
                     self.metrics.sockets_connected.dec();
+                    if let Some(list) = self.guests.get_mut(&session) {
+                        list.retain(|(c, _)| *c != conn);
+                        if list.is_empty() {
+                            self.guests.remove(&session);
+                        }
+                    }
                 }
                 self.core.disconnect(conn, now);
             }
@@ -229,39 +247,9 @@ impl HubTask {
                     }
                     self.emit(to, &event).await;
                 }
-                Output::Deliver { to, message } => {
-                    let op = self.io.to(guest_room(to));
-                    let hub = self.feedback.clone();
-                    match op.emit_with_ack::<_, serde_json::Value>("chat:message", &message).await {
-                        Ok(acks) => {
-                            tokio::spawn(async move {
-                                let mut acks = std::pin::pin!(acks);
-                                let mut reached = false;
-                                while let Some((_, res)) = acks.next().await {
-                                    // Any answer counts, even one whose payload we cannot
-                                    // decode (a bare `ack()` carries no payload at all).
-                                    if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
-                                        let cmd = Command::Delivered { room: message.room_id, msg: message.id };
-                                        let _ = hub.tx.send(cmd).await;
-                                        return;
-                                    }
-                                    reached = true;
-                                }
-                                // No socket got it (the receiver's sockets were just going away):
-                                // hand it back to be queued. A socket that got it and never acked
-                                // is a client that does not send receipts; nothing to retry.
-                                if !reached {
-                                    let _ = hub.tx.send(Command::Undelivered { to, message }).await;
-                                }
-                            });
-                        }
-                        Err(_) => {
-                            let _ = self.feedback.try_send(Command::Undelivered { to, message });
-                        }
-                    }
-                }
+                Output::Deliver { to, message } => self.deliver(to, message),
                 Output::Close { conn, reason } => {
-                    if let Some(s) = self.sockets.get(&conn) {
+                    if let Some((_, s)) = self.sockets.get(&conn) {
                         tracing::info!(conn = conn.0, ?reason, "closing socket");
                         if reason == CloseReason::SessionExpired {
                             let _ = s.emit("error", &ErrorEvent {
@@ -277,17 +265,52 @@ impl HubTask {
         }
     }
 
+    /// Sends a partner message to every socket of `to`, asking for an ack. The first ack makes
+    /// the sender's `delivered` receipt; if no socket got it, the core queues it again.
+    fn deliver(&self, to: SessionId, message: ChatMessage) {
+        let mut streams = Vec::new();
+        for (_, s) in self.guests.get(&to).map(Vec::as_slice).unwrap_or_default() {
+            if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", &message) {
+                streams.push(Box::pin(acks));
+            }
+        }
+        let hub = self.feedback.clone();
+        if streams.is_empty() {
+            let _ = hub.try_send(Command::Undelivered { to, message });
+            return;
+        }
+        tokio::spawn(async move {
+            let mut acks = futures_util::stream::select_all(streams);
+            let mut reached = false;
+            while let Some((_, res)) = acks.next().await {
+                // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
+                // carries no payload at all).
+                if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
+                    hub.send(Command::Delivered { room: message.room_id, msg: message.id }).await;
+                    return;
+                }
+                reached |= matches!(res, Err(AckError::Timeout));
+            }
+            // No socket got it (the receiver's sockets were just going away): hand it back to be
+            // queued. A socket that got it and never acked is a client that sends no receipts.
+            if !reached {
+                hub.send(Command::Undelivered { to, message }).await;
+            }
+        });
+    }
+
     async fn emit(&self, to: Target, event: &ServerEvent) {
         let name = event.name();
         match to {
             Target::Conn(conn) => {
-                if let Some(s) = self.sockets.get(&conn) {
+                if let Some((_, s)) = self.sockets.get(&conn) {
                     let _ = s.emit(name, event);
                 }
             }
             Target::Guest(id) => {
-                let r = self.io.to(guest_room(id)).emit(name, event).await;
-                tracing::trace!(name, ?r, "emit to guest");
+                for (_, s) in self.guests.get(&id).map(Vec::as_slice).unwrap_or_default() {
+                    let _ = s.emit(name, event);
+                }
             }
             Target::All => {
                 let r = self.io.emit(name, event).await;

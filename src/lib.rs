@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use prometheus::Registry;
 use rand::RngCore;
 use socketioxide::SocketIo;
@@ -104,6 +105,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let router = http::router(app.clone()).layer(layer);
     let listener = TcpListener::bind(cfg.bind).await.with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    // Small Socket.IO frames must not wait for Nagle + delayed ACK (~40 ms per receipt).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tracing::info!(%addr, dev = cfg.dev, "tandem listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
