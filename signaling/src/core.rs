@@ -157,6 +157,8 @@ struct Recent {
     id: MessageId,
     from: SessionId,
     seq: u64,
+    /// The receiver's presence generation when the message was last handed out for delivery.
+    epoch: u64,
 }
 
 struct Room {
@@ -335,8 +337,10 @@ impl Core {
                 );
             }
             let s = self.sessions.get_mut(&id).expect("session checked above");
+            let epoch = s.presence_gen;
             let inbox = std::mem::take(&mut s.inbox);
             for (_, message) in inbox {
+                self.mark_delivering(&message, epoch);
                 self.outputs.push_back(Output::Deliver { to: id, message });
             }
             if matches!(self.sessions[&id].state, State::Searching { .. }) {
@@ -458,20 +462,26 @@ impl Core {
 
     /// A delivery reached no socket (the receiver's sockets were going away). If the receiver is
     /// still in the same chat, the message goes back into its queue, in order, for when it returns;
-    /// if it has a socket again (it came back before this report), it is delivered again at once.
+    /// if it came back since the message was handed out (its queue was already flushed), it is
+    /// delivered again at once. Each return allows one redelivery, so this never loops.
     pub fn handle_undelivered(&mut self, to: SessionId, message: ChatMessage, now: Instant) {
         self.tick(now);
         let Some(s) = self.sessions.get_mut(&to) else { return };
         if s.state != (State::InChat { room: message.room_id }) {
             return;
         }
-        if !s.conns.is_empty() {
-            // The receiver is (back) online, e.g. it reconnected before this report arrived: its
-            // queue was already flushed, so deliver again now instead of parking the message in
-            // a queue that is only flushed on the next return.
+        let current = s.presence_gen;
+        let handed_out = self
+            .rooms
+            .get(&message.room_id)
+            .and_then(|r| r.recent.iter().rev().find(|x| x.id == message.id))
+            .map(|x| x.epoch);
+        if !s.conns.is_empty() && handed_out.is_some_and(|e| e != current) {
+            self.mark_delivering(&message, current);
             self.outputs.push_back(Output::Deliver { to, message });
             return;
         }
+        let Some(s) = self.sessions.get_mut(&to) else { return };
         let Some(room) = self.rooms.get(&message.room_id) else { return };
         let seq = room.recent.iter().rev().find(|x| x.id == message.id).map_or(u64::MAX, |x| x.seq);
         let at = s.inbox.partition_point(|(q, _)| *q < seq);
@@ -544,6 +554,14 @@ impl Core {
     }
 
     // ---- internals ----------------------------------------------------------------------
+
+    fn mark_delivering(&mut self, message: &ChatMessage, epoch: u64) {
+        if let Some(r) = self.rooms.get_mut(&message.room_id) {
+            if let Some(x) = r.recent.iter_mut().rev().find(|x| x.id == message.id) {
+                x.epoch = epoch;
+            }
+        }
+    }
 
     fn tick(&mut self, now: Instant) {
         let target = now.saturating_duration_since(self.epoch).as_nanos() as u64;
@@ -779,6 +797,7 @@ impl Core {
         let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
         let p = self.sessions.get(&partner).ok_or(SignalError::NotInChat)?;
         let away = p.conns.is_empty();
+        let partner_epoch = p.presence_gen;
         if away && p.inbox.len() >= self.cfg.away_queue_max {
             return Err(SignalError::PartnerAwayQueueFull);
         }
@@ -791,7 +810,7 @@ impl Core {
         if room.recent.len() == RECENT_MESSAGES {
             room.recent.pop_front();
         }
-        room.recent.push_back(Recent { id: msg_id, from: id, seq });
+        room.recent.push_back(Recent { id: msg_id, from: id, seq, epoch: partner_epoch });
         let message = ChatMessage {
             id: msg_id,
             room_id,
