@@ -10,11 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use std::future::Future;
-use std::pin::Pin;
-
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use rand::RngCore;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
@@ -66,6 +62,8 @@ pub enum Command {
     Connect { session: SessionId, conn: ConnId, socket: SocketRef },
     Disconnect { conn: ConnId },
     Event { conn: ConnId, event: ClientEvent, reply: Reply, received: Instant },
+    Delivered { room: RoomId, msg: MessageId },
+    Undelivered { to: SessionId, message: ChatMessage },
     Stats { reply: oneshot::Sender<Stats> },
 }
 
@@ -121,14 +119,14 @@ pub fn spawn(cfg: CoreConfig, io: SocketIo, metrics: SignalingMetrics) -> (Hub, 
     rand::rng().fill_bytes(&mut seed);
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let core = Core::new(cfg, seed, Instant::now(), unix_ms);
-    let hub = Hub { tx };
+    let hub = Hub { tx: tx.clone() };
     let task = HubTask {
         core,
         io,
         metrics,
         sockets: HashMap::new(),
         guests: HashMap::new(),
-        pending: FuturesUnordered::new(),
+        feedback: Hub { tx },
         last: Default::default(),
     };
     (hub, tokio::spawn(task.run(rx)))
@@ -142,8 +140,8 @@ struct HubTask {
     sockets: HashMap<ConnId, (SessionId, SocketRef)>,
     /// This node's sockets by guest.
     guests: HashMap<SessionId, Vec<(ConnId, SocketRef)>>,
-    /// Deliveries waiting for the receiver's ack.
-    pending: FuturesUnordered<PendingDelivery>,
+    /// For delivery-ack tasks to report back.
+    feedback: Hub,
     last: tandem_signaling::Counters,
 }
 
@@ -152,49 +150,28 @@ impl HubTask {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
-            let woke = tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => Wake::Commands(n),
-                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => Wake::Delivery(outcome),
-                _ = sleep_until(deadline) => Wake::Timer,
-            };
-            match woke {
-                Wake::Commands(0) => break,
-                Wake::Commands(n) => {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
                     self.metrics.hub_batch.observe(n as f64);
                     for cmd in batch.drain(..) {
                         self.handle(cmd);
                     }
                 }
-                Wake::Delivery(outcome) => {
-                    self.delivery(outcome);
-                    while let Some(Some(outcome)) = self.pending.next().now_or_never() {
-                        self.delivery(outcome);
-                    }
-                }
-                Wake::Timer => {}
+                _ = sleep_until(deadline) => {}
             }
             let now = Instant::now();
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
             }
-            self.drain();
+            self.drain().await;
             let counters = self.core.counters();
             if counters != self.last {
                 self.metrics.apply_counters(&self.last, &counters);
                 self.last = counters;
             }
-        }
-    }
-
-    fn delivery(&mut self, outcome: Delivery) {
-        let now = Instant::now();
-        match outcome {
-            Delivery::Acked { room, msg } => self.core.handle_delivered(room, msg, now),
-            Delivery::Missed { to, message } => {
-                self.metrics.undelivered.inc();
-                self.core.handle_undelivered(to, message, now);
-            }
-            Delivery::NoAck => self.metrics.undelivered.inc(),
         }
     }
 
@@ -250,20 +227,25 @@ impl HubTask {
                 }
                 self.metrics.event_latency.with_label_values(&[name]).observe(received.elapsed().as_secs_f64());
             }
+            Command::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
+            Command::Undelivered { to, message } => {
+                self.metrics.undelivered.inc();
+                self.core.handle_undelivered(to, message, now);
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
             }
         }
     }
 
-    fn drain(&mut self) {
+    async fn drain(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Emit { to, event } => {
                     if let ServerEvent::Stats(s) = &event {
                         self.metrics.apply_stats(s);
                     }
-                    self.emit(to, &event);
+                    self.emit(to, &event).await;
                 }
                 Output::Deliver { to, message } => self.deliver(to, message),
                 Output::Close { conn, reason } => {
@@ -284,27 +266,40 @@ impl HubTask {
     }
 
     /// Sends a partner message to every socket of `to`, asking for an ack. The first ack makes
-    /// the sender's `delivered` receipt; if no socket got it, the core queues it again. The acks
-    /// are awaited inside the hub (no task, no channel hop per message).
-    fn deliver(&mut self, to: SessionId, message: ChatMessage) {
+    /// the sender's `delivered` receipt; if no socket got it, the core queues it again.
+    fn deliver(&self, to: SessionId, message: ChatMessage) {
         let mut streams = Vec::new();
         for (_, s) in self.guests.get(&to).map(Vec::as_slice).unwrap_or_default() {
             if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", &message) {
                 streams.push(Box::pin(acks));
             }
         }
-        let fut: PendingDelivery = match streams.len() {
-            0 => {
-                self.delivery(Delivery::Missed { to, message });
-                return;
+        let hub = self.feedback.clone();
+        if streams.is_empty() {
+            let _ = hub.try_send(Command::Undelivered { to, message });
+            return;
+        }
+        tokio::spawn(async move {
+            let mut acks = futures_util::stream::select_all(streams);
+            let mut reached = false;
+            while let Some((_, res)) = acks.next().await {
+                // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
+                // carries no payload at all).
+                if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
+                    hub.send(Command::Delivered { room: message.room_id, msg: message.id }).await;
+                    return;
+                }
+                reached |= matches!(res, Err(AckError::Timeout));
             }
-            1 => Box::pin(first_ack(streams.pop().expect("one stream"), to, message)),
-            _ => Box::pin(first_ack(futures_util::stream::select_all(streams), to, message)),
-        };
-        self.pending.push(fut);
+            // No socket got it (the receiver's sockets were just going away): hand it back to be
+            // queued. A socket that got it and never acked is a client that sends no receipts.
+            if !reached {
+                hub.send(Command::Undelivered { to, message }).await;
+            }
+        });
     }
 
-    fn emit(&self, to: Target, event: &ServerEvent) {
+    async fn emit(&self, to: Target, event: &ServerEvent) {
         let name = event.name();
         match to {
             Target::Conn(conn) => {
@@ -319,50 +314,11 @@ impl HubTask {
             }
             Target::All => {
                 // `of` rather than `emit`: the namespace is gone once shutdown closed it.
-                // The local adapter broadcasts synchronously; its future is ready at once.
                 if let Some(all) = self.io.of("/") {
-                    let _ = all.emit(name, event).now_or_never();
+                    let _ = all.emit(name, event).await;
                 }
             }
         }
-    }
-}
-
-enum Wake {
-    Commands(usize),
-    Delivery(Delivery),
-    Timer,
-}
-
-/// How a delivery ended.
-enum Delivery {
-    /// A socket of the receiver acknowledged it.
-    Acked { room: RoomId, msg: MessageId },
-    /// No socket got it (the receiver's sockets were going away): the core may queue it again.
-    Missed { to: SessionId, message: ChatMessage },
-    /// Sockets got it but none acked in time: a client that sends no receipts.
-    NoAck,
-}
-
-type PendingDelivery = Pin<Box<dyn Future<Output = Delivery> + Send>>;
-
-async fn first_ack<S>(mut acks: S, to: SessionId, message: ChatMessage) -> Delivery
-where
-    S: futures_util::Stream<Item = (socketioxide::socket::Sid, Result<serde_json::Value, AckError>)> + Unpin,
-{
-    let mut reached = false;
-    while let Some((_, res)) = acks.next().await {
-        // Any answer counts, even one whose payload we cannot decode (a bare `ack()` carries
-        // no payload at all).
-        if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
-            return Delivery::Acked { room: message.room_id, msg: message.id };
-        }
-        reached |= matches!(res, Err(AckError::Timeout));
-    }
-    if reached {
-        Delivery::NoAck
-    } else {
-        Delivery::Missed { to, message }
     }
 }
 
