@@ -35,7 +35,11 @@ impl Tokens {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 0;
-        Self { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret), validation }
+        Self {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+            validation,
+        }
     }
 
     /// Signs a token for `session` that expires at `exp_ms` (ms since the epoch).
@@ -80,12 +84,22 @@ mod tests {
     fn round_trip_and_refusals() {
         let t = Tokens::new(b"0123456789abcdef0123456789abcdef");
         let id = SessionId::from_raw(42);
-        let far = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600) * 1000;
+        let far = (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600)
+            * 1000;
         let tok = t.issue(id, far).unwrap();
         assert_eq!(t.verify(&tok), Some(id));
         let other = Tokens::new(b"another-secret-another-secret-xx");
         assert_eq!(other.verify(&tok), None);
-        let past = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 10) * 1000;
+        let past = (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 10)
+            * 1000;
         assert_eq!(t.verify(&t.issue(id, past).unwrap()), None);
         assert_eq!(t.verify("garbage"), None);
         // alg "none" with the same claims

@@ -31,7 +31,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     fn rate_limited(RetryAfter(wait): RetryAfter) -> Self {
@@ -58,7 +63,8 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
         let mut res = (self.status, body).into_response();
         if let Some(secs) = self.retry_after {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
@@ -74,26 +80,46 @@ struct TokenResponse {
 }
 
 fn token_response(app: &App, info: GuestInfo) -> Result<TokenResponse, ApiError> {
-    let token = app.tokens.issue(info.session_id, info.expires_at_ms).map_err(|e| {
-        tracing::error!(error = %e, "signing a token failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side.")
-    })?;
+    let token = app
+        .tokens
+        .issue(info.session_id, info.expires_at_ms)
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing a token failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Something went wrong on our side.",
+            )
+        })?;
     let at = time::OffsetDateTime::from_unix_timestamp((info.expires_at_ms / 1000) as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
-    Ok(TokenResponse { token, session_id: info.session_id.to_string(), username: info.username, expires_at: at })
+    Ok(TokenResponse {
+        token,
+        session_id: info.session_id.to_string(),
+        username: info.username,
+        expires_at: at,
+    })
 }
 
 fn ip_of(req: &Request) -> Option<IpAddr> {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 pub fn router(app: Arc<App>) -> Router {
     let cors_app = app.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin, parts| {
-            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
             cors_app.origins.allows(origin.to_str().ok(), host)
         }))
         .allow_methods([http::Method::GET, http::Method::POST])
@@ -115,16 +141,28 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Per-IP and per-guest request limits on `/api/*`.
-async fn api_limits(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn api_limits(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(ip) = ip_of(&req) {
         if let Err(r) = app.http_limits.request(ip) {
-            app.http_metrics.rate_limited.with_label_values(&["ip"]).inc();
+            app.http_metrics
+                .rate_limited
+                .with_label_values(&["ip"])
+                .inc();
             return Err(ApiError::rate_limited(r));
         }
     }
-    if let Some(session) = bearer(req.headers().get(header::AUTHORIZATION)).and_then(|t| app.tokens.verify(t)) {
+    if let Some(session) =
+        bearer(req.headers().get(header::AUTHORIZATION)).and_then(|t| app.tokens.verify(t))
+    {
         if let Err(r) = app.http_limits.guest_request(session) {
-            app.http_metrics.rate_limited.with_label_values(&["guest"]).inc();
+            app.http_metrics
+                .rate_limited
+                .with_label_values(&["guest"])
+                .inc();
             return Err(ApiError::rate_limited(r));
         }
     }
@@ -138,7 +176,10 @@ async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -
         None => "other".to_owned(),
     };
     let res = next.run(req).await;
-    app.http_metrics.requests.with_label_values(&[route.as_str(), res.status().as_str()]).inc();
+    app.http_metrics
+        .requests
+        .with_label_values(&[route.as_str(), res.status().as_str()])
+        .inc();
     res
 }
 
@@ -148,7 +189,10 @@ async fn create_guest(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if let Err(r) = app.http_limits.creation(peer.ip()) {
-        app.http_metrics.rate_limited.with_label_values(&["guest_creation"]).inc();
+        app.http_metrics
+            .rate_limited
+            .with_label_values(&["guest_creation"])
+            .inc();
         return Err(ApiError::rate_limited(r));
     }
     if app.draining.load(Ordering::Relaxed) || app.memory.busy() {
@@ -157,10 +201,19 @@ async fn create_guest(
     let username = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "The body must be a JSON object."))?;
+        let v: Value = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "The body must be a JSON object.",
+            )
+        })?;
         let Value::Object(o) = v else {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "The body must be a JSON object."));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "The body must be a JSON object.",
+            ));
         };
         match o.get("username") {
             None | Some(Value::Null) => None,
@@ -172,7 +225,10 @@ async fn create_guest(
     Ok((StatusCode::CREATED, Json(token_response(&app, info)?)).into_response())
 }
 
-async fn refresh(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<TokenResponse>, ApiError> {
+async fn refresh(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<TokenResponse>, ApiError> {
     let session = bearer(headers.get(header::AUTHORIZATION))
         .and_then(|t| app.tokens.verify(t))
         .ok_or(SignalError::Unauthorized)?;
@@ -186,7 +242,11 @@ async fn stats(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
     if app.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
+            .into_response()
     } else {
         Json(json!({ "status": "ok" })).into_response()
     }
@@ -194,7 +254,11 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let body = crate::metrics::encode(&app.registry);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Body::from(body)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        Body::from(body),
+    )
+        .into_response()
 }
 
 async fn api_not_found() -> ApiError {
@@ -202,5 +266,9 @@ async fn api_not_found() -> ApiError {
 }
 
 async fn api_method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This route does not take that method.")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not take that method.",
+    )
 }

@@ -16,8 +16,8 @@ use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
 use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
-    ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MessageId, Output, RoomId, ServerEvent,
-    SessionId, SignalError, Target,
+    ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MessageId, Output, RoomId,
+    ServerEvent, SessionId, SignalError, Target,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,7 +48,11 @@ impl Reply {
                 let _ = ack.send(&Refused::new(e));
             }
             Reply::Socket(s, event) => {
-                let body = ErrorEvent { code: e.code(), message: e.to_string(), event: &event };
+                let body = ErrorEvent {
+                    code: e.code(),
+                    message: e.to_string(),
+                    event: &event,
+                };
                 let _ = s.emit("error", &body);
             }
         }
@@ -56,15 +60,43 @@ impl Reply {
 }
 
 pub enum Command {
-    CreateGuest { username: Option<String>, reply: oneshot::Sender<Result<GuestInfo, SignalError>> },
-    Refresh { session: SessionId, reply: oneshot::Sender<Result<GuestInfo, SignalError>> },
-    Admit { session: SessionId, reply: oneshot::Sender<Result<(), SignalError>> },
-    Connect { session: SessionId, conn: ConnId, socket: SocketRef },
-    Disconnect { conn: ConnId },
-    Event { conn: ConnId, event: ClientEvent, reply: Reply, received: Instant },
-    Delivered { room: RoomId, msg: MessageId },
-    Undelivered { to: SessionId, message: ChatMessage },
-    Stats { reply: oneshot::Sender<Stats> },
+    CreateGuest {
+        username: Option<String>,
+        reply: oneshot::Sender<Result<GuestInfo, SignalError>>,
+    },
+    Refresh {
+        session: SessionId,
+        reply: oneshot::Sender<Result<GuestInfo, SignalError>>,
+    },
+    Admit {
+        session: SessionId,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
+    Connect {
+        session: SessionId,
+        conn: ConnId,
+        socket: SocketRef,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    Event {
+        conn: ConnId,
+        event: ClientEvent,
+        reply: Reply,
+        received: Instant,
+    },
+    Delivered {
+        room: RoomId,
+        msg: MessageId,
+    },
+    Undelivered {
+        to: SessionId,
+        message: ChatMessage,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
 }
 
 /// A cheap handle to the hub.
@@ -89,18 +121,23 @@ impl Hub {
         let _ = self.tx.send(cmd).await;
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SignalError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SignalError> {
         let (tx, rx) = oneshot::channel();
         self.try_send(make(tx))?;
         rx.await.map_err(|_| SignalError::ServerBusy)
     }
 
     pub async fn create_guest(&self, username: Option<String>) -> Result<GuestInfo, SignalError> {
-        self.ask(|reply| Command::CreateGuest { username, reply }).await?
+        self.ask(|reply| Command::CreateGuest { username, reply })
+            .await?
     }
 
     pub async fn refresh(&self, session: SessionId) -> Result<GuestInfo, SignalError> {
-        self.ask(|reply| Command::Refresh { session, reply }).await?
+        self.ask(|reply| Command::Refresh { session, reply })
+            .await?
     }
 
     pub async fn admit(&self, session: SessionId) -> Result<(), SignalError> {
@@ -113,11 +150,18 @@ impl Hub {
 }
 
 /// Starts the hub task.
-pub fn spawn(cfg: CoreConfig, io: SocketIo, metrics: SignalingMetrics) -> (Hub, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    cfg: CoreConfig,
+    io: SocketIo,
+    metrics: SignalingMetrics,
+) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
-    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let core = Core::new(cfg, seed, Instant::now(), unix_ms);
     let hub = Hub { tx: tx.clone() };
     let task = HubTask {
@@ -187,16 +231,26 @@ impl HubTask {
             Command::Admit { session, reply } => {
                 let _ = reply.send(self.core.admit(session, now));
             }
-            Command::Connect { session, conn, socket } => match self.core.connect(session, conn, now) {
+            Command::Connect {
+                session,
+                conn,
+                socket,
+            } => match self.core.connect(session, conn, now) {
                 Ok(()) => {
                     self.metrics.sockets_connected.inc();
-                    self.guests.entry(session).or_default().push((conn, socket.clone()));
+                    self.guests
+                        .entry(session)
+                        .or_default()
+                        .push((conn, socket.clone()));
                     self.sockets.insert(conn, (session, socket));
                 }
                 Err(e) => {
                     // Lost a race with another socket of the same guest, or the session expired
                     // between admission and connect.
-                    self.metrics.connect_refusals.with_label_values(&[e.code()]).inc();
+                    self.metrics
+                        .connect_refusals
+                        .with_label_values(&[e.code()])
+                        .inc();
                     let _ = socket.disconnect();
                 }
             },
@@ -212,7 +266,12 @@ impl HubTask {
                 }
                 self.core.disconnect(conn, now);
             }
-            Command::Event { conn, event, reply, received } => {
+            Command::Event {
+                conn,
+                event,
+                reply,
+                received,
+            } => {
                 let name = event.name();
                 match self.core.handle_event(conn, event, now) {
                     Ok(ack) => {
@@ -225,7 +284,10 @@ impl HubTask {
                         reply.refuse(e);
                     }
                 }
-                self.metrics.event_latency.with_label_values(&[name]).observe(received.elapsed().as_secs_f64());
+                self.metrics
+                    .event_latency
+                    .with_label_values(&[name])
+                    .observe(received.elapsed().as_secs_f64());
             }
             Command::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
             Command::Undelivered { to, message } => {
@@ -252,11 +314,14 @@ impl HubTask {
                     if let Some((_, s)) = self.sockets.get(&conn) {
                         tracing::info!(conn = conn.0, ?reason, "closing socket");
                         if reason == CloseReason::SessionExpired {
-                            let _ = s.emit("error", &ErrorEvent {
-                                code: SignalError::Unauthorized.code(),
-                                message: "Your session expired.".into(),
-                                event: "",
-                            });
+                            let _ = s.emit(
+                                "error",
+                                &ErrorEvent {
+                                    code: SignalError::Unauthorized.code(),
+                                    message: "Your session expired.".into(),
+                                    event: "",
+                                },
+                            );
                         }
                         let _ = s.clone().disconnect();
                     }
@@ -286,7 +351,11 @@ impl HubTask {
                 // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
                 // carries no payload at all).
                 if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
-                    hub.send(Command::Delivered { room: message.room_id, msg: message.id }).await;
+                    hub.send(Command::Delivered {
+                        room: message.room_id,
+                        msg: message.id,
+                    })
+                    .await;
                     return;
                 }
                 reached |= matches!(res, Err(AckError::Timeout));

@@ -63,7 +63,10 @@ fn core_config(c: &Config) -> CoreConfig {
 
 /// Serves until `shutdown` resolves, then drains: refuses new work, tells clients, closes
 /// their sockets and lets in-flight requests finish (bounded by `shutdown_grace_secs`).
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let secret = match &cfg.jwt_secret {
         Some(s) => s.expose().as_bytes().to_vec(),
         None => {
@@ -92,7 +95,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         origins: limits::OriginPolicy::new(cfg.dev, &cfg.allowed_origin),
         ip_conns: limits::IpConns::new(cfg.max_connections_per_ip),
         memory: limits::MemoryGuard::new(cfg.memory_budget_bytes()),
-        http_limits: limits::HttpLimits::new(cfg.http_requests_per_min, cfg.guest_creations_per_min),
+        http_limits: limits::HttpLimits::new(
+            cfg.http_requests_per_min,
+            cfg.guest_creations_per_min,
+        ),
         registry,
         signaling_metrics,
         http_metrics,
@@ -103,7 +109,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     tokio::spawn(housekeeping(app.clone()));
 
     let router = http::router(app.clone()).layer(layer);
-    let listener = TcpListener::bind(cfg.bind).await.with_context(|| format!("cannot listen on {}", cfg.bind))?;
+    let listener = TcpListener::bind(cfg.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
     // Small Socket.IO frames must not wait for Nagle + delayed ACK (~40 ms per receipt).
     let listener = listener.tap_io(|tcp| {
@@ -112,10 +120,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     tracing::info!(%addr, dev = cfg.dev, "tandem listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
+    let serve = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
     let grace = cfg.shutdown_grace();
     let drain = async move {
         shutdown.await;

@@ -20,11 +20,17 @@ pub struct IpConns {
 
 impl IpConns {
     pub fn new(max: u32) -> Self {
-        Self { max, open: Mutex::new(HashMap::new()) }
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn has_room(&self, ip: IpAddr) -> bool {
-        self.open.lock().map(|m| m.get(&ip).copied().unwrap_or(0) < self.max).unwrap_or(false)
+        self.open
+            .lock()
+            .map(|m| m.get(&ip).copied().unwrap_or(0) < self.max)
+            .unwrap_or(false)
     }
 
     pub fn opened(&self, ip: IpAddr) {
@@ -53,7 +59,10 @@ pub struct MemoryGuard {
 
 impl MemoryGuard {
     pub fn new(budget: u64) -> Self {
-        Self { budget, rss: AtomicU64::new(0) }
+        Self {
+            budget,
+            rss: AtomicU64::new(0),
+        }
     }
 
     /// Past 80% of the budget, new connections and guests are refused with `server_busy`.
@@ -98,8 +107,12 @@ impl HttpLimits {
         }
     }
 
-    fn check<K: std::hash::Hash + Eq + Clone>(l: &DefaultKeyedRateLimiter<K>, k: &K) -> Result<(), RetryAfter> {
-        l.check_key(k).map_err(|n| RetryAfter(n.wait_time_from(DefaultClock::default().now())))
+    fn check<K: std::hash::Hash + Eq + Clone>(
+        l: &DefaultKeyedRateLimiter<K>,
+        k: &K,
+    ) -> Result<(), RetryAfter> {
+        l.check_key(k)
+            .map_err(|n| RetryAfter(n.wait_time_from(DefaultClock::default().now())))
     }
 
     pub fn request(&self, ip: IpAddr) -> Result<(), RetryAfter> {
@@ -131,7 +144,13 @@ pub struct OriginPolicy {
 impl OriginPolicy {
     pub fn new(any: bool, list: &[String]) -> Self {
         let any = any || list.iter().any(|o| o == "*");
-        Self { any, list: list.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect() }
+        Self {
+            any,
+            list: list
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        }
     }
 
     /// No `Origin` header (not a browser): allowed. Otherwise the origin must be listed, or be
@@ -145,7 +164,9 @@ impl OriginPolicy {
         if self.list.contains(&origin) {
             return true;
         }
-        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
         matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
     }
 }
@@ -183,7 +204,10 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(l.creation(ip).is_ok());
         assert!(l.creation(ip).is_ok());
-        let RetryAfter(wait) = l.creation(ip).err().expect("third creation in a minute is refused");
+        let RetryAfter(wait) = l
+            .creation(ip)
+            .err()
+            .expect("third creation in a minute is refused");
         assert!(wait > Duration::ZERO);
     }
 }

@@ -62,9 +62,15 @@ pub fn setup(io: &SocketIo, app: Arc<App>) {
         async move {
             let r = admit(&s, auth.ok(), &app).await;
             if let Err(Refusal(reason)) = &r {
-                app.signaling_metrics.connect_refusals.with_label_values(&[reason]).inc();
+                app.signaling_metrics
+                    .connect_refusals
+                    .with_label_values(&[reason])
+                    .inc();
                 if *reason == "rate_limited" {
-                    app.signaling_metrics.rate_limited.with_label_values(&["connect"]).inc();
+                    app.signaling_metrics
+                        .rate_limited
+                        .with_label_values(&["connect"])
+                        .inc();
                 }
             }
             r
@@ -74,25 +80,40 @@ pub fn setup(io: &SocketIo, app: Arc<App>) {
 }
 
 fn client_ip(s: &SocketRef) -> Option<IpAddr> {
-    s.req_parts().extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+    s.req_parts()
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refusal> {
     let parts = s.req_parts();
-    let header = |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if !app.origins.allows(header(http::header::ORIGIN), header(http::header::HOST)) {
+    let header =
+        |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if !app
+        .origins
+        .allows(header(http::header::ORIGIN), header(http::header::HOST))
+    {
         return Err(Refusal("origin_not_allowed"));
     }
     if app.draining.load(Ordering::Relaxed) || app.memory.busy() {
         return Err(Refusal("server_busy"));
     }
-    let token = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str);
-    let session = token.and_then(|t| app.tokens.verify(t)).ok_or(Refusal("unauthorized"))?;
+    let token = auth
+        .as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str);
+    let session = token
+        .and_then(|t| app.tokens.verify(t))
+        .ok_or(Refusal("unauthorized"))?;
     let ip = client_ip(s);
     if ip.is_some_and(|ip| !app.ip_conns.has_room(ip)) {
         return Err(Refusal("rate_limited"));
     }
-    app.hub.admit(session).await.map_err(|e| Refusal(e.code()))?;
+    app.hub
+        .admit(session)
+        .await
+        .map_err(|e| Refusal(e.code()))?;
     s.extensions.insert(Admitted { session, ip });
     Ok(())
 }
@@ -106,7 +127,11 @@ fn on_connect(s: SocketRef, app: Arc<App>) {
     let span = tracing::debug_span!("conn", conn = conn.0, session = %session);
     let _enter = span.enter();
     tracing::debug!(?ip, transport = ?s.transport_type(), "socket connected");
-    s.extensions.insert(ConnCtx { conn, hub: app.hub.clone(), metrics: app.signaling_metrics.clone() });
+    s.extensions.insert(ConnCtx {
+        conn,
+        hub: app.hub.clone(),
+        metrics: app.signaling_metrics.clone(),
+    });
     s.join(guest_room(session));
     if let Some(ip) = ip {
         app.ip_conns.opened(ip);
@@ -123,7 +148,15 @@ fn on_connect(s: SocketRef, app: Arc<App>) {
         }
     });
     s.on_fallback(async |_: Inbound| {});
-    if app.hub.try_send(Command::Connect { session, conn, socket: s.clone() }).is_err() {
+    if app
+        .hub
+        .try_send(Command::Connect {
+            session,
+            conn,
+            socket: s.clone(),
+        })
+        .is_err()
+    {
         let _ = s.disconnect();
     }
 }
@@ -134,7 +167,11 @@ struct Inbound;
 impl FromMessage<LocalAdapter> for Inbound {
     type Error = Infallible;
 
-    fn from_message(s: Arc<Socket<LocalAdapter>>, mut v: RawValue, ack_id: Option<i64>) -> Result<Self, Infallible> {
+    fn from_message(
+        s: Arc<Socket<LocalAdapter>>,
+        mut v: RawValue,
+        ack_id: Option<i64>,
+    ) -> Result<Self, Infallible> {
         dispatch(&s, &mut v, ack_id);
         Ok(Inbound)
     }
@@ -142,8 +179,12 @@ impl FromMessage<LocalAdapter> for Inbound {
 
 fn dispatch(s: &Arc<Socket<LocalAdapter>>, v: &mut RawValue, ack_id: Option<i64>) {
     let received = Instant::now();
-    let Some(ctx) = s.extensions.get::<ConnCtx>() else { return };
-    let Ok(Event(name)) = Event::from_message_parts(s, v, &ack_id) else { return };
+    let Some(ctx) = s.extensions.get::<ConnCtx>() else {
+        return;
+    };
+    let Ok(Event(name)) = Event::from_message_parts(s, v, &ack_id) else {
+        return;
+    };
     let Ok(TryData(data)) = TryData::<Value>::from_message_parts(s, v, &ack_id);
     let reply = if ack_id.is_some() {
         let Ok(ack) = AckSender::from_message_parts(s, v, &ack_id);
@@ -160,7 +201,12 @@ fn dispatch(s: &Arc<Socket<LocalAdapter>>, v: &mut RawValue, ack_id: Option<i64>
             return;
         }
     };
-    if let Err(Command::Event { reply, .. }) = ctx.hub.try_command(Command::Event { conn: ctx.conn, event, reply, received }) {
+    if let Err(Command::Event { reply, .. }) = ctx.hub.try_command(Command::Event {
+        conn: ctx.conn,
+        event,
+        reply,
+        received,
+    }) {
         ctx.metrics.refused(SignalError::ServerBusy);
         reply.refuse(SignalError::ServerBusy);
     }

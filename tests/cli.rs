@@ -16,7 +16,15 @@ fn help_lists_the_operator_flags() {
     let out = tandem(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--bind", "--jwt-secret", "--allowed-origin", "--dev", "--log-format", "--log-level", "--config"] {
+    for flag in [
+        "--bind",
+        "--jwt-secret",
+        "--allowed-origin",
+        "--dev",
+        "--log-format",
+        "--log-level",
+        "--config",
+    ] {
         assert!(help.contains(flag), "--help mentions {flag}");
     }
     assert!(help.contains("TANDEM_BIND"), "--help names the env vars");
@@ -38,7 +46,8 @@ fn unknown_toml_keys_are_refused() {
     let dir = std::env::temp_dir().join(format!("tandem-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("tandem.toml");
-    std::fs::write(&file, "bind = \"127.0.0.1:0\"\nmax_socket_per_guest = 3\n").expect("write config");
+    std::fs::write(&file, "bind = \"127.0.0.1:0\"\nmax_socket_per_guest = 3\n")
+        .expect("write config");
     let out = tandem(&["--config", file.to_str().expect("utf-8 path")]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(2));

@@ -34,5 +34,8 @@ fn socketio_e2e() {
         .env("TANDEM_BIN", env!("CARGO_BIN_EXE_tandem"))
         .status()
         .unwrap_or_else(|err| panic!("could not run `node` (Node 20+ must be on PATH): {err}"));
-    assert!(status.success(), "the Socket.IO end-to-end suite failed ({status})");
+    assert!(
+        status.success(),
+        "the Socket.IO end-to-end suite failed ({status})"
+    );
 }

@@ -31,7 +31,12 @@ pub enum Phase {
     Match { start_us: u64, step_us: u64 },
     /// Paired guests send one message every `interval_us` from `start_us` (plus a random offset)
     /// until `end_us`; messages sent in `[measure_us, end_us)` are measured.
-    Chat { start_us: u64, interval_us: u64, measure_us: u64, end_us: u64 },
+    Chat {
+        start_us: u64,
+        interval_us: u64,
+        measure_us: u64,
+        end_us: u64,
+    },
     /// Disconnect and finish.
     Stop,
 }
@@ -192,12 +197,19 @@ pub async fn run(
 async fn open(target: &Target) -> anyhow::Result<WebSocketStream<TcpStream>> {
     let tcp = TcpStream::connect(target.addr).await?;
     tcp.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(8 * 1024);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(config)).await?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(config))
+            .await?;
     Ok(ws)
 }
 
-async fn write_all(ws: &mut WebSocketStream<TcpStream>, out: &mut Vec<String>) -> anyhow::Result<()> {
+async fn write_all(
+    ws: &mut WebSocketStream<TcpStream>,
+    out: &mut Vec<String>,
+) -> anyhow::Result<()> {
     for frame in out.drain(..) {
         ws.feed(Message::text(frame)).await?;
     }
@@ -236,7 +248,12 @@ impl Conn<'_> {
 
     fn enter_phase(&mut self) {
         match self.phase {
-            Phase::Chat { start_us, interval_us, measure_us, end_us } => {
+            Phase::Chat {
+                start_us,
+                interval_us,
+                measure_us,
+                end_us,
+            } => {
                 self.measure_us = measure_us;
                 self.end_us = end_us;
                 let jitter = rand::random_range(0..interval_us.max(1));
@@ -256,7 +273,9 @@ impl Conn<'_> {
             return connect_deadline;
         }
         match self.phase {
-            Phase::Match { start_us, step_us } if !self.match_sent => start_us + self.idx as u64 * step_us,
+            Phase::Match { start_us, step_us } if !self.match_sent => {
+                start_us + self.idx as u64 * step_us
+            }
             Phase::Chat { .. } if self.paired => match self.next_send_us {
                 Some(t) if t < self.end_us => t,
                 _ => u64::MAX,
@@ -268,13 +287,18 @@ impl Conn<'_> {
     fn on_timer(&mut self, now: u64) {
         match self.phase {
             Phase::Match { start_us, step_us } => {
-                if self.connected && !self.match_sent && now >= start_us + self.idx as u64 * step_us {
+                if self.connected && !self.match_sent && now >= start_us + self.idx as u64 * step_us
+                {
                     self.match_sent = true;
                     let id = self.ack_id(Pending::Match);
                     self.out.push(format!("42{id}[\"match:start\",{{}}]"));
                 }
             }
-            Phase::Chat { interval_us, end_us, .. } => {
+            Phase::Chat {
+                interval_us,
+                end_us,
+                ..
+            } => {
                 let Some(due) = self.next_send_us else { return };
                 if !self.paired || now < due || due >= end_us {
                     return;
@@ -427,7 +451,9 @@ impl Conn<'_> {
                         }
                         if self.measured(sent_us) {
                             self.shared.read_receipts.inc();
-                            self.shared.read_latency.record(now_us().saturating_sub(sent_us));
+                            self.shared
+                                .read_latency
+                                .record(now_us().saturating_sub(sent_us));
                         }
                     }
                     _ => self.shared.error("read_unknown_id"),
@@ -468,7 +494,11 @@ impl Conn<'_> {
                 }
             }
             "server:shutdown" => self.shared.error("server_shutdown"),
-            "connection:established" | "realtime:stats" | "match:searching" | "typing:start" | "typing:stop" => {}
+            "connection:established"
+            | "realtime:stats"
+            | "match:searching"
+            | "typing:start"
+            | "typing:stop" => {}
             other => self.shared.error(&format!("unexpected_event: {other}")),
         }
     }
@@ -488,12 +518,16 @@ impl Conn<'_> {
         self.shared.received_total.inc();
         if self.measured(sent_us) {
             self.shared.received.inc();
-            self.shared.delivery.record(now_us().saturating_sub(sent_us));
+            self.shared
+                .delivery
+                .record(now_us().saturating_sub(sent_us));
         }
         if wants_read(seq) {
             if let Some(id) = str_field(payload, "id") {
                 let ack = self.ack_id(Pending::Read);
-                self.out.push(format!("42{ack}[\"chat:message:read\",{{\"id\":\"{id}\"}}]"));
+                self.out.push(format!(
+                    "42{ack}[\"chat:message:read\",{{\"id\":\"{id}\"}}]"
+                ));
                 self.shared.reads_sent.inc();
             }
         }
@@ -502,7 +536,11 @@ impl Conn<'_> {
     /// Starts waiting for the receipts of a sent message (idempotent).
     fn track(&mut self, id: &str, sent_us: u64, seq: u64) {
         if !self.outstanding.contains_key(id) {
-            let o = Outstanding { sent_us, delivered: true, want_read: wants_read(seq) };
+            let o = Outstanding {
+                sent_us,
+                delivered: true,
+                want_read: wants_read(seq),
+            };
             self.outstanding.insert(id.to_owned(), o);
         }
     }
@@ -579,7 +617,9 @@ fn str_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
         if start == 0 || json.as_bytes()[start - 1] != b'"' {
             continue;
         }
-        let Some(v) = json[after..].strip_prefix("\":\"") else { continue };
+        let Some(v) = json[after..].strip_prefix("\":\"") else {
+            continue;
+        };
         let mut end = 0;
         let bytes = v.as_bytes();
         while end < bytes.len() {
@@ -602,13 +642,19 @@ mod tests {
     fn parses_packets() {
         assert_eq!(split_id("12[\"x\"]"), (Some(12), "[\"x\"]"));
         assert_eq!(split_id("[1]"), (None, "[1]"));
-        assert_eq!(split_event("[\"chat:message\",{\"a\":1}]"), Some(("chat:message", "{\"a\":1}")));
+        assert_eq!(
+            split_event("[\"chat:message\",{\"a\":1}]"),
+            Some(("chat:message", "{\"a\":1}"))
+        );
         assert_eq!(split_event("[\"x\"]"), Some(("x", "")));
         let p = r#"{"clientId":"7","id":"ab12","roomId":"ff","content":"load 7 99"}"#;
         assert_eq!(str_field(p, "id"), Some("ab12"));
         assert_eq!(str_field(p, "clientId"), Some("7"));
         assert_eq!(str_field(p, "content"), Some("load 7 99"));
         assert_eq!(str_field(p, "missing"), None);
-        assert_eq!(str_field(r#"{"message":"say \"hi\""}"#, "message"), Some(r#"say \"hi\""#));
+        assert_eq!(
+            str_field(r#"{"message":"say \"hi\""}"#, "message"),
+            Some(r#"say \"hi\""#)
+        );
     }
 }

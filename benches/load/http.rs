@@ -65,10 +65,16 @@ async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> anyhow::R
     let head = std::str::from_utf8(&buf[..head_end]).context("non-UTF-8 response head")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("bad status line")?;
     let (mut length, mut chunked, mut close) = (None, false, false);
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.parse::<usize>().context("bad content-length")?);
@@ -91,10 +97,18 @@ async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> anyhow::R
         while fill(s, buf).await.is_ok() {}
         buf[head_end..].to_vec()
     };
-    Ok(Response { status, body, close })
+    Ok(Response {
+        status,
+        body,
+        close,
+    })
 }
 
-async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, mut pos: usize) -> anyhow::Result<Vec<u8>> {
+async fn read_chunked(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut pos: usize,
+) -> anyhow::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {
@@ -103,7 +117,11 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, mut pos: usize) -> a
             }
             fill(s, buf).await?;
         };
-        let size_text = std::str::from_utf8(&buf[pos..line_end])?.split(';').next().unwrap_or("").trim();
+        let size_text = std::str::from_utf8(&buf[pos..line_end])?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
         let size = usize::from_str_radix(size_text, 16).context("bad chunk size")?;
         pos = line_end + 2;
         while buf.len() < pos + size + 2 {
@@ -148,7 +166,12 @@ pub async fn create_guests(
     for _ in 0..concurrency.clamp(1, n.max(1)) {
         let (next, shared, host) = (next.clone(), shared.clone(), host.clone());
         workers.push(tokio::spawn(async move {
-            let mut client = Client { addr, host, conn: None, buf: Vec::with_capacity(4096) };
+            let mut client = Client {
+                addr,
+                host,
+                conn: None,
+                buf: Vec::with_capacity(4096),
+            };
             let mut tokens = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 if let Some(t) = create_one(&mut client, &shared).await {
@@ -172,7 +195,8 @@ async fn create_one(client: &mut Client, shared: &Shared) -> Option<String> {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
         }
-        let res = match tokio::time::timeout(REQUEST_TIMEOUT, client.post("/api/guest", "{}")).await {
+        let res = match tokio::time::timeout(REQUEST_TIMEOUT, client.post("/api/guest", "{}")).await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 shared.error(&format!("http_guest: {e:#}"));

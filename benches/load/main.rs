@@ -126,10 +126,15 @@ pub struct Hist(Mutex<Histogram<u64>>);
 impl Hist {
     fn new() -> Self {
         // 1 µs .. 10 min, 3 significant digits.
-        Hist(Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")))
+        Hist(Mutex::new(
+            Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+        ))
     }
     pub fn record(&self, us: u64) {
-        self.0.lock().expect("histogram lock").saturating_record(us.max(1));
+        self.0
+            .lock()
+            .expect("histogram lock")
+            .saturating_record(us.max(1));
     }
     fn summary(&self) -> Latency {
         let h = self.0.lock().expect("histogram lock");
@@ -280,9 +285,18 @@ mod sys {
     pub fn machine_busy_secs() -> Option<f64> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let line = stat.lines().next()?.strip_prefix("cpu ")?;
-        let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         // user nice system idle iowait irq softirq steal (guest time is already in user).
-        let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+        let busy: u64 = v
+            .iter()
+            .take(8)
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, x)| x)
+            .sum();
         Some(busy as f64 / clock_ticks())
     }
 
@@ -294,7 +308,10 @@ mod sys {
     }
 
     pub fn sample(pid: &str) -> Option<CpuSample> {
-        Some(CpuSample { cpu: cpu_secs(pid)?, wall: Instant::now() })
+        Some(CpuSample {
+            cpu: cpu_secs(pid)?,
+            wall: Instant::now(),
+        })
     }
 
     /// Raises the soft open-file limit to at least `want` (up to the hard limit, or beyond it when
@@ -321,11 +338,17 @@ mod sys {
             if l.cur >= want {
                 return Some(l.cur);
             }
-            let raised = RLimit { cur: want, max: l.max.max(want) };
+            let raised = RLimit {
+                cur: want,
+                max: l.max.max(want),
+            };
             if setrlimit(RLIMIT_NOFILE, &raised) == 0 {
                 return Some(want);
             }
-            let to_hard = RLimit { cur: l.max, max: l.max };
+            let to_hard = RLimit {
+                cur: l.max,
+                max: l.max,
+            };
             if setrlimit(RLIMIT_NOFILE, &to_hard) == 0 {
                 return Some(l.max);
             }
@@ -369,9 +392,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     ORIGIN.get_or_init(Instant::now);
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -419,7 +447,9 @@ async fn parse_url(url: &str) -> anyhow::Result<(String, SocketAddr)> {
     if authority.is_empty() || authority.contains('/') || authority.contains('@') {
         bail!("--url must be a bare origin like http://127.0.0.1:8080 (got {url:?})");
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
         && !authority.ends_with(']')
     {
         authority.to_owned()
@@ -452,7 +482,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let nofile = sys::raise_nofile(args.guests as u64 + args.http_concurrency as u64 + 256);
     if let Some(limit) = nofile {
         if limit < args.guests as u64 + 64 {
-            log(format!("warning: open-file limit is {limit}; raise it (ulimit -n 65536) for {} guests", args.guests));
+            log(format!(
+                "warning: open-file limit is {limit}; raise it (ulimit -n 65536) for {} guests",
+                args.guests
+            ));
         }
     }
     let pid = args.server_pid.map(|p| p.to_string());
@@ -466,15 +499,27 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
     // 1. Guests.
     log(format!("creating {} guests at {}", args.guests, args.url));
-    let tokens =
-        http::create_guests(addr, authority.clone(), args.guests, args.http_concurrency, shared.clone()).await;
+    let tokens = http::create_guests(
+        addr,
+        authority.clone(),
+        args.guests,
+        args.http_concurrency,
+        shared.clone(),
+    )
+    .await;
     log(format!("created {} guests", tokens.len()));
     if tokens.is_empty() {
-        bail!("no guest could be created: {:?}", shared.errors.lock().expect("errors lock"));
+        bail!(
+            "no guest could be created: {:?}",
+            shared.errors.lock().expect("errors lock")
+        );
     }
 
     // 2. Connections, paced.
-    let target = Arc::new(Target { addr, ws_url: format!("ws://{authority}/socket.io/?EIO=4&transport=websocket") });
+    let target = Arc::new(Target {
+        addr,
+        ws_url: format!("ws://{authority}/socket.io/?EIO=4&transport=websocket"),
+    });
     let (ctl, ctl_rx) = watch::channel(Phase::Connect);
     let n = tokens.len();
     let connect_secs = n as f64 / args.connect_rate;
@@ -488,16 +533,32 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     for (i, token) in tokens.into_iter().enumerate() {
         tokio::time::sleep_until(at(t0 + i as u64 * step)).await;
         let (target, shared, rx) = (target.clone(), shared.clone(), ctl_rx.clone());
-        tasks.push(tokio::spawn(conn::run(i, token, target, shared, rx, hard_deadline)));
+        tasks.push(tokio::spawn(conn::run(
+            i,
+            token,
+            target,
+            shared,
+            rx,
+            hard_deadline,
+        )));
     }
     let deadline = now_us() + secs_us(20.0);
-    wait_for(deadline, || shared.connected.get() + shared.connect_failed.get() >= n as u64).await;
+    wait_for(deadline, || {
+        shared.connected.get() + shared.connect_failed.get() >= n as u64
+    })
+    .await;
     let connected = shared.connected.get();
-    log(format!("connected {connected}/{n} (failed {})", shared.connect_failed.get()));
+    log(format!(
+        "connected {connected}/{n} (failed {})",
+        shared.connect_failed.get()
+    ));
 
     // 3. Pairing, paced.
     let match_start = now_us() + 100_000;
-    ctl.send_replace(Phase::Match { start_us: match_start, step_us: secs_us(1.0 / args.match_rate) });
+    ctl.send_replace(Phase::Match {
+        start_us: match_start,
+        step_us: secs_us(1.0 / args.match_rate),
+    });
     let deadline = match_start + secs_us(match_secs + 20.0);
     let want_paired = connected - connected % 2;
     wait_for(deadline, || shared.paired.get() >= want_paired).await;
@@ -517,30 +578,55 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             args.warmup,
             args.duration
         ));
-        ctl.send_replace(Phase::Chat { start_us, interval_us, measure_us, end_us });
+        ctl.send_replace(Phase::Chat {
+            start_us,
+            interval_us,
+            measure_us,
+            end_us,
+        });
         tokio::time::sleep_until(at(measure_us)).await;
         let server_cpu0 = pid.as_deref().and_then(sys::sample);
         let rss0 = pid.as_deref().and_then(sys::rss_kib);
         let own_cpu0 = sys::sample("self");
-        let machine0 = sys::machine_busy_secs().map(|cpu| sys::CpuSample { cpu, wall: Instant::now() });
+        let machine0 = sys::machine_busy_secs().map(|cpu| sys::CpuSample {
+            cpu,
+            wall: Instant::now(),
+        });
         let mut last = (now_us(), shared.sent.get(), shared.received.get());
         while now_us() < end_us {
             let next = (now_us() + 5_000_000).min(end_us);
             tokio::time::sleep_until(at(next)).await;
             let (t, s, r) = (now_us(), shared.sent.get(), shared.received.get());
             let dt = (t - last.0) as f64 / 1e6;
-            log(format!("sending {:.0} msg/s, receiving {:.0} msg/s", (s - last.1) as f64 / dt, (r - last.2) as f64 / dt));
+            log(format!(
+                "sending {:.0} msg/s, receiving {:.0} msg/s",
+                (s - last.1) as f64 / dt,
+                (r - last.2) as f64 / dt
+            ));
             last = (t, s, r);
         }
         let server_cpu1 = pid.as_deref().and_then(sys::sample);
         let rss1 = pid.as_deref().and_then(sys::rss_kib);
         let own_cpu1 = sys::sample("self");
-        let machine1 = sys::machine_busy_secs().map(|cpu| sys::CpuSample { cpu, wall: Instant::now() });
-        window = Some(Window { server_cpu0, server_cpu1, rss0, rss1, own_cpu0, own_cpu1, machine0, machine1 });
+        let machine1 = sys::machine_busy_secs().map(|cpu| sys::CpuSample {
+            cpu,
+            wall: Instant::now(),
+        });
+        window = Some(Window {
+            server_cpu0,
+            server_cpu1,
+            rss0,
+            rss1,
+            own_cpu0,
+            own_cpu1,
+            machine0,
+            machine1,
+        });
         log(format!("window over; draining (at most {}s)", args.drain));
         let s = &shared;
         wait_for(now_us() + secs_us(args.drain), || {
-            s.received.get() + s.refused.get() >= s.sent.get() && s.delivered.get() >= s.acked_ok.get()
+            s.received.get() + s.refused.get() >= s.sent.get()
+                && s.delivered.get() >= s.acked_ok.get()
         })
         .await;
         // Read receipts are not waited for above; give the last ones a moment.
@@ -551,7 +637,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     // 5. Stop: every task disconnects and closes.
     ctl.send_replace(Phase::Stop);
     let all = futures_util::future::join_all(tasks);
-    if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .is_err()
+    {
         log("some connections did not close within 10 s");
     }
     let rss_peak_kib = rss.map(|w| {
@@ -559,7 +648,14 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         w.peak_kib.load(Ordering::Relaxed)
     });
     let hwm_kib = pid.as_deref().and_then(sys::rss_kib).map(|(_, hwm)| hwm);
-    Ok(Report::new(&args, n, &shared, window, rss_peak_kib, hwm_kib))
+    Ok(Report::new(
+        &args,
+        n,
+        &shared,
+        window,
+        rss_peak_kib,
+        hwm_kib,
+    ))
 }
 
 fn secs_us(s: f64) -> u64 {
@@ -647,9 +743,15 @@ impl Report {
     ) -> Self {
         let mb = |kib: u64| kib as f64 / 1024.0;
         let received = s.received.get();
-        let server = window.as_ref().and_then(|w| cpu_used(w.server_cpu0, w.server_cpu1));
-        let tool = window.as_ref().and_then(|w| cpu_used(w.own_cpu0, w.own_cpu1));
-        let machine = window.as_ref().and_then(|w| cpu_used(w.machine0, w.machine1));
+        let server = window
+            .as_ref()
+            .and_then(|w| cpu_used(w.server_cpu0, w.server_cpu1));
+        let tool = window
+            .as_ref()
+            .and_then(|w| cpu_used(w.own_cpu0, w.own_cpu1));
+        let machine = window
+            .as_ref()
+            .and_then(|w| cpu_used(w.machine0, w.machine1));
         let mut r = Report {
             guests: args.guests,
             created,
@@ -685,7 +787,9 @@ impl Report {
             server_rss_end_mb: window.as_ref().and_then(|w| w.rss1).map(|(r, _)| mb(r)),
             server_cpu_secs: server.map(|(s, _)| s),
             server_cores: server.map(|(_, c)| c),
-            server_cpu_us_per_msg: server.filter(|_| received > 0).map(|(s, _)| s * 1e6 / received as f64),
+            server_cpu_us_per_msg: server
+                .filter(|_| received > 0)
+                .map(|(s, _)| s * 1e6 / received as f64),
             tool_cpu_secs: tool.map(|(s, _)| s),
             tool_cores: tool.map(|(_, c)| c),
             machine_cores: machine.map(|(_, c)| c),
@@ -693,15 +797,25 @@ impl Report {
         };
         let g = r.guests as f64;
         if (r.connected as f64) < 0.95 * g {
-            r.failures.push(format!("connected {} of {} guests (< 95%)", r.connected, r.guests));
+            r.failures.push(format!(
+                "connected {} of {} guests (< 95%)",
+                r.connected, r.guests
+            ));
         }
         if (r.paired as f64) < 0.95 * g {
-            r.failures.push(format!("paired {} of {} guests (< 95%)", r.paired, r.guests));
+            r.failures.push(format!(
+                "paired {} of {} guests (< 95%)",
+                r.paired, r.guests
+            ));
         }
         if r.sent == 0 {
-            r.failures.push("no message sent in the measured window".into());
+            r.failures
+                .push("no message sent in the measured window".into());
         } else if r.delivery_ratio() < 0.99 {
-            r.failures.push(format!("received {} of {} messages (< 99%)", r.received, r.sent));
+            r.failures.push(format!(
+                "received {} of {} messages (< 99%)",
+                r.received, r.sent
+            ));
         }
         r
     }
@@ -721,7 +835,8 @@ impl Report {
     fn human(&self) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
-        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         let _ = writeln!(o, "tandem-load summary");
         let _ = writeln!(
             o,
@@ -757,7 +872,10 @@ impl Report {
             self.teardown_events
         );
         let lat = |l: &Latency| {
-            format!("p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms (n={})", l.p50, l.p90, l.p99, l.max, l.count)
+            format!(
+                "p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms (n={})",
+                l.p50, l.p90, l.p99, l.max, l.count
+            )
         };
         let _ = writeln!(o, "  delivery    {}", lat(&self.delivery));
         let _ = writeln!(o, "  receipt     {}", lat(&self.receipt));

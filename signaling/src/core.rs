@@ -91,11 +91,20 @@ pub enum CloseReason {
 /// An effect for the shell to carry out, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Emit { to: Target, event: ServerEvent },
+    Emit {
+        to: Target,
+        event: ServerEvent,
+    },
     /// A partner message that needs the receiver's ack: on the first ack call
     /// [`Core::handle_delivered`], on failure [`Core::handle_undelivered`].
-    Deliver { to: SessionId, message: ChatMessage },
-    Close { conn: ConnId, reason: CloseReason },
+    Deliver {
+        to: SessionId,
+        message: ChatMessage,
+    },
+    Close {
+        conn: ConnId,
+        reason: CloseReason,
+    },
 }
 
 /// What `POST /api/guest` and refresh return, before the shell signs a token.
@@ -120,7 +129,8 @@ pub struct Counters {
     pub sessions_expired: u64,
 }
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, NoOpMiddleware<governor::nanos::Nanos>>;
+type Limiter =
+    RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, NoOpMiddleware<governor::nanos::Nanos>>;
 
 struct Limiters {
     message: Limiter,
@@ -241,14 +251,19 @@ impl Core {
             stats_sent: None,
             counters: Counters::default(),
         };
-        core.timers.push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
+        core.timers
+            .push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
         core
     }
 
     // ---- inputs -------------------------------------------------------------------------
 
     /// Creates a guest session (`POST /api/guest`).
-    pub fn create_guest(&mut self, username: Option<&str>, now: Instant) -> Result<GuestInfo, SignalError> {
+    pub fn create_guest(
+        &mut self,
+        username: Option<&str>,
+        now: Instant,
+    ) -> Result<GuestInfo, SignalError> {
         self.tick(now);
         let username = match username {
             Some(u) => valid_username(u).ok_or(SignalError::InvalidUsername)?,
@@ -285,7 +300,11 @@ impl Core {
         self.timers.push(Reverse((expires_at, Timer::Expiry(id))));
         self.counters.guests_created += 1;
         self.stats_changed(now);
-        Ok(GuestInfo { session_id: id, username, expires_at_ms: self.unix_ms(expires_at) })
+        Ok(GuestInfo {
+            session_id: id,
+            username,
+            expires_at_ms: self.unix_ms(expires_at),
+        })
     }
 
     /// Extends a live session by one token lifetime (`POST /api/guest/refresh`).
@@ -295,11 +314,18 @@ impl Core {
         let s = self.live_session(id, now)?;
         s.expires_at = now + ttl;
         s.last_active = now;
-        let info = GuestInfo { session_id: id, username: s.username.clone(), expires_at_ms: 0 };
+        let info = GuestInfo {
+            session_id: id,
+            username: s.username.clone(),
+            expires_at_ms: 0,
+        };
         self.timers.push(Reverse((now + ttl, Timer::Expiry(id))));
         // `last_active` moved: the active count may have changed.
         self.stats_changed(now);
-        Ok(GuestInfo { expires_at_ms: self.unix_ms(now + ttl), ..info })
+        Ok(GuestInfo {
+            expires_at_ms: self.unix_ms(now + ttl),
+            ..info
+        })
     }
 
     /// May this session open one more socket? (Checked before the socket is accepted.)
@@ -315,9 +341,17 @@ impl Core {
 
     /// A socket of `id` connected. Emits `connection:established` and `realtime:stats` to it,
     /// tells a partner the guest is back, and delivers messages queued while it was away.
-    pub fn connect(&mut self, id: SessionId, conn: ConnId, now: Instant) -> Result<(), SignalError> {
+    pub fn connect(
+        &mut self,
+        id: SessionId,
+        conn: ConnId,
+        now: Instant,
+    ) -> Result<(), SignalError> {
         self.admit(id, now)?;
-        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(SignalError::Unauthorized)?;
         let returning = s.conns.is_empty();
         s.conns.push(conn);
         s.last_active = now;
@@ -333,7 +367,10 @@ impl Core {
             if let Some((room, partner)) = self.room_of(id) {
                 self.emit(
                     Target::Guest(partner),
-                    ServerEvent::Presence(PresenceChange { room_id: room, status: Presence::Online }),
+                    ServerEvent::Presence(PresenceChange {
+                        room_id: room,
+                        status: Presence::Online,
+                    }),
                 );
             }
             let s = self.sessions.get_mut(&id).expect("session checked above");
@@ -354,19 +391,29 @@ impl Core {
     /// A socket closed (for any reason). Unknown connections are ignored.
     pub fn disconnect(&mut self, conn: ConnId, now: Instant) {
         self.tick(now);
-        let Some(id) = self.conns.remove(&conn) else { return };
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(id) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         s.conns.retain(|c| *c != conn);
         if !s.conns.is_empty() {
             return;
         }
         let gen = s.presence_gen;
-        self.timers.push(Reverse((now + self.cfg.grace_period, Timer::Grace(id, gen))));
+        self.timers.push(Reverse((
+            now + self.cfg.grace_period,
+            Timer::Grace(id, gen),
+        )));
         self.stop_typing(id);
         if let Some((room, partner)) = self.room_of(id) {
             self.emit(
                 Target::Guest(partner),
-                ServerEvent::Presence(PresenceChange { room_id: room, status: Presence::Away }),
+                ServerEvent::Presence(PresenceChange {
+                    room_id: room,
+                    status: Presence::Away,
+                }),
             );
         }
         self.stats_changed(now);
@@ -374,10 +421,18 @@ impl Core {
 
     /// One client event from socket `conn`. `Ok` is the ack payload; `Err` changed nothing
     /// (except, for floods, a [`Output::Close`] of that socket).
-    pub fn handle_event(&mut self, conn: ConnId, event: ClientEvent, now: Instant) -> Result<Ack, SignalError> {
+    pub fn handle_event(
+        &mut self,
+        conn: ConnId,
+        event: ClientEvent,
+        now: Instant,
+    ) -> Result<Ack, SignalError> {
         self.tick(now);
         let id = *self.conns.get(&conn).ok_or(SignalError::Unauthorized)?;
-        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(SignalError::Unauthorized)?;
         let limiter = match event.kind() {
             EventKind::Match => &s.limits.matching,
             EventKind::Message => &s.limits.message,
@@ -394,7 +449,10 @@ impl Core {
             if s.flood.1 >= self.cfg.flood_refusals {
                 s.flood = (now, 0);
                 self.counters.floods_closed += 1;
-                self.outputs.push_back(Output::Close { conn, reason: CloseReason::Flood });
+                self.outputs.push_back(Output::Close {
+                    conn,
+                    reason: CloseReason::Flood,
+                });
             }
             return Err(SignalError::RateLimited);
         }
@@ -421,15 +479,25 @@ impl Core {
                 self.end_chat(room, id, EndReason::Reported, now);
                 Ok(Ack::State(GuestState::Online))
             }
-            ClientEvent::ChatMessage { client_id, content } => self.chat_message(id, client_id, content, now),
+            ClientEvent::ChatMessage { client_id, content } => {
+                self.chat_message(id, client_id, content, now)
+            }
             ClientEvent::ChatRead { id: msg } => {
                 let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
                 let room = &self.rooms[&room_id];
-                if !room.recent.iter().rev().any(|r| r.id == msg && r.from == partner) {
+                if !room
+                    .recent
+                    .iter()
+                    .rev()
+                    .any(|r| r.id == msg && r.from == partner)
+                {
                     return Err(SignalError::UnknownMessage);
                 }
                 self.counters.receipts_read += 1;
-                self.emit(Target::Guest(partner), ServerEvent::Read(MessageRef { id: msg }));
+                self.emit(
+                    Target::Guest(partner),
+                    ServerEvent::Read(MessageRef { id: msg }),
+                );
                 Ok(Ack::Ok)
             }
             ClientEvent::TypingStart => {
@@ -438,8 +506,12 @@ impl Core {
                 let s = self.sessions.get_mut(&id).expect("session looked up above");
                 s.typing_gen += 1;
                 s.typing = Some((until, s.typing_gen));
-                self.timers.push(Reverse((until, Timer::Typing(id, s.typing_gen))));
-                self.emit(Target::Guest(partner), ServerEvent::TypingStart(RoomRef { room_id: room }));
+                self.timers
+                    .push(Reverse((until, Timer::Typing(id, s.typing_gen))));
+                self.emit(
+                    Target::Guest(partner),
+                    ServerEvent::TypingStart(RoomRef { room_id: room }),
+                );
                 Ok(Ack::Ok)
             }
             ClientEvent::TypingStop => {
@@ -453,11 +525,18 @@ impl Core {
     /// The receiver acknowledged a delivered message.
     pub fn handle_delivered(&mut self, room: RoomId, msg: MessageId, now: Instant) {
         self.tick(now);
-        let Some(r) = self.rooms.get(&room) else { return };
-        let Some(rec) = r.recent.iter().rev().find(|r| r.id == msg) else { return };
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let Some(rec) = r.recent.iter().rev().find(|r| r.id == msg) else {
+            return;
+        };
         let sender = rec.from;
         self.counters.receipts_delivered += 1;
-        self.emit(Target::Guest(sender), ServerEvent::Delivered(MessageRef { id: msg }));
+        self.emit(
+            Target::Guest(sender),
+            ServerEvent::Delivered(MessageRef { id: msg }),
+        );
     }
 
     /// A delivery reached no socket (the receiver's sockets were going away). If the receiver is
@@ -466,8 +545,14 @@ impl Core {
     /// delivered again at once. Each return allows one redelivery, so this never loops.
     pub fn handle_undelivered(&mut self, to: SessionId, message: ChatMessage, now: Instant) {
         self.tick(now);
-        let Some(s) = self.sessions.get_mut(&to) else { return };
-        if s.state != (State::InChat { room: message.room_id }) {
+        let Some(s) = self.sessions.get_mut(&to) else {
+            return;
+        };
+        if s.state
+            != (State::InChat {
+                room: message.room_id,
+            })
+        {
             return;
         }
         let current = s.presence_gen;
@@ -481,9 +566,18 @@ impl Core {
             self.outputs.push_back(Output::Deliver { to, message });
             return;
         }
-        let Some(s) = self.sessions.get_mut(&to) else { return };
-        let Some(room) = self.rooms.get(&message.room_id) else { return };
-        let seq = room.recent.iter().rev().find(|x| x.id == message.id).map_or(u64::MAX, |x| x.seq);
+        let Some(s) = self.sessions.get_mut(&to) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&message.room_id) else {
+            return;
+        };
+        let seq = room
+            .recent
+            .iter()
+            .rev()
+            .find(|x| x.id == message.id)
+            .map_or(u64::MAX, |x| x.seq);
         let at = s.inbox.partition_point(|(q, _)| *q < seq);
         s.inbox.insert(at, (seq, message));
     }
@@ -526,10 +620,14 @@ impl Core {
 
     /// The live statistics.
     pub fn stats(&self, now: Instant) -> Stats {
-        let mut st = Stats { total_users: self.sessions.len() as u64, ..Stats::default() };
+        let mut st = Stats {
+            total_users: self.sessions.len() as u64,
+            ..Stats::default()
+        };
         for s in self.sessions.values() {
             st.online_users += u64::from(!s.conns.is_empty());
-            st.active_users += u64::from(now.duration_since(s.last_active) < self.cfg.active_window);
+            st.active_users +=
+                u64::from(now.duration_since(s.last_active) < self.cfg.active_window);
             match s.state {
                 State::Online => {}
                 State::Searching { .. } => st.available_users += 1,
@@ -624,15 +722,38 @@ impl Core {
             State::Searching { .. } => (GuestState::Searching, None),
             State::InChat { room } => {
                 let partner = self.rooms[room].other(id);
-                let username = self.sessions.get(&partner).map(|p| p.username.clone()).unwrap_or_default();
-                (GuestState::InChat, Some(RoomInfo { room_id: *room, partner: Partner { username } }))
+                let username = self
+                    .sessions
+                    .get(&partner)
+                    .map(|p| p.username.clone())
+                    .unwrap_or_default();
+                (
+                    GuestState::InChat,
+                    Some(RoomInfo {
+                        room_id: *room,
+                        partner: Partner { username },
+                    }),
+                )
             }
         };
-        Established { session_id: id, username: s.username.clone(), state, room }
+        Established {
+            session_id: id,
+            username: s.username.clone(),
+            state,
+            room,
+        }
     }
 
-    fn match_start(&mut self, id: SessionId, interests: Vec<String>, now: Instant) -> Result<Ack, SignalError> {
-        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+    fn match_start(
+        &mut self,
+        id: SessionId,
+        interests: Vec<String>,
+        now: Instant,
+    ) -> Result<Ack, SignalError> {
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(SignalError::Unauthorized)?;
         match s.state {
             State::Online => {}
             State::Searching { .. } => return Err(SignalError::AlreadySearching),
@@ -644,12 +765,19 @@ impl Core {
         self.queue.insert(seq, id);
         self.emit(Target::Guest(id), ServerEvent::Searching(Empty {}));
         self.stats_changed(now);
-        let state = if self.try_match(id, now) { GuestState::InChat } else { GuestState::Searching };
+        let state = if self.try_match(id, now) {
+            GuestState::InChat
+        } else {
+            GuestState::Searching
+        };
         Ok(Ack::State(state))
     }
 
     fn match_cancel(&mut self, id: SessionId, now: Instant) -> Result<Ack, SignalError> {
-        let s = self.sessions.get_mut(&id).ok_or(SignalError::Unauthorized)?;
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(SignalError::Unauthorized)?;
         let State::Searching { seq, .. } = s.state else {
             return Err(SignalError::NotSearching);
         };
@@ -669,8 +797,15 @@ impl Core {
 
     /// Pairs `id` (searching, connected) with the best waiting partner, if any.
     fn try_match(&mut self, id: SessionId, now: Instant) -> bool {
-        let Some(me) = self.sessions.get(&id) else { return false };
-        let State::Searching { interests: mine, .. } = &me.state else { return false };
+        let Some(me) = self.sessions.get(&id) else {
+            return false;
+        };
+        let State::Searching {
+            interests: mine, ..
+        } = &me.state
+        else {
+            return false;
+        };
         if me.conns.is_empty() {
             return false;
         }
@@ -680,7 +815,9 @@ impl Core {
             if other == id || self.blocked(id, other, now) {
                 continue;
             }
-            let Some(o) = self.sessions.get(&other) else { continue };
+            let Some(o) = self.sessions.get(&other) else {
+                continue;
+            };
             if o.conns.is_empty() {
                 continue;
             }
@@ -695,7 +832,9 @@ impl Core {
                 }
             }
         }
-        let Some(partner) = shared.or(first) else { return false };
+        let Some(partner) = shared.or(first) else {
+            return false;
+        };
         self.pair_up(id, partner, now);
         true
     }
@@ -714,12 +853,22 @@ impl Core {
             }
             s.state = State::InChat { room: room_id };
         }
-        self.rooms.insert(room_id, Room { guests: [a, b], next_seq: 0, recent: VecDeque::new() });
+        self.rooms.insert(
+            room_id,
+            Room {
+                guests: [a, b],
+                next_seq: 0,
+                recent: VecDeque::new(),
+            },
+        );
         for (me, other) in [(a, b), (b, a)] {
             let username = self.sessions[&other].username.clone();
             self.emit(
                 Target::Guest(me),
-                ServerEvent::Found(RoomInfo { room_id, partner: Partner { username } }),
+                ServerEvent::Found(RoomInfo {
+                    room_id,
+                    partner: Partner { username },
+                }),
             );
         }
         self.counters.matches += 1;
@@ -727,18 +876,25 @@ impl Core {
     }
 
     fn stop_typing(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if s.typing.take().is_none() {
             return;
         }
         if let Some((room, partner)) = self.room_of(id) {
-            self.emit(Target::Guest(partner), ServerEvent::TypingStop(RoomRef { room_id: room }));
+            self.emit(
+                Target::Guest(partner),
+                ServerEvent::TypingStop(RoomRef { room_id: room }),
+            );
         }
     }
 
     fn end_chat(&mut self, room_id: RoomId, actor: SessionId, reason: EndReason, now: Instant) {
         self.stop_typing(actor);
-        let Some(room) = self.rooms.remove(&room_id) else { return };
+        let Some(room) = self.rooms.remove(&room_id) else {
+            return;
+        };
         let other = room.other(actor);
         for id in room.guests {
             if let Some(s) = self.sessions.get_mut(&id) {
@@ -749,12 +905,24 @@ impl Core {
         }
         let (mine, theirs) = match reason {
             EndReason::Left => ("You left the chat.", "Stranger has left the chat."),
-            EndReason::Skipped => ("You skipped to the next stranger.", "Stranger has skipped to someone else."),
-            EndReason::Reported => ("You reported the stranger. You won't be matched again.", "Stranger has ended the chat."),
-            EndReason::Disconnected => ("You were disconnected from the chat.", "Stranger has disconnected."),
+            EndReason::Skipped => (
+                "You skipped to the next stranger.",
+                "Stranger has skipped to someone else.",
+            ),
+            EndReason::Reported => (
+                "You reported the stranger. You won't be matched again.",
+                "Stranger has ended the chat.",
+            ),
+            EndReason::Disconnected => (
+                "You were disconnected from the chat.",
+                "Stranger has disconnected.",
+            ),
         };
         for (id, text) in [(actor, mine), (other, theirs)] {
-            self.emit(Target::Guest(id), ServerEvent::Ended(Ended { room_id, reason }));
+            self.emit(
+                Target::Guest(id),
+                ServerEvent::Ended(Ended { room_id, reason }),
+            );
             let message = ChatMessage {
                 id: MessageId::from_raw(self.rng.next_u64()),
                 room_id,
@@ -769,11 +937,14 @@ impl Core {
             Block::Forever
         } else {
             let until = now + self.cfg.repair_cooldown;
-            self.timers.push(Reverse((until, Timer::Unblock(actor, other))));
+            self.timers
+                .push(Reverse((until, Timer::Unblock(actor, other))));
             Block::Until(until)
         };
         let key = pair(actor, other);
-        if self.blocks.get(&key) != Some(&Block::Forever) && self.blocks.insert(key, block).is_none() {
+        if self.blocks.get(&key) != Some(&Block::Forever)
+            && self.blocks.insert(key, block).is_none()
+        {
             for (me, them) in [(actor, other), (other, actor)] {
                 if let Some(s) = self.sessions.get_mut(&me) {
                     s.blocks.push(them);
@@ -793,7 +964,13 @@ impl Core {
         self.stats_changed(now);
     }
 
-    fn chat_message(&mut self, id: SessionId, client_id: String, content: String, now: Instant) -> Result<Ack, SignalError> {
+    fn chat_message(
+        &mut self,
+        id: SessionId,
+        client_id: String,
+        content: String,
+        now: Instant,
+    ) -> Result<Ack, SignalError> {
         let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
         let p = self.sessions.get(&partner).ok_or(SignalError::NotInChat)?;
         let away = p.conns.is_empty();
@@ -810,7 +987,12 @@ impl Core {
         if room.recent.len() == RECENT_MESSAGES {
             room.recent.pop_front();
         }
-        room.recent.push_back(Recent { id: msg_id, from: id, seq, epoch: partner_epoch });
+        room.recent.push_back(Recent {
+            id: msg_id,
+            from: id,
+            seq,
+            epoch: partner_epoch,
+        });
         let message = ChatMessage {
             id: msg_id,
             room_id,
@@ -819,27 +1001,49 @@ impl Core {
             timestamp,
             from: Sender::Partner,
         };
-        self.emit(Target::Guest(id), ServerEvent::Sent(Sent { client_id, id: msg_id, timestamp }));
+        self.emit(
+            Target::Guest(id),
+            ServerEvent::Sent(Sent {
+                client_id,
+                id: msg_id,
+                timestamp,
+            }),
+        );
         if away {
-            let p = self.sessions.get_mut(&partner).expect("partner looked up above");
+            let p = self
+                .sessions
+                .get_mut(&partner)
+                .expect("partner looked up above");
             p.inbox.push_back((seq, message));
         } else {
-            self.outputs.push_back(Output::Deliver { to: partner, message });
+            self.outputs.push_back(Output::Deliver {
+                to: partner,
+                message,
+            });
         }
         self.counters.messages_relayed += 1;
-        Ok(Ack::Sent { id: msg_id, timestamp })
+        Ok(Ack::Sent {
+            id: msg_id,
+            timestamp,
+        })
     }
 
     fn fire(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Typing(id, gen) => {
-                let due = self.sessions.get(&id).and_then(|s| s.typing).is_some_and(|(_, g)| g == gen);
+                let due = self
+                    .sessions
+                    .get(&id)
+                    .and_then(|s| s.typing)
+                    .is_some_and(|(_, g)| g == gen);
                 if due {
                     self.stop_typing(id);
                 }
             }
             Timer::Grace(id, gen) => {
-                let Some(s) = self.sessions.get_mut(&id) else { return };
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return;
+                };
                 if !s.conns.is_empty() || s.presence_gen != gen {
                     return;
                 }
@@ -874,7 +1078,8 @@ impl Core {
                 }
             }
             Timer::Sweep => {
-                self.timers.push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
+                self.timers
+                    .push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
                 if self.stats_sent.is_some_and(|sent| sent != self.stats(now)) {
                     self.stats_changed(now);
                 }
@@ -890,10 +1095,15 @@ impl Core {
             }
             _ => {}
         }
-        let Some(s) = self.sessions.remove(&id) else { return };
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
         for conn in s.conns {
             self.conns.remove(&conn);
-            self.outputs.push_back(Output::Close { conn, reason: CloseReason::SessionExpired });
+            self.outputs.push_back(Output::Close {
+                conn,
+                reason: CloseReason::SessionExpired,
+            });
         }
         for other in s.blocks {
             self.blocks.remove(&pair(id, other));
@@ -918,6 +1128,8 @@ fn pair(a: SessionId, b: SessionId) -> (SessionId, SessionId) {
 pub fn valid_username(u: &str) -> Option<String> {
     let u = u.trim();
     let n = u.chars().count();
-    let ok = (1..=24).contains(&n) && u.chars().all(|c| c.is_alphanumeric() || c == ' ' || c == '_' || c == '-');
+    let ok = (1..=24).contains(&n)
+        && u.chars()
+            .all(|c| c.is_alphanumeric() || c == ' ' || c == '_' || c == '-');
     ok.then(|| u.to_owned())
 }

@@ -10,7 +10,8 @@ pub mod ids;
 pub mod wire;
 
 pub use crate::core::{
-    valid_username, CloseReason, Core, CoreConfig, Counters, GuestInfo, Output, Target, RECENT_MESSAGES,
+    valid_username, CloseReason, Core, CoreConfig, Counters, GuestInfo, Output, Target,
+    RECENT_MESSAGES,
 };
 pub use error::SignalError;
 pub use ids::{ConnId, MessageId, RoomId, SessionId};

@@ -59,9 +59,13 @@ impl ClientEvent {
     pub fn parse(name: &str, payload: Option<&Value>) -> Result<Self, SignalError> {
         let payload = payload.filter(|v| !v.is_null());
         match name {
-            "match:start" => Ok(Self::MatchStart { interests: interests(payload)? }),
+            "match:start" => Ok(Self::MatchStart {
+                interests: interests(payload)?,
+            }),
             "match:cancel" => Ok(Self::MatchCancel),
-            "match:next" => Ok(Self::MatchNext { interests: interests(payload)? }),
+            "match:next" => Ok(Self::MatchNext {
+                interests: interests(payload)?,
+            }),
             "chat:leave" => Ok(Self::ChatLeave),
             "chat:report" => {
                 let reason = match payload {
@@ -94,7 +98,9 @@ impl ClientEvent {
 
     pub fn kind(&self) -> EventKind {
         match self {
-            Self::MatchStart { .. } | Self::MatchCancel | Self::MatchNext { .. } => EventKind::Match,
+            Self::MatchStart { .. } | Self::MatchCancel | Self::MatchNext { .. } => {
+                EventKind::Match
+            }
             Self::ChatMessage { .. } => EventKind::Message,
             Self::TypingStart | Self::TypingStop => EventKind::Typing,
             Self::ChatLeave | Self::ChatReport { .. } | Self::ChatRead { .. } => EventKind::Other,
@@ -165,11 +171,16 @@ fn chat_message(payload: Option<&Value>) -> Result<ClientEvent, SignalError> {
     let chars = content.chars().count();
     if chars == 0
         || chars > MAX_MESSAGE_CHARS
-        || content.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+        || content
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
     {
         return Err(SignalError::InvalidMessage);
     }
-    Ok(ClientEvent::ChatMessage { client_id: client_id.clone(), content: content.to_owned() })
+    Ok(ClientEvent::ChatMessage {
+        client_id: client_id.clone(),
+        content: content.to_owned(),
+    })
 }
 
 /// A guest's state, shared by all its sockets.
@@ -192,7 +203,12 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 4] = [Self::Left, Self::Skipped, Self::Disconnected, Self::Reported];
+    pub const ALL: [EndReason; 4] = [
+        Self::Left,
+        Self::Skipped,
+        Self::Disconnected,
+        Self::Reported,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -389,7 +405,10 @@ pub struct ErrorBody {
 
 impl From<SignalError> for ErrorBody {
     fn from(e: SignalError) -> Self {
-        Self { code: e.code(), message: e.to_string() }
+        Self {
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -402,7 +421,10 @@ pub struct Refused {
 
 impl Refused {
     pub fn new(e: SignalError) -> Self {
-        Self { ok: false, error: e.into() }
+        Self {
+            ok: false,
+            error: e.into(),
+        }
     }
 }
 
@@ -425,7 +447,10 @@ mod tests {
         let ok = |v: Value| ClientEvent::parse("chat:message", Some(&v));
         assert_eq!(
             ok(json!({"clientId":"c1","type":"text","content":"  hi \n"})),
-            Ok(ClientEvent::ChatMessage { client_id: "c1".into(), content: "hi".into() })
+            Ok(ClientEvent::ChatMessage {
+                client_id: "c1".into(),
+                content: "hi".into()
+            })
         );
         assert!(ok(json!({"clientId":"c1","content":"tab\tand\nnewline"})).is_ok());
         for bad in [
@@ -441,8 +466,14 @@ mod tests {
             assert_eq!(ok(bad), Err(SignalError::InvalidMessage));
         }
         assert!(ok(json!({"clientId":"c1","content":"é".repeat(2000)})).is_ok());
-        assert_eq!(ClientEvent::parse("chat:message", Some(&json!("hi"))), Err(SignalError::InvalidPayload));
-        assert_eq!(ClientEvent::parse("chat:message", None), Err(SignalError::InvalidPayload));
+        assert_eq!(
+            ClientEvent::parse("chat:message", Some(&json!("hi"))),
+            Err(SignalError::InvalidPayload)
+        );
+        assert_eq!(
+            ClientEvent::parse("chat:message", None),
+            Err(SignalError::InvalidPayload)
+        );
     }
 
     #[test]
@@ -450,9 +481,14 @@ mod tests {
         let p = |v: Value| ClientEvent::parse("match:start", Some(&v));
         assert_eq!(
             p(json!({"interests":[" Music ","music","chess"]})),
-            Ok(ClientEvent::MatchStart { interests: vec!["music".into(), "chess".into()] })
+            Ok(ClientEvent::MatchStart {
+                interests: vec!["music".into(), "chess".into()]
+            })
         );
-        assert_eq!(ClientEvent::parse("match:start", None), Ok(ClientEvent::MatchStart { interests: vec![] }));
+        assert_eq!(
+            ClientEvent::parse("match:start", None),
+            Ok(ClientEvent::MatchStart { interests: vec![] })
+        );
         for bad in [
             json!({"interests":["a","b","c","d","e","f"]}),
             json!({"interests":[""]}),
@@ -466,8 +502,14 @@ mod tests {
 
     #[test]
     fn unknown_event_and_read() {
-        assert_eq!(ClientEvent::parse("nope", None), Err(SignalError::UnknownEvent));
-        assert_eq!(ClientEvent::parse("chat:message:read", None), Err(SignalError::InvalidPayload));
+        assert_eq!(
+            ClientEvent::parse("nope", None),
+            Err(SignalError::UnknownEvent)
+        );
+        assert_eq!(
+            ClientEvent::parse("chat:message:read", None),
+            Err(SignalError::InvalidPayload)
+        );
         assert_eq!(
             ClientEvent::parse("chat:message:read", Some(&json!({"id":"nothex"}))),
             Err(SignalError::UnknownMessage)
@@ -478,12 +520,18 @@ mod tests {
     fn server_events_serialize_as_payload() {
         let e = ServerEvent::Searching(Empty {});
         assert_eq!(serde_json::to_string(&e).unwrap(), "{}");
-        let e = ServerEvent::Ended(Ended { room_id: RoomId::from_raw(1), reason: EndReason::Left });
+        let e = ServerEvent::Ended(Ended {
+            room_id: RoomId::from_raw(1),
+            reason: EndReason::Left,
+        });
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             json!({"roomId":"00000000000000000000000000000001","reason":"left"})
         );
-        assert_eq!(serde_json::to_value(Ack::State(GuestState::InChat)).unwrap(), json!({"ok":true,"state":"in_chat"}));
+        assert_eq!(
+            serde_json::to_value(Ack::State(GuestState::InChat)).unwrap(),
+            json!({"ok":true,"state":"in_chat"})
+        );
         assert_eq!(
             serde_json::to_value(Refused::new(SignalError::NotInChat)).unwrap()["error"]["code"],
             json!("not_in_chat")
@@ -501,7 +549,14 @@ mod tests {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
                 prop::collection::btree_map(
-                    prop_oneof![Just("clientId".to_string()), Just("content".to_string()), Just("interests".to_string()), Just("id".to_string()), Just("reason".to_string()), ".{0,8}".prop_map(String::from)],
+                    prop_oneof![
+                        Just("clientId".to_string()),
+                        Just("content".to_string()),
+                        Just("interests".to_string()),
+                        Just("id".to_string()),
+                        Just("reason".to_string()),
+                        ".{0,8}".prop_map(String::from)
+                    ],
                     inner,
                     0..6
                 )

@@ -1744,12 +1744,19 @@ fn undelivered_reported_before_the_disconnect_ends_up_queued() {
     h.msg(b, "in flight").unwrap();
     let m = delivers(&h.drain(), a.id)[0].clone();
     h.core.handle_undelivered(a.id, m.clone(), h.now);
-    assert!(delivers(&h.drain(), a.id).is_empty(), "no redelivery to the same, dying sockets");
+    assert!(
+        delivers(&h.drain(), a.id).is_empty(),
+        "no redelivery to the same, dying sockets"
+    );
     h.core.disconnect(a.conn, h.now);
     h.drain();
     h.set(5.0);
     h.connect(a.id);
-    assert_eq!(delivers(&h.drain(), a.id), vec![&m], "delivered once on return");
+    assert_eq!(
+        delivers(&h.drain(), a.id),
+        vec![&m],
+        "delivered once on return"
+    );
 }
 
 #[test]
