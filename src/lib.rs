@@ -88,7 +88,7 @@ pub async fn run(
         .max_buffer_size(1024)
         .ack_timeout(Duration::from_secs(10))
         .build_layer();
-    let (hub, _hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
+    let (hub, hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
     let app = Arc::new(App {
         hub,
         tokens: auth::Tokens::new(&secret),
@@ -143,6 +143,12 @@ pub async fn run(
     tokio::select! {
         r = serve => r.context("HTTP server failed")?,
         () = drain => tracing::warn!("in-flight requests did not finish within the shutdown grace; exiting"),
+        // The hub owns all signaling state: if it is gone (a bug made it panic), serving on
+        // would only refuse everything. Exit non-zero so a supervisor restarts a clean process.
+        r = hub_task => anyhow::bail!("the signaling hub stopped: {}", match r {
+            Ok(()) => "its inbox closed".to_owned(),
+            Err(e) => e.to_string(),
+        }),
     }
     tracing::info!("bye");
     Ok(())
