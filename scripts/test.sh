@@ -9,4 +9,13 @@ if [ ! -d tests/e2e/node_modules ] || [ tests/e2e/package-lock.json -nt tests/e2
 fi
 
 cargo build --workspace --all-targets
-cargo test --workspace
+mkdir -p target
+set +e
+cargo test --workspace 2>&1 | tee target/test-output.log
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: cargo's own results plus the Node suites' (tests/e2e).
+awk '/^test result:/ { p += $4; f += $6 }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
+     END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
+exit "$status"
