@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rand::RngCore;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
@@ -210,7 +210,7 @@ impl HubTask {
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
             }
-            self.drain().await;
+            self.drain();
             let counters = self.core.counters();
             if counters != self.last {
                 self.metrics.apply_counters(&self.last, &counters);
@@ -273,7 +273,11 @@ impl HubTask {
                 received,
             } => {
                 let name = event.name();
-                match self.core.handle_event(conn, event, now) {
+                let result = self.core.handle_event(conn, event, now);
+                // Emit what the event caused before answering it, back to back: the sender's
+                // `chat:message:sent` and its ack then leave in one write.
+                self.drain();
+                match result {
                     Ok(ack) => {
                         if let Reply::Ack(a) = reply {
                             let _ = a.send(&ack);
@@ -300,14 +304,14 @@ impl HubTask {
         }
     }
 
-    async fn drain(&mut self) {
+    fn drain(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Emit { to, event } => {
                     if let ServerEvent::Stats(s) = &event {
                         self.metrics.apply_stats(s);
                     }
-                    self.emit(to, &event).await;
+                    self.emit(to, &event);
                 }
                 Output::Deliver { to, message } => self.deliver(to, message),
                 Output::Close { conn, reason } => {
@@ -368,7 +372,7 @@ impl HubTask {
         });
     }
 
-    async fn emit(&self, to: Target, event: &ServerEvent) {
+    fn emit(&self, to: Target, event: &ServerEvent) {
         let name = event.name();
         match to {
             Target::Conn(conn) => {
@@ -384,7 +388,8 @@ impl HubTask {
             Target::All => {
                 // `of` rather than `emit`: the namespace is gone once shutdown closed it.
                 if let Some(all) = self.io.of("/") {
-                    let _ = all.emit(name, event).await;
+                    // The local adapter broadcasts synchronously: its future is ready at once.
+                    let _ = all.emit(name, event).now_or_never();
                 }
             }
         }
