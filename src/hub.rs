@@ -182,8 +182,8 @@ struct HubTask {
     metrics: SignalingMetrics,
     /// This node's sockets by connection id, for per-socket emits and closes.
     sockets: HashMap<ConnId, (SessionId, SocketRef)>,
-    /// This node's sockets by guest.
-    guests: HashMap<SessionId, Vec<(ConnId, SocketRef)>>,
+    /// This node's connections by guest.
+    guests: HashMap<SessionId, Vec<ConnId>>,
     /// For delivery-ack tasks to report back.
     feedback: Hub,
     last: tandem_signaling::Counters,
@@ -238,10 +238,7 @@ impl HubTask {
             } => match self.core.connect(session, conn, now) {
                 Ok(()) => {
                     self.metrics.sockets_connected.inc();
-                    self.guests
-                        .entry(session)
-                        .or_default()
-                        .push((conn, socket.clone()));
+                    self.guests.entry(session).or_default().push(conn);
                     self.sockets.insert(conn, (session, socket));
                 }
                 Err(e) => {
@@ -258,7 +255,7 @@ impl HubTask {
                 if let Some((session, _)) = self.sockets.remove(&conn) {
                     self.metrics.sockets_connected.dec();
                     if let Some(list) = self.guests.get_mut(&session) {
-                        list.retain(|(c, _)| *c != conn);
+                        list.retain(|c| *c != conn);
                         if list.is_empty() {
                             self.guests.remove(&session);
                         }
@@ -334,11 +331,19 @@ impl HubTask {
         }
     }
 
+    /// This node's sockets of one guest.
+    fn sockets_of(&self, id: SessionId) -> impl Iterator<Item = &SocketRef> {
+        let conns = self.guests.get(&id).map(Vec::as_slice).unwrap_or_default();
+        conns
+            .iter()
+            .filter_map(|c| self.sockets.get(c).map(|(_, s)| s))
+    }
+
     /// Sends a partner message to every socket of `to`, asking for an ack. The first ack makes
     /// the sender's `delivered` receipt; if no socket got it, the core queues it again.
     fn deliver(&self, to: SessionId, message: ChatMessage) {
         let mut streams = Vec::new();
-        for (_, s) in self.guests.get(&to).map(Vec::as_slice).unwrap_or_default() {
+        for s in self.sockets_of(to) {
             if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", &message) {
                 streams.push(Box::pin(acks));
             }
@@ -381,7 +386,7 @@ impl HubTask {
                 }
             }
             Target::Guest(id) => {
-                for (_, s) in self.guests.get(&id).map(Vec::as_slice).unwrap_or_default() {
+                for s in self.sockets_of(id) {
                     let _ = s.emit(name, event);
                 }
             }

@@ -311,20 +311,18 @@ impl Core {
     pub fn refresh(&mut self, id: SessionId, now: Instant) -> Result<GuestInfo, SignalError> {
         self.tick(now);
         let ttl = self.cfg.token_ttl;
+        let expires_at_ms = self.unix_ms(now + ttl);
         let s = self.live_session(id, now)?;
         s.expires_at = now + ttl;
         s.last_active = now;
-        let info = GuestInfo {
-            session_id: id,
-            username: s.username.clone(),
-            expires_at_ms: 0,
-        };
+        let username = s.username.clone();
         self.timers.push(Reverse((now + ttl, Timer::Expiry(id))));
         // `last_active` moved: the active count may have changed.
         self.stats_changed(now);
         Ok(GuestInfo {
-            expires_at_ms: self.unix_ms(now + ttl),
-            ..info
+            session_id: id,
+            username,
+            expires_at_ms,
         })
     }
 
