@@ -16,12 +16,13 @@ use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
 use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
-    ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MessageId, Output, RoomId,
-    ServerEvent, SessionId, SignalError, Target,
+    ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MediaEvent, MessageId, Output,
+    RoomId, ServerEvent, SessionId, SignalError, Target,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::SignalingMetrics;
+use crate::rtc::MediaPlane;
 
 /// Bound of the hub's inbox; past it new work is refused with `server_busy`.
 const INBOX: usize = 65_536;
@@ -97,6 +98,10 @@ pub enum Command {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    /// From the media plane.
+    Media(MediaEvent),
+    /// The media plane is up: send it the core's media commands from now on.
+    AttachMedia(MediaPlane),
 }
 
 /// A cheap handle to the hub.
@@ -172,6 +177,8 @@ pub fn spawn(
         guests: HashMap::new(),
         feedback: Hub { tx },
         last: Default::default(),
+        media: None,
+        last_calls: Default::default(),
     };
     (hub, tokio::spawn(task.run(rx)))
 }
@@ -187,6 +194,8 @@ struct HubTask {
     /// For delivery-ack tasks to report back.
     feedback: Hub,
     last: tandem_signaling::Counters,
+    media: Option<MediaPlane>,
+    last_calls: tandem_signaling::CallStates,
 }
 
 impl HubTask {
@@ -215,6 +224,11 @@ impl HubTask {
             if counters != self.last {
                 self.metrics.apply_counters(&self.last, &counters);
                 self.last = counters;
+                let calls = self.core.call_states();
+                if calls != self.last_calls {
+                    self.metrics.apply_call_states(&calls);
+                    self.last_calls = calls;
+                }
             }
         }
     }
@@ -298,6 +312,8 @@ impl HubTask {
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
             }
+            Command::Media(ev) => self.core.handle_media(ev, now),
+            Command::AttachMedia(plane) => self.media = Some(plane),
         }
     }
 
@@ -311,6 +327,11 @@ impl HubTask {
                     self.emit(to, &event);
                 }
                 Output::Deliver { to, message } => self.deliver(to, message),
+                Output::Media(cmd) => match &self.media {
+                    Some(m) => m.command(cmd),
+                    None => tracing::warn!("media command before the media plane started"),
+                },
+                Output::CallSetup(took) => self.metrics.call_setup.observe(took.as_secs_f64()),
                 Output::Close { conn, reason } => {
                     if let Some((_, s)) = self.sockets.get(&conn) {
                         tracing::info!(conn = conn.0, ?reason, "closing socket");

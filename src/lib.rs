@@ -5,6 +5,7 @@ mod http;
 mod hub;
 mod limits;
 mod metrics;
+mod rtc;
 mod sio;
 
 use std::future::Future;
@@ -54,10 +55,12 @@ fn core_config(c: &Config) -> CoreConfig {
         match_burst: c.match_burst,
         typing_per_sec: c.typing_per_sec,
         events_per_sec: c.events_per_sec,
+        ice_candidates_per_sec: c.ice_candidates_per_sec,
         flood_refusals: c.flood_refusals,
         flood_window: c.flood_window(),
         stats_interval: c.stats_interval(),
         active_window: c.active_window(),
+        ring_timeout: c.call_ring_timeout(),
     }
 }
 
@@ -88,7 +91,22 @@ pub async fn run(
         .max_buffer_size(1024)
         .ack_timeout(Duration::from_secs(10))
         .build_layer();
+    let media_metrics = metrics::MediaMetrics::register(&registry);
     let (hub, hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
+    let plane = rtc::start(
+        &rtc::RtcSettings {
+            node_ip: cfg.node_ip,
+            udp_port: cfg.rtc_udp_port,
+            workers: cfg.rtc_udp_workers,
+            tcp_port: cfg.rtc_tcp_port,
+            connect_timeout: cfg.call_connect_timeout(),
+            max_calls: cfg.max_calls,
+        },
+        hub.clone(),
+        media_metrics,
+    )
+    .await?;
+    hub.send(hub::Command::AttachMedia(plane)).await;
     let app = Arc::new(App {
         hub,
         tokens: auth::Tokens::new(&secret),

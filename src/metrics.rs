@@ -4,8 +4,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tandem_media::{MediaCounters, KINDS};
 use tandem_signaling::wire::{EndReason, Stats};
-use tandem_signaling::{ClientEvent, Counters, SignalError};
+use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
 
 /// Signaling metrics, registered by [`SignalingMetrics::register`].
 #[derive(Clone)]
@@ -26,6 +27,11 @@ pub struct SignalingMetrics {
     pub event_latency: HistogramVec,
     pub hub_batch: Histogram,
     pub resident_memory: IntGauge,
+    pub calls: IntGaugeVec,
+    pub call_requests: IntCounter,
+    pub calls_accepted: IntCounter,
+    pub calls_ended: IntCounterVec,
+    pub call_setup: Histogram,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -134,7 +140,39 @@ impl SignalingMetrics {
                 )
                 .expect("valid"),
             ),
+            calls: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tandem_calls",
+                        "Calls now, by state (ringing, connecting, connected)",
+                    ),
+                    &["state"],
+                )
+                .expect("valid"),
+            ),
+            call_requests: counter("tandem_call_requests_total", "Calls requested"),
+            calls_accepted: counter("tandem_calls_accepted_total", "Calls accepted"),
+            calls_ended: counter_vec(
+                "tandem_calls_ended_total",
+                "Calls ended, by reason",
+                &["reason"],
+            ),
+            call_setup: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tandem_call_setup_seconds",
+                        "Time from a call's accept to both guests' media connected",
+                    )
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+                )
+                .expect("valid"),
+            ),
         };
+        for reason in CallEndReason::ALL {
+            m.calls_ended.with_label_values(&[reason.as_str()]);
+        }
         // Pre-create every bounded label so dashboards see zeros, not gaps.
         for reason in EndReason::ALL {
             m.chats_ended.with_label_values(&[reason.as_str()]);
@@ -174,6 +212,26 @@ impl SignalingMetrics {
             .inc_by(now.floods_closed - last.floods_closed);
         self.sessions_expired
             .inc_by(now.sessions_expired - last.sessions_expired);
+        self.call_requests
+            .inc_by(now.calls_requested - last.calls_requested);
+        self.calls_accepted
+            .inc_by(now.calls_accepted - last.calls_accepted);
+        for reason in CallEndReason::ALL {
+            let i = reason as usize;
+            self.calls_ended
+                .with_label_values(&[reason.as_str()])
+                .inc_by(now.calls_ended[i] - last.calls_ended[i]);
+        }
+    }
+
+    pub fn apply_call_states(&self, s: &CallStates) {
+        self.calls.with_label_values(&["ringing"]).set(s.ringing as i64);
+        self.calls
+            .with_label_values(&["connecting"])
+            .set(s.connecting as i64);
+        self.calls
+            .with_label_values(&["connected"])
+            .set(s.connected as i64);
     }
 
     pub fn apply_stats(&self, s: &Stats) {
@@ -242,4 +300,158 @@ pub fn encode(r: &Registry) -> String {
         return String::new();
     }
     String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Media-plane metrics, registered by [`MediaMetrics::register`]; every media worker adds to
+/// the same series.
+#[derive(Clone)]
+pub struct MediaMetrics {
+    pub packets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub nacks: IntCounterVec,
+    pub keyframe_requests: IntCounterVec,
+    pub ice_failures: IntCounter,
+    pub dtls_failures: IntCounter,
+    pub peer_panics: IntCounter,
+    pub peers: IntGauge,
+    pub unrouted: IntCounter,
+    pub loss: Histogram,
+    pub jitter: Histogram,
+    pub rtt: Histogram,
+    pub bandwidth: Histogram,
+}
+
+impl MediaMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let counter =
+            |name: &str, help: &str| reg(r, IntCounter::new(name, help).expect("valid metric"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            reg(
+                r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid metric"),
+            )
+        };
+        let m = MediaMetrics {
+            packets: counter_vec(
+                "tandem_media_packets_total",
+                "RTP packets through the SFU, by kind and direction (in: from guests, out: forwarded)",
+                &["kind", "direction"],
+            ),
+            bytes: counter_vec(
+                "tandem_media_bytes_total",
+                "RTP payload bytes through the SFU, by kind and direction",
+                &["kind", "direction"],
+            ),
+            nacks: counter_vec(
+                "tandem_media_nacks_total",
+                "NACKs, by direction (received: from guests, served from buffers; sent: to guests for lost packets)",
+                &["direction"],
+            ),
+            keyframe_requests: counter_vec(
+                "tandem_media_keyframe_requests_total",
+                "Keyframe requests forwarded to senders (pli, fir) or dropped by the 500 ms throttle",
+                &["kind"],
+            ),
+            ice_failures: counter(
+                "tandem_media_ice_failures_total",
+                "Guests whose media did not connect (or reconnect) in time",
+            ),
+            dtls_failures: counter(
+                "tandem_media_dtls_failures_total",
+                "Guests whose DTLS handshake failed",
+            ),
+            peer_panics: counter(
+                "tandem_media_peer_panics_total",
+                "Media peers closed after the WebRTC stack panicked on them (other calls continue)",
+            ),
+            peers: reg(
+                r,
+                IntGauge::new("tandem_media_peers", "Media peers (guests in calls) now")
+                    .expect("valid"),
+            ),
+            unrouted: counter(
+                "tandem_media_unrouted_packets_total",
+                "RTP packets with no receiver to go to",
+            ),
+            loss: histogram(
+                "tandem_media_loss_ratio",
+                "Packet loss fraction from RTCP receiver reports",
+                vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+            ),
+            jitter: histogram(
+                "tandem_media_jitter_seconds",
+                "Interarrival jitter from RTCP",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1],
+            ),
+            rtt: histogram(
+                "tandem_media_rtt_seconds",
+                "Round-trip time from RTCP",
+                vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            ),
+            bandwidth: histogram(
+                "tandem_media_bandwidth_estimate_bps",
+                "Estimated bandwidth towards guests (TWCC)",
+                vec![1e5, 3e5, 5e5, 1e6, 2e6, 5e6, 1e7],
+            ),
+        };
+        for kind in KINDS {
+            for dir in ["in", "out"] {
+                m.packets.with_label_values(&[kind, dir]);
+                m.bytes.with_label_values(&[kind, dir]);
+            }
+        }
+        for dir in ["received", "sent"] {
+            m.nacks.with_label_values(&[dir]);
+        }
+        for kind in ["pli", "fir", "throttled"] {
+            m.keyframe_requests.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// Adds what one worker's core counted since `last`.
+    pub fn apply(&self, last: &MediaCounters, now: &MediaCounters) {
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (d, dir) in ["in", "out"].iter().enumerate() {
+                self.packets
+                    .with_label_values(&[kind, dir])
+                    .inc_by(now.packets[k][d] - last.packets[k][d]);
+                self.bytes
+                    .with_label_values(&[kind, dir])
+                    .inc_by(now.bytes[k][d] - last.bytes[k][d]);
+            }
+        }
+        self.nacks
+            .with_label_values(&["received"])
+            .inc_by(now.nacks_received - last.nacks_received);
+        self.nacks
+            .with_label_values(&["sent"])
+            .inc_by(now.nacks_sent - last.nacks_sent);
+        self.keyframe_requests
+            .with_label_values(&["pli"])
+            .inc_by(now.plis_forwarded - last.plis_forwarded);
+        self.keyframe_requests
+            .with_label_values(&["fir"])
+            .inc_by(now.firs_forwarded - last.firs_forwarded);
+        self.keyframe_requests
+            .with_label_values(&["throttled"])
+            .inc_by(now.keyframe_requests_throttled - last.keyframe_requests_throttled);
+        self.ice_failures.inc_by(now.ice_failures - last.ice_failures);
+        self.dtls_failures
+            .inc_by(now.dtls_failures - last.dtls_failures);
+        self.peer_panics.inc_by(now.peer_panics - last.peer_panics);
+        self.unrouted
+            .inc_by(now.packets_unrouted - last.packets_unrouted);
+        self.peers.add(
+            (now.peers_created - last.peers_created) as i64
+                - (now.peers_closed - last.peers_closed) as i64,
+        );
+    }
 }

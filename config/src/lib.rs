@@ -19,7 +19,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -333,6 +333,10 @@ settings! {
     events_per_sec: req u32 = 10;
         shown "10", env "TANDEM_EVENTS_PER_SEC", arg(value_name = "N");
 
+    /// ICE candidates one guest may trickle per second (and in one burst)
+    ice_candidates_per_sec: req u32 = 50;
+        shown "50", env "TANDEM_ICE_CANDIDATES_PER_SEC", arg(value_name = "N");
+
     /// Rate-limit refusals within the flood window that get a connection cut
     flood_refusals: req u32 = 50;
         shown "50", env "TANDEM_FLOOD_REFUSALS", arg(value_name = "N");
@@ -372,6 +376,37 @@ settings! {
     /// Seconds given to open connections to finish when shutting down
     shutdown_grace_secs: req u64 = 10;
         shown "10", env "TANDEM_SHUTDOWN_GRACE_SECS", arg(value_name = "SECS");
+
+    /// Address put in the media ICE candidates browsers connect to; default:
+    /// the address of the interface that routes to the Internet (no packet is
+    /// sent), else 127.0.0.1
+    node_ip: opt IpAddr = None;
+        shown "detected", env "TANDEM_NODE_IP", arg(value_name = "IP");
+
+    /// UDP port that carries every call's media (0 picks a free port)
+    rtc_udp_port: req u16 = 7882;
+        shown "7882", env "TANDEM_RTC_UDP_PORT", arg(value_name = "PORT");
+
+    /// Media threads, each with its own socket on the UDP port (SO_REUSEPORT);
+    /// calls are spread across them
+    rtc_udp_workers: opt usize = None;
+        shown "one per CPU core", env "TANDEM_RTC_UDP_WORKERS", arg(value_name = "N");
+
+    /// TCP port for media over ICE-TCP, for networks that block UDP (0 disables)
+    rtc_tcp_port: req u16 = 7881;
+        shown "7881", env "TANDEM_RTC_TCP_PORT", arg(value_name = "PORT");
+
+    /// Seconds a call rings before it ends unanswered
+    call_ring_timeout_secs: req u64 = 30;
+        shown "30", env "TANDEM_CALL_RING_TIMEOUT_SECS", arg(value_name = "SECS");
+
+    /// Seconds a call's media may take to connect (or reconnect) before the call fails
+    call_connect_timeout_secs: req u64 = 30;
+        shown "30", env "TANDEM_CALL_CONNECT_TIMEOUT_SECS", arg(value_name = "SECS");
+
+    /// Calls in progress at most; further calls are refused with `server_busy`
+    max_calls: req usize = 1000;
+        shown "1000", env "TANDEM_MAX_CALLS", arg(value_name = "N");
 }
 
 /// Environment variable naming the TOML file, like `--config`.
@@ -442,6 +477,14 @@ impl Config {
     }
 
     /// The memory budget in bytes.
+    pub fn call_ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_ring_timeout_secs)
+    }
+
+    pub fn call_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_connect_timeout_secs)
+    }
+
     pub fn memory_budget_bytes(&self) -> u64 {
         self.memory_budget_mb.saturating_mul(1024 * 1024)
     }

@@ -520,3 +520,51 @@ fn clap_command_is_consistent() {
     use clap::CommandFactory;
     Cli::command().debug_assert();
 }
+
+#[test]
+fn media_defaults_and_flags() {
+    let c = ok(&[], &[]);
+    assert_eq!(c.node_ip, None);
+    assert_eq!(c.rtc_udp_port, 7882);
+    assert_eq!(c.rtc_udp_workers, None);
+    assert_eq!(c.rtc_tcp_port, 7881);
+    assert_eq!(c.call_ring_timeout(), Duration::from_secs(30));
+    assert_eq!(c.call_connect_timeout(), Duration::from_secs(30));
+    assert_eq!(c.max_calls, 1000);
+
+    let c = ok(
+        &[
+            "--node-ip",
+            "127.0.0.1",
+            "--rtc-udp-port",
+            "0",
+            "--rtc-udp-workers",
+            "3",
+            "--rtc-tcp-port",
+            "0",
+            "--call-ring-timeout-secs",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(c.node_ip, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(c.rtc_udp_port, 0);
+    assert_eq!(c.rtc_udp_workers, Some(3));
+    assert_eq!(c.rtc_tcp_port, 0);
+    assert_eq!(c.call_ring_timeout(), Duration::from_secs(2));
+
+    let c = ok(&[], &[("TANDEM_NODE_IP", "::1"), ("TANDEM_RTC_UDP_PORT", "9000")]);
+    assert_eq!(c.node_ip, Some("::1".parse().unwrap()));
+    assert_eq!(c.rtc_udp_port, 9000);
+}
+
+#[test]
+fn bad_media_values_refused() {
+    assert!(err(&["--node-ip", "0.0.0.0"], &[]).contains("node_ip"));
+    assert!(err(&["--node-ip", "not-an-ip"], &[]).contains("--node-ip"));
+    assert!(err(&["--rtc-udp-workers", "0"], &[]).contains("rtc_udp_workers"));
+    assert!(err(&["--rtc-udp-workers", "65"], &[]).contains("rtc_udp_workers"));
+    assert!(err(&["--rtc-udp-port", "70000"], &[]).contains("--rtc-udp-port"));
+    assert!(err(&["--call-ring-timeout-secs", "0"], &[]).contains("call_ring_timeout_secs"));
+    assert!(err(&["--max-calls", "0"], &[]).contains("max_calls"));
+}

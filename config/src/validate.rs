@@ -21,7 +21,11 @@ pub(crate) fn check(
     };
 
     // Rates, limits and counts: zero would block everything or divide by zero.
-    let positive: [(&'static str, u64); 17] = [
+    let positive: [(&'static str, u64); 21] = [
+        ("ice_candidates_per_sec", config.ice_candidates_per_sec.into()),
+        ("call_ring_timeout_secs", config.call_ring_timeout_secs),
+        ("call_connect_timeout_secs", config.call_connect_timeout_secs),
+        ("max_calls", config.max_calls as u64),
         ("typing_timeout_secs", config.typing_timeout_secs),
         ("away_queue_max", config.away_queue_max as u64),
         ("max_sockets_per_guest", config.max_sockets_per_guest.into()),
@@ -52,7 +56,9 @@ pub(crate) fn check(
         }
     }
 
-    let durations: [(&'static str, u64); 7] = [
+    let durations: [(&'static str, u64); 9] = [
+        ("call_ring_timeout_secs", config.call_ring_timeout_secs),
+        ("call_connect_timeout_secs", config.call_connect_timeout_secs),
         ("grace_period_secs", config.grace_period_secs),
         ("repair_cooldown_secs", config.repair_cooldown_secs),
         ("typing_timeout_secs", config.typing_timeout_secs),
@@ -79,6 +85,18 @@ pub(crate) fn check(
         1_048_576,
     )
     .map_err(|m| fail("max_message_bytes", m))?;
+
+    if let Some(workers) = config.rtc_udp_workers {
+        in_range(workers as u64, "rtc_udp_workers", 1, 64).map_err(|m| fail("rtc_udp_workers", m))?;
+    }
+    if let Some(ip) = config.node_ip {
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(fail(
+                "node_ip",
+                format!("node_ip {ip} is not an address browsers can send to; give this host's reachable address"),
+            ));
+        }
+    }
 
     if let Some(secret) = &config.jwt_secret {
         let len = secret.expose().len();

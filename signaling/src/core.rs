@@ -13,7 +13,8 @@ use governor::{Quota, RateLimiter};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::ids::{ConnId, MessageId, RoomId, SessionId};
+use crate::call::{CallStates, MediaCommand, MediaEvent};
+use crate::ids::{CallId, ConnId, MessageId, RoomId, SessionId};
 use crate::wire::*;
 use crate::SignalError;
 
@@ -39,10 +40,14 @@ pub struct CoreConfig {
     pub match_burst: u32,
     pub typing_per_sec: u32,
     pub events_per_sec: u32,
+    /// `webrtc:ice-candidate` events one guest may send per second (also the burst).
+    pub ice_candidates_per_sec: u32,
     pub flood_refusals: u32,
     pub flood_window: Duration,
     pub stats_interval: Duration,
     pub active_window: Duration,
+    /// How long a call rings before it ends with `timeout`.
+    pub ring_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -60,10 +65,12 @@ impl Default for CoreConfig {
             match_burst: 3,
             typing_per_sec: 2,
             events_per_sec: 10,
+            ice_candidates_per_sec: 50,
             flood_refusals: 50,
             flood_window: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
             active_window: Duration::from_secs(300),
+            ring_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -105,6 +112,11 @@ pub enum Output {
         conn: ConnId,
         reason: CloseReason,
     },
+    /// A command for the media server; results come back through [`Core::handle_media`].
+    Media(MediaCommand),
+    /// A call's setup time: from the accept until both sides' media first connected. Once per
+    /// call, for a histogram.
+    CallSetup(Duration),
 }
 
 /// What `POST /api/guest` and refresh return, before the shell signs a token.
@@ -127,6 +139,11 @@ pub struct Counters {
     pub receipts_read: u64,
     pub floods_closed: u64,
     pub sessions_expired: u64,
+    pub calls_requested: u64,
+    pub calls_accepted: u64,
+    /// Calls ended, indexed by [`CallEndReason`] (see [`CallEndReason::ALL`]). A call that ends
+    /// with its chat counts as `partner_left`.
+    pub calls_ended: [u64; 5],
 }
 
 type Limiter =
@@ -136,6 +153,7 @@ struct Limiters {
     message: Limiter,
     matching: Limiter,
     typing: Limiter,
+    candidates: Limiter,
     other: Limiter,
 }
 
@@ -175,6 +193,38 @@ struct Room {
     guests: [SessionId; 2],
     next_seq: u64,
     recent: VecDeque<Recent>,
+    /// At most one call per room.
+    call: Option<Call>,
+}
+
+/// A call between the two guests of a room. Sides are indexed 0 = caller, 1 = callee.
+struct Call {
+    id: CallId,
+    guests: [SessionId; 2],
+    video: bool,
+    /// When the callee accepted; `None` while ringing.
+    accepted_at: Option<Instant>,
+    /// Per side: the media server reports this side connected.
+    connected: [bool; 2],
+    /// Per side: a server offer waits for this side's `webrtc:answer`.
+    offer_pending: [bool; 2],
+    /// `Output::CallSetup` was emitted.
+    setup_reported: bool,
+}
+
+impl Call {
+    fn side(&self, id: SessionId) -> Option<usize> {
+        self.guests.iter().position(|g| *g == id)
+    }
+
+    fn state_of(&self, side: usize) -> CallState {
+        match (self.accepted_at, side) {
+            (None, 0) => CallState::Calling,
+            (None, _) => CallState::Ringing,
+            (Some(_), _) if self.connected[side] => CallState::Connected,
+            (Some(_), _) => CallState::Connecting,
+        }
+    }
 }
 
 impl Room {
@@ -193,6 +243,8 @@ enum Timer {
     Grace(SessionId, u64),
     Expiry(SessionId),
     Unblock(SessionId, SessionId),
+    /// A call's ring timeout (the call id doubles as its generation).
+    Ring(RoomId, CallId),
     Sweep,
 }
 
@@ -222,6 +274,10 @@ pub struct Core {
     stats_sent_at: Option<Instant>,
     stats_sent: Option<Stats>,
     counters: Counters,
+    /// Every live call's room.
+    calls: HashMap<CallId, RoomId>,
+    /// The last call id handed out.
+    last_call: u64,
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -250,6 +306,8 @@ impl Core {
             stats_sent_at: None,
             stats_sent: None,
             counters: Counters::default(),
+            calls: HashMap::new(),
+            last_call: 0,
         };
         core.timers
             .push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
@@ -435,6 +493,7 @@ impl Core {
             EventKind::Match => &s.limits.matching,
             EventKind::Message => &s.limits.message,
             EventKind::Typing => &s.limits.typing,
+            EventKind::Candidate => &s.limits.candidates,
             EventKind::Other => &s.limits.other,
         };
         if limiter.check().is_err() {
@@ -516,6 +575,153 @@ impl Core {
                 self.room_of(id).ok_or(SignalError::NotInChat)?;
                 self.stop_typing(id);
                 Ok(Ack::Ok)
+            }
+            ClientEvent::CallRequest { video } => self.call_request(id, video, now),
+            ClientEvent::CallAccept => self.call_accept(id, now),
+            ClientEvent::CallReject => {
+                let (room_id, call) = self.ringing_for_callee(id)?;
+                self.end_call(room_id, call, CallEndReason::Rejected);
+                Ok(Ack::Ok)
+            }
+            ClientEvent::CallEnd => {
+                let (room_id, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                let call = self
+                    .rooms
+                    .get(&room_id)
+                    .and_then(|r| r.call.as_ref())
+                    .map(|c| c.id)
+                    .ok_or(SignalError::NoCall)?;
+                self.end_call(room_id, call, CallEndReason::Hangup);
+                Ok(Ack::Ok)
+            }
+            ClientEvent::WebrtcOffer { sdp } => {
+                let (call, _) = self.accepted_call_of(id)?;
+                self.outputs.push_back(Output::Media(MediaCommand::Offer {
+                    call,
+                    guest: id,
+                    sdp,
+                }));
+                Ok(Ack::Ok)
+            }
+            ClientEvent::WebrtcAnswer { sdp } => {
+                let (call, room_id) = self.accepted_call_of(id)?;
+                let c = self
+                    .rooms
+                    .get_mut(&room_id)
+                    .and_then(|r| r.call.as_mut())
+                    .ok_or(SignalError::NoCall)?;
+                let side = c.side(id).ok_or(SignalError::NoCall)?;
+                if !c.offer_pending[side] {
+                    return Err(SignalError::InvalidSdp);
+                }
+                c.offer_pending[side] = false;
+                self.outputs.push_back(Output::Media(MediaCommand::Answer {
+                    call,
+                    guest: id,
+                    sdp,
+                }));
+                Ok(Ack::Ok)
+            }
+            ClientEvent::WebrtcCandidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                let (call, _) = self.accepted_call_of(id)?;
+                if !candidate.is_empty() {
+                    self.outputs
+                        .push_back(Output::Media(MediaCommand::Candidate {
+                            call,
+                            guest: id,
+                            candidate,
+                            sdp_mid,
+                            sdp_mline_index,
+                        }));
+                }
+                Ok(Ack::Ok)
+            }
+        }
+    }
+
+    /// A report from the media server. Events for a call that is over, or for a guest who is
+    /// not in that call, are ignored.
+    pub fn handle_media(&mut self, event: MediaEvent, now: Instant) {
+        self.tick(now);
+        let (call, guest) = match &event {
+            MediaEvent::Answer { call, guest, .. }
+            | MediaEvent::Offer { call, guest, .. }
+            | MediaEvent::Candidate { call, guest, .. }
+            | MediaEvent::OfferRejected { call, guest, .. }
+            | MediaEvent::Connected { call, guest }
+            | MediaEvent::Disconnected { call, guest }
+            | MediaEvent::Failed { call, guest } => (*call, *guest),
+        };
+        let Some(&room_id) = self.calls.get(&call) else {
+            return;
+        };
+        let Some(c) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.call.as_mut())
+            .filter(|c| c.id == call)
+        else {
+            return;
+        };
+        let (Some(side), Some(accepted_at)) = (c.side(guest), c.accepted_at) else {
+            return;
+        };
+        let to = Target::Guest(guest);
+        match event {
+            MediaEvent::Answer { sdp, .. } => {
+                self.emit(to, ServerEvent::WebrtcAnswer(Sdp { sdp }));
+            }
+            MediaEvent::Offer { sdp, .. } => {
+                c.offer_pending[side] = true;
+                self.emit(to, ServerEvent::WebrtcOffer(Sdp { sdp }));
+            }
+            MediaEvent::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                ..
+            } => {
+                self.emit(
+                    to,
+                    ServerEvent::WebrtcCandidate(IceCandidate {
+                        candidate,
+                        sdp_mid,
+                        sdp_mline_index,
+                    }),
+                );
+            }
+            MediaEvent::OfferRejected { message, .. } => {
+                self.emit(
+                    to,
+                    ServerEvent::Error(ErrorEvent {
+                        code: SignalError::InvalidSdp.code(),
+                        message,
+                        event: "webrtc:offer",
+                    }),
+                );
+            }
+            MediaEvent::Connected { .. } => {
+                c.connected[side] = true;
+                if c.connected == [true, true] && !c.setup_reported {
+                    c.setup_reported = true;
+                    let took = now.saturating_duration_since(accepted_at);
+                    self.outputs.push_back(Output::CallSetup(took));
+                }
+            }
+            MediaEvent::Disconnected { .. } => {
+                c.connected[side] = false;
+            }
+            MediaEvent::Failed { .. } => {
+                let away = self.sessions.get(&guest).is_none_or(|s| s.conns.is_empty());
+                if away {
+                    c.connected[side] = false;
+                } else {
+                    self.end_call(room_id, call, CallEndReason::Failed);
+                }
             }
         }
     }
@@ -639,6 +845,22 @@ impl Core {
         self.counters
     }
 
+    /// How many calls are ringing, connecting and connected (for a gauge).
+    pub fn call_states(&self) -> CallStates {
+        let mut st = CallStates::default();
+        for room in self.calls.values() {
+            let Some(c) = self.rooms.get(room).and_then(|r| r.call.as_ref()) else {
+                continue;
+            };
+            match c.accepted_at {
+                None => st.ringing += 1,
+                Some(_) if c.connected == [true, true] => st.connected += 1,
+                Some(_) => st.connecting += 1,
+            }
+        }
+        st
+    }
+
     /// The session's current id, if it lives (for the shell's refresh/auth checks).
     pub fn session_alive(&self, id: SessionId, now: Instant) -> bool {
         self.sessions.get(&id).is_some_and(|s| s.expires_at > now)
@@ -675,6 +897,7 @@ impl Core {
             message: make(per_sec(c.chat_messages_per_sec)),
             matching: make(per_sec(c.match_per_sec).allow_burst(nz(c.match_burst))),
             typing: make(per_sec(c.typing_per_sec)),
+            candidates: make(per_sec(c.ice_candidates_per_sec)),
             other: make(per_sec(c.events_per_sec)),
         }
     }
@@ -725,11 +948,19 @@ impl Core {
                     .get(&partner)
                     .map(|p| p.username.clone())
                     .unwrap_or_default();
+                let call = self.rooms[room].call.as_ref().and_then(|c| {
+                    let side = c.side(id)?;
+                    Some(CallInfo {
+                        state: c.state_of(side),
+                        video: c.video,
+                    })
+                });
                 (
                     GuestState::InChat,
                     Some(RoomInfo {
                         room_id: *room,
                         partner: Partner { username },
+                        call,
                     }),
                 )
             }
@@ -857,6 +1088,7 @@ impl Core {
                 guests: [a, b],
                 next_seq: 0,
                 recent: VecDeque::new(),
+                call: None,
             },
         );
         for (me, other) in [(a, b), (b, a)] {
@@ -866,6 +1098,7 @@ impl Core {
                 ServerEvent::Found(RoomInfo {
                     room_id,
                     partner: Partner { username },
+                    call: None,
                 }),
             );
         }
@@ -890,10 +1123,22 @@ impl Core {
 
     fn end_chat(&mut self, room_id: RoomId, actor: SessionId, reason: EndReason, now: Instant) {
         self.stop_typing(actor);
-        let Some(room) = self.rooms.remove(&room_id) else {
+        let Some(mut room) = self.rooms.remove(&room_id) else {
             return;
         };
         let other = room.other(actor);
+        if let Some(call) = room.call.take() {
+            // A guest removed because its grace ran out has no socket to tell.
+            let actor_gone = reason == EndReason::Disconnected
+                && self.sessions.get(&actor).is_none_or(|s| s.conns.is_empty());
+            let mine = (!actor_gone).then_some(CallEndReason::Hangup);
+            self.call_over(
+                room_id,
+                call,
+                CallEndReason::PartnerLeft,
+                [(actor, mine), (other, Some(CallEndReason::PartnerLeft))],
+            );
+        }
         for id in room.guests {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.state = State::Online;
@@ -1026,6 +1271,124 @@ impl Core {
         })
     }
 
+    fn call_request(
+        &mut self,
+        id: SessionId,
+        video: bool,
+        now: Instant,
+    ) -> Result<Ack, SignalError> {
+        let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+        let room = self.rooms.get_mut(&room_id).ok_or(SignalError::NotInChat)?;
+        if room.call.is_some() {
+            return Err(SignalError::CallInProgress);
+        }
+        self.last_call += 1;
+        let call = CallId(self.last_call);
+        room.call = Some(Call {
+            id: call,
+            guests: [id, partner],
+            video,
+            accepted_at: None,
+            connected: [false; 2],
+            offer_pending: [false; 2],
+            setup_reported: false,
+        });
+        self.calls.insert(call, room_id);
+        self.timers.push(Reverse((
+            now + self.cfg.ring_timeout,
+            Timer::Ring(room_id, call),
+        )));
+        self.counters.calls_requested += 1;
+        self.emit(
+            Target::Guest(partner),
+            ServerEvent::CallIncoming(CallIncoming { room_id, video }),
+        );
+        Ok(Ack::Room { room_id })
+    }
+
+    fn call_accept(&mut self, id: SessionId, now: Instant) -> Result<Ack, SignalError> {
+        let (room_id, call) = self.ringing_for_callee(id)?;
+        let c = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.call.as_mut())
+            .ok_or(SignalError::NoCall)?;
+        c.accepted_at = Some(now);
+        let (guests, video) = (c.guests, c.video);
+        self.counters.calls_accepted += 1;
+        self.outputs.push_back(Output::Media(MediaCommand::Open {
+            call,
+            room: room_id,
+            guests,
+            video,
+        }));
+        for g in guests {
+            self.emit(
+                Target::Guest(g),
+                ServerEvent::CallAccepted(RoomRef { room_id }),
+            );
+        }
+        Ok(Ack::Room { room_id })
+    }
+
+    /// The ringing call of `id`'s room, if `id` is its callee.
+    fn ringing_for_callee(&self, id: SessionId) -> Result<(RoomId, CallId), SignalError> {
+        let (room_id, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+        match self.rooms.get(&room_id).and_then(|r| r.call.as_ref()) {
+            Some(c) if c.accepted_at.is_none() && c.guests[1] == id => Ok((room_id, c.id)),
+            _ => Err(SignalError::NoCall),
+        }
+    }
+
+    /// The accepted call of `id`'s room.
+    fn accepted_call_of(&self, id: SessionId) -> Result<(CallId, RoomId), SignalError> {
+        let (room_id, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+        match self.rooms.get(&room_id).and_then(|r| r.call.as_ref()) {
+            Some(c) if c.accepted_at.is_some() && c.side(id).is_some() => Ok((c.id, room_id)),
+            _ => Err(SignalError::NoCall),
+        }
+    }
+
+    /// Ends the room's call `call` (if it is still the current one), telling both guests why.
+    fn end_call(&mut self, room_id: RoomId, call: CallId, reason: CallEndReason) {
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if room.call.as_ref().is_none_or(|c| c.id != call) {
+            return;
+        }
+        let Some(c) = room.call.take() else {
+            return;
+        };
+        let notify = c.guests.map(|g| (g, Some(reason)));
+        self.call_over(room_id, c, reason, notify);
+    }
+
+    /// Bookkeeping for a call taken out of its room: `call:ended` to each guest with a reason,
+    /// the media session closed if the call had been accepted, the counter for `counted`.
+    fn call_over(
+        &mut self,
+        room_id: RoomId,
+        call: Call,
+        counted: CallEndReason,
+        notify: [(SessionId, Option<CallEndReason>); 2],
+    ) {
+        self.calls.remove(&call.id);
+        for (g, reason) in notify {
+            if let Some(reason) = reason {
+                self.emit(
+                    Target::Guest(g),
+                    ServerEvent::CallEnded(CallEnded { room_id, reason }),
+                );
+            }
+        }
+        if call.accepted_at.is_some() {
+            self.outputs
+                .push_back(Output::Media(MediaCommand::Close { call: call.id }));
+        }
+        self.counters.calls_ended[counted as usize] += 1;
+    }
+
     fn fire(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Typing(id, gen) => {
@@ -1073,6 +1436,16 @@ impl Core {
                             self.try_match(id, now);
                         }
                     }
+                }
+            }
+            Timer::Ring(room_id, call) => {
+                let ringing = self
+                    .rooms
+                    .get(&room_id)
+                    .and_then(|r| r.call.as_ref())
+                    .is_some_and(|c| c.id == call && c.accepted_at.is_none());
+                if ringing {
+                    self.end_call(room_id, call, CallEndReason::Timeout);
                 }
             }
             Timer::Sweep => {

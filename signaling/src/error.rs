@@ -34,6 +34,16 @@ pub enum SignalError {
     InvalidReport,
     #[error("Unknown event.")]
     UnknownEvent,
+    #[error("There is no call in this chat for that.")]
+    NoCall,
+    #[error("This chat already has a call.")]
+    CallInProgress,
+    #[error(
+        "The session description is missing, too long or malformed, or no answer was expected."
+    )]
+    InvalidSdp,
+    #[error("The ICE candidate is too long or malformed.")]
+    InvalidCandidate,
 }
 
 impl SignalError {
@@ -55,11 +65,15 @@ impl SignalError {
             Self::UnknownMessage => "unknown_message",
             Self::InvalidReport => "invalid_report",
             Self::UnknownEvent => "unknown_event",
+            Self::NoCall => "no_call",
+            Self::CallInProgress => "call_in_progress",
+            Self::InvalidSdp => "invalid_sdp",
+            Self::InvalidCandidate => "invalid_candidate",
         }
     }
 
     /// Every variant, for metrics label pre-registration and docs checks.
-    pub const ALL: [SignalError; 15] = [
+    pub const ALL: [SignalError; 19] = [
         Self::Unauthorized,
         Self::RateLimited,
         Self::ServerBusy,
@@ -75,5 +89,49 @@ impl SignalError {
         Self::UnknownMessage,
         Self::InvalidReport,
         Self::UnknownEvent,
+        Self::NoCall,
+        Self::CallInProgress,
+        Self::InvalidSdp,
+        Self::InvalidCandidate,
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn all_is_complete_and_codes_are_unique() {
+        // Adding a variant breaks this match until it is also counted here (and in ALL).
+        let ordinal = |e: SignalError| match e {
+            SignalError::Unauthorized => 0,
+            SignalError::RateLimited => 1,
+            SignalError::ServerBusy => 2,
+            SignalError::InvalidUsername => 3,
+            SignalError::InvalidPayload => 4,
+            SignalError::InvalidInterests => 5,
+            SignalError::AlreadySearching => 6,
+            SignalError::AlreadyInChat => 7,
+            SignalError::NotSearching => 8,
+            SignalError::NotInChat => 9,
+            SignalError::InvalidMessage => 10,
+            SignalError::PartnerAwayQueueFull => 11,
+            SignalError::UnknownMessage => 12,
+            SignalError::InvalidReport => 13,
+            SignalError::UnknownEvent => 14,
+            SignalError::NoCall => 15,
+            SignalError::CallInProgress => 16,
+            SignalError::InvalidSdp => 17,
+            SignalError::InvalidCandidate => 18,
+        };
+        for (i, e) in SignalError::ALL.iter().enumerate() {
+            assert_eq!(ordinal(*e), i, "{e:?}");
+        }
+        let codes: HashSet<&str> = SignalError::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(codes.len(), SignalError::ALL.len());
+        assert!(codes
+            .iter()
+            .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
 }

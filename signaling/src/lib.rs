@@ -1,9 +1,12 @@
 //! tandem's signaling core, sans-I/O: no sockets, no tasks, no clock reads, no thread RNG.
 //!
-//! The shell feeds inputs (`create_guest`, `connect`, `handle_event`, `handle_timeout`, …), each
-//! with `now`, and carries out what [`Core::poll_output`] returns; [`Core::poll_timeout`] says
-//! when to call `handle_timeout` next. Same inputs, same outputs: tests drive time by hand.
+//! The shell feeds inputs (`create_guest`, `connect`, `handle_event`, `handle_media`,
+//! `handle_timeout`, …), each with `now`, and carries out what [`Core::poll_output`] returns
+//! (socket emits, deliveries, closes, and [`MediaCommand`]s for the media server);
+//! [`Core::poll_timeout`] says when to call `handle_timeout` next. Same inputs, same outputs:
+//! tests drive time by hand.
 
+pub mod call;
 mod core;
 mod error;
 pub mod ids;
@@ -13,6 +16,7 @@ pub use crate::core::{
     valid_username, CloseReason, Core, CoreConfig, Counters, GuestInfo, Output, Target,
     RECENT_MESSAGES,
 };
+pub use call::{CallStates, MediaCommand, MediaEvent};
 pub use error::SignalError;
-pub use ids::{ConnId, MessageId, RoomId, SessionId};
-pub use wire::{Ack, ClientEvent, ServerEvent};
+pub use ids::{CallId, ConnId, MessageId, RoomId, SessionId};
+pub use wire::{Ack, CallEndReason, CallState, ClientEvent, ServerEvent};

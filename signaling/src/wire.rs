@@ -17,19 +17,61 @@ pub const MAX_MESSAGE_CHARS: usize = 2000;
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 /// Longest report reason, in characters.
 pub const MAX_REPORT_CHARS: usize = 200;
+/// Longest session description a client may send, in bytes.
+pub const MAX_SDP_BYTES: usize = 16_000;
+/// Longest ICE candidate line, in characters.
+pub const MAX_CANDIDATE_CHARS: usize = 1024;
+/// Longest `sdpMid`, in characters.
+pub const MAX_SDP_MID_CHARS: usize = 64;
 
 /// A client → server event, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
-    MatchStart { interests: Vec<String> },
+    MatchStart {
+        interests: Vec<String>,
+    },
     MatchCancel,
-    MatchNext { interests: Vec<String> },
+    MatchNext {
+        interests: Vec<String>,
+    },
     ChatLeave,
-    ChatReport { reason: Option<String> },
-    ChatMessage { client_id: String, content: String },
-    ChatRead { id: MessageId },
+    ChatReport {
+        reason: Option<String>,
+    },
+    ChatMessage {
+        client_id: String,
+        content: String,
+    },
+    ChatRead {
+        id: MessageId,
+    },
     TypingStart,
     TypingStop,
+    /// `call:request`: ring the partner.
+    CallRequest {
+        video: bool,
+    },
+    /// `call:accept`: the callee picks up.
+    CallAccept,
+    /// `call:reject`: the callee declines.
+    CallReject,
+    /// `call:end`: either side hangs up (or the caller cancels while ringing).
+    CallEnd,
+    /// `webrtc:offer`: the client's offer for the media server.
+    WebrtcOffer {
+        sdp: String,
+    },
+    /// `webrtc:answer`: the client's answer to a server (renegotiation) offer.
+    WebrtcAnswer {
+        sdp: String,
+    },
+    /// `webrtc:ice-candidate`: one trickled candidate; `candidate` is empty at the end of
+    /// candidates, else it starts with `candidate:` (an `a=` prefix is stripped).
+    WebrtcCandidate {
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+    },
 }
 
 /// Which rate-limit bucket (and metrics label) an event belongs to.
@@ -38,12 +80,14 @@ pub enum EventKind {
     Match,
     Message,
     Typing,
+    /// Trickled ICE candidates: a browser sends a burst of them per offer.
+    Candidate,
     Other,
 }
 
 impl ClientEvent {
     /// Every event name a client may send.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 16] = [
         "match:start",
         "match:cancel",
         "match:next",
@@ -53,6 +97,13 @@ impl ClientEvent {
         "chat:message:read",
         "typing:start",
         "typing:stop",
+        "call:request",
+        "call:accept",
+        "call:reject",
+        "call:end",
+        "webrtc:offer",
+        "webrtc:answer",
+        "webrtc:ice-candidate",
     ];
 
     /// Parses and validates one event. `payload` is the first Socket.IO argument, if any.
@@ -92,6 +143,21 @@ impl ClientEvent {
             }
             "typing:start" => Ok(Self::TypingStart),
             "typing:stop" => Ok(Self::TypingStop),
+            "call:request" => {
+                let Some(Value::Object(o)) = payload else {
+                    return Err(SignalError::InvalidPayload);
+                };
+                match o.get("video") {
+                    Some(Value::Bool(video)) => Ok(Self::CallRequest { video: *video }),
+                    _ => Err(SignalError::InvalidPayload),
+                }
+            }
+            "call:accept" => Ok(Self::CallAccept),
+            "call:reject" => Ok(Self::CallReject),
+            "call:end" => Ok(Self::CallEnd),
+            "webrtc:offer" => Ok(Self::WebrtcOffer { sdp: sdp(payload)? }),
+            "webrtc:answer" => Ok(Self::WebrtcAnswer { sdp: sdp(payload)? }),
+            "webrtc:ice-candidate" => ice_candidate(payload),
             _ => Err(SignalError::UnknownEvent),
         }
     }
@@ -103,7 +169,16 @@ impl ClientEvent {
             }
             Self::ChatMessage { .. } => EventKind::Message,
             Self::TypingStart | Self::TypingStop => EventKind::Typing,
-            Self::ChatLeave | Self::ChatReport { .. } | Self::ChatRead { .. } => EventKind::Other,
+            Self::ChatLeave
+            | Self::ChatReport { .. }
+            | Self::ChatRead { .. }
+            | Self::CallRequest { .. }
+            | Self::CallAccept
+            | Self::CallReject
+            | Self::CallEnd
+            | Self::WebrtcOffer { .. }
+            | Self::WebrtcAnswer { .. } => EventKind::Other,
+            Self::WebrtcCandidate { .. } => EventKind::Candidate,
         }
     }
 
@@ -119,8 +194,84 @@ impl ClientEvent {
             Self::ChatRead { .. } => "chat:message:read",
             Self::TypingStart => "typing:start",
             Self::TypingStop => "typing:stop",
+            Self::CallRequest { .. } => "call:request",
+            Self::CallAccept => "call:accept",
+            Self::CallReject => "call:reject",
+            Self::CallEnd => "call:end",
+            Self::WebrtcOffer { .. } => "webrtc:offer",
+            Self::WebrtcAnswer { .. } => "webrtc:answer",
+            Self::WebrtcCandidate { .. } => "webrtc:ice-candidate",
         }
     }
+}
+
+/// `{ sdp }`: a cheap syntactic check only (the media server parses it for real): at most
+/// [`MAX_SDP_BYTES`], starting with `v=0`, with at least one `m=` line.
+fn sdp(payload: Option<&Value>) -> Result<String, SignalError> {
+    let Some(Value::Object(o)) = payload else {
+        return Err(SignalError::InvalidPayload);
+    };
+    match o.get("sdp") {
+        Some(Value::String(s))
+            if s.len() <= MAX_SDP_BYTES && s.starts_with("v=0") && s.contains("\nm=") =>
+        {
+            Ok(s.clone())
+        }
+        _ => Err(SignalError::InvalidSdp),
+    }
+}
+
+/// `{ candidate, sdpMid?, sdpMLineIndex? }`. Wrong JSON types are `invalid_payload`; a
+/// candidate or `sdpMid` of the right type but the wrong form is `invalid_candidate`.
+fn ice_candidate(payload: Option<&Value>) -> Result<ClientEvent, SignalError> {
+    let Some(Value::Object(o)) = payload else {
+        return Err(SignalError::InvalidPayload);
+    };
+    let Some(Value::String(raw)) = o.get("candidate") else {
+        return Err(SignalError::InvalidPayload);
+    };
+    if raw.chars().count() > MAX_CANDIDATE_CHARS || raw.chars().any(char::is_control) {
+        return Err(SignalError::InvalidCandidate);
+    }
+    let candidate = raw
+        .strip_prefix("a=")
+        .filter(|c| c.starts_with("candidate:"))
+        .unwrap_or(raw);
+    if !candidate.is_empty() && !candidate.starts_with("candidate:") {
+        return Err(SignalError::InvalidCandidate);
+    }
+    let sdp_mid = match o.get("sdpMid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => {
+            if m.chars().count() > MAX_SDP_MID_CHARS || m.chars().any(char::is_control) {
+                return Err(SignalError::InvalidCandidate);
+            }
+            Some(m.clone())
+        }
+        Some(_) => return Err(SignalError::InvalidPayload),
+    };
+    let sdp_mline_index = match o.get("sdpMLineIndex") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_u64() {
+                match u16::try_from(i) {
+                    Ok(i) if i <= 255 => Some(i),
+                    _ => return Err(SignalError::InvalidCandidate),
+                }
+            } else if n.as_i64().is_some() {
+                // A negative integer.
+                return Err(SignalError::InvalidCandidate);
+            } else {
+                return Err(SignalError::InvalidPayload);
+            }
+        }
+        Some(_) => return Err(SignalError::InvalidPayload),
+    };
+    Ok(ClientEvent::WebrtcCandidate {
+        candidate: candidate.to_owned(),
+        sdp_mid,
+        sdp_mline_index,
+    })
 }
 
 fn interests(payload: Option<&Value>) -> Result<Vec<String>, SignalError> {
@@ -257,6 +408,65 @@ pub struct Partner {
 pub struct RoomInfo {
     pub room_id: RoomId,
     pub partner: Partner,
+    /// The room's call as this guest sees it; only in `connection:established`, only when the
+    /// room has a call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallInfo>,
+}
+
+/// One guest's side of a call: `calling` (the caller, before the callee accepts), `ringing`
+/// (the callee, before it accepts), then `connecting` until this guest's media is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Calling,
+    Ringing,
+    Connecting,
+    Connected,
+}
+
+/// `room.call` in `connection:established`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallInfo {
+    pub state: CallState,
+    pub video: bool,
+}
+
+/// Why a call ended (`call:ended`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEndReason {
+    /// One side sent `call:end`, or this guest ended the chat.
+    Hangup,
+    /// The callee sent `call:reject`.
+    Rejected,
+    /// Nobody accepted within the ring timeout.
+    Timeout,
+    /// The media connection failed.
+    Failed,
+    /// The chat ended because of the partner (leave, next, report, disconnect, expiry).
+    PartnerLeft,
+}
+
+impl CallEndReason {
+    pub const ALL: [CallEndReason; 5] = [
+        Self::Hangup,
+        Self::Rejected,
+        Self::Timeout,
+        Self::Failed,
+        Self::PartnerLeft,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hangup => "hangup",
+            Self::Rejected => "rejected",
+            Self::Timeout => "timeout",
+            Self::Failed => "failed",
+            Self::PartnerLeft => "partner_left",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,6 +544,38 @@ pub struct PresenceChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Empty {}
 
+/// `call:incoming`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallIncoming {
+    pub room_id: RoomId,
+    pub video: bool,
+}
+
+/// `call:ended`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallEnded {
+    pub room_id: RoomId,
+    pub reason: CallEndReason,
+}
+
+/// `webrtc:offer` / `webrtc:answer` from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sdp {
+    pub sdp: String,
+}
+
+/// `webrtc:ice-candidate` from the server; `sdpMid` and `sdpMLineIndex` may be `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid")]
+    pub sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex")]
+    pub sdp_mline_index: Option<u16>,
+}
+
 /// A server → client event. Serializes as its payload only; `name()` is the event name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -350,6 +592,14 @@ pub enum ServerEvent {
     TypingStart(RoomRef),
     TypingStop(RoomRef),
     Presence(PresenceChange),
+    CallIncoming(CallIncoming),
+    CallAccepted(RoomRef),
+    CallEnded(CallEnded),
+    WebrtcOffer(Sdp),
+    WebrtcAnswer(Sdp),
+    WebrtcCandidate(IceCandidate),
+    /// An `error` event the core itself emits (e.g. the media server refused an offer).
+    Error(ErrorEvent<'static>),
 }
 
 impl ServerEvent {
@@ -367,6 +617,13 @@ impl ServerEvent {
             Self::TypingStart(_) => "typing:start",
             Self::TypingStop(_) => "typing:stop",
             Self::Presence(_) => "partner:presence",
+            Self::CallIncoming(_) => "call:incoming",
+            Self::CallAccepted(_) => "call:accepted",
+            Self::CallEnded(_) => "call:ended",
+            Self::WebrtcOffer(_) => "webrtc:offer",
+            Self::WebrtcAnswer(_) => "webrtc:answer",
+            Self::WebrtcCandidate(_) => "webrtc:ice-candidate",
+            Self::Error(_) => "error",
         }
     }
 }
@@ -376,7 +633,14 @@ impl ServerEvent {
 pub enum Ack {
     Ok,
     State(GuestState),
-    Sent { id: MessageId, timestamp: u64 },
+    Sent {
+        id: MessageId,
+        timestamp: u64,
+    },
+    /// `{ ok: true, roomId }` (call requests and accepts).
+    Room {
+        room_id: RoomId,
+    },
 }
 
 impl Serialize for Ack {
@@ -391,6 +655,7 @@ impl Serialize for Ack {
                 m.serialize_entry("id", id)?;
                 m.serialize_entry("timestamp", timestamp)?;
             }
+            Self::Room { room_id } => m.serialize_entry("roomId", room_id)?,
         }
         m.end()
     }
@@ -555,6 +820,11 @@ mod tests {
                         Just("interests".to_string()),
                         Just("id".to_string()),
                         Just("reason".to_string()),
+                        Just("video".to_string()),
+                        Just("sdp".to_string()),
+                        Just("candidate".to_string()),
+                        Just("sdpMid".to_string()),
+                        Just("sdpMLineIndex".to_string()),
                         ".{0,8}".prop_map(String::from)
                     ],
                     inner,
@@ -572,6 +842,14 @@ mod tests {
                 prop_assert!(!content.is_empty() && content.chars().count() <= MAX_MESSAGE_CHARS);
                 prop_assert_eq!(content.trim(), content.as_str());
                 prop_assert!(!client_id.is_empty());
+            }
+            if let Ok(ClientEvent::WebrtcOffer { sdp } | ClientEvent::WebrtcAnswer { sdp }) = ClientEvent::parse(name, Some(&v)) {
+                prop_assert!(sdp.len() <= MAX_SDP_BYTES && sdp.starts_with("v=0"));
+            }
+            if let Ok(ClientEvent::WebrtcCandidate { candidate, sdp_mid, sdp_mline_index }) = ClientEvent::parse(name, Some(&v)) {
+                prop_assert!(candidate.is_empty() || candidate.starts_with("candidate:"));
+                prop_assert!(sdp_mid.is_none_or(|m| m.chars().count() <= MAX_SDP_MID_CHARS));
+                prop_assert!(sdp_mline_index.is_none_or(|i| i <= 255));
             }
         }
     }

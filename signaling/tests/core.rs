@@ -1534,7 +1534,8 @@ fn away_queue_and_return_within_grace() {
             room_id: room,
             partner: wire::Partner {
                 username: "ben".into()
-            }
+            },
+            call: None,
         })
     );
     assert_eq!(presence(&out, b.id), vec![Presence::Online]);
@@ -2153,6 +2154,23 @@ enum Op {
     Ack,
     Undelivered,
     Advance(u16),
+    /// Call signaling (`call:*`, `webrtc:*`) from guest `.0`.
+    Call(usize, CallOp),
+    /// A media server event about guest `.0`'s current call (`.2`: or the call before it).
+    Media(usize, u8, bool),
+    /// The callee of the `.0`-th ringing call (if any) accepts it.
+    Pickup(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CallOp {
+    Request(bool),
+    Accept,
+    Reject,
+    End,
+    Offer,
+    Answer,
+    Candidate,
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -2175,6 +2193,17 @@ fn arb_op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Ack),
         1 => Just(Op::Undelivered),
         4 => (0..2_000u16).prop_map(Op::Advance),
+        5 => (g.clone(), prop_oneof![
+            4 => any::<bool>().prop_map(CallOp::Request),
+            3 => Just(CallOp::Accept),
+            1 => Just(CallOp::Reject),
+            1 => Just(CallOp::End),
+            1 => Just(CallOp::Offer),
+            1 => Just(CallOp::Answer),
+            1 => Just(CallOp::Candidate),
+        ]).prop_map(|(i, c)| Op::Call(i, c)),
+        2 => (g.clone(), 0..7u8, any::<bool>()).prop_map(|(i, k, s)| Op::Media(i, k, s)),
+        2 => (0..4usize).prop_map(Op::Pickup),
         1 => (0..40_000u16).prop_map(Op::Advance),
     ]
 }
@@ -2197,6 +2226,14 @@ struct MGuest {
     inbox_ids: Vec<MessageId>,
 }
 
+/// A call as the model sees it from the outputs.
+#[derive(Debug)]
+struct MCall {
+    id: CallId,
+    caller: usize,
+    accepted: bool,
+}
+
 struct Model {
     h: H,
     cfg: CoreConfig,
@@ -2204,6 +2241,11 @@ struct Model {
     by_id: HashMap<SessionId, usize>,
     pending: Vec<(SessionId, ChatMessage)>,
     rooms: BTreeMap<RoomId, Vec<usize>>,
+    calls: BTreeMap<RoomId, MCall>,
+    /// Rooms whose call ended (a second `call:ended` for the same call may follow).
+    ended_calls: HashSet<RoomId>,
+    /// Media sessions opened and not yet closed.
+    open: HashMap<CallId, RoomId>,
 }
 
 impl Model {
@@ -2225,6 +2267,9 @@ impl Model {
             by_id: HashMap::new(),
             pending: Vec::new(),
             rooms: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            ended_calls: HashSet::new(),
+            open: HashMap::new(),
         }
     }
 
@@ -2470,6 +2515,133 @@ impl Model {
                     self.settle()?;
                 }
             }
+            Op::Call(i, op) => {
+                let (name, payload) = match op {
+                    CallOp::Request(video) => ("call:request", json!({ "video": video })),
+                    CallOp::Accept => ("call:accept", Value::Null),
+                    CallOp::Reject => ("call:reject", Value::Null),
+                    CallOp::End => ("call:end", Value::Null),
+                    CallOp::Offer => (
+                        "webrtc:offer",
+                        json!({ "sdp": "v=0\r\nm=audio 9 RTP/AVP 0\r\n" }),
+                    ),
+                    CallOp::Answer => (
+                        "webrtc:answer",
+                        json!({ "sdp": "v=0\r\nm=audio 9 RTP/AVP 0\r\n" }),
+                    ),
+                    CallOp::Candidate => (
+                        "webrtc:ice-candidate",
+                        json!({ "candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host" }),
+                    ),
+                };
+                let room = match self.guests.get(i).map(|g| &g.state) {
+                    Some(MState::InChat(r)) => Some(*r),
+                    _ => None,
+                };
+                let call = room.and_then(|r| self.calls.get(&r));
+                let expected: Result<(), SignalError> = match (op, call) {
+                    _ if room.is_none() => Err(SignalError::NotInChat),
+                    (CallOp::Request(_), None) => Ok(()),
+                    (CallOp::Request(_), Some(_)) => Err(SignalError::CallInProgress),
+                    (_, None) => Err(SignalError::NoCall),
+                    (CallOp::Accept | CallOp::Reject, Some(c)) => {
+                        if !c.accepted && c.caller != i {
+                            Ok(())
+                        } else {
+                            Err(SignalError::NoCall)
+                        }
+                    }
+                    (CallOp::End, Some(_)) => Ok(()),
+                    (CallOp::Offer | CallOp::Candidate, Some(c)) => {
+                        if c.accepted {
+                            Ok(())
+                        } else {
+                            Err(SignalError::NoCall)
+                        }
+                    }
+                    // Whether a server offer is pending is not modelled.
+                    (CallOp::Answer, Some(c)) => {
+                        if c.accepted {
+                            Err(SignalError::InvalidSdp)
+                        } else {
+                            Err(SignalError::NoCall)
+                        }
+                    }
+                };
+                if let Some(r) = self.event(i, name, payload) {
+                    if r != Err(SignalError::RateLimited) && !matches!(op, CallOp::Answer) {
+                        prop_assert_eq!(r.as_ref().map(|_| ()), expected.as_ref().map(|_| ()));
+                    }
+                    let outs = self.h.drain();
+                    if r.is_err() {
+                        prop_assert!(outs.is_empty(), "a refusal emits nothing: {:?}", outs);
+                    }
+                    self.observe(&outs)?;
+                    self.settle()?;
+                }
+            }
+            Op::Pickup(k) => {
+                let ringing: Vec<usize> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| !c.accepted)
+                    .filter_map(|(room, c)| {
+                        self.rooms[room].iter().copied().find(|m| *m != c.caller)
+                    })
+                    .collect();
+                if !ringing.is_empty() {
+                    let callee = ringing[k % ringing.len()];
+                    return self.apply(Op::Call(callee, CallOp::Accept));
+                }
+            }
+            Op::Media(i, k, stale) => {
+                let Some(MState::InChat(room)) = self.guests.get(i).map(|g| g.state.clone()) else {
+                    return Ok(());
+                };
+                let Some(current) = self.calls.get(&room).map(|c| c.id) else {
+                    return Ok(());
+                };
+                let call = if stale {
+                    CallId(current.0.saturating_sub(1))
+                } else {
+                    current
+                };
+                let guest = self.guests[i].id;
+                let e = match k {
+                    0 => MediaEvent::Connected { call, guest },
+                    1 => MediaEvent::Disconnected { call, guest },
+                    2 => MediaEvent::Failed { call, guest },
+                    3 => MediaEvent::Offer {
+                        call,
+                        guest,
+                        sdp: "v=0".into(),
+                    },
+                    4 => MediaEvent::Answer {
+                        call,
+                        guest,
+                        sdp: "v=0".into(),
+                    },
+                    5 => MediaEvent::OfferRejected {
+                        call,
+                        guest,
+                        message: "no".into(),
+                    },
+                    _ => MediaEvent::Candidate {
+                        call,
+                        guest,
+                        candidate: "candidate:2".into(),
+                        sdp_mid: None,
+                        sdp_mline_index: None,
+                    },
+                };
+                self.h.core.handle_media(e, now);
+                let outs = self.h.drain();
+                if stale {
+                    prop_assert!(outs.is_empty(), "stale media event: {:?}", outs);
+                }
+                self.observe(&outs)?;
+                self.settle()?;
+            }
             Op::Advance(ms) => {
                 let now = now + Duration::from_millis(u64::from(ms));
                 self.h.now = now;
@@ -2537,7 +2709,53 @@ impl Model {
                             self.guests[i].inbox_ids.clear();
                             self.rooms.entry(r.room_id).or_default().push(i);
                         }
+                        ServerEvent::CallIncoming(c) => {
+                            prop_assert_eq!(&self.guests[i].state, &MState::InChat(c.room_id));
+                            prop_assert!(!self.calls.contains_key(&c.room_id), "one call per room");
+                            let caller = self.rooms[&c.room_id]
+                                .iter()
+                                .copied()
+                                .find(|m| *m != i)
+                                .expect("two guests in a room");
+                            // Ids are handed out 1, 2, 3, …
+                            let id = CallId(self.h.core.counters().calls_requested);
+                            self.calls.insert(
+                                c.room_id,
+                                MCall {
+                                    id,
+                                    caller,
+                                    accepted: false,
+                                },
+                            );
+                        }
+                        ServerEvent::CallAccepted(r) => {
+                            prop_assert_eq!(&self.guests[i].state, &MState::InChat(r.room_id));
+                            let c = self.calls.get(&r.room_id).expect("accepted call known");
+                            prop_assert!(c.accepted, "Open comes first");
+                        }
+                        ServerEvent::CallEnded(e) => {
+                            prop_assert_eq!(&self.guests[i].state, &MState::InChat(e.room_id));
+                            if self.calls.remove(&e.room_id).is_some() {
+                                self.ended_calls.insert(e.room_id);
+                            } else {
+                                prop_assert!(self.ended_calls.contains(&e.room_id));
+                            }
+                        }
+                        ServerEvent::WebrtcOffer(_)
+                        | ServerEvent::WebrtcAnswer(_)
+                        | ServerEvent::WebrtcCandidate(_)
+                        | ServerEvent::Error(_) => {
+                            let MState::InChat(room) = self.guests[i].state else {
+                                return Err(TestCaseError::fail("webrtc event outside a chat"));
+                            };
+                            prop_assert!(self.calls.get(&room).is_some_and(|c| c.accepted));
+                        }
                         ServerEvent::Ended(e) => {
+                            prop_assert!(
+                                !self.calls.contains_key(&e.room_id),
+                                "call:ended precedes chat:ended"
+                            );
+                            prop_assert!(self.open.values().all(|r| *r != e.room_id));
                             prop_assert_eq!(&self.guests[i].state, &MState::InChat(e.room_id));
                             self.guests[i].state = MState::Online;
                             let members = self.rooms.get_mut(&e.room_id).expect("room known");
@@ -2591,6 +2809,24 @@ impl Model {
                     self.guests[i].inbox_ids.push(message.id);
                     self.pending.push((*to, message.clone()));
                 }
+                Output::Media(MediaCommand::Open { call, room, .. }) => {
+                    let c = self.calls.get_mut(room).expect("opened call known");
+                    prop_assert_eq!(c.id, *call);
+                    prop_assert!(!c.accepted);
+                    c.accepted = true;
+                    prop_assert!(self.open.insert(*call, *room).is_none());
+                }
+                Output::Media(MediaCommand::Close { call }) => {
+                    prop_assert!(self.open.remove(call).is_some(), "closed once");
+                }
+                Output::Media(
+                    MediaCommand::Offer { call, .. }
+                    | MediaCommand::Answer { call, .. }
+                    | MediaCommand::Candidate { call, .. },
+                ) => {
+                    prop_assert!(self.open.contains_key(call));
+                }
+                Output::CallSetup(_) => {}
                 Output::Close { conn, reason } => {
                     if *reason == CloseReason::Flood {
                         for g in &mut self.guests {
@@ -2645,6 +2881,16 @@ impl Model {
             };
             prop_assert!(self.rooms.contains_key(&room));
         }
+        // Calls only in live rooms, at most one each (the map's key), and the core agrees.
+        for (room, c) in &self.calls {
+            prop_assert!(self.rooms.contains_key(room), "call in a room that is gone");
+            prop_assert_eq!(c.accepted, self.open.get(&c.id) == Some(room));
+        }
+        let cs = self.h.core.call_states();
+        let accepted = self.calls.values().filter(|c| c.accepted).count() as u64;
+        prop_assert_eq!(cs.ringing, self.calls.len() as u64 - accepted);
+        prop_assert_eq!(cs.connecting + cs.connected, accepted);
+        prop_assert_eq!(self.open.len() as u64, accepted);
         // A connected guest's own view (a side-effect-free extra socket) agrees with the model.
         for i in 0..self.guests.len() {
             let g = &self.guests[i];
@@ -2658,6 +2904,20 @@ impl Model {
                 MState::Searching => prop_assert_eq!(e.state, GuestState::Searching),
                 MState::InChat(room) => {
                     prop_assert_eq!(e.state, GuestState::InChat);
+                    let want = self
+                        .calls
+                        .get(&room)
+                        .map(|c| match (c.accepted, c.caller == i) {
+                            (false, true) => vec![CallState::Calling],
+                            (false, false) => vec![CallState::Ringing],
+                            (true, _) => vec![CallState::Connecting, CallState::Connected],
+                        });
+                    let got = e.room.as_ref().and_then(|r| r.call).map(|c| c.state);
+                    match (want, got) {
+                        (None, None) => {}
+                        (Some(w), Some(g)) => prop_assert!(w.contains(&g), "{:?} {:?}", w, g),
+                        (w, g) => prop_assert!(false, "call view {:?} vs model {:?}", g, w),
+                    }
                     prop_assert_eq!(e.room.map(|r| r.room_id), Some(room));
                 }
             }

@@ -7,6 +7,8 @@
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
+import { createSocket } from 'node:dgram';
+import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
@@ -16,7 +18,7 @@ export { sleep };
 // Limits generous enough that ordinary tests never trip them; tests that exercise a limit pass
 // their own value, which replaces the default (clap refuses a repeated single-value flag).
 const DEFAULT_FLAGS = {
-  '--log-level': 'warn',
+  '--log-level': process.env.TANDEM_E2E_LOG_LEVEL || 'warn',
   '--guest-creations-per-min': '10000',
   '--http-requests-per-min': '100000',
   '--max-connections-per-ip': '1000',
@@ -25,6 +27,11 @@ const DEFAULT_FLAGS = {
   '--events-per-sec': '1000',
   '--chat-messages-per-sec': '1000',
   '--typing-per-sec': '1000',
+  // Media: loopback candidates, a free UDP port per server, no ICE-TCP listener.
+  '--node-ip': '127.0.0.1',
+  '--rtc-udp-port': '0',
+  '--rtc-tcp-port': '0',
+  '--rtc-udp-workers': '1',
 };
 
 // Flags that may be given several times; their values are appended, never replaced.
@@ -43,6 +50,32 @@ export function freePort() {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/** Finds a free UDP port on 127.0.0.1 (bind a datagram socket to port 0, read it, close). */
+export function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const sock = createSocket('udp4');
+    sock.unref();
+    sock.once('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      const { port } = sock.address();
+      sock.close(() => resolve(port));
+    });
+  });
+}
+
+// Media flags of a server started with `{ media: true }`: ICE candidates on loopback, its own UDP
+// port for all media, no ICE-TCP, one media thread, and (like DEFAULT_FLAGS) a candidate limit
+// that calls in quick succession never trip. Kept out of the other tests' servers.
+async function mediaFlags() {
+  return {
+    '--node-ip': '127.0.0.1',
+    '--rtc-udp-port': String(await freeUdpPort()),
+    '--rtc-tcp-port': '0',
+    '--rtc-udp-workers': '1',
+    '--ice-candidates-per-sec': '1000',
+  };
 }
 
 /** Random lowercase hex of `n` characters. */
@@ -77,9 +110,13 @@ const liveServers = new Set();
 /**
  * Starts tandem on a free port with test-friendly limits, then `extraArgs` (which replace
  * defaults of the same flag). Resolves once GET /healthz answers 200.
- * @returns {Promise<{url: string, port: number, secret: string, proc: import('node:child_process').ChildProcess, args: string[], output: () => string, stop: () => Promise<void>}>}
+ * opts.media (default false): also pass the media flags (`--node-ip 127.0.0.1 --rtc-udp-port
+ * <free UDP port> --rtc-tcp-port 0 --rtc-udp-workers 1 --ice-candidates-per-sec 1000`) for the
+ * call tests; `server.rtcUdpPort` is that port. `server.pid` is the process id (for /proc, see processStats).
+ * @returns {Promise<{url: string, port: number, pid: number, rtcUdpPort: number|null, secret: string, proc: import('node:child_process').ChildProcess, args: string[], output: () => string, stop: () => Promise<void>}>}
  */
-export async function startServer(extraArgs = []) {
+export async function startServer(extraArgs = [], opts = {}) {
+  const { media = false } = opts;
   const bin = process.env.TANDEM_BIN;
   if (!bin) throw new Error('TANDEM_BIN is not set: point it at the tandem binary (cargo build --bin tandem)');
   const port = await freePort();
@@ -88,6 +125,7 @@ export async function startServer(extraArgs = []) {
   flags.set('--bind', [`127.0.0.1:${port}`]);
   flags.set('--jwt-secret', [secret]);
   for (const [k, v] of Object.entries(DEFAULT_FLAGS)) flags.set(k, [v]);
+  if (media) for (const [k, v] of Object.entries(await mediaFlags())) flags.set(k, [v]);
   const overridden = new Set();
   for (const [flag, value] of parseArgs(extraArgs)) {
     if (REPEATABLE.has(flag) && flags.has(flag) && overridden.has(flag)) {
@@ -133,9 +171,12 @@ export async function startServer(extraArgs = []) {
   const url = `http://127.0.0.1:${port}`;
   const sockets = new Set();
   let stopped = false;
+  const rtcUdpPort = flags.has('--rtc-udp-port') ? Number(flags.get('--rtc-udp-port')[0]) : null;
   const server = {
     url,
     port,
+    pid: proc.pid,
+    rtcUdpPort,
     secret,
     proc,
     args,
@@ -187,10 +228,21 @@ export async function startServer(extraArgs = []) {
 }
 
 /** Starts a server and stops it when the test `t` (or the suite, for a `before` hook) ends. */
-export async function serverFor(t, extraArgs = []) {
-  const server = await startServer(extraArgs);
+export async function serverFor(t, extraArgs = [], opts = {}) {
+  const server = await startServer(extraArgs, opts);
   t.after(() => server.stop());
   return server;
+}
+
+/**
+ * A process's resident memory and open descriptors, from /proc (Linux):
+ * `{ rssKb, fds }` (VmRSS in KiB, entries of /proc/PID/fd).
+ */
+export function processStats(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+  if (!m) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return { rssKb: Number(m[1]), fds: readdirSync(`/proc/${pid}/fd`).length };
 }
 
 // Safety net: never leave a server behind if a test process dies.
@@ -379,6 +431,11 @@ export function waitForEntry(socket, event, timeoutMs = 5000, pred = () => true)
     }, timeoutMs);
     socket.__waiters.push(waiter);
   });
+}
+
+/** Forgets every event recorded so far on `socket` (long-running tests keep the log short). */
+export function clearLog(socket) {
+  socket.__log = [];
 }
 
 /** Every payload of `event` received so far (consumed or not). */

@@ -1,0 +1,144 @@
+//! One guest's WebRTC session and the tracks it sends and receives.
+
+use std::time::Instant;
+
+use str0m::media::{MediaKind, Mid};
+use str0m::rtp::Ssrc;
+use str0m::Rtc;
+use tandem_signaling::{CallId, SessionId};
+
+/// Index of a peer in the core's slab.
+pub type PeerIdx = usize;
+
+/// Remote candidates held until the offer that gives them meaning has been accepted.
+pub const MAX_PENDING_CANDIDATES: usize = 64;
+/// Media sections one peer may negotiate (audio + video, with room for renegotiation).
+pub const MAX_MEDIA_PER_PEER: usize = 16;
+
+/// A stream this peer sends to the server.
+#[derive(Debug)]
+pub struct TrackIn {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// Who receives it.
+    pub subs: Vec<Sub>,
+    /// Last keyframe request sent upstream, for the 500 ms throttle.
+    pub last_keyframe_request: Option<Instant>,
+}
+
+/// One receiver of a track: which of its send slots carries it and how headers are rewritten.
+#[derive(Debug)]
+pub struct Sub {
+    pub peer: PeerIdx,
+    /// The receiver's media section the track is written to.
+    pub mid: Mid,
+    /// Source SSRC the offsets below were computed for.
+    pub src_ssrc: Option<Ssrc>,
+    /// Added (wrapping) to the source's extended sequence number.
+    pub seq_delta: u64,
+    /// Added (wrapping) to the source's RTP timestamp.
+    pub ts_delta: u32,
+    /// Last sequence number and timestamp written, to continue from on a source change.
+    pub last_seq: Option<u64>,
+    pub last_ts: u32,
+    /// Source payload type → receiver payload type; 0xFF unknown, 0xFE no match.
+    pub pt_map: [u8; 128],
+}
+
+impl Sub {
+    pub fn new(peer: PeerIdx, mid: Mid) -> Self {
+        Sub {
+            peer,
+            mid,
+            src_ssrc: None,
+            seq_delta: 0,
+            ts_delta: 0,
+            last_seq: None,
+            last_ts: 0,
+            pt_map: [PT_UNKNOWN; 128],
+        }
+    }
+}
+
+pub const PT_UNKNOWN: u8 = 0xFF;
+pub const PT_NONE: u8 = 0xFE;
+
+/// A media section this peer receives on, and the track bound to it.
+#[derive(Debug)]
+pub struct OutSlot {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// `(peer, index into its tracks_in)`.
+    pub source: Option<(PeerIdx, usize)>,
+}
+
+/// How far the peer's connection has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Created; no ICE/DTLS yet. The instant is the connect deadline.
+    Connecting(Instant),
+    Connected,
+    /// Lost ICE; the instant is the deadline to come back.
+    Disconnected(Instant),
+}
+
+#[derive(Debug)]
+pub struct Peer {
+    pub rtc: Rtc,
+    pub call: CallId,
+    pub guest: SessionId,
+    pub link: Link,
+    /// The offer's DTLS fingerprint line: a new one means a new browser connection.
+    pub fingerprint: String,
+    /// Whether an offer from the guest has been accepted yet.
+    pub described: bool,
+    pub pending_candidates: Vec<str0m::Candidate>,
+    pub tracks_in: Vec<TrackIn>,
+    pub slots: Vec<OutSlot>,
+    /// Small SSRC → track cache for incoming packets.
+    pub ssrc_track: Vec<(Ssrc, usize)>,
+    /// A server-initiated offer waiting for the guest's answer.
+    pub pending_offer: Option<str0m::change::SdpPendingOffer>,
+    /// When this peer next wants `handle_timeout`.
+    pub next_timeout: Instant,
+    /// Set when str0m reported an error or panicked; the core removes the peer.
+    pub dead: bool,
+    /// Last cumulative NACK count per `(mid, egress)` stats stream.
+    pub nacks_seen: Vec<(Mid, bool, u64)>,
+}
+
+impl Peer {
+    /// NACKs since the previous stats report of the same stream.
+    pub fn nack_delta(&mut self, mid: Mid, egress: bool, total: u64) -> u64 {
+        if let Some(e) = self.nacks_seen.iter_mut().find(|e| e.0 == mid && e.1 == egress) {
+            let d = total.saturating_sub(e.2);
+            e.2 = total;
+            return d;
+        }
+        if self.nacks_seen.len() < MAX_MEDIA_PER_PEER * 2 {
+            self.nacks_seen.push((mid, egress, total));
+        }
+        total
+    }
+
+    pub fn track_for_ssrc(&mut self, ssrc: Ssrc) -> Option<usize> {
+        if let Some(&(_, t)) = self.ssrc_track.iter().find(|(s, _)| *s == ssrc) {
+            return Some(t);
+        }
+        let mid = self.rtc.direct_api().stream_rx(&ssrc)?.mid();
+        let t = self.tracks_in.iter().position(|t| t.mid == mid)?;
+        if self.ssrc_track.len() >= MAX_MEDIA_PER_PEER * 2 {
+            self.ssrc_track.remove(0);
+        }
+        self.ssrc_track.push((ssrc, t));
+        Some(t)
+    }
+}
+
+/// Index into `[audio, video]`.
+pub fn kind_idx(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}

@@ -1,0 +1,482 @@
+//! The media plane's I/O: UDP (and ICE-TCP) sockets, worker threads and timers around the
+//! sans-I/O [`MediaCore`].
+//!
+//! `--rtc-udp-workers` threads each own one `MediaCore` and one UDP socket bound to the same
+//! port with SO_REUSEPORT. A call lives on one worker (chosen by its id), so forwarding between
+//! its two guests never leaves the thread. The kernel spreads incoming datagrams over the
+//! sockets by address hash, so a guest's packets may land on another worker: every server ICE
+//! ufrag starts with its worker's index, so the first STUN request says where its sender
+//! belongs; the receiving worker remembers that and hands such datagrams over in batches.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::RngCore;
+use tandem_media::{MediaConfig, MediaCore, Protocol, Received, Sample, Transmit};
+use tandem_signaling::MediaCommand;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use crate::hub::{Command, Hub};
+use crate::metrics::MediaMetrics;
+
+/// Commands and handed-over datagrams queued per worker at most.
+const WORKER_INBOX: usize = 16_384;
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 2048;
+/// Datagrams read per wake-up at most, so timers and commands are never starved.
+const RECV_BATCH: usize = 64;
+/// Remote addresses a worker remembers as belonging to another worker.
+const MAX_ROUTES: usize = 65_536;
+/// Frames queued towards one ICE-TCP connection at most.
+const TCP_QUEUE: usize = 256;
+/// ICE-TCP connections at most.
+const MAX_TCP_CONNS: usize = 4096;
+/// How often counters and samples are turned into metrics.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// The media settings the shell needs.
+#[derive(Debug, Clone)]
+pub struct RtcSettings {
+    pub node_ip: Option<IpAddr>,
+    pub udp_port: u16,
+    pub workers: Option<usize>,
+    pub tcp_port: u16,
+    pub connect_timeout: Duration,
+    pub max_calls: usize,
+}
+
+enum WorkerMsg {
+    Command(MediaCommand),
+    /// Datagrams another worker received for a peer of this one.
+    Handover(Vec<Datagram>),
+    /// A new ICE-TCP connection whose first frame named this worker.
+    TcpOpen {
+        remote: SocketAddr,
+        frames: mpsc::Sender<Vec<u8>>,
+    },
+    TcpClosed {
+        remote: SocketAddr,
+    },
+}
+
+struct Datagram {
+    proto: Protocol,
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// Handle to the media workers.
+#[derive(Clone)]
+pub struct MediaPlane {
+    workers: Vec<mpsc::Sender<WorkerMsg>>,
+}
+
+impl MediaPlane {
+    /// Hands a command from the signaling core to the worker owning its call.
+    pub fn command(&self, cmd: MediaCommand) {
+        let call = match &cmd {
+            MediaCommand::Open { call, .. }
+            | MediaCommand::Offer { call, .. }
+            | MediaCommand::Answer { call, .. }
+            | MediaCommand::Candidate { call, .. }
+            | MediaCommand::Close { call } => *call,
+        };
+        let w = (call.0 % self.workers.len() as u64) as usize;
+        if self.workers[w].try_send(WorkerMsg::Command(cmd)).is_err() {
+            tracing::warn!(worker = w, "media worker inbox full; command dropped");
+        }
+    }
+}
+
+/// The address browsers should send media to when none was configured: the one the kernel
+/// would use towards the Internet (a UDP "connect" sends nothing), else loopback.
+fn detect_ip() -> IpAddr {
+    let probe = || -> io::Result<IpAddr> {
+        let s = StdUdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    match probe() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => {
+            tracing::warn!("could not detect this host's address; media candidates use 127.0.0.1 (set --node-ip)");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
+}
+
+fn reuseport_socket(addr: SocketAddr) -> io::Result<StdUdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    s.set_reuse_port(true)?;
+    s.set_recv_buffer_size(4 << 20).ok();
+    s.set_send_buffer_size(4 << 20).ok();
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Binds the media sockets and starts the workers. Events go to `hub`.
+pub async fn start(
+    settings: &RtcSettings,
+    hub: Hub,
+    metrics: MediaMetrics,
+) -> anyhow::Result<MediaPlane> {
+    let node_ip = settings.node_ip.unwrap_or_else(detect_ip);
+    let n = settings
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 64);
+    let bind_ip: IpAddr = if node_ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    // The first socket picks the port when 0 was asked for; the others join it.
+    let first = reuseport_socket(SocketAddr::new(bind_ip, settings.udp_port))
+        .with_context(|| format!("cannot bind the media UDP port {}", settings.udp_port))?;
+    let port = first.local_addr()?.port();
+    let mut sockets = vec![first];
+    for _ in 1..n {
+        sockets.push(
+            reuseport_socket(SocketAddr::new(bind_ip, port))
+                .with_context(|| format!("cannot bind media worker socket on UDP port {port}"))?,
+        );
+    }
+    let tcp = if settings.tcp_port == 0 {
+        None
+    } else {
+        let l = TcpListener::bind(SocketAddr::new(bind_ip, settings.tcp_port))
+            .await
+            .with_context(|| format!("cannot listen on the media TCP port {}", settings.tcp_port))?;
+        Some(l)
+    };
+    let udp_addr = SocketAddr::new(node_ip, port);
+    let tcp_addr = tcp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| SocketAddr::new(node_ip, a.port()));
+
+    let mut senders = Vec::with_capacity(n);
+    let mut inboxes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel(WORKER_INBOX);
+        senders.push(tx);
+        inboxes.push(rx);
+    }
+    let max_peers = (settings.max_calls * 2).div_ceil(n).max(2);
+    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+        let cfg = MediaConfig {
+            worker: i,
+            udp_addr,
+            tcp_addr,
+            connect_timeout: settings.connect_timeout,
+            max_peers,
+            ..MediaConfig::default()
+        };
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        let core = MediaCore::new(cfg, seed, Instant::now())
+            .map_err(|e| anyhow::anyhow!("media worker {i}: {e}"))?;
+        let worker = Worker {
+            index: i,
+            advertised: udp_addr,
+            core,
+            peers: senders.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            routes: HashMap::new(),
+            tcp: HashMap::new(),
+            handover: (0..n).map(|_| Vec::new()).collect(),
+            last: Default::default(),
+        };
+        std::thread::Builder::new()
+            .name(format!("media-{i}"))
+            .spawn(move || worker.run(socket, inbox))
+            .context("cannot start a media worker thread")?;
+    }
+    if let (Some(listener), Some(advertised)) = (tcp, tcp_addr) {
+        tokio::spawn(accept_tcp(listener, advertised, senders.clone()));
+    }
+    tracing::info!(%udp_addr, ?tcp_addr, workers = n, "media listening");
+    Ok(MediaPlane { workers: senders })
+}
+
+struct Worker {
+    index: usize,
+    /// The address in our UDP candidate: str0m matches a datagram's destination against it (the
+    /// socket itself is bound to the unspecified address, and may sit behind a NAT).
+    advertised: SocketAddr,
+    core: MediaCore,
+    /// Every worker's inbox (including this one's).
+    peers: Vec<mpsc::Sender<WorkerMsg>>,
+    hub: Hub,
+    metrics: MediaMetrics,
+    /// Remote addresses whose STUN named another worker.
+    routes: HashMap<SocketAddr, usize>,
+    /// ICE-TCP connections of this worker's peers.
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Datagrams to hand over, per worker, flushed after each batch.
+    handover: Vec<Vec<Datagram>>,
+    last: tandem_media::MediaCounters,
+}
+
+impl Worker {
+    fn run(self, socket: StdUdpSocket, inbox: mpsc::Receiver<WorkerMsg>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "media worker could not start its runtime");
+                return;
+            }
+        };
+        rt.block_on(self.serve(socket, inbox));
+    }
+
+    async fn serve(mut self, socket: StdUdpSocket, mut inbox: mpsc::Receiver<WorkerMsg>) {
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "media worker socket");
+                return;
+            }
+        };
+        let local = self.advertised;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut next_metrics = Instant::now() + METRICS_EVERY;
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.core.poll_timeout().min(next_metrics));
+            tokio::select! {
+                r = socket.readable() => {
+                    if r.is_ok() {
+                        self.read_batch(&socket, &mut buf, local);
+                    }
+                }
+                msg = inbox.recv() => match msg {
+                    Some(msg) => {
+                        self.on_msg(msg);
+                        // Take whatever else is queued in the same wake-up.
+                        while let Ok(msg) = inbox.try_recv() {
+                            self.on_msg(msg);
+                        }
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            if self.core.poll_timeout() <= now {
+                self.core.handle_timeout(now);
+            }
+            self.flush(&socket);
+            if now >= next_metrics {
+                next_metrics = now + METRICS_EVERY;
+                self.report();
+            }
+        }
+    }
+
+    fn read_batch(&mut self, socket: &UdpSocket, buf: &mut [u8], local: SocketAddr) {
+        for _ in 0..RECV_BATCH {
+            let (n, source) = match socket.try_recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "media recv");
+                    break;
+                }
+            };
+            let destination = local;
+            let data = &buf[..n];
+            let now = Instant::now();
+            if self.core.handle_receive(now, Protocol::Udp, source, destination, data)
+                == Received::Handled
+            {
+                continue;
+            }
+            let owner = match tandem_media::stun_worker(data) {
+                Some(w) if w < self.peers.len() => {
+                    if w != self.index {
+                        if self.routes.len() >= MAX_ROUTES {
+                            self.routes.clear();
+                        }
+                        self.routes.insert(source, w);
+                    }
+                    Some(w)
+                }
+                _ => self.routes.get(&source).copied(),
+            };
+            if let Some(w) = owner.filter(|w| *w != self.index) {
+                self.handover[w].push(Datagram {
+                    proto: Protocol::Udp,
+                    source,
+                    destination,
+                    data: data.to_vec(),
+                });
+            }
+        }
+        for w in 0..self.handover.len() {
+            if !self.handover[w].is_empty() {
+                let batch = std::mem::take(&mut self.handover[w]);
+                let _ = self.peers[w].try_send(WorkerMsg::Handover(batch));
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: WorkerMsg) {
+        let now = Instant::now();
+        match msg {
+            WorkerMsg::Command(cmd) => self.core.handle_command(cmd, now),
+            WorkerMsg::Handover(batch) => {
+                for d in batch {
+                    // Handed-over datagrams are never handed on again.
+                    let _ = self
+                        .core
+                        .handle_receive(now, d.proto, d.source, d.destination, &d.data);
+                }
+            }
+            WorkerMsg::TcpOpen { remote, frames } => {
+                if self.tcp.len() < MAX_TCP_CONNS {
+                    self.tcp.insert(remote, frames);
+                }
+            }
+            WorkerMsg::TcpClosed { remote } => {
+                self.tcp.remove(&remote);
+            }
+        }
+    }
+
+    /// Sends what the core wants sent and passes its events to the hub.
+    fn flush(&mut self, socket: &UdpSocket) {
+        while let Some(t) = self.core.poll_transmit() {
+            self.transmit(socket, t);
+        }
+        while let Some(ev) = self.core.poll_event() {
+            if self.hub.try_send(Command::Media(ev)).is_err() {
+                tracing::warn!("signaling hub saturated; media event dropped");
+            }
+        }
+    }
+
+    fn transmit(&mut self, socket: &UdpSocket, t: Transmit) {
+        match t.proto {
+            Protocol::Udp => {
+                // A full socket buffer drops the datagram, as the network would.
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            }
+            Protocol::Tcp => {
+                if let Some(conn) = self.tcp.get(&t.destination) {
+                    let _ = conn.try_send(t.contents.to_vec());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn report(&mut self) {
+        let c = self.core.counters();
+        self.metrics.apply(&self.last, &c);
+        self.last = c;
+        let m = &self.metrics;
+        self.core.drain_samples(|s| m.sample(s));
+    }
+}
+
+/// Accepts ICE-TCP connections (RFC 4571 framing: 16-bit length, then the packet) and hands
+/// each to the worker its first STUN request names.
+async fn accept_tcp(
+    listener: TcpListener,
+    advertised: SocketAddr,
+    workers: Vec<mpsc::Sender<WorkerMsg>>,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_tcp(stream, remote, advertised, workers.clone()));
+    }
+}
+
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> io::Result<()> {
+    let len = r.read_u16().await? as usize;
+    buf.resize(len, 0);
+    r.read_exact(buf).await?;
+    Ok(())
+}
+
+async fn serve_tcp(
+    stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    workers: Vec<mpsc::Sender<WorkerMsg>>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+    // The first frame must be a STUN request for one of our peers.
+    let first = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut rd, &mut buf)).await;
+    if !matches!(first, Ok(Ok(()))) {
+        return;
+    }
+    let Some(w) = tandem_media::stun_worker(&buf).filter(|w| *w < workers.len()) else {
+        return;
+    };
+    let worker = workers[w].clone();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+    if worker
+        .send(WorkerMsg::TcpOpen { remote, frames: tx })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            let Ok(len) = u16::try_from(frame.len()) else {
+                continue;
+            };
+            if wr.write_u16(len).await.is_err() || wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut frame = std::mem::take(&mut buf);
+    loop {
+        let d = Datagram {
+            proto: Protocol::Tcp,
+            source: remote,
+            destination: local,
+            data: frame,
+        };
+        if worker.send(WorkerMsg::Handover(vec![d])).await.is_err() {
+            break;
+        }
+        let mut next = Vec::with_capacity(MAX_DATAGRAM);
+        if read_frame(&mut rd, &mut next).await.is_err() {
+            break;
+        }
+        frame = next;
+    }
+    writer.abort();
+    let _ = worker.send(WorkerMsg::TcpClosed { remote }).await;
+}
+
+impl MediaMetrics {
+    fn sample(&self, s: Sample) {
+        match s {
+            Sample::Loss(l) => self.loss.observe(f64::from(l)),
+            Sample::Jitter(d) => self.jitter.observe(d.as_secs_f64()),
+            Sample::Rtt(d) => self.rtt.observe(d.as_secs_f64()),
+            Sample::Bandwidth(bps) => self.bandwidth.observe(bps as f64),
+        }
+    }
+}
