@@ -8,6 +8,12 @@ if [ ! -d tests/e2e/node_modules ] || [ tests/e2e/package-lock.json -nt tests/e2
   npm ci --prefix tests/e2e --no-audit --no-fund
 fi
 
+# The end-to-end suite runs in its own network namespace (`unshare -n`, then `ip link set lo up`;
+# see tests/e2e.rs): util-linux is always there, iproute2 may not be on a minimal machine.
+if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
+fi
+
 cargo build --workspace --all-targets
 mkdir -p target
 set +e

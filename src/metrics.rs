@@ -315,6 +315,7 @@ pub struct MediaMetrics {
     pub peer_panics: IntCounter,
     pub peers: IntGauge,
     pub unrouted: IntCounter,
+    pub handovers: IntCounter,
     pub loss: Histogram,
     pub jitter: Histogram,
     pub rtt: Histogram,
@@ -379,6 +380,10 @@ impl MediaMetrics {
             unrouted: counter(
                 "tandem_media_unrouted_packets_total",
                 "RTP packets with no receiver to go to",
+            ),
+            handovers: counter(
+                "tandem_media_handovers_total",
+                "Datagrams that reached another media worker's socket and were handed to the worker owning their call",
             ),
             loss: histogram(
                 "tandem_media_loss_ratio",

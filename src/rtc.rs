@@ -316,6 +316,7 @@ impl Worker {
                 _ => self.routes.get(&source).copied(),
             };
             if let Some(w) = owner.filter(|w| *w != self.index) {
+                self.metrics.handovers.inc();
                 self.handover[w].push(Datagram {
                     proto: Protocol::Udp,
                     source,

@@ -28,6 +28,8 @@ use crate::WORKER_PREFIX_LEN;
 
 /// At most one keyframe request per source track per this long.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// Shortest wait before driving a peer's timers again.
+const MIN_WAKE: Duration = Duration::from_millis(1);
 /// How often calls waiting for an offer are checked against their deadline.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest accepted session description, in bytes.
@@ -251,15 +253,25 @@ impl MediaCore {
     /// Time passed: drive the peers (and deadlines) that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.advance(now);
+        // Take every due entry first and drive each peer once: a peer may ask to be woken
+        // again at `now` itself, which must wait for the next call, not loop here.
+        let mut due = Vec::new();
         while let Some(&Reverse((t, idx))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            if !due.contains(&idx) {
+                due.push(idx);
+            }
+        }
+        for idx in due {
             let Some(peer) = self.peers[idx].as_mut() else {
                 continue;
             };
             if peer.next_timeout > now {
+                // A stale entry: the peer's real (later) wake-up may have no entry of its own.
+                self.timers.push(Reverse((peer.next_timeout, idx)));
                 continue;
             }
             self.tick_peer(idx, now);
@@ -271,8 +283,12 @@ impl MediaCore {
         self.flush(now);
     }
 
-    /// The next datagram to send.
+    /// The next datagram to send. Packets forwarded by the inputs since the last call are
+    /// sent by their receivers' peers first, so a batch of inputs costs one drive per receiver.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.dirty.is_empty() {
+            self.flush(self.last_now);
+        }
         self.transmits.pop_front()
     }
 
@@ -353,10 +369,15 @@ impl MediaCore {
             Err(_) => return self.peer_panicked(idx),
         };
         peer.described = true;
+        let answer = self.keep_worker_prefix(idx, answer.to_sdp_string());
+        let peer = self.peers[idx].as_mut().expect("peer was just found or created");
         // An offer restarts the connect clock: a guest back from a reconnect gets the full time.
-        if peer.link != Link::Connected {
-            peer.link = Link::Connecting(now + self.cfg.connect_timeout);
-        }
+        let deadline = now + self.cfg.connect_timeout;
+        peer.link = match peer.link {
+            Link::Connecting(_) => Link::Connecting(deadline),
+            Link::Disconnected(_) => Link::Disconnected(deadline),
+            Link::Connected => Link::Connected,
+        };
         let c = self.calls.get_mut(&call).expect("call looked up above");
         c.peers[side] = Some(idx);
         c.offer_deadline[side] = None;
@@ -368,7 +389,7 @@ impl MediaCore {
         self.events.push_back(MediaEvent::Answer {
             call,
             guest,
-            sdp: answer.to_sdp_string(),
+            sdp: answer,
         });
         for cand in self.local_candidates() {
             self.events.push_back(MediaEvent::Candidate {
@@ -481,17 +502,11 @@ impl MediaCore {
         if self.peers.len() - self.free.len() >= self.cfg.max_peers {
             return Err(MediaError::Capacity);
         }
-        let ufrag = format!(
-            "{:0width$x}{}",
-            self.cfg.worker & 0xFF,
-            self.random_token(14),
-            width = WORKER_PREFIX_LEN
-        );
-        let pass = self.random_token(24);
+        let creds = self.worker_creds();
         let mut rtc = Rtc::builder()
             .set_crypto_provider(self.provider.clone())
             .set_dtls_cert(self.cert.clone())
-            .set_local_ice_credentials(IceCreds { ufrag, pass })
+            .set_local_ice_credentials(creds)
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .enable_bwe(Some(Bitrate::kbps(self.cfg.initial_bitrate_kbps)))
@@ -515,6 +530,7 @@ impl MediaCore {
             next_timeout: now,
             dead: false,
             nacks_seen: Vec::new(),
+            poisoned: false,
         };
         self.counters.peers_created += 1;
         Ok(match self.free.pop() {
@@ -527,6 +543,41 @@ impl MediaCore {
                 self.peers.len() - 1
             }
         })
+    }
+
+    /// Fresh ICE credentials whose ufrag starts with this worker's index.
+    fn worker_creds(&mut self) -> IceCreds {
+        let ufrag = format!(
+            "{:0width$x}{}",
+            self.cfg.worker & 0xFF,
+            self.random_token(14),
+            width = WORKER_PREFIX_LEN
+        );
+        IceCreds {
+            ufrag,
+            pass: self.random_token(24),
+        }
+    }
+
+    /// str0m answers a guest's ICE restart with random credentials of its own; put this
+    /// worker's prefix back (in the agent and in the answer), or STUN would be misrouted.
+    fn keep_worker_prefix(&mut self, idx: PeerIdx, mut answer: String) -> String {
+        let prefix = format!("{:0width$x}", self.cfg.worker & 0xFF, width = WORKER_PREFIX_LEN);
+        let Some(peer) = self.peers[idx].as_mut() else {
+            return answer;
+        };
+        let old = peer.rtc.direct_api().local_ice_credentials();
+        if old.ufrag.starts_with(&prefix) {
+            return answer;
+        }
+        let new = self.worker_creds();
+        answer = answer
+            .replace(&old.ufrag, &new.ufrag)
+            .replace(&old.pass, &new.pass);
+        if let Some(peer) = self.peers[idx].as_mut() {
+            peer.rtc.direct_api().set_local_ice_credentials(new);
+        }
+        answer
     }
 
     fn random_token(&mut self, len: usize) -> String {
@@ -549,6 +600,19 @@ impl MediaCore {
         };
         peer.rtc.disconnect();
         self.counters.peers_closed += 1;
+        // Its receivers' streams must go on from where this peer's packets left them when a
+        // new source (e.g. the guest's new connection) takes its place.
+        let now = self.last_now;
+        for t in &peer.tracks_in {
+            for s in &t.subs {
+                let (Some(seq), Some(dst)) = (s.last_seq, self.peers[s.peer].as_mut()) else {
+                    continue;
+                };
+                if let Some(slot) = dst.slots.iter_mut().find(|sl| sl.mid == s.mid) {
+                    slot.last = Some((seq, s.last_ts, now));
+                }
+            }
+        }
         if let Some(c) = self.calls.get_mut(&peer.call) {
             for slot in c.peers.iter_mut() {
                 if *slot == Some(idx) {
@@ -578,7 +642,26 @@ impl MediaCore {
             RtcError::Dtls(_) => self.counters.dtls_failures += 1,
             _ => tracing::debug!(error = %err, "media peer error"),
         }
-        self.fail_peer(idx);
+        self.lose_peer(idx);
+    }
+
+    /// The guest's connection ended (it closed it, e.g. to replace it, or DTLS failed): drop
+    /// the peer, and give the guest the connect timeout to offer a new one before the side
+    /// fails.
+    fn lose_peer(&mut self, idx: PeerIdx) {
+        let Some(peer) = self.peers[idx].as_mut() else {
+            return;
+        };
+        peer.dead = true;
+        let (call, guest) = (peer.call, peer.guest);
+        self.remove_peer(idx);
+        let deadline = self.last_now + self.cfg.connect_timeout;
+        if let Some(c) = self.calls.get_mut(&call) {
+            if let Some(side) = c.side(guest) {
+                c.offer_deadline[side] = Some(deadline);
+            }
+        }
+        self.events.push_back(MediaEvent::Disconnected { call, guest });
     }
 
     fn peer_panicked(&mut self, idx: PeerIdx) {
@@ -598,12 +681,28 @@ impl MediaCore {
         self.events.push_back(MediaEvent::Failed { call, guest });
     }
 
+    /// Test hook: the next time `guest`'s peer in `call` is driven, it panics as a str0m bug
+    /// would, so tests can check that only that peer is closed.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&mut self, call: CallId, guest: SessionId) {
+        if let Some(idx) = self.peer_of(call, guest) {
+            if let Some(p) = self.peers[idx].as_mut() {
+                p.poisoned = true;
+            }
+        }
+    }
+
     /// Runs str0m's timers for one peer and drains it.
     fn tick_peer(&mut self, idx: PeerIdx, now: Instant) {
         let Some(peer) = self.peers[idx].as_mut() else {
             return;
         };
-        match catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(Input::Timeout(now)))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            if peer.poisoned {
+                panic!("injected fault");
+            }
+            peer.rtc.handle_input(Input::Timeout(now))
+        })) {
             Ok(Ok(())) => self.drain(idx, now),
             Ok(Err(e)) => self.peer_error(idx, &e),
             Err(_) => self.peer_panicked(idx),
@@ -617,7 +716,7 @@ impl MediaCore {
                 return;
             };
             if !peer.rtc.is_alive() {
-                return self.fail_peer(idx);
+                return self.lose_peer(idx);
             }
             let out = match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
                 Ok(Ok(out)) => out,
@@ -626,6 +725,8 @@ impl MediaCore {
             };
             match out {
                 Output::Timeout(t) => {
+                    // Never "again right now": that is the next turn's business.
+                    let t = t.max(now + MIN_WAKE);
                     let schedule = t < peer.next_timeout || peer.next_timeout <= now;
                     peer.next_timeout = t;
                     if schedule {
@@ -747,6 +848,7 @@ impl MediaCore {
                         mid: m.mid,
                         kind: m.kind,
                         source: None,
+                        last: None,
                     });
                 }
                 // Bound once the drain is over and every section of the description is
@@ -870,12 +972,14 @@ impl MediaCore {
         let Some(dp) = self.peers[dst].as_mut() else {
             return;
         };
+        let mut continued = None;
         let mid = if let Some(slot) = dp
             .slots
             .iter_mut()
             .find(|s| s.kind == kind && s.source.is_none())
         {
             slot.source = Some((src, track));
+            continued = slot.last.take();
             slot.mid
         } else {
             // No free section: offer the guest a new send-only one.
@@ -897,6 +1001,7 @@ impl MediaCore {
                 mid,
                 kind,
                 source: Some((src, track)),
+                last: None,
             });
             let guest = dp.guest;
             self.events.push_back(MediaEvent::Offer {
@@ -907,7 +1012,15 @@ impl MediaCore {
             mid
         };
         if let Some(sp) = self.peers[src].as_mut() {
-            sp.tracks_in[track].subs.push(Sub::new(dst, mid));
+            let mut sub = Sub::new(dst, mid);
+            if let Some((seq, ts, at)) = continued {
+                // Continue the receiver's stream; its clock ran on while the section was idle.
+                let clock = if kind == MediaKind::Audio { 48_000.0 } else { 90_000.0 };
+                let elapsed = self.last_now.saturating_duration_since(at).as_secs_f64();
+                sub.last_seq = Some(seq);
+                sub.last_ts = ts.wrapping_add((elapsed * clock) as u32);
+            }
+            sp.tracks_in[track].subs.push(sub);
             // A new receiver needs a picture now, not at the sender's next keyframe.
             if kind == MediaKind::Video {
                 sp.tracks_in[track].last_keyframe_request = None;

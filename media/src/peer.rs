@@ -70,6 +70,9 @@ pub struct OutSlot {
     pub kind: MediaKind,
     /// `(peer, index into its tracks_in)`.
     pub source: Option<(PeerIdx, usize)>,
+    /// Where the outgoing stream stood when its last source went away: sequence number,
+    /// timestamp and when; the next source continues from there.
+    pub last: Option<(u64, u32, Instant)>,
 }
 
 /// How far the peer's connection has got.
@@ -105,6 +108,8 @@ pub struct Peer {
     pub dead: bool,
     /// Last cumulative NACK count per `(mid, egress)` stats stream.
     pub nacks_seen: Vec<(Mid, bool, u64)>,
+    /// Set by the fault-injection test hook: the next drive panics.
+    pub poisoned: bool,
 }
 
 impl Peer {

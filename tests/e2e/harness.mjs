@@ -31,7 +31,7 @@ const DEFAULT_FLAGS = {
   '--node-ip': '127.0.0.1',
   '--rtc-udp-port': '0',
   '--rtc-tcp-port': '0',
-  '--rtc-udp-workers': '1',
+  '--rtc-udp-workers': process.env.TANDEM_E2E_RTC_WORKERS || '1',
 };
 
 // Flags that may be given several times; their values are appended, never replaced.
@@ -73,7 +73,7 @@ async function mediaFlags() {
     '--node-ip': '127.0.0.1',
     '--rtc-udp-port': String(await freeUdpPort()),
     '--rtc-tcp-port': '0',
-    '--rtc-udp-workers': '1',
+    '--rtc-udp-workers': process.env.TANDEM_E2E_RTC_WORKERS || '1',
     '--ice-candidates-per-sec': '1000',
   };
 }
