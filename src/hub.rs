@@ -179,6 +179,7 @@ pub fn spawn(
         last: Default::default(),
         media: None,
         last_calls: Default::default(),
+        calls_dirty: false,
     };
     (hub, tokio::spawn(task.run(rx)))
 }
@@ -196,6 +197,8 @@ struct HubTask {
     last: tandem_signaling::Counters,
     media: Option<MediaPlane>,
     last_calls: tandem_signaling::CallStates,
+    /// Something that can change a call's state happened since the gauge was last set.
+    calls_dirty: bool,
 }
 
 impl HubTask {
@@ -224,6 +227,9 @@ impl HubTask {
             if counters != self.last {
                 self.metrics.apply_counters(&self.last, &counters);
                 self.last = counters;
+                self.calls_dirty = true;
+            }
+            if std::mem::take(&mut self.calls_dirty) {
                 let calls = self.core.call_states();
                 if calls != self.last_calls {
                     self.metrics.apply_call_states(&calls);
@@ -312,7 +318,10 @@ impl HubTask {
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
             }
-            Command::Media(ev) => self.core.handle_media(ev, now),
+            Command::Media(ev) => {
+                self.calls_dirty = true;
+                self.core.handle_media(ev, now);
+            }
             Command::AttachMedia(plane) => self.media = Some(plane),
         }
     }

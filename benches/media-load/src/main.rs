@@ -567,7 +567,7 @@ impl Report {
                     p.ticks_skipped
                 ));
             }
-            if let Some(other) = p.other_cores().filter(|c| *c > 0.25) {
+            if let Some(other) = p.other_cores().filter(|c| *c > 0.3) {
                 w.push(format!(
                     "{name}: other processes used {other:.2} cores during the window; \
                      the numbers are not from an idle machine"

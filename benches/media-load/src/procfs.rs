@@ -16,14 +16,15 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
     Some((user + system) as f64 / TICKS_PER_SEC)
 }
 
-/// CPU seconds the whole machine spent busy (every core; not idle, not waiting for I/O).
+/// CPU seconds the whole machine spent busy (every core; not idle, waiting for I/O or stolen).
 pub fn machine_busy_secs() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = text.lines().next()?.strip_prefix("cpu ")?;
-    // user nice system idle iowait irq softirq steal (guest is counted within user).
+    // user nice system idle iowait irq softirq (then steal, time the hypervisor took, not ours;
+    // guest time is counted within user).
     let ticks: Vec<u64> = cpu
         .split_ascii_whitespace()
-        .take(8)
+        .take(7)
         .map(|t| t.parse().unwrap_or(0))
         .collect();
     let idle = ticks.get(3)? + ticks.get(4)?;
