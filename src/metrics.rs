@@ -225,7 +225,9 @@ impl SignalingMetrics {
     }
 
     pub fn apply_call_states(&self, s: &CallStates) {
-        self.calls.with_label_values(&["ringing"]).set(s.ringing as i64);
+        self.calls
+            .with_label_values(&["ringing"])
+            .set(s.ringing as i64);
         self.calls
             .with_label_values(&["connecting"])
             .set(s.connecting as i64);
@@ -448,7 +450,8 @@ impl MediaMetrics {
         self.keyframe_requests
             .with_label_values(&["throttled"])
             .inc_by(now.keyframe_requests_throttled - last.keyframe_requests_throttled);
-        self.ice_failures.inc_by(now.ice_failures - last.ice_failures);
+        self.ice_failures
+            .inc_by(now.ice_failures - last.ice_failures);
         self.dtls_failures
             .inc_by(now.dtls_failures - last.dtls_failures);
         self.peer_panics.inc_by(now.peer_panics - last.peer_panics);

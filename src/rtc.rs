@@ -154,7 +154,9 @@ pub async fn start(
     } else {
         let l = TcpListener::bind(SocketAddr::new(bind_ip, settings.tcp_port))
             .await
-            .with_context(|| format!("cannot listen on the media TCP port {}", settings.tcp_port))?;
+            .with_context(|| {
+                format!("cannot listen on the media TCP port {}", settings.tcp_port)
+            })?;
         Some(l)
     };
     let udp_addr = SocketAddr::new(node_ip, port);
@@ -254,7 +256,8 @@ impl Worker {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut next_metrics = Instant::now() + METRICS_EVERY;
         loop {
-            let deadline = tokio::time::Instant::from_std(self.core.poll_timeout().min(next_metrics));
+            let deadline =
+                tokio::time::Instant::from_std(self.core.poll_timeout().min(next_metrics));
             tokio::select! {
                 r = socket.readable() => {
                     if r.is_ok() {
@@ -298,7 +301,9 @@ impl Worker {
             let destination = local;
             let data = &buf[..n];
             let now = Instant::now();
-            if self.core.handle_receive(now, Protocol::Udp, source, destination, data)
+            if self
+                .core
+                .handle_receive(now, Protocol::Udp, source, destination, data)
                 == Received::Handled
             {
                 continue;
@@ -340,9 +345,9 @@ impl Worker {
             WorkerMsg::Handover(batch) => {
                 for d in batch {
                     // Handed-over datagrams are never handed on again.
-                    let _ = self
-                        .core
-                        .handle_receive(now, d.proto, d.source, d.destination, &d.data);
+                    let _ =
+                        self.core
+                            .handle_receive(now, d.proto, d.source, d.destination, &d.data);
                 }
             }
             WorkerMsg::TcpOpen { remote, frames } => {

@@ -553,7 +553,10 @@ fn media_defaults_and_flags() {
     assert_eq!(c.rtc_tcp_port, 0);
     assert_eq!(c.call_ring_timeout(), Duration::from_secs(2));
 
-    let c = ok(&[], &[("TANDEM_NODE_IP", "::1"), ("TANDEM_RTC_UDP_PORT", "9000")]);
+    let c = ok(
+        &[],
+        &[("TANDEM_NODE_IP", "::1"), ("TANDEM_RTC_UDP_PORT", "9000")],
+    );
     assert_eq!(c.node_ip, Some("::1".parse().unwrap()));
     assert_eq!(c.rtc_udp_port, 9000);
 }

@@ -22,9 +22,15 @@ pub(crate) fn check(
 
     // Rates, limits and counts: zero would block everything or divide by zero.
     let positive: [(&'static str, u64); 21] = [
-        ("ice_candidates_per_sec", config.ice_candidates_per_sec.into()),
+        (
+            "ice_candidates_per_sec",
+            config.ice_candidates_per_sec.into(),
+        ),
         ("call_ring_timeout_secs", config.call_ring_timeout_secs),
-        ("call_connect_timeout_secs", config.call_connect_timeout_secs),
+        (
+            "call_connect_timeout_secs",
+            config.call_connect_timeout_secs,
+        ),
         ("max_calls", config.max_calls as u64),
         ("typing_timeout_secs", config.typing_timeout_secs),
         ("away_queue_max", config.away_queue_max as u64),
@@ -58,7 +64,10 @@ pub(crate) fn check(
 
     let durations: [(&'static str, u64); 9] = [
         ("call_ring_timeout_secs", config.call_ring_timeout_secs),
-        ("call_connect_timeout_secs", config.call_connect_timeout_secs),
+        (
+            "call_connect_timeout_secs",
+            config.call_connect_timeout_secs,
+        ),
         ("grace_period_secs", config.grace_period_secs),
         ("repair_cooldown_secs", config.repair_cooldown_secs),
         ("typing_timeout_secs", config.typing_timeout_secs),
@@ -87,7 +96,8 @@ pub(crate) fn check(
     .map_err(|m| fail("max_message_bytes", m))?;
 
     if let Some(workers) = config.rtc_udp_workers {
-        in_range(workers as u64, "rtc_udp_workers", 1, 64).map_err(|m| fail("rtc_udp_workers", m))?;
+        in_range(workers as u64, "rtc_udp_workers", 1, 64)
+            .map_err(|m| fail("rtc_udp_workers", m))?;
     }
     if let Some(ip) = config.node_ip {
         if ip.is_unspecified() || ip.is_multicast() {

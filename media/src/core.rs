@@ -28,6 +28,9 @@ use crate::WORKER_PREFIX_LEN;
 
 /// At most one keyframe request per source track per this long.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// Times a peer is driven in one turn when it keeps asking for "now" (str0m's pacer releases
+/// one packet per timeout, so a video frame of N packets takes N of them).
+const TICKS_PER_TURN: usize = 64;
 /// Shortest wait before driving a peer's timers again.
 const MIN_WAKE: Duration = Duration::from_millis(1);
 /// How often calls waiting for an offer are checked against their deadline.
@@ -243,7 +246,11 @@ impl MediaCore {
         };
         let result = catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(input)));
         match result {
-            Ok(Ok(())) => self.drain(idx, now),
+            Ok(Ok(())) => {
+                if self.drain(idx, now) {
+                    self.tick_peer(idx, now);
+                }
+            }
             Ok(Err(e)) => self.peer_error(idx, &e),
             Err(_) => self.peer_panicked(idx),
         }
@@ -355,7 +362,9 @@ impl MediaCore {
                 }
             }
         };
-        let peer = self.peers[idx].as_mut().expect("peer was just found or created");
+        let peer = self.peers[idx]
+            .as_mut()
+            .expect("peer was just found or created");
         let accepted = catch_unwind(AssertUnwindSafe(|| peer.rtc.sdp_api().accept_offer(offer)));
         let answer = match accepted {
             Ok(Ok(answer)) => answer,
@@ -370,7 +379,9 @@ impl MediaCore {
         };
         peer.described = true;
         let answer = self.keep_worker_prefix(idx, answer.to_sdp_string());
-        let peer = self.peers[idx].as_mut().expect("peer was just found or created");
+        let peer = self.peers[idx]
+            .as_mut()
+            .expect("peer was just found or created");
         // An offer restarts the connect clock: a guest back from a reconnect gets the full time.
         let deadline = now + self.cfg.connect_timeout;
         peer.link = match peer.link {
@@ -382,8 +393,13 @@ impl MediaCore {
         c.peers[side] = Some(idx);
         c.offer_deadline[side] = None;
         let early = std::mem::take(&mut c.early_candidates[side]);
-        let peer = self.peers[idx].as_mut().expect("peer was just found or created");
-        for cand in early.into_iter().chain(peer.pending_candidates.drain(..).collect::<Vec<_>>()) {
+        let peer = self.peers[idx]
+            .as_mut()
+            .expect("peer was just found or created");
+        for cand in early
+            .into_iter()
+            .chain(peer.pending_candidates.drain(..).collect::<Vec<_>>())
+        {
             peer.rtc.add_remote_candidate(cand);
         }
         self.events.push_back(MediaEvent::Answer {
@@ -408,7 +424,9 @@ impl MediaCore {
         let Some(idx) = self.peer_of(call, guest) else {
             return;
         };
-        let peer = self.peers[idx].as_mut().expect("peer_of returns live peers");
+        let peer = self.peers[idx]
+            .as_mut()
+            .expect("peer_of returns live peers");
         let Some(pending) = peer.pending_offer.take() else {
             return;
         };
@@ -416,7 +434,9 @@ impl MediaCore {
             Ok(a) => a,
             Err(_) => return self.reject(call, guest, &MediaError::AnswerRefused),
         };
-        let peer = self.peers[idx].as_mut().expect("peer_of returns live peers");
+        let peer = self.peers[idx]
+            .as_mut()
+            .expect("peer_of returns live peers");
         match catch_unwind(AssertUnwindSafe(|| {
             peer.rtc.sdp_api().accept_answer(pending, answer)
         })) {
@@ -562,7 +582,11 @@ impl MediaCore {
     /// str0m answers a guest's ICE restart with random credentials of its own; put this
     /// worker's prefix back (in the agent and in the answer), or STUN would be misrouted.
     fn keep_worker_prefix(&mut self, idx: PeerIdx, mut answer: String) -> String {
-        let prefix = format!("{:0width$x}", self.cfg.worker & 0xFF, width = WORKER_PREFIX_LEN);
+        let prefix = format!(
+            "{:0width$x}",
+            self.cfg.worker & 0xFF,
+            width = WORKER_PREFIX_LEN
+        );
         let Some(peer) = self.peers[idx].as_mut() else {
             return answer;
         };
@@ -661,7 +685,8 @@ impl MediaCore {
                 c.offer_deadline[side] = Some(deadline);
             }
         }
-        self.events.push_back(MediaEvent::Disconnected { call, guest });
+        self.events
+            .push_back(MediaEvent::Disconnected { call, guest });
     }
 
     fn peer_panicked(&mut self, idx: PeerIdx) {
@@ -694,37 +719,56 @@ impl MediaCore {
 
     /// Runs str0m's timers for one peer and drains it.
     fn tick_peer(&mut self, idx: PeerIdx, now: Instant) {
-        let Some(peer) = self.peers[idx].as_mut() else {
-            return;
-        };
-        match catch_unwind(AssertUnwindSafe(|| {
-            if peer.poisoned {
-                panic!("injected fault");
-            }
-            peer.rtc.handle_input(Input::Timeout(now))
-        })) {
-            Ok(Ok(())) => self.drain(idx, now),
-            Ok(Err(e)) => self.peer_error(idx, &e),
-            Err(_) => self.peer_panicked(idx),
-        }
-    }
-
-    /// Polls a peer until it has nothing more to say.
-    fn drain(&mut self, idx: PeerIdx, now: Instant) {
-        loop {
+        // str0m releases what its pacer holds only on a timeout at or after the time it asked
+        // for, one packet per timeout; while that is "now" (packets just queued), drive it
+        // again at once (a bounded number of times) rather than a turn later.
+        for _ in 0..TICKS_PER_TURN {
             let Some(peer) = self.peers[idx].as_mut() else {
                 return;
             };
+            let ticked = catch_unwind(AssertUnwindSafe(|| {
+                if peer.poisoned {
+                    panic!("injected fault");
+                }
+                peer.rtc.handle_input(Input::Timeout(now))
+            }));
+            match ticked {
+                Ok(Ok(())) => {
+                    if !self.drain(idx, now) {
+                        return;
+                    }
+                }
+                Ok(Err(e)) => return self.peer_error(idx, &e),
+                Err(_) => return self.peer_panicked(idx),
+            }
+        }
+    }
+
+    /// Polls a peer until it has nothing more to say. True when it wants a timeout at `now`
+    /// already.
+    fn drain(&mut self, idx: PeerIdx, now: Instant) -> bool {
+        loop {
+            let Some(peer) = self.peers[idx].as_mut() else {
+                return false;
+            };
             if !peer.rtc.is_alive() {
-                return self.lose_peer(idx);
+                self.lose_peer(idx);
+                return false;
             }
             let out = match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
                 Ok(Ok(out)) => out,
-                Ok(Err(e)) => return self.peer_error(idx, &e),
-                Err(_) => return self.peer_panicked(idx),
+                Ok(Err(e)) => {
+                    self.peer_error(idx, &e);
+                    return false;
+                }
+                Err(_) => {
+                    self.peer_panicked(idx);
+                    return false;
+                }
             };
             match out {
                 Output::Timeout(t) => {
+                    let again = t <= now;
                     // Never "again right now": that is the next turn's business.
                     let t = t.max(now + MIN_WAKE);
                     let schedule = t < peer.next_timeout || peer.next_timeout <= now;
@@ -735,7 +779,7 @@ impl MediaCore {
                     while let Some(call) = self.rebind_pending.pop() {
                         self.rebind(call);
                     }
-                    return;
+                    return again;
                 }
                 Output::Transmit(t) => self.transmits.push_back(t),
                 Output::Event(e) => self.on_event(idx, e, now),
@@ -751,6 +795,9 @@ impl MediaCore {
             }
             let dirty = std::mem::take(&mut self.dirty);
             for idx in dirty {
+                // Twice: str0m stamps newly written packets on a timeout while its pacer plans
+                // from what was stamped before, so only the second timeout releases them.
+                self.tick_peer(idx, now);
                 self.tick_peer(idx, now);
             }
         }
@@ -805,7 +852,9 @@ impl MediaCore {
     // --- events ---------------------------------------------------------------------------
 
     fn on_event(&mut self, idx: PeerIdx, event: Event, now: Instant) {
-        let peer = self.peers[idx].as_mut().expect("on_event is called for live peers");
+        let peer = self.peers[idx]
+            .as_mut()
+            .expect("on_event is called for live peers");
         let (call, guest) = (peer.call, peer.guest);
         match event {
             Event::Connected => {
@@ -815,22 +864,19 @@ impl MediaCore {
                 }
                 self.events.push_back(MediaEvent::Connected { call, guest });
             }
-            Event::IceConnectionStateChange(state) => match state {
-                IceConnectionState::Disconnected => {
-                    if peer.link == Link::Connected {
-                        peer.link = Link::Disconnected(now + self.cfg.connect_timeout);
-                        self.events
-                            .push_back(MediaEvent::Disconnected { call, guest });
-                    }
-                }
-                IceConnectionState::Connected | IceConnectionState::Completed => {
-                    if matches!(peer.link, Link::Disconnected(_)) && peer.rtc.is_connected() {
-                        peer.link = Link::Connected;
-                        self.events.push_back(MediaEvent::Connected { call, guest });
-                    }
-                }
-                _ => {}
-            },
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+                if peer.link == Link::Connected =>
+            {
+                peer.link = Link::Disconnected(now + self.cfg.connect_timeout);
+                self.events
+                    .push_back(MediaEvent::Disconnected { call, guest });
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) if matches!(peer.link, Link::Disconnected(_)) && peer.rtc.is_connected() => {
+                peer.link = Link::Connected;
+                self.events.push_back(MediaEvent::Connected { call, guest });
+            }
             Event::MediaAdded(m) => {
                 if peer.tracks_in.len() + peer.slots.len() >= MAX_MEDIA_PER_PEER {
                     return;
@@ -870,14 +916,21 @@ impl MediaCore {
                 self.request_keyframe(src, track, req.kind, now);
             }
             Event::MediaIngressStats(s) => {
-                let clock = if peer.tracks_in.iter().any(|t| t.mid == s.mid && t.kind == MediaKind::Audio) {
+                let clock = if peer
+                    .tracks_in
+                    .iter()
+                    .any(|t| t.mid == s.mid && t.kind == MediaKind::Audio)
+                {
                     48_000
                 } else {
                     90_000
                 };
-                push_sample(&mut self.samples, Sample::Jitter(Duration::from_secs_f64(
-                    f64::from(s.jitter) / f64::from(clock),
-                )));
+                push_sample(
+                    &mut self.samples,
+                    Sample::Jitter(Duration::from_secs_f64(
+                        f64::from(s.jitter) / f64::from(clock),
+                    )),
+                );
                 if let Some(loss) = s.loss {
                     push_sample(&mut self.samples, Sample::Loss(loss));
                 }
@@ -904,7 +957,6 @@ impl MediaCore {
         }
     }
 
-
     fn request_keyframe(
         &mut self,
         src: PeerIdx,
@@ -918,8 +970,7 @@ impl MediaCore {
         let Some(t) = p.tracks_in.get_mut(track) else {
             return;
         };
-        if t
-            .last_keyframe_request
+        if t.last_keyframe_request
             .is_some_and(|last| now.duration_since(last) < KEYFRAME_THROTTLE)
         {
             self.counters.keyframe_requests_throttled += 1;
@@ -1015,7 +1066,11 @@ impl MediaCore {
             let mut sub = Sub::new(dst, mid);
             if let Some((seq, ts, at)) = continued {
                 // Continue the receiver's stream; its clock ran on while the section was idle.
-                let clock = if kind == MediaKind::Audio { 48_000.0 } else { 90_000.0 };
+                let clock = if kind == MediaKind::Audio {
+                    48_000.0
+                } else {
+                    90_000.0
+                };
                 let elapsed = self.last_now.saturating_duration_since(at).as_secs_f64();
                 sub.last_seq = Some(seq);
                 sub.last_ts = ts.wrapping_add((elapsed * clock) as u32);
@@ -1034,7 +1089,9 @@ impl MediaCore {
 
     /// The hot path: one incoming RTP packet to every subscriber of its track.
     fn forward(&mut self, src: PeerIdx, pkt: RtpPacket) {
-        let sp = self.peers[src].as_mut().expect("forward is called for live peers");
+        let sp = self.peers[src]
+            .as_mut()
+            .expect("forward is called for live peers");
         let ssrc = pkt.header.ssrc;
         let Some(track) = sp.track_for_ssrc(ssrc) else {
             tracing::debug!(?ssrc, "rtp: no track for ssrc");
@@ -1099,11 +1156,23 @@ impl MediaCore {
                 self.counters.packets_unrouted += 1;
                 continue;
             };
+            if !sub.unpaced {
+                // The sender already paced these packets; pacing them again here only adds
+                // delay (a 6 KB frame at a 2.5 Mbit/s pace is 19 ms). The estimate still runs.
+                tx.set_unpaced(true);
+                sub.unpaced = true;
+            }
             tx.write_rtp(
-                RtpWrite::new(pt.into(), out_seq.into(), out_ts, pkt.timestamp, pkt.payload.clone())
-                    .marker(pkt.header.marker)
-                    .ext_vals(ext.clone())
-                    .nackable(kind == MediaKind::Video),
+                RtpWrite::new(
+                    pt.into(),
+                    out_seq.into(),
+                    out_ts,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(kind == MediaKind::Video),
             );
             if sub.last_seq.is_none_or(|l| out_seq > l) {
                 sub.last_seq = Some(out_seq);

@@ -17,7 +17,6 @@ mod error;
 mod peer;
 mod stats;
 
-
 pub use crate::core::{MediaConfig, MediaCore, Received};
 pub use crate::error::MediaError;
 pub use crate::stats::{Direction, MediaCounters, Sample, KINDS};

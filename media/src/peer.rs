@@ -43,6 +43,8 @@ pub struct Sub {
     pub last_ts: u32,
     /// Source payload type → receiver payload type; 0xFF unknown, 0xFE no match.
     pub pt_map: [u8; 128],
+    /// Whether the receiver's send stream was switched to unpaced.
+    pub unpaced: bool,
 }
 
 impl Sub {
@@ -56,6 +58,7 @@ impl Sub {
             last_seq: None,
             last_ts: 0,
             pt_map: [PT_UNKNOWN; 128],
+            unpaced: false,
         }
     }
 }
@@ -115,7 +118,11 @@ pub struct Peer {
 impl Peer {
     /// NACKs since the previous stats report of the same stream.
     pub fn nack_delta(&mut self, mid: Mid, egress: bool, total: u64) -> u64 {
-        if let Some(e) = self.nacks_seen.iter_mut().find(|e| e.0 == mid && e.1 == egress) {
+        if let Some(e) = self
+            .nacks_seen
+            .iter_mut()
+            .find(|e| e.0 == mid && e.1 == egress)
+        {
             let d = total.saturating_sub(e.2);
             e.2 = total;
             return d;

@@ -214,19 +214,20 @@ fn drop_every_nth_video(sim: &mut Sim, leg: Leg, n: usize) {
     });
 }
 
-#[test]
-fn loss_triggers_nack_and_rtx() {
-    // A → server loses packets: the server NACKs A and A retransmits.
+/// A connected call whose `leg` loses every 7th VP8 packet while A streams for 2 s, then 0.7 s
+/// for the repairs. Returns it, when A started and what A sent.
+fn stream_with_loss(leg: Leg) -> (Sim, Instant, Streamed) {
     let mut sim = Sim::connected_call();
-    drop_every_nth_video(&mut sim, Leg::Up(0), 7);
+    drop_every_nth_video(&mut sim, leg, 7);
     let t0 = sim.now;
     let sent = sim.stream(&[0], Duration::from_secs(2), |_| {});
     sim.run_for(ms(700), |_| {});
     assert!(sim.dropped >= 7, "dropped {}", sim.dropped);
-    let k = sim.core.counters();
-    assert!(k.nacks_sent > 0, "server sent no NACK: {k:?}");
-    assert!(egress_nacks(&sim.clients[0]) > 0, "A saw no NACK");
-    // Repaired upstream, so B gets every frame, intact.
+    (sim, t0, sent)
+}
+
+/// What B got since `t0`, checked to be intact and at least 95 % of what A sent.
+fn b_got_the_video(sim: &Sim, t0: Instant, sent: Streamed) -> Got {
     let r = received(&sim.clients[1], t0);
     assert_eq!(r.bad_video, 0);
     assert!(
@@ -235,14 +236,21 @@ fn loss_triggers_nack_and_rtx() {
         r.video.len(),
         sent.video
     );
+    r
+}
+
+#[test]
+fn loss_triggers_nack_and_rtx() {
+    // A → server loses packets: the server NACKs A and A retransmits.
+    let (sim, t0, sent) = stream_with_loss(Leg::Up(0));
+    let k = sim.core.counters();
+    assert!(k.nacks_sent > 0, "server sent no NACK: {k:?}");
+    assert!(egress_nacks(&sim.clients[0]) > 0, "A saw no NACK");
+    // Repaired upstream, so B gets every frame, intact.
+    b_got_the_video(&sim, t0, sent);
 
     // Server → B loses packets: B NACKs the server, which retransmits from its buffer.
-    let mut sim = Sim::connected_call();
-    drop_every_nth_video(&mut sim, Leg::Down(1), 7);
-    let t0 = sim.now;
-    let sent = sim.stream(&[0], Duration::from_secs(2), |_| {});
-    sim.run_for(ms(700), |_| {});
-    assert!(sim.dropped >= 7, "dropped {}", sim.dropped);
+    let (sim, t0, sent) = stream_with_loss(Leg::Down(1));
     let k = sim.core.counters();
     assert!(k.nacks_received > 0, "server saw no NACK: {k:?}");
     assert!(ingress_nacks(&sim.clients[1]) > 0, "B sent no NACK");
@@ -251,15 +259,8 @@ fn loss_triggers_nack_and_rtx() {
         0,
         "B's NACKs are served by the server, not A"
     );
-    let r = received(&sim.clients[1], t0);
-    assert_eq!(r.bad_video, 0);
+    let r = b_got_the_video(&sim, t0, sent);
     assert!(increasing(&r.video));
-    assert!(
-        r.video.len() as u32 >= sent.video * 95 / 100,
-        "B got {} of {} video frames",
-        r.video.len(),
-        sent.video
-    );
     assert!(
         r.video_not_contiguous * 10 <= r.video.len(),
         "{} of {} frames not contiguous",
@@ -412,16 +413,8 @@ fn stun_binding_request(username: &str) -> Vec<u8> {
 
 // --- 6 ------------------------------------------------------------------------------------
 
-#[test]
-fn connect_timeout() {
-    let cfg = MediaConfig {
-        connect_timeout: Duration::from_secs(2),
-        ..test_config()
-    };
-
-    // Nobody offers.
-    let mut sim = Sim::new(cfg.clone());
-    sim.open();
+/// With a 2 s connect timeout: neither guest has failed 1.8 s from now, both have at 2.5 s.
+fn both_fail_at_the_timeout(sim: &mut Sim) {
     sim.run_for(ms(1800), |_| {});
     assert!(
         !sim.failed(guest_a()) && !sim.failed(guest_b()),
@@ -434,12 +427,30 @@ fn connect_timeout() {
         "{:?}",
         sim.media_events
     );
+}
+
+/// A second later both guests still have failed just once each.
+fn failed_once_each(sim: &mut Sim) {
     sim.run_for(ms(1000), |_| {});
     assert_eq!(
-        count_events(&sim, |e| matches!(e, MediaEvent::Failed { .. })),
+        count_events(sim, |e| matches!(e, MediaEvent::Failed { .. })),
         2,
         "once each"
     );
+}
+
+#[test]
+fn connect_timeout() {
+    let cfg = MediaConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..test_config()
+    };
+
+    // Nobody offers.
+    let mut sim = Sim::new(cfg.clone());
+    sim.open();
+    both_fail_at_the_timeout(&mut sim);
+    failed_once_each(&mut sim);
     assert_eq!(sim.core.counters().ice_failures, 2);
 
     // Both offer, but no datagram ever gets through.
@@ -453,29 +464,13 @@ fn connect_timeout() {
     sim.send_candidate(a);
     sim.send_candidate(b);
     assert_eq!(sim.core.load(), (1, 2));
-    sim.run_for(ms(1800), |_| {});
-    assert!(
-        !sim.failed(guest_a()) && !sim.failed(guest_b()),
-        "{:?}",
-        sim.media_events
-    );
-    sim.run_for(ms(700), |_| {});
-    assert!(
-        sim.failed(guest_a()) && sim.failed(guest_b()),
-        "{:?}",
-        sim.media_events
-    );
+    both_fail_at_the_timeout(&mut sim);
     assert_eq!(
         sim.core.load(),
         (1, 0),
         "failed peers are dropped, the call waits for Close"
     );
-    sim.run_for(ms(1000), |_| {});
-    assert_eq!(
-        count_events(&sim, |e| matches!(e, MediaEvent::Failed { .. })),
-        2,
-        "once each"
-    );
+    failed_once_each(&mut sim);
     assert!(!sim.core_connected(guest_a()) && !sim.core_connected(guest_b()));
 }
 
@@ -509,6 +504,18 @@ fn ice_ufrag(sdp: &str) -> String {
         .to_owned()
 }
 
+/// Both clients stream for a second, then 100 ms more for the last packets to arrive.
+fn stream_a_second(sim: &mut Sim) {
+    sim.stream(&[0, 1], Duration::from_secs(1), |_| {});
+    sim.run_for(ms(100), |_| {});
+}
+
+/// `r` holds most of a second of media (40 audio and 25 video frames), none of it corrupted.
+fn assert_a_second_of_media(r: &Got, who: &str) {
+    assert!(r.audio.len() >= 40 && r.video.len() >= 25, "{who}: {r:?}");
+    assert_eq!((r.bad_audio, r.bad_video), (0, 0));
+}
+
 #[test]
 fn reoffer_with_same_connection_keeps_peer() {
     let mut sim = Sim::connected_call();
@@ -525,15 +532,9 @@ fn reoffer_with_same_connection_keeps_peer() {
     );
     assert!(sim.clients[0].pending.is_none(), "A accepted the answer");
     let t0 = sim.now;
-    sim.stream(&[0, 1], Duration::from_secs(1), |_| {});
-    sim.run_for(ms(100), |_| {});
+    stream_a_second(&mut sim);
     for (i, c) in sim.clients.iter().enumerate() {
-        let r = received(c, t0);
-        assert!(
-            r.audio.len() >= 40 && r.video.len() >= 25,
-            "client {i} after restart: {r:?}"
-        );
-        assert_eq!((r.bad_audio, r.bad_video), (0, 0));
+        assert_a_second_of_media(&received(c, t0), &format!("client {i} after restart"));
     }
     let k = sim.core.counters();
     assert_eq!((k.peers_created, k.peers_closed), (2, 0), "{k:?}");
@@ -546,14 +547,9 @@ fn reoffer_with_same_connection_keeps_peer() {
     // A reloads: a new connection (new DTLS certificate, new port) replaces the old peer and
     // gets B's media.
     let t1 = replace_client_a(&mut sim);
-    sim.stream(&[0, 1], Duration::from_secs(1), |_| {});
-    sim.run_for(ms(100), |_| {});
+    stream_a_second(&mut sim);
     let r = received(&sim.clients[0], t1);
-    assert!(
-        r.audio.len() >= 40 && r.video.len() >= 25,
-        "new A from B: {r:?}"
-    );
-    assert_eq!((r.bad_audio, r.bad_video), (0, 0));
+    assert_a_second_of_media(&r, "new A from B");
     assert!(increasing(&r.audio) && increasing(&r.video));
     assert!(!sim.failed(guest_b()));
     assert_eq!(sim.core.load(), (1, 2));
@@ -589,14 +585,8 @@ fn receiver_gets_a_replaced_senders_media() {
     let mut sim = Sim::connected_call();
     sim.stream(&[0, 1], ms(300), |_| {});
     let t1 = replace_client_a(&mut sim);
-    sim.stream(&[0, 1], Duration::from_secs(1), |_| {});
-    sim.run_for(ms(100), |_| {});
-    let r = received(&sim.clients[1], t1);
-    assert!(
-        r.audio.len() >= 40 && r.video.len() >= 25,
-        "B from the new A: {r:?}"
-    );
-    assert_eq!((r.bad_audio, r.bad_video), (0, 0));
+    stream_a_second(&mut sim);
+    assert_a_second_of_media(&received(&sim.clients[1], t1), "B from the new A");
     // No sequence gap seen by B across the switch (only the source changed).
     let mut by_mid: std::collections::HashMap<_, Vec<u64>> = Default::default();
     for d in sim.clients[1].media_data() {

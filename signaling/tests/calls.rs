@@ -2,119 +2,23 @@
 //! SDP and ICE relay to and from the media server, and calls ending with their chat. Time is
 //! driven by hand from one `t0`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tandem_signaling::wire::{CallInfo, GuestState};
 use tandem_signaling::*;
 
-const SEED: [u8; 32] = [9u8; 32];
-const UNIX0: u64 = 1_700_000_000_000;
 const SDP: &str =
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
 const CAND: &str = "candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host";
 
-// ---- harness --------------------------------------------------------------------------------
+mod common;
+use common::*;
 
-fn loose() -> CoreConfig {
-    CoreConfig {
-        chat_messages_per_sec: 10_000,
-        match_per_sec: 10_000,
-        match_burst: 10_000,
-        typing_per_sec: 10_000,
-        events_per_sec: 10_000,
-        ..CoreConfig::default()
-    }
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct G {
-    id: SessionId,
-    conn: ConnId,
-}
-
-struct H {
-    core: Core,
-    t0: Instant,
-    now: Instant,
-    next_conn: u64,
-}
+// ---- harness (the shared part is in common/mod.rs) -------------------------------------------
 
 impl H {
-    fn new(cfg: CoreConfig) -> Self {
-        let t0 = Instant::now();
-        Self {
-            core: Core::new(cfg, SEED, t0, UNIX0),
-            t0,
-            now: t0,
-            next_conn: 1,
-        }
-    }
-
-    fn loose() -> Self {
-        Self::new(loose())
-    }
-
-    fn t(&self, s: f64) -> Instant {
-        self.t0 + secs(s)
-    }
-
-    fn set(&mut self, s: f64) {
-        self.now = self.t(s);
-    }
-
-    fn tick_to(&mut self, s: f64) -> Vec<Output> {
-        self.set(s);
-        self.core.handle_timeout(self.now);
-        self.drain()
-    }
-
-    fn drain(&mut self) -> Vec<Output> {
-        std::iter::from_fn(|| self.core.poll_output()).collect()
-    }
-
-    fn connect(&mut self, id: SessionId) -> ConnId {
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.core.connect(id, conn, self.now).expect("connect");
-        conn
-    }
-
-    fn guest(&mut self) -> G {
-        let id = self
-            .core
-            .create_guest(None, self.now)
-            .expect("create")
-            .session_id;
-        let conn = self.connect(id);
-        self.drain();
-        G { id, conn }
-    }
-
-    fn ev(&mut self, g: G, name: &str, payload: Value) -> Result<Ack, SignalError> {
-        let event = ClientEvent::parse(name, Some(&payload)).expect("valid client event");
-        self.core.handle_event(g.conn, event, self.now)
-    }
-
-    /// Two new guests in a chat. Outputs drained.
-    fn pair(&mut self) -> (G, G, RoomId) {
-        let a = self.guest();
-        let b = self.guest();
-        self.ev(a, "match:start", Value::Null).unwrap();
-        self.ev(b, "match:start", Value::Null).unwrap();
-        let out = self.drain();
-        let room = match one(&out, "match:found", b.id) {
-            ServerEvent::Found(r) => r.room_id,
-            e => unreachable!("{e:?}"),
-        };
-        (a, b, room)
-    }
-
     /// `a` calls `b` (audio only). Outputs drained.
     fn ring(&mut self, a: G, room: RoomId) {
         assert_eq!(
@@ -140,19 +44,11 @@ impl H {
         self.drain()
     }
 
-    /// The `connection:established` a new extra socket gets (the probe is closed again).
-    fn probe(&mut self, id: SessionId) -> wire::Established {
-        let conn = self.connect(id);
-        let out = self.drain();
-        self.core.disconnect(conn, self.now);
-        assert!(self.drain().is_empty());
-        match out.first() {
-            Some(Output::Emit {
-                to: Target::Conn(c),
-                event: ServerEvent::Established(e),
-            }) if *c == conn => e.clone(),
-            o => panic!("no established in {o:?}"),
-        }
+    /// Feeds a media event that must emit just one event, `name` to `to`; returns it as JSON.
+    fn relayed(&mut self, e: MediaEvent, name: &str, to: SessionId) -> Value {
+        let out = self.media(e);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        json_of(&out, name, to)
     }
 
     fn call_of(&mut self, id: SessionId) -> Option<CallInfo> {
@@ -160,32 +56,8 @@ impl H {
     }
 }
 
-fn events<'a>(out: &'a [Output], name: &str, to: SessionId) -> Vec<&'a ServerEvent> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Emit {
-                to: Target::Guest(t),
-                event,
-            } if *t == to && event.name() == name => Some(event),
-            _ => None,
-        })
-        .collect()
-}
-
-fn one<'a>(out: &'a [Output], name: &str, to: SessionId) -> &'a ServerEvent {
-    let found = events(out, name, to);
-    assert_eq!(found.len(), 1, "expected one {name} to {to:?} in {out:#?}");
-    found[0]
-}
-
 fn json_of(out: &[Output], name: &str, to: SessionId) -> Value {
-    serde_json::to_value(one(out, name, to)).unwrap()
-}
-
-fn count(out: &[Output], name: &str) -> usize {
-    out.iter()
-        .filter(|o| matches!(o, Output::Emit { event, .. } if event.name() == name))
-        .count()
+    serde_json::to_value(one(out, name, Target::Guest(to))).unwrap()
 }
 
 fn media_cmds(out: &[Output]) -> Vec<MediaCommand> {
@@ -219,7 +91,7 @@ fn opened(out: &[Output]) -> (CallId, RoomId, [SessionId; 2], bool) {
 }
 
 fn call_ended(out: &[Output], to: SessionId) -> CallEndReason {
-    match one(out, "call:ended", to) {
+    match one(out, "call:ended", Target::Guest(to)) {
         ServerEvent::CallEnded(e) => e.reason,
         e => unreachable!("{e:?}"),
     }
@@ -238,6 +110,15 @@ fn is_emit(o: &Output, name: &str, to: SessionId) -> bool {
 
 fn info(state: CallState, video: bool) -> Option<CallInfo> {
     Some(CallInfo { state, video })
+}
+
+/// The core's call gauges.
+fn call_states(ringing: u64, connecting: u64, connected: u64) -> CallStates {
+    CallStates {
+        ringing,
+        connecting,
+        connected,
+    }
 }
 
 fn ended_count(h: &H, r: CallEndReason) -> u64 {
@@ -449,13 +330,7 @@ fn request_rings_the_partner_and_accept_opens_media() {
     );
     assert_eq!(h.call_of(a.id), info(CallState::Calling, true));
     assert_eq!(h.call_of(b.id), info(CallState::Ringing, true));
-    assert_eq!(
-        h.core.call_states(),
-        CallStates {
-            ringing: 1,
-            ..CallStates::default()
-        }
-    );
+    assert_eq!(h.core.call_states(), call_states(1, 0, 0));
 
     h.set(2.5);
     assert_eq!(
@@ -477,13 +352,7 @@ fn request_rings_the_partner_and_accept_opens_media() {
     );
     assert_eq!(h.call_of(a.id), info(CallState::Connecting, true));
     assert_eq!(h.call_of(b.id), info(CallState::Connecting, true));
-    assert_eq!(
-        h.core.call_states(),
-        CallStates {
-            connecting: 1,
-            ..CallStates::default()
-        }
-    );
+    assert_eq!(h.core.call_states(), call_states(0, 1, 0));
     let c = h.core.counters();
     assert_eq!((c.calls_requested, c.calls_accepted), (1, 1));
     // The accepted call no longer times out.
@@ -736,38 +605,42 @@ fn media_answers_and_candidates_reach_the_right_guest() {
     let mut h = H::loose();
     let (a, b, room) = h.pair();
     let call = h.call(a, b, room);
-    let out = h.media(MediaEvent::Answer {
-        call,
-        guest: b.id,
-        sdp: "v=0 answer".into(),
-    });
-    assert_eq!(out.len(), 1);
-    assert_eq!(
-        json_of(&out, "webrtc:answer", b.id),
-        json!({ "sdp": "v=0 answer" })
-    );
-    let out = h.media(MediaEvent::Candidate {
-        call,
-        guest: a.id,
-        candidate: CAND.into(),
-        sdp_mid: Some("0".into()),
-        sdp_mline_index: None,
-    });
-    assert_eq!(out.len(), 1);
-    assert_eq!(
-        json_of(&out, "webrtc:ice-candidate", a.id),
-        json!({ "candidate": CAND, "sdpMid": "0", "sdpMLineIndex": null })
-    );
-    let out = h.media(MediaEvent::OfferRejected {
-        call,
-        guest: a.id,
-        message: "Unsupported codec.".into(),
-    });
-    assert_eq!(out.len(), 1);
-    assert_eq!(
-        json_of(&out, "error", a.id),
-        json!({ "code": "invalid_sdp", "message": "Unsupported codec.", "event": "webrtc:offer" })
-    );
+    for (e, name, to, want) in [
+        (
+            MediaEvent::Answer {
+                call,
+                guest: b.id,
+                sdp: "v=0 answer".into(),
+            },
+            "webrtc:answer",
+            b.id,
+            json!({ "sdp": "v=0 answer" }),
+        ),
+        (
+            MediaEvent::Candidate {
+                call,
+                guest: a.id,
+                candidate: CAND.into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: None,
+            },
+            "webrtc:ice-candidate",
+            a.id,
+            json!({ "candidate": CAND, "sdpMid": "0", "sdpMLineIndex": null }),
+        ),
+        (
+            MediaEvent::OfferRejected {
+                call,
+                guest: a.id,
+                message: "Unsupported codec.".into(),
+            },
+            "error",
+            a.id,
+            json!({ "code": "invalid_sdp", "message": "Unsupported codec.", "event": "webrtc:offer" }),
+        ),
+    ] {
+        assert_eq!(h.relayed(e, name, to), want, "{name}");
+    }
 }
 
 #[test]
@@ -779,16 +652,15 @@ fn server_offer_then_client_answer() {
         h.ev(b, "webrtc:answer", json!({ "sdp": SDP })),
         Err(SignalError::InvalidSdp)
     );
-    let out = h.media(MediaEvent::Offer {
+    let offer = MediaEvent::Offer {
         call,
         guest: b.id,
         sdp: "v=0 renegotiate".into(),
-    });
+    };
     assert_eq!(
-        json_of(&out, "webrtc:offer", b.id),
+        h.relayed(offer, "webrtc:offer", b.id),
         json!({ "sdp": "v=0 renegotiate" })
     );
-    assert_eq!(out.len(), 1);
     // Only b owes an answer.
     assert_eq!(
         h.ev(a, "webrtc:answer", json!({ "sdp": SDP })),
@@ -905,13 +777,7 @@ fn both_connected_reports_setup_once() {
     let out = h.media(MediaEvent::Connected { call, guest: b.id });
     assert_eq!(setups(&out), vec![secs(1.5)]);
     assert_eq!(out.len(), 1);
-    assert_eq!(
-        h.core.call_states(),
-        CallStates {
-            connected: 1,
-            ..CallStates::default()
-        }
-    );
+    assert_eq!(h.core.call_states(), call_states(0, 0, 1));
     // A drop and a recovery: no second setup.
     let out = h.media(MediaEvent::Disconnected { call, guest: a.id });
     assert!(out.is_empty());
@@ -1121,7 +987,7 @@ fn disconnect_past_grace_tells_only_the_partner() {
     h.drain();
     assert_eq!(count(&h.tick_to(30.9), "call:ended"), 0);
     let out = h.tick_to(31.0);
-    assert_eq!(events(&out, "call:ended", a.id).len(), 0);
+    assert_eq!(events(&out, "call:ended", Target::Guest(a.id)).len(), 0);
     assert_eq!(call_ended(&out, b.id), CallEndReason::PartnerLeft);
     assert_eq!(media_cmds(&out), vec![MediaCommand::Close { call }]);
     let call_end = pos(&out, |o| is_emit(o, "call:ended", b.id));
@@ -1149,12 +1015,15 @@ fn refused_events_change_nothing() {
     let mut h = H::loose();
     let (a, b, room) = h.pair();
     h.ring(a, room);
-    let before = (
-        h.call_of(a.id),
-        h.call_of(b.id),
-        h.core.call_states(),
-        h.core.counters(),
-    );
+    let snapshot = |h: &mut H| {
+        (
+            h.call_of(a.id),
+            h.call_of(b.id),
+            h.core.call_states(),
+            h.core.counters(),
+        )
+    };
+    let before = snapshot(&mut h);
     for (g, name, payload) in [
         (a, "call:accept", Value::Null),
         (a, "call:reject", Value::Null),
@@ -1166,12 +1035,7 @@ fn refused_events_change_nothing() {
         assert!(h.ev(g, name, payload).is_err(), "{name}");
         assert_eq!(h.drain(), vec![], "{name}");
     }
-    let after = (
-        h.call_of(a.id),
-        h.call_of(b.id),
-        h.core.call_states(),
-        h.core.counters(),
-    );
+    let after = snapshot(&mut h);
     assert_eq!(before, after);
 }
 
@@ -1368,7 +1232,11 @@ fn candidates_have_their_own_rate_limit() {
         wire::EventKind::Candidate
     );
     for n in 0..30 {
-        assert_eq!(h.ev(a, "webrtc:ice-candidate", cand(n)), Ok(Ack::Ok), "candidate {n}");
+        assert_eq!(
+            h.ev(a, "webrtc:ice-candidate", cand(n)),
+            Ok(Ack::Ok),
+            "candidate {n}"
+        );
     }
     let _ = call;
     // The other bucket is untouched by them.

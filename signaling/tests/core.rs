@@ -12,119 +12,17 @@ use tandem_signaling::wire::{
 };
 use tandem_signaling::*;
 
-const SEED: [u8; 32] = [7u8; 32];
-const UNIX0: u64 = 1_700_000_000_000;
+mod common;
+use common::*;
 
-// ---- harness --------------------------------------------------------------------------------
-
-/// A config whose rate limits never get in the way of a test that is not about them.
-fn loose() -> CoreConfig {
-    CoreConfig {
-        chat_messages_per_sec: 10_000,
-        match_per_sec: 10_000,
-        match_burst: 10_000,
-        typing_per_sec: 10_000,
-        events_per_sec: 10_000,
-        ..CoreConfig::default()
-    }
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct G {
-    id: SessionId,
-    conn: ConnId,
-}
-
-struct H {
-    core: Core,
-    t0: Instant,
-    now: Instant,
-    next_conn: u64,
-    next_client_id: u64,
-}
+// ---- harness (the shared part is in common/mod.rs) -------------------------------------------
 
 impl H {
-    fn new(cfg: CoreConfig) -> Self {
-        let t0 = Instant::now();
-        Self {
-            core: Core::new(cfg, SEED, t0, UNIX0),
-            t0,
-            now: t0,
-            next_conn: 1,
-            next_client_id: 1,
-        }
-    }
-
-    fn loose() -> Self {
-        Self::new(loose())
-    }
-
-    /// `t0 + s` seconds.
-    fn t(&self, s: f64) -> Instant {
-        self.t0 + secs(s)
-    }
-
-    /// Moves the clock without running timers.
-    fn set(&mut self, s: f64) {
-        self.now = self.t(s);
-    }
-
-    /// Moves the clock to `t0 + s`, runs `handle_timeout` and returns what it produced.
-    fn tick_to(&mut self, s: f64) -> Vec<Output> {
-        self.set(s);
-        self.core.handle_timeout(self.now);
-        self.drain()
-    }
-
-    fn drain(&mut self) -> Vec<Output> {
-        std::iter::from_fn(|| self.core.poll_output()).collect()
-    }
-
-    fn create(&mut self, name: Option<&str>) -> SessionId {
-        self.core
-            .create_guest(name, self.now)
-            .expect("create_guest")
-            .session_id
-    }
-
-    fn try_connect(&mut self, id: SessionId) -> (ConnId, Result<(), SignalError>) {
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        (conn, self.core.connect(id, conn, self.now))
-    }
-
-    fn connect(&mut self, id: SessionId) -> ConnId {
-        let (conn, r) = self.try_connect(id);
-        r.expect("connect");
-        conn
-    }
-
-    /// A new guest with one socket; its outputs are drained.
-    fn guest(&mut self) -> G {
-        let id = self.create(None);
-        let conn = self.connect(id);
-        self.drain();
-        G { id, conn }
-    }
-
     fn named(&mut self, name: &str) -> G {
         let id = self.create(Some(name));
         let conn = self.connect(id);
         self.drain();
         G { id, conn }
-    }
-
-    fn ev(&mut self, conn: ConnId, name: &str, payload: Value) -> Result<Ack, SignalError> {
-        let event = ClientEvent::parse(name, Some(&payload)).expect("valid client event");
-        self.core.handle_event(conn, event, self.now)
-    }
-
-    fn start(&mut self, g: G) -> Result<Ack, SignalError> {
-        self.ev(g.conn, "match:start", Value::Null)
     }
 
     fn start_with(&mut self, g: G, interests: &[&str]) -> Result<Ack, SignalError> {
@@ -145,24 +43,6 @@ impl H {
         )
     }
 
-    /// Two new guests, paired with each other (nobody else may be searching). Outputs drained.
-    fn pair(&mut self) -> (G, G, RoomId) {
-        let a = self.guest();
-        let b = self.guest();
-        let room = self.pair_these(a, b);
-        (a, b, room)
-    }
-
-    /// Pairs two idle guests (nobody else may be searching). Outputs drained.
-    fn pair_these(&mut self, a: G, b: G) -> RoomId {
-        assert_eq!(self.start(a), Ok(Ack::State(GuestState::Searching)));
-        assert_eq!(self.start(b), Ok(Ack::State(GuestState::InChat)));
-        let out = self.drain();
-        let room = found(&out, a.id).room_id;
-        assert_eq!(found(&out, b.id).room_id, room);
-        room
-    }
-
     /// Makes every two of `gs` unable to pair (a chat each, then a leave): a fresh re-pair block.
     fn mutual_blocks(&mut self, gs: &[G]) {
         for i in 0..gs.len() {
@@ -177,32 +57,9 @@ impl H {
     fn stats(&self) -> Stats {
         self.core.stats(self.now)
     }
-
-    /// The `connection:established` a fresh extra socket would get (the guest must already
-    /// hold a socket, so that the probe changes nothing); the probe is closed again.
-    fn probe(&mut self, id: SessionId) -> wire::Established {
-        let conn = self.connect(id);
-        let out = self.drain();
-        self.core.disconnect(conn, self.now);
-        assert!(
-            self.drain().is_empty(),
-            "closing a non-last socket emits nothing"
-        );
-        established(&out, conn)
-    }
 }
 
-// ---- output finders -------------------------------------------------------------------------
-
-/// Every emitted event named `name` sent to `to`.
-fn events<'a>(out: &'a [Output], name: &str, to: Target) -> Vec<&'a ServerEvent> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Emit { to: t, event } if *t == to && event.name() == name => Some(event),
-            _ => None,
-        })
-        .collect()
-}
+// ---- output finders (events, one, count, found, established: common/mod.rs) -----------------
 
 /// Names of every event emitted to `to`, in order.
 fn names_to(out: &[Output], to: Target) -> Vec<&'static str> {
@@ -212,12 +69,6 @@ fn names_to(out: &[Output], to: Target) -> Vec<&'static str> {
             _ => None,
         })
         .collect()
-}
-
-fn count(out: &[Output], name: &str) -> usize {
-    out.iter()
-        .filter(|o| matches!(o, Output::Emit { event, .. } if event.name() == name))
-        .count()
 }
 
 fn delivers(out: &[Output], to: SessionId) -> Vec<&ChatMessage> {
@@ -244,33 +95,9 @@ fn closes(out: &[Output]) -> Vec<(ConnId, CloseReason)> {
         .collect()
 }
 
-fn one<'a>(out: &'a [Output], name: &str, to: Target) -> &'a ServerEvent {
-    let found = events(out, name, to);
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {name} to {to:?} in {out:#?}"
-    );
-    found[0]
-}
-
-fn found(out: &[Output], id: SessionId) -> RoomInfo {
-    match one(out, "match:found", Target::Guest(id)) {
-        ServerEvent::Found(r) => r.clone(),
-        e => unreachable!("{e:?}"),
-    }
-}
-
 fn ended(out: &[Output], id: SessionId) -> Ended {
     match one(out, "chat:ended", Target::Guest(id)) {
         ServerEvent::Ended(e) => e.clone(),
-        e => unreachable!("{e:?}"),
-    }
-}
-
-fn established(out: &[Output], conn: ConnId) -> wire::Established {
-    match one(out, "connection:established", Target::Conn(conn)) {
-        ServerEvent::Established(e) => e.clone(),
         e => unreachable!("{e:?}"),
     }
 }

@@ -1,13 +1,17 @@
-// Helpers shared by call-resume.test.mjs and call-tcp.test.mjs: the call set-up steps of
-// call.test.mjs (kept local there), SDP/stats readers, and CallPeer subclasses for a peer that
-// moves to a new socket and restarts ICE, and for a peer that only uses the server's TCP
-// candidates. Built on the public behaviour of media.mjs's CallPeer (its socket listeners
-// onAnswer/onOffer/onCandidate, enqueue, emitAck, sendCandidate, pendingLocal/offerSent).
+// Helpers shared by the call tests (call*.test.mjs): the call set-up steps, SDP/stats readers,
+// and CallPeer subclasses for a peer that moves to a new socket and restarts ICE, and for a peer
+// that only uses the server's TCP candidates. Built on the public behaviour of media.mjs's
+// CallPeer (its socket listeners onAnswer/onOffer/onCandidate, enqueue, emitAck, sendCandidate,
+// pendingLocal/offerSent).
 import assert from 'node:assert/strict';
 import { waitFor, emitAck, assertOk } from './harness.mjs';
 import { CallPeer } from './media.mjs';
 
 const HEX = /^[0-9a-f]+$/;
+
+// What each side sends, so that each can check it gets the partner's media and not its own.
+export const A_MEDIA = { toneHz: 300, luma: 60 };
+export const B_MEDIA = { toneHz: 1200, luma: 190 };
 
 /** A requests a call, B gets call:incoming; resolves with the roomId. */
 export async function request(a, b, roomId, video = true) {
@@ -25,6 +29,21 @@ export async function accept(a, b, roomId) {
   assert.equal(ack.roomId, roomId, `call:accept ack: ${JSON.stringify(ack)}`);
   assert.deepEqual(await waitFor(a, 'call:accepted'), { roomId });
   assert.deepEqual(await waitFor(b, 'call:accepted'), { roomId });
+}
+
+/**
+ * Peers for an accepted call: A's a `PeerA` sending A_MEDIA, B's a `PeerB` sending B_MEDIA, both
+ * closed when `t` ends. Both send their offers; resolves with [pa, pb].
+ */
+export async function offeringPeers(t, a, b, { PeerA = CallPeer, PeerB = CallPeer } = {}) {
+  const pa = new PeerA(a, { name: 'A', media: A_MEDIA });
+  const pb = new PeerB(b, { name: 'B', media: B_MEDIA });
+  t.after(() => {
+    pa.close();
+    pb.close();
+  });
+  await Promise.all([pa.offer(), pb.offer()]);
+  return [pa, pb];
 }
 
 /** Index of the first `event` in the socket's log (matching `pred`), -1 if none. */

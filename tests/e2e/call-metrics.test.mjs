@@ -5,8 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { serverFor, pair, emitAck, assertOk, waitFor, api } from './harness.mjs';
-import { CallPeer, until } from './media.mjs';
-import { request, accept, dump, mediaFlowing } from './call-helpers.mjs';
+import { until } from './media.mjs';
+import { request, accept, offeringPeers, dump, mediaFlowing } from './call-helpers.mjs';
 
 /** `name{labels}` → value, from the Prometheus text format. */
 async function scrape(url) {
@@ -36,13 +36,7 @@ test('a call is visible in /metrics: states, setup time, forwarded packets by ki
   assert.equal(get(m, 'tandem_call_requests_total'), 1);
   await accept(a, b, roomId);
 
-  const pa = new CallPeer(a, { name: 'A', media: { toneHz: 300, luma: 60 } });
-  const pb = new CallPeer(b, { name: 'B', media: { toneHz: 1200, luma: 190 } });
-  t.after(() => {
-    pa.close();
-    pb.close();
-  });
-  await Promise.all([pa.offer(), pb.offer()]);
+  const [pa, pb] = await offeringPeers(t, a, b);
   await until(() => mediaFlowing(pa, pb), 20_000, () => `media did not flow:\n${dump(server, [pa, pb], { a, b })}`);
 
   // Counters are published once a second by each media worker; RTCP reports come every ~1–5 s.

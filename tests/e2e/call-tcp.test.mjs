@@ -7,12 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { serverFor, freePort, pair, emitAck, assertOk, waitFor } from './harness.mjs';
 import { until } from './media.mjs';
-import { request, accept, dump, events, logIndex, mediaFlowing, parseCandidate, sdpCandidates, selectedPair, TcpOnlyPeer } from './call-helpers.mjs';
+import { request, accept, offeringPeers, A_MEDIA, B_MEDIA, dump, events, logIndex, mediaFlowing, parseCandidate, sdpCandidates, selectedPair, TcpOnlyPeer } from './call-helpers.mjs';
 
 const MEDIA_DEADLINE_MS = 20_000;
-
-const A_MEDIA = { toneHz: 300, luma: 60 };
-const B_MEDIA = { toneHz: 1200, luma: 190 };
 
 test('media over ICE-TCP when UDP is unusable: both clients use only the server\'s passive TCP candidate', async (t) => {
   const tcpPort = await freePort();
@@ -21,14 +18,8 @@ test('media over ICE-TCP when UDP is unusable: both clients use only the server\
   await request(a, b, roomId, true);
   await accept(a, b, roomId);
 
-  const pa = new TcpOnlyPeer(a, { name: 'A', media: A_MEDIA });
-  const pb = new TcpOnlyPeer(b, { name: 'B', media: B_MEDIA });
-  t.after(() => {
-    pa.close();
-    pb.close();
-  });
+  const [pa, pb] = await offeringPeers(t, a, b, { PeerA: TcpOnlyPeer, PeerB: TcpOnlyPeer });
   const state = () => dump(server, [pa, pb], { a, b });
-  await Promise.all([pa.offer(), pb.offer()]);
 
   // First: each answer offers a passive TCP candidate on the chosen port (and a UDP one, dropped).
   for (const p of [pa, pb]) {

@@ -6,45 +6,11 @@
 // candidates on 127.0.0.1, no ICE-TCP, one media thread.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  serverFor,
-  connect,
-  waitFor,
-  expectNone,
-  emitAck,
-  assertOk,
-  assertRefused,
-  guestSocket,
-  pair,
-  sendText,
-  sleep,
-} from './harness.mjs';
-import { CallPeer, mediaPeer, until } from './media.mjs';
+import { serverFor, connect, waitFor, expectNone, emitAck, assertOk, assertRefused, guestSocket, pair, sendText, sleep } from './harness.mjs';
+import { mediaPeer, until } from './media.mjs';
+import { request, accept, offeringPeers, logIndex, events, dump, mediaFlowing, A_MEDIA, B_MEDIA } from './call-helpers.mjs';
 
-const HEX = /^[0-9a-f]+$/;
 const MEDIA_DEADLINE_MS = 20_000;
-
-// What each side sends, so that each can check it gets the partner's media and not its own.
-const A_MEDIA = { toneHz: 300, luma: 60 };
-const B_MEDIA = { toneHz: 1200, luma: 190 };
-
-/** A requests a call, B gets call:incoming; resolves with the roomId. */
-async function request(a, b, roomId, video = true) {
-  const ack = assertOk(await emitAck(a, 'call:request', { video }), 'call:request');
-  assert.equal(typeof ack.roomId, 'string', `call:request ack: ${JSON.stringify(ack)}`);
-  assert.match(ack.roomId, HEX);
-  assert.equal(ack.roomId, roomId, 'the call belongs to the chat: same roomId');
-  assert.deepEqual(await waitFor(b, 'call:incoming'), { roomId, video });
-  return ack.roomId;
-}
-
-/** B accepts; both get call:accepted. */
-async function accept(a, b, roomId) {
-  const ack = assertOk(await emitAck(b, 'call:accept'), 'call:accept');
-  assert.equal(ack.roomId, roomId, `call:accept ack: ${JSON.stringify(ack)}`);
-  assert.deepEqual(await waitFor(a, 'call:accepted'), { roomId });
-  assert.deepEqual(await waitFor(b, 'call:accepted'), { roomId });
-}
 
 /** The SDP of a real offer (audio + video) from a local peer connection closed right after. */
 async function realOfferSdp() {
@@ -56,42 +22,9 @@ async function realOfferSdp() {
   }
 }
 
-/** Index of the first `event` in the socket's log (matching `pred`), -1 if none. */
-function logIndex(socket, event, pred = () => true) {
-  return socket.__log.findIndex((e) => e.event === event && pred(e.payload));
-}
-
-function events(socket) {
-  return socket.__log.map((e) => (e.event === 'error' ? `error${JSON.stringify(e.payload)}` : e.event)).join(', ');
-}
-
-/** A state dump for failure messages: both peers, the sockets' events, the server's log tail. */
-function dump(server, peers, sockets = {}) {
-  const parts = peers.map((p) => `${p.name}: ${p.describe()}`);
-  for (const [name, s] of Object.entries(sockets)) parts.push(`${name} events: ${events(s)}`);
-  parts.push(`server log (tail):\n${server.output().slice(-4000)}`);
-  return parts.join('\n');
-}
-
-/** Both sides connected, each receiving the other's audio and video. */
-function mediaFlowing(pa, pb, { audio = 50, video = 15 } = {}) {
-  return [pa, pb].every(
-    (p) =>
-      p.pc.connectionState === 'connected' &&
-      p.receiver.audioLoud >= audio &&
-      p.receiver.video >= video,
-  );
-}
-
 /** Accepted call → both peers offer and get media flowing; resolves with [pa, pb]. */
 async function connectMedia(t, server, a, b) {
-  const pa = new CallPeer(a, { name: 'A', media: A_MEDIA });
-  const pb = new CallPeer(b, { name: 'B', media: B_MEDIA });
-  t.after(() => {
-    pa.close();
-    pb.close();
-  });
-  await Promise.all([pa.offer(), pb.offer()]);
+  const [pa, pb] = await offeringPeers(t, a, b);
   await until(() => mediaFlowing(pa, pb), MEDIA_DEADLINE_MS, () => `media did not flow both ways:\n${dump(server, [pa, pb], { a, b })}`);
   return [pa, pb];
 }
