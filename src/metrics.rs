@@ -40,16 +40,27 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    reg(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// Adds a counter delta (`now - last`) to one labelled series.
+fn bump(c: &IntCounterVec, label: &str, now: u64, last: u64) {
+    c.with_label_values(&[label]).inc_by(now - last);
+}
+
 impl SignalingMetrics {
     pub fn register(r: &Registry) -> Self {
-        let counter =
-            |name: &str, help: &str| reg(r, IntCounter::new(name, help).expect("valid metric"));
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
+        let counter = |name: &str, help: &str| counter(r, name, help);
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| counter_vec(r, name, help, labels);
         let m = Self {
             sockets_connected: reg(
                 r,
@@ -196,18 +207,27 @@ impl SignalingMetrics {
         self.matches.inc_by(now.matches - last.matches);
         for reason in EndReason::ALL {
             let i = reason as usize;
-            self.chats_ended
-                .with_label_values(&[reason.as_str()])
-                .inc_by(now.chats_ended[i] - last.chats_ended[i]);
+            bump(
+                &self.chats_ended,
+                reason.as_str(),
+                now.chats_ended[i],
+                last.chats_ended[i],
+            );
         }
         self.messages_relayed
             .inc_by(now.messages_relayed - last.messages_relayed);
-        self.receipts
-            .with_label_values(&["delivered"])
-            .inc_by(now.receipts_delivered - last.receipts_delivered);
-        self.receipts
-            .with_label_values(&["read"])
-            .inc_by(now.receipts_read - last.receipts_read);
+        bump(
+            &self.receipts,
+            "delivered",
+            now.receipts_delivered,
+            last.receipts_delivered,
+        );
+        bump(
+            &self.receipts,
+            "read",
+            now.receipts_read,
+            last.receipts_read,
+        );
         self.floods_closed
             .inc_by(now.floods_closed - last.floods_closed);
         self.sessions_expired
@@ -218,9 +238,12 @@ impl SignalingMetrics {
             .inc_by(now.calls_accepted - last.calls_accepted);
         for reason in CallEndReason::ALL {
             let i = reason as usize;
-            self.calls_ended
-                .with_label_values(&[reason.as_str()])
-                .inc_by(now.calls_ended[i] - last.calls_ended[i]);
+            bump(
+                &self.calls_ended,
+                reason.as_str(),
+                now.calls_ended[i],
+                last.calls_ended[i],
+            );
         }
     }
 
@@ -326,14 +349,9 @@ pub struct MediaMetrics {
 
 impl MediaMetrics {
     pub fn register(r: &Registry) -> Self {
-        let counter =
-            |name: &str, help: &str| reg(r, IntCounter::new(name, help).expect("valid metric"));
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
+        let counter = |name: &str, help: &str| counter(r, name, help);
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| counter_vec(r, name, help, labels);
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             reg(
                 r,
@@ -435,21 +453,21 @@ impl MediaMetrics {
                     .inc_by(now.bytes[k][d] - last.bytes[k][d]);
             }
         }
-        self.nacks
-            .with_label_values(&["received"])
-            .inc_by(now.nacks_received - last.nacks_received);
-        self.nacks
-            .with_label_values(&["sent"])
-            .inc_by(now.nacks_sent - last.nacks_sent);
-        self.keyframe_requests
-            .with_label_values(&["pli"])
-            .inc_by(now.plis_forwarded - last.plis_forwarded);
-        self.keyframe_requests
-            .with_label_values(&["fir"])
-            .inc_by(now.firs_forwarded - last.firs_forwarded);
-        self.keyframe_requests
-            .with_label_values(&["throttled"])
-            .inc_by(now.keyframe_requests_throttled - last.keyframe_requests_throttled);
+        bump(
+            &self.nacks,
+            "received",
+            now.nacks_received,
+            last.nacks_received,
+        );
+        bump(&self.nacks, "sent", now.nacks_sent, last.nacks_sent);
+        let kf = &self.keyframe_requests;
+        bump(kf, "pli", now.plis_forwarded, last.plis_forwarded);
+        bump(kf, "fir", now.firs_forwarded, last.firs_forwarded);
+        let (t_now, t_last) = (
+            now.keyframe_requests_throttled,
+            last.keyframe_requests_throttled,
+        );
+        bump(kf, "throttled", t_now, t_last);
         self.ice_failures
             .inc_by(now.ice_failures - last.ice_failures);
         self.dtls_failures
