@@ -8,7 +8,7 @@
 //! ufrag starts with its worker's index, so the first STUN request says where its sender
 //! belongs; the receiving worker remembers that and hands such datagrams over in batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::RngCore;
 use tandem_media::{MediaConfig, MediaCore, Protocol, Received, Sample, Transmit};
-use tandem_signaling::MediaCommand;
+use tandem_signaling::{MediaCommand, MediaEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -36,6 +36,10 @@ const MAX_ROUTES: usize = 65_536;
 const TCP_QUEUE: usize = 256;
 /// ICE-TCP connections at most.
 const MAX_TCP_CONNS: usize = 4096;
+/// How soon events held for a saturated hub are offered again.
+const HUB_RETRY: Duration = Duration::from_millis(10);
+/// Media events held for a saturated hub at most.
+const MAX_PENDING_EVENTS: usize = 4096;
 /// How often counters and samples are turned into metrics.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -196,6 +200,7 @@ pub async fn start(
             routes: HashMap::new(),
             tcp: HashMap::new(),
             handover: (0..n).map(|_| Vec::new()).collect(),
+            to_hub: VecDeque::new(),
             last: Default::default(),
         };
         std::thread::Builder::new()
@@ -226,6 +231,8 @@ struct Worker {
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     /// Datagrams to hand over, per worker, flushed after each batch.
     handover: Vec<Vec<Datagram>>,
+    /// Media events the hub had no room for yet, oldest first.
+    to_hub: VecDeque<MediaEvent>,
     last: tandem_media::MediaCounters,
 }
 
@@ -256,8 +263,12 @@ impl Worker {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut next_metrics = Instant::now() + METRICS_EVERY;
         loop {
-            let deadline =
-                tokio::time::Instant::from_std(self.core.poll_timeout().min(next_metrics));
+            let mut wake = self.core.poll_timeout().min(next_metrics);
+            if !self.to_hub.is_empty() {
+                // Retry the hub soon.
+                wake = wake.min(Instant::now() + HUB_RETRY);
+            }
+            let deadline = tokio::time::Instant::from_std(wake);
             tokio::select! {
                 r = socket.readable() => {
                     if r.is_ok() {
@@ -366,9 +377,20 @@ impl Worker {
         while let Some(t) = self.core.poll_transmit() {
             self.transmit(socket, t);
         }
+        // Events (answers, candidates, connection changes) must reach the hub in order and
+        // are not to be lost to a moment of saturation: what does not fit waits here, bounded,
+        // for the next turn; the worker never blocks on the hub.
         while let Some(ev) = self.core.poll_event() {
-            if self.hub.try_send(Command::Media(ev)).is_err() {
-                tracing::warn!("signaling hub saturated; media event dropped");
+            if self.to_hub.len() >= MAX_PENDING_EVENTS {
+                tracing::warn!("signaling hub saturated; oldest media event dropped");
+                self.to_hub.pop_front();
+            }
+            self.to_hub.push_back(ev);
+        }
+        while let Some(ev) = self.to_hub.pop_front() {
+            if let Err(Command::Media(ev)) = self.hub.try_command(Command::Media(ev)) {
+                self.to_hub.push_front(ev);
+                break;
             }
         }
     }
