@@ -110,6 +110,8 @@ pub struct MediaCore {
     free: Vec<PeerIdx>,
     calls: HashMap<CallId, Call>,
     by_addr: HashMap<(Protocol, SocketAddr), PeerIdx>,
+    /// Each peer's current server ICE ufrag, for a new address's first STUN check.
+    by_ufrag: HashMap<String, PeerIdx>,
     timers: BinaryHeap<Reverse<(Instant, PeerIdx)>>,
     next_sweep: Instant,
     dirty: Vec<PeerIdx>,
@@ -149,6 +151,7 @@ impl MediaCore {
             free: Vec::new(),
             calls: HashMap::new(),
             by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
             timers: BinaryHeap::new(),
             next_sweep: now + SWEEP_INTERVAL,
             dirty: Vec::new(),
@@ -226,11 +229,16 @@ impl MediaCore {
         let idx = match self.by_addr.get(&(proto, source)) {
             Some(&idx) => idx,
             None => {
-                let Some(idx) = self
-                    .peers
-                    .iter()
-                    .position(|p| p.as_ref().is_some_and(|p| !p.dead && p.rtc.accepts(&input)))
-                else {
+                // A new address must start with a STUN check naming one of our ufrags: one
+                // lookup, never a scan of every peer per stray datagram.
+                let idx = crate::stun_local_ufrag(data)
+                    .and_then(|ufrag| self.by_ufrag.get(ufrag).copied())
+                    .filter(|&idx| {
+                        self.peers[idx]
+                            .as_ref()
+                            .is_some_and(|p| !p.dead && p.rtc.accepts(&input))
+                    });
+                let Some(idx) = idx else {
                     self.counters.datagrams_unknown += 1;
                     return Received::Unknown;
                 };
@@ -523,6 +531,7 @@ impl MediaCore {
             return Err(MediaError::Capacity);
         }
         let creds = self.worker_creds();
+        let ufrag = creds.ufrag.clone();
         let mut rtc = Rtc::builder()
             .set_crypto_provider(self.provider.clone())
             .set_dtls_cert(self.cert.clone())
@@ -549,11 +558,12 @@ impl MediaCore {
             pending_offer: None,
             next_timeout: now,
             dead: false,
+            ufrag: ufrag.clone(),
             nacks_seen: Vec::new(),
             poisoned: false,
         };
         self.counters.peers_created += 1;
-        Ok(match self.free.pop() {
+        let idx = match self.free.pop() {
             Some(idx) => {
                 self.peers[idx] = Some(peer);
                 idx
@@ -562,7 +572,9 @@ impl MediaCore {
                 self.peers.push(Some(peer));
                 self.peers.len() - 1
             }
-        })
+        };
+        self.by_ufrag.insert(ufrag, idx);
+        Ok(idx)
     }
 
     /// Fresh ICE credentials whose ufrag starts with this worker's index.
@@ -580,7 +592,8 @@ impl MediaCore {
     }
 
     /// str0m answers a guest's ICE restart with random credentials of its own; put this
-    /// worker's prefix back (in the agent and in the answer), or STUN would be misrouted.
+    /// worker's prefix back (in the agent and in the answer), or STUN would be misrouted, and
+    /// index the peer under its current ufrag.
     fn keep_worker_prefix(&mut self, idx: PeerIdx, mut answer: String) -> String {
         let prefix = format!(
             "{:0width$x}",
@@ -590,16 +603,25 @@ impl MediaCore {
         let Some(peer) = self.peers[idx].as_mut() else {
             return answer;
         };
-        let old = peer.rtc.direct_api().local_ice_credentials();
-        if old.ufrag.starts_with(&prefix) {
-            return answer;
+        let mut current = peer.rtc.direct_api().local_ice_credentials();
+        if !current.ufrag.starts_with(&prefix) {
+            let new = self.worker_creds();
+            answer = answer
+                .replace(&current.ufrag, &new.ufrag)
+                .replace(&current.pass, &new.pass);
+            current = new;
+            if let Some(peer) = self.peers[idx].as_mut() {
+                peer.rtc
+                    .direct_api()
+                    .set_local_ice_credentials(current.clone());
+            }
         }
-        let new = self.worker_creds();
-        answer = answer
-            .replace(&old.ufrag, &new.ufrag)
-            .replace(&old.pass, &new.pass);
         if let Some(peer) = self.peers[idx].as_mut() {
-            peer.rtc.direct_api().set_local_ice_credentials(new);
+            if peer.ufrag != current.ufrag {
+                self.by_ufrag.remove(&peer.ufrag);
+                self.by_ufrag.insert(current.ufrag.clone(), idx);
+                peer.ufrag = current.ufrag;
+            }
         }
         answer
     }
@@ -657,6 +679,7 @@ impl MediaCore {
             }
         }
         self.by_addr.retain(|_, p| *p != idx);
+        self.by_ufrag.remove(&peer.ufrag);
         self.dirty.retain(|p| *p != idx);
         self.free.push(idx);
     }

@@ -26,17 +26,24 @@ pub use str0m::net::{Protocol, Transmit};
 /// Characters of the server's ICE username fragment that name the worker owning the peer.
 pub const WORKER_PREFIX_LEN: usize = 2;
 
-/// The worker that owns the peer a STUN binding request is for, read from the server half of
-/// the USERNAME attribute (`<server ufrag>:<client ufrag>`), whose first two characters are the
-/// worker index in hex. `None` for anything that is not such a STUN message.
-pub fn stun_worker(datagram: &[u8]) -> Option<usize> {
+/// The server half of a STUN message's USERNAME (`<server ufrag>:<client ufrag>`), if the
+/// datagram is a STUN message with one.
+pub(crate) fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
     // STUN: first two bits zero, magic cookie at bytes 4..8.
     if datagram.len() < 20 || datagram[0] & 0xC0 != 0 || datagram[4..8] != [0x21, 0x12, 0xA4, 0x42]
     {
         return None;
     }
     let msg = str0m::ice::StunMessage::parse(datagram).ok()?;
-    let (local, _remote) = msg.split_username()?;
-    let prefix = local.get(..WORKER_PREFIX_LEN)?;
+    let username = msg.username()?;
+    let (local, _remote) = username.split_once(':')?;
+    Some(local)
+}
+
+/// The worker that owns the peer a STUN binding request is for, read from the server half of
+/// the USERNAME attribute (`<server ufrag>:<client ufrag>`), whose first two characters are the
+/// worker index in hex. `None` for anything that is not such a STUN message.
+pub fn stun_worker(datagram: &[u8]) -> Option<usize> {
+    let prefix = stun_local_ufrag(datagram)?.get(..WORKER_PREFIX_LEN)?;
     usize::from_str_radix(prefix, 16).ok()
 }

@@ -109,6 +109,8 @@ pub struct Peer {
     pub next_timeout: Instant,
     /// Set when str0m reported an error or panicked; the core removes the peer.
     pub dead: bool,
+    /// The server's current ICE ufrag for this peer.
+    pub ufrag: String,
     /// Last cumulative NACK count per `(mid, egress)` stats stream.
     pub nacks_seen: Vec<(Mid, bool, u64)>,
     /// Set by the fault-injection test hook: the next drive panics.
