@@ -1127,12 +1127,16 @@ impl MediaCore {
         self.counters.packets[k][Direction::In as usize] += 1;
         self.counters.bytes[k][Direction::In as usize] += len;
         let src_pt = usize::from(*pkt.header.payload_type) & 0x7F;
-        let src_params = sp
-            .rtc
-            .codec_config()
-            .find(|p| *p.pt() == *pkt.header.payload_type)
-            .copied();
         let mut subs = std::mem::take(&mut sp.tracks_in[track].subs);
+        // The codec behind the payload type, looked up only until every receiver has mapped it.
+        let src_params = if subs.iter().any(|s| s.pt_map[src_pt] == PT_UNKNOWN) {
+            sp.rtc
+                .codec_config()
+                .find(|p| *p.pt() == *pkt.header.payload_type)
+                .copied()
+        } else {
+            None
+        };
         if subs.is_empty() {
             tracing::debug!(?ssrc, "rtp: no subscriber");
             self.counters.packets_unrouted += 1;

@@ -9,8 +9,6 @@ pub enum MediaError {
     OfferRefused(String),
     #[error("the answer does not match the server's offer")]
     AnswerRefused,
-    #[error("the ICE candidate could not be parsed")]
-    Candidate,
     #[error("the media server is at capacity")]
     Capacity,
     #[error("no DTLS certificate could be generated")]
