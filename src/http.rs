@@ -1,5 +1,5 @@
-//! HTTP routes: guest tokens, stats, health, metrics. Every error is
-//! `{"error":{"code","message"}}` with the right status.
+//! HTTP routes: guest tokens, ICE servers, stats, health, metrics, and the embedded web client
+//! (`web.rs`). Every `/api` error is `{"error":{"code","message"}}` with the right status.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tandem_signaling::{GuestInfo, SignalError};
+use tandem_signaling::{GuestInfo, SessionId, SignalError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::bearer;
@@ -127,6 +127,7 @@ pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/guest", post(create_guest))
         .route("/guest/refresh", post(refresh))
+        .route("/ice-servers", get(ice_servers))
         .route("/stats", get(stats))
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed)
@@ -136,6 +137,8 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/api", api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
+        .fallback(crate::web::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
 }
@@ -236,6 +239,59 @@ async fn refresh(
     Ok(Json(token_response(&app, info)?))
 }
 
+/// How long a client may keep using an `/api/ice-servers` answer (and, once TURN is there, its
+/// credentials) before asking again.
+const ICE_SERVERS_TTL_SECS: u64 = 3600;
+
+/// One entry of the browser's `RTCConfiguration.iceServers`.
+#[derive(Serialize)]
+struct IceServer {
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IceServersResponse {
+    ice_servers: Vec<IceServer>,
+    ttl: u64,
+}
+
+/// The ICE servers a guest's browser should use. Empty today: the media server is ICE-lite
+/// with host candidates (UDP, plus passive ICE-TCP), which browsers reach without STUN. The
+/// bundled TURN server will add its `turn:`/`turns:` URLs here with REST credentials for
+/// `_session`, valid for `_ttl_secs`.
+fn ice_server_list(_app: &App, _session: SessionId, _ttl_secs: u64) -> Vec<IceServer> {
+    Vec::new()
+}
+
+async fn ice_servers(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = bearer(headers.get(header::AUTHORIZATION))
+        .and_then(|t| app.tokens.verify(t))
+        .ok_or(SignalError::Unauthorized)?;
+    // The session must still be alive. `admit` checks exactly that, and past it only whether
+    // the guest may open another socket, which does not matter here.
+    match app.hub.admit(session).await {
+        Ok(()) | Err(SignalError::RateLimited) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let body = IceServersResponse {
+        ice_servers: ice_server_list(&app, session, ICE_SERVERS_TTL_SECS),
+        ttl: ICE_SERVERS_TTL_SECS,
+    };
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response())
+}
+
 async fn stats(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     Ok(Json(app.hub.stats().await?).into_response())
 }
@@ -271,4 +327,34 @@ async fn api_method_not_allowed() -> ApiError {
         "method_not_allowed",
         "This route does not take that method.",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_servers_shape() {
+        let empty = IceServersResponse {
+            ice_servers: Vec::new(),
+            ttl: ICE_SERVERS_TTL_SECS,
+        };
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap(),
+            json!({ "iceServers": [], "ttl": 3600 })
+        );
+        let turn = IceServer {
+            urls: vec!["turn:example.test:3478?transport=udp".into()],
+            username: Some("1700000000:abcd".into()),
+            credential: Some("secret".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&turn).unwrap(),
+            json!({
+                "urls": ["turn:example.test:3478?transport=udp"],
+                "username": "1700000000:abcd",
+                "credential": "secret"
+            })
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod limits;
 mod metrics;
 mod rtc;
 mod sio;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
