@@ -14,13 +14,36 @@ if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
 fi
 
+# The browser tests (tests/e2e/browser) drive Debian's Chromium through playwright-core, which
+# never downloads a browser; the fonts give the screenshots readable text.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation
+fi
+
+# The web client (web/): the page embedded in the binary is web/dist, committed so that running
+# needs no Node. It must be exactly what web/src builds; if not, rebuild and commit it
+# (`npm run build --prefix web`).
+if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules ]; then
+  npm ci --prefix web --no-audit --no-fund
+fi
+rm -rf target/web-dist-check
+npm run --silent build --prefix web -- --out "$PWD/target/web-dist-check"
+if ! diff -r web/dist target/web-dist-check; then
+  echo "web/dist is out of date with web/src: run 'npm run build --prefix web' and commit web/dist" >&2
+  exit 1
+fi
+
 cargo build --workspace --all-targets
 mkdir -p target
 set +e
 cargo test --workspace 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
+# The web client's unit tests (type check, then its state logic under node --test).
+npm test --prefix web 2>&1 | tee -a target/test-output.log
+web_status=${PIPESTATUS[0]}
+[ "$status" = 0 ] && status=$web_status
 set -e
-# One closing line for the whole run: cargo's own results plus the Node suites' (tests/e2e).
+# One closing line for the whole run: cargo's own results plus the Node suites' (tests/e2e, web).
 awk '/^test result:/ { p += $4; f += $6 }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log

@@ -1,33 +1,58 @@
-//! Runs the Socket.IO / HTTP / WebRTC end-to-end suite in `tests/e2e/` (node's built-in test
-//! runner, the official socket.io-client and @roamhq/wrtc) against the `tandem` binary that cargo
-//! just built.
+//! Runs the end-to-end suites against the `tandem` binary that cargo just built, with node's
+//! built-in test runner:
+//!
+//! - `socketio_e2e`: `tests/e2e/*.test.mjs`, HTTP / Socket.IO / WebRTC (the official
+//!   socket.io-client and @roamhq/wrtc);
+//! - `browser_e2e`: `tests/e2e/browser/*.test.mjs`, the web client served by tandem in Debian's
+//!   Chromium (`/usr/bin/chromium`) driven by playwright-core; screenshots go to `target/e2e/`.
 //!
 //! Needs Node 20+ on PATH and `npm ci` run once in `tests/e2e/` (see tests/e2e/README.md).
 //!
-//! The suite runs inside a fresh network namespace (`unshare -n`) with only `lo` up: the servers,
-//! their media ports and the test clients all live on loopback, and no test (WebRTC gathers
-//! candidates on every interface) can reach or be reached from any other network. That needs
-//! root (or CAP_SYS_ADMIN), util-linux's `unshare` and iproute2's `ip`; without them the test
-//! fails with a message saying so instead of running outside the namespace.
+//! Each suite runs inside a fresh network namespace (`unshare -n`) with only `lo` up: the servers,
+//! their media ports, the test clients and the browser all live on loopback, and no test (WebRTC
+//! gathers candidates on every interface) can reach or be reached from any other network. That
+//! needs root (or CAP_SYS_ADMIN), util-linux's `unshare` and iproute2's `ip`; without them the
+//! test fails with a message saying so instead of running outside the namespace. The two suites
+//! never run at the same time (cargo runs the tests of one binary on parallel threads).
+//!
+//! The browser suite's namespace also has a veth pair (both ends inside it, no route anywhere):
+//! Chromium counts only non-loopback links as a network, and with `lo` alone it would believe it
+//! is offline (`navigator.onLine` false, so no `offline`/`online` events when a test takes the
+//! network away and gives it back).
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 
-/// `sh -c` script run inside the namespace: bring loopback up, then become the test runner
-/// (its arguments follow `sh`'s `$0`).
-const IN_NAMESPACE: &str = "ip link set lo up && exec node --test --test-concurrency=2 \"$@\"";
+/// Held while a suite runs, so that the suites run one after the other.
+static ONE_SUITE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Fails the test with a clear message unless `unshare -n` and `ip link set lo up` work here.
-fn check_network_namespace() {
+/// Where the browser suite's screenshots go (relative to the repository root).
+const ARTIFACTS: &str = "target/e2e";
+
+/// Debian's Chromium, which the browser suite drives (never a downloaded browser).
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Brings loopback up in the new namespace.
+const LO_UP: &str = "ip link set lo up";
+
+/// Loopback up, plus a veth pair inside the namespace so that Chromium sees a network.
+const LO_UP_AND_VETH: &str = "ip link set lo up \
+    && ip link add tandem0 type veth peer name tandem1 \
+    && ip addr add 10.254.0.1/30 dev tandem0 \
+    && ip link set tandem0 up && ip link set tandem1 up";
+
+/// Fails the test with a clear message unless `unshare -n` and `setup` work here.
+fn check_network_namespace(setup: &str) {
     let probe = Command::new("unshare")
-        .args(["-n", "sh", "-c", "ip link set lo up"])
+        .args(["-n", "sh", "-c", setup])
         .output();
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
             "the end-to-end suite must run in its own network namespace, but \
-             `unshare -n sh -c 'ip link set lo up'` failed ({}): {}\n\
+             `unshare -n sh -c '{setup}'` failed ({}): {}\n\
              It needs root (or CAP_SYS_ADMIN) and the `ip` tool (Debian: apt-get install iproute2).",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
@@ -39,38 +64,56 @@ fn check_network_namespace() {
     }
 }
 
-#[test]
-fn socketio_e2e() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("tests").join("e2e");
-    assert!(
-        dir.join("node_modules").is_dir(),
-        "tests/e2e/node_modules is missing: run the README's test command, `./scripts/test.sh` \
-         (it runs `npm ci` in tests/e2e), or `npm ci --prefix tests/e2e` once"
-    );
-
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .expect("read tests/e2e")
+/// The `*.test.mjs` files of `dir` (relative to the repository root), sorted, as relative paths.
+fn test_files(root: &Path, dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root.join(dir))
+        .unwrap_or_else(|err| panic!("read {dir}: {err}"))
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".test.mjs"))
-        .map(|name| format!("tests/e2e/{name}"))
+        .map(|name| format!("{dir}/{name}"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no *.test.mjs files in tests/e2e");
+    assert!(!files.is_empty(), "no *.test.mjs files in {dir}");
+    files
+}
 
-    check_network_namespace();
+/// Fails unless `npm ci` has been run in tests/e2e (and `package` is installed).
+fn check_node_modules(root: &Path, package: &str) {
+    let modules = root.join("tests").join("e2e").join("node_modules");
+    assert!(
+        modules.join(package).is_dir(),
+        "tests/e2e/node_modules/{package} is missing: run the README's test command, \
+         `./scripts/test.sh` (it runs `npm ci` in tests/e2e), or `npm ci --prefix tests/e2e` once"
+    );
+}
 
-    // Its own process group: whatever it starts (servers, test files) is killed with the group
-    // below, even if a test process crashed before it could stop its server.
+/// Runs `node --test --test-concurrency=<concurrency> <files>` in a fresh network namespace set up
+/// by the `setup` script, with `TANDEM_BIN` set to the binary cargo built and `env` added, and
+/// fails the test if the suite fails. Only one suite runs at a time.
+fn run_suite(name: &str, setup: &str, concurrency: u32, files: &[String], env: &[(&str, String)]) {
+    let _one_at_a_time = ONE_SUITE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    check_network_namespace(setup);
+
+    // `sh -c` script run inside the namespace: set up the network, then become the test runner
+    // (its arguments follow `sh`'s `$0`).
+    let script = format!("{setup} && exec node --test --test-concurrency={concurrency} \"$@\"");
+    // Its own process group: whatever it starts (servers, browsers, test files) is killed with
+    // the group below, even if a test process crashed before it could stop its server.
     let mut child = Command::new("unshare")
-        .args(["-n", "sh", "-c", IN_NAMESPACE, "sh"])
-        .args(&files)
+        .args(["-n", "sh", "-c", &script, "sh"])
+        .args(files)
         .current_dir(root)
         .env("TANDEM_BIN", env!("CARGO_BIN_EXE_tandem"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|err| panic!("could not run `unshare -n … node --test`: {err}"));
+        .unwrap_or_else(|err| {
+            panic!("could not run `unshare -n … node --test` for the {name}: {err}")
+        });
     let group = child.id();
     let status = child.wait();
     // Nothing of the group may outlive the suite.
@@ -78,10 +121,44 @@ fn socketio_e2e() {
         .args(["-KILL", "--", &format!("-{group}")])
         .stderr(std::process::Stdio::null())
         .status();
-    let status = status.unwrap_or_else(|err| panic!("waiting for the suite: {err}"));
+    let status = status.unwrap_or_else(|err| panic!("waiting for the {name}: {err}"));
     assert!(
         status.success(),
-        "the end-to-end suite failed ({status}); if node is missing inside the namespace, Node \
-         20+ must be on PATH"
+        "the {name} failed ({status}); if node is missing inside the namespace, Node 20+ must be \
+         on PATH"
+    );
+}
+
+#[test]
+fn socketio_e2e() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    check_node_modules(root, "socket.io-client");
+    let files = test_files(root, "tests/e2e");
+    run_suite("end-to-end suite", LO_UP, 2, &files, &[]);
+}
+
+#[test]
+fn browser_e2e() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the browser end-to-end tests drive Debian's Chromium (never a \
+         downloaded browser). Install it with `apt-get install chromium` (./scripts/test.sh does \
+         so when run as root)"
+    );
+    check_node_modules(root, "playwright-core");
+    let files = test_files(root, "tests/e2e/browser");
+    let artifacts = root.join(ARTIFACTS);
+    // Only this run's screenshots.
+    let _ = std::fs::remove_dir_all(&artifacts);
+    run_suite(
+        "browser end-to-end suite",
+        LO_UP_AND_VETH,
+        1,
+        &files,
+        &[(
+            "TANDEM_E2E_ARTIFACTS",
+            artifacts.to_string_lossy().into_owned(),
+        )],
     );
 }

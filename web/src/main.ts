@@ -162,10 +162,8 @@ class App {
 
   private scheduleReconnect(): void {
     window.clearTimeout(this.retryTimer);
-    if (!navigator.onLine) {
-      this.setConn('offline', 'Offline: no network');
-      return;
-    }
+    // Retry even when the browser claims to be offline: that flag is often wrong (e.g. a machine
+    // whose only network is loopback); an `online` event retries at once anyway.
     const delay = this.backoff.next();
     if (delay === null) {
       this.setConn('offline', 'Offline: cannot reach tandem');
