@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+pub use ipnet::IpNet;
 
 mod error;
 mod validate;
@@ -94,6 +95,65 @@ impl fmt::Display for LogFormat {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         })
+    }
+}
+
+/// An inclusive range of ports, written `MIN-MAX` (`49152-65535`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn len(&self) -> u32 {
+        u32::from(self.max) - u32::from(self.min) + 1
+    }
+
+    /// Never true: a valid range holds at least one port.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .trim()
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not a port range; write MIN-MAX, e.g. 49152-65535"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{}` is not a port (1-65535)", p.trim()))
+        };
+        let (min, max) = (port(a)?, port(b)?);
+        if min == 0 || min > max {
+            return Err(format!(
+                "`{s}` is not a port range: MIN must be at least 1 and at most MAX"
+            ));
+        }
+        Ok(PortRange { min, max })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -407,6 +467,92 @@ settings! {
     /// Calls in progress at most; further calls are refused with `server_busy`
     max_calls: req usize = 1000;
         shown "1000", env "TANDEM_MAX_CALLS", arg(value_name = "N");
+
+    /// Run the bundled TURN server (for browsers behind strict NATs or
+    /// UDP-blocking firewalls); `--turn-enabled=false` turns it off
+    turn_enabled: req bool = true;
+        shown "true", env "TANDEM_TURN_ENABLED",
+        arg(
+            value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        );
+
+    /// TURN port, UDP and TCP (0 picks a free port)
+    turn_port: req u16 = 3478;
+        shown "3478", env "TANDEM_TURN_PORT", arg(value_name = "PORT");
+
+    /// TURN over TLS port (`turns:`); operators often use 443 (0 disables)
+    turn_tls_port: req u16 = 5349;
+        shown "5349", env "TANDEM_TURN_TLS_PORT", arg(value_name = "PORT");
+
+    /// PEM certificate chain for TURN over TLS; without it a self-signed
+    /// certificate is made at start
+    turn_cert: opt PathBuf = None;
+        shown "self-signed", env "TANDEM_TURN_CERT", arg(value_name = "FILE");
+
+    /// PEM private key of `--turn-cert`
+    turn_key: opt PathBuf = None;
+        shown "none", env "TANDEM_TURN_KEY", arg(value_name = "FILE");
+
+    /// UDP ports the TURN relay addresses are taken from, as `MIN-MAX`
+    turn_relay_ports: req PortRange = PortRange { min: 49152, max: 65535 };
+        shown "49152-65535", env "TANDEM_TURN_RELAY_PORTS", arg(value_name = "MIN-MAX");
+
+    /// TURN realm (part of the long-term credential)
+    turn_realm: req String = String::from("tandem");
+        shown "tandem", env "TANDEM_TURN_REALM", arg(value_name = "REALM");
+
+    /// Shared secret of the TURN REST credentials (coturn's static-auth-secret),
+    /// at least 16 bytes; prefer the env var. If unset, a random one is made at
+    /// each start
+    turn_secret: opt Secret = None;
+        shown "random at each start", env "TANDEM_TURN_SECRET", arg(value_name = "SECRET");
+
+    /// Seconds a minted TURN credential stays valid
+    turn_credential_ttl_secs: req u64 = 3600;
+        shown "3600", env "TANDEM_TURN_CREDENTIAL_TTL_SECS", arg(value_name = "SECS");
+
+    /// Peer network TURN may relay to even if denied by default, as a CIDR;
+    /// repeat for several (comma-separated in the env var)
+    turn_allow_peer: req Vec<IpNet> = Vec::new();
+        shown "none", env "TANDEM_TURN_ALLOW_PEER",
+        arg(value_name = "CIDR", value_delimiter = ',');
+
+    /// Peer network TURN must never relay to, on top of the built-in deny list
+    /// (loopback, private, link-local, …); repeatable
+    turn_deny_peer: req Vec<IpNet> = Vec::new();
+        shown "none", env "TANDEM_TURN_DENY_PEER",
+        arg(value_name = "CIDR", value_delimiter = ',');
+
+    /// Let TURN relay to loopback addresses: for tests only, never in production
+    turn_allow_loopback_peers: req bool = false;
+        shown "false", env "TANDEM_TURN_ALLOW_LOOPBACK_PEERS",
+        arg(
+            value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        );
+
+    /// TURN allocations one guest may hold at once
+    turn_max_allocations_per_user: req u32 = 10;
+        shown "10", env "TANDEM_TURN_MAX_ALLOCATIONS_PER_USER", arg(value_name = "N");
+
+    /// TURN allocations at once, in total
+    turn_max_allocations: req u32 = 5000;
+        shown "5000", env "TANDEM_TURN_MAX_ALLOCATIONS", arg(value_name = "N");
+
+    /// Permissions (peer addresses) one TURN allocation may hold
+    turn_max_permissions: req u32 = 64;
+        shown "64", env "TANDEM_TURN_MAX_PERMISSIONS", arg(value_name = "N");
+
+    /// Bytes per second one TURN allocation may relay (each way); unset means no limit
+    turn_max_bytes_per_sec: opt u64 = None;
+        shown "no limit", env "TANDEM_TURN_MAX_BYTES_PER_SEC", arg(value_name = "BYTES");
+
+    /// TURN threads, each with its own socket on the UDP port (SO_REUSEPORT)
+    turn_udp_workers: opt usize = None;
+        shown "one per CPU core", env "TANDEM_TURN_UDP_WORKERS", arg(value_name = "N");
 }
 
 /// Environment variable naming the TOML file, like `--config`.
@@ -483,6 +629,11 @@ impl Config {
 
     pub fn call_connect_timeout(&self) -> Duration {
         Duration::from_secs(self.call_connect_timeout_secs)
+    }
+
+    /// How long a minted TURN credential stays valid.
+    pub fn turn_credential_ttl(&self) -> Duration {
+        Duration::from_secs(self.turn_credential_ttl_secs)
     }
 
     pub fn memory_budget_bytes(&self) -> u64 {
@@ -593,7 +744,11 @@ fn env_layer(env: &[(String, String)]) -> Result<Layer, ConfigError> {
         let parsed = Cli::try_parse_from([OsString::from("tandem"), OsString::from(arg)]).map_err(
             |err| ConfigError::EnvValue {
                 var: field.env.to_owned(),
-                message: error::clap_reason(&err, value, field.key == "jwt_secret"),
+                message: error::clap_reason(
+                    &err,
+                    value,
+                    field.key == "jwt_secret" || field.key == "turn_secret",
+                ),
             },
         )?;
         layer = layer.or(parsed.layer);

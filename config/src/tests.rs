@@ -571,3 +571,105 @@ fn bad_media_values_refused() {
     assert!(err(&["--call-ring-timeout-secs", "0"], &[]).contains("call_ring_timeout_secs"));
     assert!(err(&["--max-calls", "0"], &[]).contains("max_calls"));
 }
+
+#[test]
+fn turn_defaults_and_flags() {
+    let c = ok(&[], &[]);
+    assert!(c.turn_enabled);
+    assert_eq!(c.turn_port, 3478);
+    assert_eq!(c.turn_tls_port, 5349);
+    assert_eq!(
+        c.turn_relay_ports,
+        PortRange {
+            min: 49152,
+            max: 65535
+        }
+    );
+    assert_eq!(c.turn_relay_ports.len(), 16384);
+    assert_eq!(c.turn_realm, "tandem");
+    assert!(c.turn_secret.is_none());
+    assert_eq!(c.turn_credential_ttl(), Duration::from_secs(3600));
+    assert!(c.turn_allow_peer.is_empty() && c.turn_deny_peer.is_empty());
+    assert!(!c.turn_allow_loopback_peers);
+    assert_eq!(c.turn_max_allocations_per_user, 10);
+    assert_eq!(c.turn_max_bytes_per_sec, None);
+
+    let c = ok(
+        &[
+            "--turn-enabled=false",
+            "--turn-port",
+            "0",
+            "--turn-tls-port",
+            "443",
+            "--turn-relay-ports",
+            "40000-40100",
+            "--turn-allow-peer",
+            "10.1.0.0/16",
+            "--turn-allow-peer",
+            "fd00::/8",
+            "--turn-deny-peer",
+            "203.0.113.0/24",
+            "--turn-allow-loopback-peers",
+            "--turn-max-bytes-per-sec",
+            "1000000",
+        ],
+        &[("TANDEM_TURN_SECRET", GOOD_SECRET)],
+    );
+    assert!(!c.turn_enabled);
+    assert_eq!(c.turn_port, 0);
+    assert_eq!(c.turn_tls_port, 443);
+    assert_eq!(c.turn_relay_ports.to_string(), "40000-40100");
+    assert_eq!(c.turn_allow_peer.len(), 2);
+    assert_eq!(c.turn_deny_peer[0].to_string(), "203.0.113.0/24");
+    assert!(c.turn_allow_loopback_peers);
+    assert_eq!(c.turn_max_bytes_per_sec, Some(1_000_000));
+    assert_eq!(
+        c.turn_secret.as_ref().map(Secret::expose),
+        Some(GOOD_SECRET)
+    );
+    assert!(
+        !format!("{c:?}").contains(GOOD_SECRET),
+        "the TURN secret is redacted"
+    );
+
+    let file =
+        toml_file("turn_relay_ports = \"50000-50010\"\nturn_allow_peer = [\"192.168.0.0/16\"]\n");
+    let c = ok(&["--config", &path_of(&file)], &[]);
+    assert_eq!(
+        c.turn_relay_ports,
+        PortRange {
+            min: 50000,
+            max: 50010
+        }
+    );
+    assert_eq!(c.turn_allow_peer[0].to_string(), "192.168.0.0/16");
+}
+
+#[test]
+fn bad_turn_values_refused() {
+    assert!(err(&["--turn-relay-ports", "60000-50000"], &[]).contains("--turn-relay-ports"));
+    assert!(err(&["--turn-relay-ports", "0-10"], &[]).contains("--turn-relay-ports"));
+    assert!(err(&["--turn-relay-ports", "5000"], &[]).contains("--turn-relay-ports"));
+    assert!(err(&["--turn-allow-peer", "10.0.0.0/33"], &[]).contains("--turn-allow-peer"));
+    assert!(err(&["--turn-deny-peer", "nonsense"], &[]).contains("--turn-deny-peer"));
+    assert!(err(&["--turn-secret", "short"], &[]).contains("turn_secret"));
+    let bad = err(&[], &[("TANDEM_TURN_SECRET", "short")]);
+    assert!(
+        bad.contains("turn_secret") && !bad.contains("short\""),
+        "{bad}"
+    );
+    assert!(err(&["--turn-cert", "/x.pem"], &[]).contains("turn_key"));
+    assert!(err(&["--turn-key", "/x.pem"], &[]).contains("turn_cert"));
+    assert!(err(&["--turn-port", "50000"], &[]).contains("turn_relay_ports"));
+    assert!(err(&["--turn-tls-port", "3478"], &[]).contains("turn_tls_port"));
+    assert!(err(&["--turn-port", "7882"], &[]).contains("rtc_udp_port"));
+    assert!(err(&["--turn-port", "8080"], &[]).contains("bind"));
+    assert!(err(&["--turn-max-allocations-per-user", "0"], &[])
+        .contains("turn_max_allocations_per_user"));
+    assert!(err(&["--turn-max-bytes-per-sec", "0"], &[]).contains("turn_max_bytes_per_sec"));
+    assert!(err(&["--turn-credential-ttl-secs", "10"], &[]).contains("turn_credential_ttl_secs"));
+    assert!(err(&["--turn-realm", " "], &[]).contains("turn_realm"));
+    assert!(err(&["--turn-udp-workers", "0"], &[]).contains("turn_udp_workers"));
+    // Disabled TURN does not care where its ports would be.
+    ok(&["--turn-enabled=false", "--turn-port", "50000"], &[]);
+}

@@ -123,6 +123,8 @@ pub(crate) fn check(
 
     check_origins(&config.allowed_origin).map_err(|m| fail("allowed_origin", m))?;
 
+    check_turn(config, &fail)?;
+
     let level = &config.log_level;
     if level.trim().is_empty() {
         return Err(fail(
@@ -140,6 +142,139 @@ pub(crate) fn check(
         ));
     }
 
+    Ok(())
+}
+
+/// Shortest accepted TURN REST secret, in bytes.
+const MIN_TURN_SECRET_BYTES: usize = 16;
+
+fn check_turn(
+    config: &Config,
+    fail: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(secret) = &config.turn_secret {
+        let len = secret.expose().len();
+        if len < MIN_TURN_SECRET_BYTES {
+            return Err(fail(
+                "turn_secret",
+                format!(
+                    "turn_secret must be at least {MIN_TURN_SECRET_BYTES} bytes long, got {len}; \
+                     generate one with `openssl rand -hex 32`"
+                ),
+            ));
+        }
+    }
+    match (&config.turn_cert, &config.turn_key) {
+        (Some(_), None) => {
+            return Err(fail(
+                "turn_key",
+                "turn_cert is set but turn_key is not: give the certificate's private key too"
+                    .to_owned(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                "turn_cert",
+                "turn_key is set but turn_cert is not: give the certificate chain too".to_owned(),
+            ))
+        }
+        _ => {}
+    }
+    let realm = config.turn_realm.trim();
+    if realm.is_empty() || realm.len() > 127 || realm.chars().any(|c| c.is_control()) {
+        return Err(fail(
+            "turn_realm",
+            "turn_realm must be 1-127 characters without control characters".to_owned(),
+        ));
+    }
+    in_range(
+        config.turn_credential_ttl_secs,
+        "turn_credential_ttl_secs",
+        60,
+        7 * 86_400,
+    )
+    .map_err(|m| fail("turn_credential_ttl_secs", m))?;
+    for (key, value) in [
+        (
+            "turn_max_allocations_per_user",
+            config.turn_max_allocations_per_user,
+        ),
+        ("turn_max_allocations", config.turn_max_allocations),
+        ("turn_max_permissions", config.turn_max_permissions),
+    ] {
+        if value == 0 {
+            return Err(fail(key, format!("{key} must be at least 1, got 0")));
+        }
+    }
+    if config.turn_max_bytes_per_sec == Some(0) {
+        return Err(fail(
+            "turn_max_bytes_per_sec",
+            "turn_max_bytes_per_sec must be at least 1 (leave it unset for no limit)".to_owned(),
+        ));
+    }
+    if let Some(workers) = config.turn_udp_workers {
+        in_range(workers as u64, "turn_udp_workers", 1, 64)
+            .map_err(|m| fail("turn_udp_workers", m))?;
+    }
+    let ports = config.turn_relay_ports;
+    if config.turn_enabled {
+        for (key, port) in [
+            ("turn_port", config.turn_port),
+            ("turn_tls_port", config.turn_tls_port),
+        ] {
+            if port != 0 && ports.contains(port) {
+                return Err(fail(
+                    key,
+                    format!("{key} {port} lies inside turn_relay_ports {ports}; pick a port outside the relay range"),
+                ));
+            }
+        }
+        let clash = |a: u16, b: u16| a != 0 && a == b;
+        let clashes = [
+            (
+                "turn_port",
+                config.turn_port,
+                "rtc_udp_port",
+                config.rtc_udp_port,
+            ),
+            (
+                "turn_port",
+                config.turn_port,
+                "rtc_tcp_port",
+                config.rtc_tcp_port,
+            ),
+            ("turn_port", config.turn_port, "bind", config.bind.port()),
+            (
+                "turn_tls_port",
+                config.turn_tls_port,
+                "rtc_tcp_port",
+                config.rtc_tcp_port,
+            ),
+            (
+                "turn_tls_port",
+                config.turn_tls_port,
+                "bind",
+                config.bind.port(),
+            ),
+        ];
+        for (key, port, other, other_port) in clashes {
+            if clash(port, other_port) {
+                return Err(fail(
+                    key,
+                    format!("{key} and {other} are both {port}; give each its own port"),
+                ));
+            }
+        }
+        if config.turn_tls_port != 0 && config.turn_tls_port == config.turn_port {
+            return Err(fail(
+                "turn_tls_port",
+                format!(
+                    "turn_tls_port and turn_port are both {}; TLS needs its own port",
+                    config.turn_port
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -140,6 +140,12 @@ class App {
       text ??
       { idle: 'Not connected', connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…', offline: 'Offline' }[c];
     $('retry').hidden = c !== 'offline';
+    if (c !== 'connected' && this.saved.room) {
+      // Whether the partner is still there is unknown until this page is back.
+      const st = $('partner-status');
+      st.dataset.state = 'unknown';
+      st.textContent = '';
+    }
     this.render();
   }
 
