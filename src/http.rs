@@ -260,12 +260,19 @@ struct IceServersResponse {
     ttl: u64,
 }
 
-/// The ICE servers a guest's browser should use. Empty today: the media server is ICE-lite
-/// with host candidates (UDP, plus passive ICE-TCP), which browsers reach without STUN. The
-/// bundled TURN server will add its `turn:`/`turns:` URLs here with REST credentials for
-/// `_session`, valid for `_ttl_secs`.
-fn ice_server_list(_app: &App, _session: SessionId, _ttl_secs: u64) -> Vec<IceServer> {
-    Vec::new()
+/// The ICE servers a guest's browser should use: the bundled TURN server's `turn:` (UDP, TCP)
+/// and `turns:` URLs with REST credentials for `session`, or none when TURN is off (the media
+/// server is ICE-lite with host candidates, which browsers reach without STUN).
+fn ice_server_list(app: &App, session: SessionId) -> Vec<IceServer> {
+    let Some(turn) = &app.turn else {
+        return Vec::new();
+    };
+    let (username, credential) = turn.credentials(&session.to_string());
+    vec![IceServer {
+        urls: turn.urls().to_vec(),
+        username: Some(username),
+        credential: Some(credential),
+    }]
 }
 
 async fn ice_servers(
@@ -282,8 +289,11 @@ async fn ice_servers(
         Err(e) => return Err(e.into()),
     }
     let body = IceServersResponse {
-        ice_servers: ice_server_list(&app, session, ICE_SERVERS_TTL_SECS),
-        ttl: ICE_SERVERS_TTL_SECS,
+        ice_servers: ice_server_list(&app, session),
+        ttl: app
+            .turn
+            .as_ref()
+            .map_or(ICE_SERVERS_TTL_SECS, |t| t.ttl().as_secs()),
     };
     Ok((
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],

@@ -7,6 +7,8 @@ mod limits;
 mod metrics;
 mod rtc;
 mod sio;
+mod tls;
+mod turn;
 mod web;
 
 use std::future::Future;
@@ -38,6 +40,8 @@ pub struct App {
     registry: Registry,
     signaling_metrics: metrics::SignalingMetrics,
     http_metrics: metrics::HttpMetrics,
+    /// The bundled TURN server's credential minter (None when TURN is off).
+    turn: Option<turn::TurnAccess>,
     draining: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -62,6 +66,50 @@ fn core_config(c: &Config) -> CoreConfig {
         stats_interval: c.stats_interval(),
         active_window: c.active_window(),
         ring_timeout: c.call_ring_timeout(),
+    }
+}
+
+fn turn_settings(
+    c: &Config,
+    node_ip: std::net::IpAddr,
+    media_addr: SocketAddr,
+) -> turn::TurnSettings {
+    let secret = match &c.turn_secret {
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None => {
+            tracing::info!("no --turn-secret (TANDEM_TURN_SECRET) given: TURN credentials use a random one made at start");
+            let mut s = [0u8; 32];
+            rand::rng().fill_bytes(&mut s);
+            s.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes()
+        }
+    };
+    let cidrs = |nets: &[tandem_config::IpNet]| {
+        nets.iter()
+            .filter_map(|n| tandem_turn::Cidr::new(n.network(), n.prefix_len()))
+            .collect()
+    };
+    turn::TurnSettings {
+        node_ip,
+        port: c.turn_port,
+        tls_port: c.turn_tls_port,
+        cert: c.turn_cert.clone(),
+        key: c.turn_key.clone(),
+        relay_ports: (c.turn_relay_ports.min, c.turn_relay_ports.max),
+        realm: c.turn_realm.trim().to_owned(),
+        secret,
+        credential_ttl: c.turn_credential_ttl(),
+        allow_peers: cidrs(&c.turn_allow_peer),
+        deny_peers: cidrs(&c.turn_deny_peer),
+        allow_loopback_peers: c.turn_allow_loopback_peers,
+        max_allocations_per_user: c.turn_max_allocations_per_user as usize,
+        max_allocations: c.turn_max_allocations as usize,
+        max_permissions: c.turn_max_permissions as usize,
+        max_bytes_per_sec: c.turn_max_bytes_per_sec,
+        workers: c.turn_udp_workers,
+        media_addr,
     }
 }
 
@@ -94,9 +142,10 @@ pub async fn run(
         .build_layer();
     let media_metrics = metrics::MediaMetrics::register(&registry);
     let (hub, hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
+    let node_ip = cfg.node_ip.unwrap_or_else(rtc::detect_ip);
     let plane = rtc::start(
         &rtc::RtcSettings {
-            node_ip: cfg.node_ip,
+            node_ip: Some(node_ip),
             udp_port: cfg.rtc_udp_port,
             workers: cfg.rtc_udp_workers,
             tcp_port: cfg.rtc_tcp_port,
@@ -107,7 +156,19 @@ pub async fn run(
         media_metrics,
     )
     .await?;
+    let media_addr = plane.udp_addr();
     hub.send(hub::Command::AttachMedia(plane)).await;
+    let turn = if cfg.turn_enabled {
+        Some(
+            turn::start(
+                turn_settings(&cfg, node_ip, media_addr),
+                metrics::TurnMetrics::register(&registry),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let app = Arc::new(App {
         hub,
         tokens: auth::Tokens::new(&secret),
@@ -121,6 +182,7 @@ pub async fn run(
         registry,
         signaling_metrics,
         http_metrics,
+        turn,
         draining: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
     });

@@ -79,9 +79,15 @@ struct Datagram {
 #[derive(Clone)]
 pub struct MediaPlane {
     workers: Vec<mpsc::Sender<WorkerMsg>>,
+    udp_addr: SocketAddr,
 }
 
 impl MediaPlane {
+    /// The media UDP address browsers send to (`--node-ip` and the media port).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
     /// Hands a command from the signaling core to the worker owning its call.
     pub fn command(&self, cmd: MediaCommand) {
         let call = match &cmd {
@@ -100,7 +106,7 @@ impl MediaPlane {
 
 /// The address browsers should send media to when none was configured: the one the kernel
 /// would use towards the Internet (a UDP "connect" sends nothing), else loopback.
-fn detect_ip() -> IpAddr {
+pub(crate) fn detect_ip() -> IpAddr {
     let probe = || -> io::Result<IpAddr> {
         let s = StdUdpSocket::bind("0.0.0.0:0")?;
         s.connect("192.0.2.1:9")?;
@@ -212,7 +218,10 @@ pub async fn start(
         tokio::spawn(accept_tcp(listener, advertised, senders.clone()));
     }
     tracing::info!(%udp_addr, ?tcp_addr, workers = n, "media listening");
-    Ok(MediaPlane { workers: senders })
+    Ok(MediaPlane {
+        workers: senders,
+        udp_addr,
+    })
 }
 
 struct Worker {

@@ -32,6 +32,10 @@ const DEFAULT_FLAGS = {
   '--rtc-udp-port': '0',
   '--rtc-tcp-port': '0',
   '--rtc-udp-workers': process.env.TANDEM_E2E_RTC_WORKERS || '1',
+  // TURN: a free port per server, no TLS listener, one thread (turn.test.mjs sets its own).
+  '--turn-port': '0',
+  '--turn-tls-port': '0',
+  '--turn-udp-workers': '1',
 };
 
 // Flags that may be given several times; their values are appended, never replaced.

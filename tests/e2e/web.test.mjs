@@ -149,12 +149,30 @@ describe('GET /api/ice-servers', () => {
     assertHttpError(await api(server.url, '/api/ice-servers', { token: forged }), 401, 'unauthorized');
   });
 
-  test('with a valid guest token → 200 exactly { iceServers: [], ttl: 3600 }', async () => {
+  test('with a valid guest token → 200 { iceServers: [tandem TURN with REST credentials], ttl: 3600 }', async () => {
     const g = await createGuest(server.url, uname('Ice'));
     const res = await api(server.url, '/api/ice-servers', { token: g.token });
     assert.equal(res.status, 200, res.text);
     assert.match(res.headers.get('content-type') ?? '', /application\/json/);
     assert.equal(res.headers.get('cache-control'), 'no-store');
+    assert.equal(res.body.ttl, 3600);
+    assert.equal(res.body.iceServers.length, 1);
+    const [entry] = res.body.iceServers;
+    assert.deepEqual(Object.keys(entry).sort(), ['credential', 'urls', 'username']);
+    // The harness starts TURN on a free port without TLS: UDP and TCP URLs only.
+    assert.equal(entry.urls.length, 2);
+    assert.match(entry.urls[0], /^turn:127\.0\.0\.1:\d+\?transport=udp$/);
+    assert.match(entry.urls[1], /^turn:127\.0\.0\.1:\d+\?transport=tcp$/);
+    assert.match(entry.username, new RegExp(`^\\d+:${g.sessionId}$`));
+    assert.match(entry.credential, /^[A-Za-z0-9+/]+=*$/);
+  });
+
+  test('with TURN off (--turn-enabled=false) → 200 exactly { iceServers: [], ttl: 3600 }', async (t) => {
+    const off = await startServer(['--turn-enabled=false']);
+    t.after(() => off.stop());
+    const g = await createGuest(off.url, uname('NoTurn'));
+    const res = await api(off.url, '/api/ice-servers', { token: g.token });
+    assert.equal(res.status, 200, res.text);
     assert.deepEqual(res.body, { iceServers: [], ttl: 3600 });
   });
 
@@ -164,7 +182,7 @@ describe('GET /api/ice-servers', () => {
     await waitFor(s, 'connection:established');
     const res = await api(server.url, '/api/ice-servers', { token: g.token });
     assert.equal(res.status, 200, res.text);
-    assert.deepEqual(res.body, { iceServers: [], ttl: 3600 });
+    assert.equal(res.body.iceServers.length, 1);
     s.close();
   });
 

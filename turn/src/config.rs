@@ -1,6 +1,6 @@
 //! The TURN core's settings.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub struct Config {
     /// Let loopback peers through (tests only).
     pub allow_loopback_peers: bool,
     /// Exact addresses always allowed (tandem's own media address).
-    pub always_allow: Vec<IpAddr>,
+    pub always_allow: Vec<SocketAddr>,
     /// SOFTWARE attribute of responses.
     pub software: String,
 }

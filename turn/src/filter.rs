@@ -8,7 +8,7 @@
 //! `64:ff9b::a9fe:a9fe` through a relay is the classic filter bypass (CVE-2020-26262,
 //! CVE-2026-27624).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::cidr::Cidr;
 
@@ -102,18 +102,20 @@ pub struct PeerFilter {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     allow_loopback: bool,
-    always_allow: Vec<IpAddr>,
+    always_allow: Vec<SocketAddr>,
 }
 
 impl PeerFilter {
     /// `allow` is checked first and wins; `deny` adds to the built-in ranges;
     /// `allow_loopback` lets 127.0.0.0/8 and ::1 through (tests only); `always_allow` names
-    /// exact addresses (tandem's own media address) that are always reachable.
+    /// exact transport addresses (tandem's own media address: IP *and* port) that are always
+    /// reachable, so that an otherwise denied host address (the node's own, loopback in tests)
+    /// opens only that one port, never the host's other services.
     pub fn new(
         allow: Vec<Cidr>,
         deny: Vec<Cidr>,
         allow_loopback: bool,
-        always_allow: Vec<IpAddr>,
+        always_allow: Vec<SocketAddr>,
     ) -> PeerFilter {
         PeerFilter {
             allow,
@@ -123,13 +125,21 @@ impl PeerFilter {
         }
     }
 
-    /// Whether a relay may talk to `ip`.
+    /// Whether a relay may talk to the transport address `peer`: one of `always_allow`, or an
+    /// IP address [`PeerFilter::is_allowed`] lets through.
+    pub fn is_allowed_addr(&self, peer: SocketAddr) -> bool {
+        let plain = peer.ip().to_canonical();
+        self.always_allow
+            .iter()
+            .any(|a| a.ip().to_canonical() == plain && a.port() == peer.port())
+            || self.is_allowed(peer.ip())
+    }
+
+    /// Whether a relay may talk to any port of `ip` (the allow/deny rules, without
+    /// `always_allow`, which names single ports).
     pub fn is_allowed(&self, ip: IpAddr) -> bool {
         // IPv4-mapped counts as its IPv4 address for the explicit lists.
         let plain = ip.to_canonical();
-        if self.always_allow.iter().any(|a| a.to_canonical() == plain) {
-            return true;
-        }
         if self
             .allow
             .iter()

@@ -490,7 +490,7 @@ impl Server {
             self.counters.unroutable_dropped += 1;
             return None;
         };
-        if Family::of(&peer) != alloc.family || !self.filter.is_allowed(peer.ip()) {
+        if Family::of(&peer) != alloc.family || !self.filter.is_allowed_addr(peer) {
             self.counters.peers_denied += 1;
             return None;
         }
@@ -564,6 +564,13 @@ impl Server {
                 bytes.len(),
             );
             return Some(PeerToClient { client, channel });
+        }
+        // Permissions are per IP; a host that is reachable only on one port (tandem's own
+        // media address) must not reach the client from its other ports. Off the fast path:
+        // a bound channel already names the exact, checked peer address.
+        if !self.filter.is_allowed_addr(peer) {
+            self.counters.peers_denied += 1;
+            return None;
         }
         // The codec's encoder overflows (panics in debug builds) past a 65 535-byte message,
         // so a datagram too long for a Data indication is dropped here.
@@ -978,7 +985,7 @@ impl Server {
             self.reject(req, Reject::PeerFamilyMismatch, Some(auth), Vec::new());
             return None;
         }
-        if peers.iter().any(|p| !self.filter.is_allowed(p.ip())) {
+        if peers.iter().any(|p| !self.filter.is_allowed_addr(*p)) {
             self.counters.peers_denied += 1;
             self.reject(req, Reject::Forbidden, Some(auth), Vec::new());
             return None;

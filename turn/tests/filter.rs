@@ -117,18 +117,32 @@ fn allow_loopback_peers() {
 }
 
 #[test]
-fn always_allow_wins() {
+fn always_allow_opens_one_port_only() {
+    let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
     let f = PeerFilter::new(
         vec![],
         vec!["8.8.8.0/24".parse().unwrap()],
         false,
-        vec![ip("10.1.2.3"), ip("8.8.8.8")],
+        vec![
+            sa("10.1.2.3:7882"),
+            sa("8.8.8.8:7882"),
+            sa("127.0.0.1:7882"),
+        ],
     );
-    assert!(f.is_allowed(ip("10.1.2.3")));
-    assert!(f.is_allowed(ip("::ffff:10.1.2.3")));
-    assert!(f.is_allowed(ip("8.8.8.8")));
-    assert!(!f.is_allowed(ip("8.8.8.9")));
-    assert!(!f.is_allowed(ip("10.1.2.4")));
+    assert!(f.is_allowed_addr(sa("10.1.2.3:7882")));
+    assert!(f.is_allowed_addr(sa("[::ffff:10.1.2.3]:7882")));
+    assert!(f.is_allowed_addr(sa("8.8.8.8:7882")));
+    assert!(f.is_allowed_addr(sa("127.0.0.1:7882")));
+    // The same hosts on any other port stay denied: the media port is not a way in to the
+    // node's other services (loopback Redis, cloud metadata, ...).
+    assert!(!f.is_allowed_addr(sa("10.1.2.3:6379")));
+    assert!(!f.is_allowed_addr(sa("127.0.0.1:6379")));
+    assert!(!f.is_allowed_addr(sa("8.8.8.8:53")));
+    assert!(!f.is_allowed(ip("10.1.2.3")));
+    assert!(!f.is_allowed_addr(sa("8.8.8.9:7882")));
+    assert!(!f.is_allowed_addr(sa("10.1.2.4:7882")));
+    // Ordinary public peers are judged by IP, any port.
+    assert!(f.is_allowed_addr(sa("1.1.1.1:5000")));
 }
 
 #[test]

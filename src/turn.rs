@@ -1,0 +1,609 @@
+//! The bundled TURN server's I/O: the UDP port (one SO_REUSEPORT socket per worker thread), the
+//! TCP and TLS listeners, one UDP relay socket per allocation, and the timer, around the sans-I/O
+//! [`tandem_turn::Server`].
+//!
+//! Each of `--turn-udp-workers` threads runs a current-thread runtime that owns one TURN core and
+//! every socket of the allocations it made, so relaying a packet never takes a lock or crosses a
+//! thread: the kernel hashes a client's datagrams to one worker's socket by address, and a TCP or
+//! TLS connection is handed to one worker when accepted. Quotas (allocations per user and in
+//! total) are therefore counted per worker.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rand::RngCore;
+use tandem_turn::{
+    channel_data_header, channel_data_padding, frame_len, rest_credentials, ClientSocket, Command,
+    Counters, Family, PeerToClient, RelayPort, Server, Transport,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::{AbortHandle, LocalSet};
+
+use crate::metrics::TurnMetrics;
+
+/// Largest datagram read (a TURN message or ChannelData frame is at most 64 KiB).
+const MAX_DATAGRAM: usize = 65_536;
+/// Bytes kept free in front of a relay read for the ChannelData header.
+const HEADROOM: usize = 4;
+/// Datagrams handled per wake-up at most, so timers and other sockets are not starved.
+const RECV_BATCH: usize = 64;
+/// TCP/TLS connections per worker at most.
+const MAX_STREAMS: usize = 4096;
+/// Frames queued towards one TCP/TLS client at most; past that they are dropped.
+const STREAM_QUEUE: usize = 512;
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections waiting to be taken by a worker at most.
+const WORKER_INBOX: usize = 1024;
+/// How often counters become metrics.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// The TURN settings the shell needs (from the validated config).
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    pub node_ip: IpAddr,
+    pub port: u16,
+    pub tls_port: u16,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub relay_ports: (u16, u16),
+    pub realm: String,
+    pub secret: Vec<u8>,
+    pub credential_ttl: Duration,
+    pub allow_peers: Vec<tandem_turn::Cidr>,
+    pub deny_peers: Vec<tandem_turn::Cidr>,
+    pub allow_loopback_peers: bool,
+    pub max_allocations_per_user: usize,
+    pub max_allocations: usize,
+    pub max_permissions: usize,
+    pub max_bytes_per_sec: Option<u64>,
+    pub workers: Option<usize>,
+    /// tandem's own media address (IP and UDP port): always a permitted peer, on that port only.
+    pub media_addr: SocketAddr,
+}
+
+/// What the HTTP side needs to hand out TURN credentials.
+#[derive(Clone)]
+pub struct TurnAccess {
+    urls: Vec<String>,
+    secret: Vec<u8>,
+    ttl: Duration,
+}
+
+impl TurnAccess {
+    /// The `turn:`/`turns:` URLs guests get.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// REST credentials (username, password) for `session`, valid for the configured TTL.
+    pub fn credentials(&self, session: &str) -> (String, String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        rest_credentials(&self.secret, session, now + self.ttl.as_secs())
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+enum Incoming {
+    Stream {
+        stream: std::net::TcpStream,
+        remote: SocketAddr,
+        tls: bool,
+    },
+}
+
+fn reuseport_udp(addr: SocketAddr) -> io::Result<StdUdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    s.set_reuse_port(true)?;
+    s.set_recv_buffer_size(4 << 20).ok();
+    s.set_send_buffer_size(4 << 20).ok();
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// Binds the TURN ports and starts the workers; returns the credential minter.
+pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Result<TurnAccess> {
+    let n = settings
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 64);
+    let bind_ip: IpAddr = if settings.node_ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    // UDP and TCP share the port number; with 0, the TCP listener picks it and UDP follows.
+    let tcp = TcpListener::bind(SocketAddr::new(bind_ip, settings.port))
+        .await
+        .with_context(|| format!("cannot listen on the TURN TCP port {}", settings.port))?;
+    let port = tcp.local_addr()?.port();
+    let mut udp = Vec::with_capacity(n);
+    for _ in 0..n {
+        udp.push(
+            reuseport_udp(SocketAddr::new(bind_ip, port))
+                .with_context(|| format!("cannot bind the TURN UDP port {port}"))?,
+        );
+    }
+    let tls = if settings.tls_port == 0 {
+        None
+    } else {
+        let names = vec![settings.node_ip.to_string(), "localhost".to_owned()];
+        let (config, source) =
+            crate::tls::server_config(settings.cert.as_deref(), settings.key.as_deref(), &names)?;
+        if source == crate::tls::CertSource::SelfSigned {
+            tracing::warn!(
+                "TURN over TLS uses a self-signed certificate made at start; set --turn-cert and --turn-key for one clients can verify"
+            );
+        }
+        let l = TcpListener::bind(SocketAddr::new(bind_ip, settings.tls_port))
+            .await
+            .with_context(|| format!("cannot listen on the TURN TLS port {}", settings.tls_port))?;
+        Some((l, tokio_rustls::TlsAcceptor::from(config)))
+    };
+    let tls_port = match &tls {
+        Some((l, _)) => l.local_addr()?.port(),
+        None => 0,
+    };
+    if settings.allow_loopback_peers {
+        tracing::warn!("--turn-allow-loopback-peers is on: TURN may relay to this host's loopback; for tests only");
+    }
+
+    let h = host(settings.node_ip);
+    let mut urls = vec![
+        format!("turn:{h}:{port}?transport=udp"),
+        format!("turn:{h}:{port}?transport=tcp"),
+    ];
+    if tls_port != 0 {
+        urls.push(format!("turns:{h}:{tls_port}?transport=tcp"));
+    }
+    let access = TurnAccess {
+        urls,
+        secret: settings.secret.clone(),
+        ttl: settings.credential_ttl,
+    };
+
+    let acceptor = tls.as_ref().map(|(_, a)| a.clone());
+    let mut inboxes = Vec::with_capacity(n);
+    for (i, socket) in udp.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(WORKER_INBOX);
+        inboxes.push(tx);
+        let core = core_for(&settings)?;
+        let metrics = metrics.clone();
+        let acceptor = acceptor.clone();
+        std::thread::Builder::new()
+            .name(format!("turn-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = i, "TURN worker runtime failed");
+                        return;
+                    }
+                };
+                let local = LocalSet::new();
+                local.block_on(&rt, worker(i, core, socket, rx, acceptor, metrics));
+            })
+            .context("starting a TURN worker thread")?;
+    }
+    tokio::spawn(accept_loop(tcp, false, inboxes.clone()));
+    if let Some((l, _)) = tls {
+        tokio::spawn(accept_loop(l, true, inboxes));
+    }
+    tracing::info!(
+        udp = port,
+        tcp = port,
+        tls = tls_port,
+        relay_ports = %format!("{}-{}", settings.relay_ports.0, settings.relay_ports.1),
+        workers = n,
+        "TURN listening"
+    );
+    Ok(access)
+}
+
+fn core_for(s: &TurnSettings) -> anyhow::Result<Server> {
+    let always_allow = vec![s.media_addr];
+    let cfg = tandem_turn::Config {
+        realm: s.realm.clone(),
+        auth_secret: s.secret.clone(),
+        relay_ipv4: match s.node_ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        relay_ipv6: match s.node_ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        },
+        port_range: s.relay_ports.0..=s.relay_ports.1,
+        max_allocations: s.max_allocations,
+        max_allocations_per_user: s.max_allocations_per_user,
+        max_permissions_per_allocation: s.max_permissions,
+        bytes_per_sec_per_allocation: s.max_bytes_per_sec,
+        allow_peers: s.allow_peers.clone(),
+        deny_peers: s.deny_peers.clone(),
+        allow_loopback_peers: s.allow_loopback_peers,
+        always_allow,
+        ..tandem_turn::Config::default()
+    };
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Server::new(cfg, seed, Instant::now(), unix).map_err(|e| anyhow::anyhow!("TURN core: {e}"))
+}
+
+/// Accepts TCP (or TLS) connections and deals them to the workers in turn.
+async fn accept_loop(listener: TcpListener, tls: bool, workers: Vec<mpsc::Sender<Incoming>>) {
+    let mut next = 0usize;
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "TURN accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let w = next % workers.len();
+        next = next.wrapping_add(1);
+        if workers[w]
+            .try_send(Incoming::Stream {
+                stream,
+                remote,
+                tls,
+            })
+            .is_err()
+        {
+            tracing::debug!(worker = w, "TURN worker busy; connection dropped");
+        }
+    }
+}
+
+/// One worker's state, shared by its tasks on one thread.
+struct State {
+    core: Server,
+    udp: Rc<UdpSocket>,
+    relays: HashMap<u16, Relay>,
+    streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    bind_ip_v4: IpAddr,
+    bind_ip_v6: IpAddr,
+    timer: Rc<Notify>,
+    me: std::rc::Weak<RefCell<State>>,
+}
+
+struct Relay {
+    socket: Rc<UdpSocket>,
+    task: AbortHandle,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+async fn worker(
+    index: usize,
+    core: Server,
+    udp: StdUdpSocket,
+    mut inbox: mpsc::Receiver<Incoming>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    metrics: TurnMetrics,
+) {
+    let udp = match UdpSocket::from_std(udp) {
+        Ok(s) => Rc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, worker = index, "TURN UDP socket unusable");
+            return;
+        }
+    };
+    let state = Rc::new_cyclic(|me| {
+        RefCell::new(State {
+            core,
+            udp: udp.clone(),
+            relays: HashMap::new(),
+            streams: HashMap::new(),
+            bind_ip_v4: Ipv4Addr::UNSPECIFIED.into(),
+            bind_ip_v6: Ipv6Addr::UNSPECIFIED.into(),
+            timer: Rc::new(Notify::new()),
+            me: me.clone(),
+        })
+    });
+    tokio::task::spawn_local(timer_loop(state.clone()));
+    tokio::task::spawn_local(metrics_loop(state.clone(), metrics));
+    tokio::task::spawn_local(client_udp_loop(state.clone(), udp));
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            Incoming::Stream {
+                stream,
+                remote,
+                tls,
+            } => {
+                if state.borrow().streams.len() >= MAX_STREAMS {
+                    continue;
+                }
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    continue;
+                };
+                let state = state.clone();
+                let acceptor = acceptor.clone();
+                tokio::task::spawn_local(async move {
+                    if tls {
+                        let Some(acceptor) = acceptor else { return };
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(s)) => serve_stream(state, s, remote, Transport::Tls).await,
+                            _ => tracing::debug!(%remote, "TURN TLS handshake failed"),
+                        }
+                    } else {
+                        serve_stream(state, stream, remote, Transport::Tcp).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl State {
+    /// Carries out everything the core asked for.
+    fn drain(&mut self) {
+        let now = Instant::now();
+        let mut timer = false;
+        while let Some(cmd) = self.core.poll_command() {
+            match cmd {
+                Command::SendToClient { to, bytes } => self.send_to_client(to, bytes),
+                Command::CreateAllocation { port, family } => {
+                    let result = self.bind_relay(port, family);
+                    self.core.handle_allocation_bound(port, result, now);
+                    timer = true;
+                }
+                Command::FreeAllocation { port } => {
+                    if let Some(relay) = self.relays.remove(&port.0) {
+                        relay.task.abort();
+                    }
+                    timer = true;
+                }
+            }
+        }
+        // A new allocation or permission may bring the next deadline forward.
+        if timer {
+            self.timer.notify_one();
+        }
+    }
+
+    fn send_to_client(&mut self, to: ClientSocket, bytes: Vec<u8>) {
+        match to.transport {
+            Transport::Udp => {
+                let _ = self.udp.try_send_to(&bytes, to.addr);
+            }
+            Transport::Tcp | Transport::Tls => {
+                if let Some(tx) = self.streams.get(&to.addr) {
+                    let _ = tx.try_send(bytes);
+                }
+            }
+        }
+    }
+
+    fn bind_relay(&mut self, port: RelayPort, family: Family) -> Result<(), ()> {
+        let ip = match family {
+            Family::V4 => self.bind_ip_v4,
+            Family::V6 => self.bind_ip_v6,
+        };
+        let socket = StdUdpSocket::bind(SocketAddr::new(ip, port.0))
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .and_then(UdpSocket::from_std);
+        let socket = match socket {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                tracing::debug!(port = port.0, error = %e, "TURN relay port unavailable");
+                return Err(());
+            }
+        };
+        let Some(me) = self.me.upgrade() else {
+            return Err(());
+        };
+        let task = tokio::task::spawn_local(relay_loop(me, port, socket.clone())).abort_handle();
+        if let Some(old) = self.relays.insert(port.0, Relay { socket, task }) {
+            old.task.abort();
+        }
+        Ok(())
+    }
+
+    /// Client → peer: `bytes[range]` leaves from the allocation's relay socket.
+    fn relay_out(&self, port: RelayPort, peer: SocketAddr, payload: &[u8]) {
+        if let Some(relay) = self.relays.get(&port.0) {
+            let _ = relay.socket.try_send_to(payload, peer);
+        }
+    }
+}
+
+/// The client-facing UDP socket: TURN messages and ChannelData from clients.
+async fn client_udp_loop(state: Shared, udp: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        if udp.readable().await.is_err() {
+            return;
+        }
+        let mut st = state.borrow_mut();
+        for _ in 0..RECV_BATCH {
+            let (n, from) = match udp.try_recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let client = ClientSocket {
+                addr: from,
+                transport: Transport::Udp,
+            };
+            let data = &buf[..n];
+            if let Some((port, peer, range)) =
+                st.core.handle_client_input(data, client, Instant::now())
+            {
+                if let Some(payload) = data.get(range) {
+                    st.relay_out(port, peer, payload);
+                }
+            }
+        }
+        st.drain();
+    }
+}
+
+/// One allocation's relay socket: datagrams from peers go back to the client.
+async fn relay_loop(state: Shared, port: RelayPort, socket: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        let mut st = state.borrow_mut();
+        for _ in 0..RECV_BATCH {
+            let (n, peer) = match socket.try_recv_from(&mut buf[HEADROOM..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let hit =
+                st.core
+                    .handle_peer_input(&buf[HEADROOM..HEADROOM + n], port, peer, Instant::now());
+            if let Some(PeerToClient { client, channel }) = hit {
+                let Some(header) = channel_data_header(channel, n) else {
+                    continue;
+                };
+                buf[..HEADROOM].copy_from_slice(&header);
+                let frame = &buf[..HEADROOM + n];
+                match client.transport {
+                    Transport::Udp => {
+                        let _ = st.udp.try_send_to(frame, client.addr);
+                    }
+                    Transport::Tcp | Transport::Tls => {
+                        let mut v = Vec::with_capacity(frame.len() + 3);
+                        v.extend_from_slice(frame);
+                        v.resize(frame.len() + channel_data_padding(n), 0);
+                        st.send_to_client(client, v);
+                    }
+                }
+            }
+        }
+        st.drain();
+    }
+}
+
+async fn timer_loop(state: Shared) {
+    let notify = state.borrow().timer.clone();
+    loop {
+        let next = state.borrow().core.poll_timeout();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {
+                let mut st = state.borrow_mut();
+                st.core.handle_timeout(Instant::now());
+                st.drain();
+            }
+            () = notify.notified() => {}
+        }
+    }
+}
+
+/// A TCP or TLS client: the stream is split into TURN messages and ChannelData frames.
+async fn serve_stream<S>(state: Shared, stream: S, remote: SocketAddr, transport: Transport)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let client = ClientSocket {
+        addr: remote,
+        transport,
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    state.borrow_mut().streams.insert(remote, tx);
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf = vec![0u8; 2 * MAX_DATAGRAM];
+    let mut filled = 0usize;
+    'read: loop {
+        let n = match rd.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut start = 0usize;
+        let mut st = state.borrow_mut();
+        loop {
+            let len = match frame_len(&buf[start..filled]) {
+                Ok(Some(len)) if start + len <= filled => len,
+                Ok(_) => break,
+                // Not TURN: nothing on this connection can be understood any more.
+                Err(_) => break 'read,
+            };
+            let frame = &buf[start..start + len];
+            if let Some((port, peer, range)) =
+                st.core.handle_client_input(frame, client, Instant::now())
+            {
+                if let Some(payload) = frame.get(range) {
+                    st.relay_out(port, peer, payload);
+                }
+            }
+            start += len;
+        }
+        st.drain();
+        drop(st);
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+    }
+    let mut st = state.borrow_mut();
+    st.streams.remove(&remote);
+    st.core.handle_client_disconnected(client, Instant::now());
+    st.drain();
+    drop(st);
+    writer.abort();
+}
+
+async fn metrics_loop(state: Shared, metrics: TurnMetrics) {
+    let mut last = Counters::default();
+    let mut tick = tokio::time::interval(METRICS_EVERY);
+    loop {
+        tick.tick().await;
+        let now = state.borrow().core.counters();
+        metrics.apply(&last, &now);
+        last = now;
+    }
+}
