@@ -20,9 +20,11 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation
 fi
 
-# The TURN interop tests (tests/e2e/turn.test.mjs) use coturn's own client tools.
-if ! command -v turnutils_uclient >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn
+# The TURN interop tests (tests/e2e/turn.test.mjs) use coturn's own client tools; the browser
+# TURN test makes its TLS certificate with openssl.
+if { ! command -v turnutils_uclient >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; } \
+  && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn openssl
 fi
 
 # The web client (web/): the page embedded in the binary is web/dist, committed so that running

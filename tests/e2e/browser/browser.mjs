@@ -53,8 +53,9 @@ const DISABLED_FEATURES = [
 ];
 
 /** Chromium's command line (playwright's own defaults are off: we pass them all). */
-function chromiumArgs(userDataDir) {
+function chromiumArgs(userDataDir, extra = []) {
   return [
+    ...extra,
     '--headless',
     '--no-sandbox',
     '--disable-gpu',
@@ -122,7 +123,8 @@ export const VIEWPORTS = {
  * Launches Chromium once (call in `before`; call `close()` in `after`, which also removes its
  * profile directory). Fails with a clear message when Chromium is not installed.
  */
-export async function launchBrowser() {
+/** `extraArgs`: more Chromium flags for this browser (e.g. a certificate to trust). */
+export async function launchBrowser(extraArgs = []) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} is missing: the browser tests need Debian's chromium (apt-get install chromium)`);
   }
@@ -133,7 +135,7 @@ export async function launchBrowser() {
       executablePath: CHROMIUM,
       headless: true,
       ignoreDefaultArgs: true,
-      args: chromiumArgs(userDataDir),
+      args: chromiumArgs(userDataDir, extraArgs),
       timeout: 60_000,
       env: { ...process.env, TZ: 'UTC' },
     });
