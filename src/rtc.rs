@@ -121,7 +121,8 @@ pub(crate) fn detect_ip() -> IpAddr {
     }
 }
 
-fn reuseport_socket(addr: SocketAddr) -> io::Result<StdUdpSocket> {
+/// A non-blocking UDP socket on `addr` with SO_REUSEPORT and 4 MiB buffers (media and TURN).
+pub(crate) fn reuseport_socket(addr: SocketAddr) -> io::Result<StdUdpSocket> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
     s.set_reuse_port(true)?;

@@ -105,17 +105,6 @@ enum Incoming {
     },
 }
 
-fn reuseport_udp(addr: SocketAddr) -> io::Result<StdUdpSocket> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    s.set_reuse_port(true)?;
-    s.set_recv_buffer_size(4 << 20).ok();
-    s.set_send_buffer_size(4 << 20).ok();
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s.into())
-}
-
 fn host(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -142,7 +131,7 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
     let mut udp = Vec::with_capacity(n);
     for _ in 0..n {
         udp.push(
-            reuseport_udp(SocketAddr::new(bind_ip, port))
+            crate::rtc::reuseport_socket(SocketAddr::new(bind_ip, port))
                 .with_context(|| format!("cannot bind the TURN UDP port {port}"))?,
         );
     }
@@ -557,7 +546,8 @@ where
         }
         let _ = wr.shutdown().await;
     });
-    let mut buf = vec![0u8; 2 * MAX_DATAGRAM];
+    // Room for the largest frame: a 64 KiB message, or ChannelData with its header and padding.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 8];
     let mut filled = 0usize;
     'read: loop {
         let n = match rd.read(&mut buf[filled..]).await {
@@ -570,6 +560,8 @@ where
         loop {
             let len = match frame_len(&buf[start..filled]) {
                 Ok(Some(len)) if start + len <= filled => len,
+                // A frame that could never fit: not a client worth reading further.
+                Ok(Some(len)) if len > buf.len() => break 'read,
                 Ok(_) => break,
                 // Not TURN: nothing on this connection can be understood any more.
                 Err(_) => break 'read,
