@@ -170,6 +170,14 @@ test('by default TURN refuses loopback, cloud-metadata and private peers (403), 
     assert.match(r.out, /403/, `a 403 for peer ${addr}:\n${r.out.slice(-2000)}`);
     assert.equal(totals(r.out).received, 0, `nothing came back from ${addr}`);
   }
+  // The IPv4-mapped form of loopback: uclient asks for an IPv6 relay for an IPv6 peer, which this
+  // IPv4 node refuses (440) before the peer filter, which refuses the form too (turn/tests/filter.rs).
+  const mapped = await uclient([
+    '-c', '-W', SECRET, '-u', 'deny', '-e', '::ffff:127.0.0.1', '-r', String(peerPort),
+    '-n', '5', '-m', '1', '-l', '100', '-p', String(turnPort), '127.0.0.1',
+  ], 30_000);
+  assert.match(mapped.out, /\b(403|440|443)\b/, `::ffff:127.0.0.1 refused:\n${mapped.out.slice(-2000)}`);
+  assert.equal(totals(mapped.out).received, 0);
   await metricAtLeast(server.url, 'tandem_turn_peers_denied_total', 3);
   const m = await scrape(server.url);
   for (const [k, v] of m) {
