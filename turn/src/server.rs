@@ -382,21 +382,17 @@ impl Server {
             self.counters.unroutable_dropped += 1;
             return None;
         };
-        if !alloc.permitted(peer.ip(), now) {
-            self.counters.no_permission_dropped += 1;
-            return None;
-        }
-        if !alloc.take_tokens(rate, range.len(), now) {
-            self.counters.rate_limited_dropped += 1;
-            return None;
-        }
-        self.counters.count_relayed(
-            Direction::ClientToPeer,
-            from.transport,
+        admit_outbound(
+            alloc,
+            &mut self.counters,
+            rate,
+            peer,
+            from,
             RelayKind::ChannelData,
             range.len(),
-        );
-        Some((port, peer, range))
+            now,
+        )
+        .then_some((port, peer, range))
     }
 
     fn client_stun(
@@ -494,21 +490,17 @@ impl Server {
             self.counters.peers_denied += 1;
             return None;
         }
-        if !alloc.permitted(peer.ip(), now) {
-            self.counters.no_permission_dropped += 1;
-            return None;
-        }
-        if !alloc.take_tokens(rate, range.len(), now) {
-            self.counters.rate_limited_dropped += 1;
-            return None;
-        }
-        self.counters.count_relayed(
-            Direction::ClientToPeer,
-            from.transport,
+        admit_outbound(
+            alloc,
+            &mut self.counters,
+            rate,
+            peer,
+            from,
             RelayKind::Indication,
             range.len(),
-        );
-        Some((port, peer, range))
+            now,
+        )
+        .then_some((port, peer, range))
     }
 
     // ---------------------------------------------------------------- peer input
@@ -1376,4 +1368,30 @@ fn find_attribute(bytes: &[u8], ty: u16) -> Option<Range<usize>> {
         at = value.start + len.next_multiple_of(4);
     }
     None
+}
+
+/// The last checks of a client → peer datagram (ChannelData or Send indication), then its count:
+/// a live permission for the peer and room in the allocation's byte budget.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn admit_outbound(
+    alloc: &mut Allocation,
+    counters: &mut Counters,
+    rate: Option<u64>,
+    peer: SocketAddr,
+    from: ClientSocket,
+    kind: RelayKind,
+    len: usize,
+    now: Instant,
+) -> bool {
+    if !alloc.permitted(peer.ip(), now) {
+        counters.no_permission_dropped += 1;
+        return false;
+    }
+    if !alloc.take_tokens(rate, len, now) {
+        counters.rate_limited_dropped += 1;
+        return false;
+    }
+    counters.count_relayed(Direction::ClientToPeer, from.transport, kind, len);
+    true
 }

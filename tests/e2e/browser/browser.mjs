@@ -421,6 +421,21 @@ export async function start(g, nickname) {
   await g.page.click('#start');
 }
 
+/** Polls `fn` (async, in node) until it returns a truthy value; fails with `await msg()` after `timeoutMs`. */
+export async function until(fn, timeoutMs, msg) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${await msg()}`);
+    await sleep(250);
+  }
+}
+
+/** Waits until `g` shows `name` as its partner. */
+export const partnerIs = (g, name) =>
+  waitUntil(g, `#partner-name = ${name}`, (n) => document.querySelector('#partner-name')?.textContent?.trim() === n, name);
+
 /** Two guests open the page and start; resolves once both are in a chat with each other. */
 export async function chatPair(b, server, t, names = [`Ann${Math.floor(Math.random() * 1e4)}`, `Bob${Math.floor(Math.random() * 1e4)}`]) {
   const A = await guestFor(t, b, server, { name: 'A' });
@@ -430,8 +445,8 @@ export async function chatPair(b, server, t, names = [`Ann${Math.floor(Math.rand
   await start(B, names[1]);
   await waitView(A, 'chat');
   await waitView(B, 'chat');
-  await waitUntil(A, `#partner-name = ${names[1]}`, (n) => document.querySelector('#partner-name')?.textContent?.trim() === n, names[1]);
-  await waitUntil(B, `#partner-name = ${names[0]}`, (n) => document.querySelector('#partner-name')?.textContent?.trim() === n, names[0]);
+  await partnerIs(A, names[1]);
+  await partnerIs(B, names[0]);
   return { A, B, names };
 }
 

@@ -9,6 +9,7 @@ import { serverFor } from '../harness.mjs';
 import {
   launchBrowser, chatPair, screenshot, waitCall, waitUntil, pcStats, inbound, outbound, selectedPair, summarize,
   report, attr, text, sleep, WAIT_MS,
+  until,
 } from './browser.mjs';
 
 let b;
@@ -20,16 +21,6 @@ after(() => b?.close());
 const FAKE_CAMERA_FPS = 20;
 const MEASURE_MS = 5000;
 
-/** Polls `fn` (async) until it returns a truthy value; fails with `msg()` after `timeoutMs`. */
-async function until(fn, timeoutMs, msg) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${await msg()}`);
-    await sleep(250);
-  }
-}
 
 /** Waits until the page decodes the partner's video, then counts decoded frames over MEASURE_MS. */
 async function measureVideo(g) {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { serverFor } from '../harness.mjs';
 import {
   launchBrowser, guestFor, chatPair, screenshot, start, waitView, waitUntil, waitShown, waitMessage, attr, text, report, send,
+  partnerIs,
 } from './browser.mjs';
 
 let b;
@@ -14,8 +15,6 @@ before(async () => {
 });
 after(() => b?.close());
 
-const partnerIs = (g, name) =>
-  waitUntil(g, `#partner-name = ${name}`, (n) => document.querySelector('#partner-name')?.textContent?.trim() === n, name);
 
 test('a nickname tandem would refuse shows an error and stays in the lobby; a valid one starts; #cancel-search stops', async (t) => {
   const server = await serverFor(t, [], { media: true });

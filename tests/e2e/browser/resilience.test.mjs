@@ -8,6 +8,7 @@ import { serverFor } from '../harness.mjs';
 import {
   launchBrowser, guestFor, chatPair, screenshot, start, waitView, waitUntil, waitAttr, waitShown, waitMessage, waitReceipt,
   messages, attr, report, send,
+  partnerIs,
 } from './browser.mjs';
 
 let b;
@@ -16,8 +17,6 @@ before(async () => {
 });
 after(() => b?.close());
 
-const partnerIs = (g, name) =>
-  waitUntil(g, `#partner-name = ${name}`, (n) => document.querySelector('#partner-name')?.textContent?.trim() === n, name);
 
 test('#next: both leave the chat, the skipper searches again and meets a third stranger', async (t) => {
   const server = await serverFor(t, [], { media: true });

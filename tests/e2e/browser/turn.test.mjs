@@ -14,6 +14,7 @@ import { serverFor, freePort } from '../harness.mjs';
 import {
   launchBrowser, guestFor, start, waitView, waitCall, screenshot, pcStats, inbound, selectedPair, summarize, report,
   sleep, WAIT_MS,
+  until,
 } from './browser.mjs';
 
 // Chromium verifies the certificate of a `turns:` server. The test gives tandem a certificate
@@ -59,15 +60,6 @@ function relayOnly(mode) {
   };
 }
 
-async function until(fn, timeoutMs, msg) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${await msg()}`);
-    await sleep(250);
-  }
-}
 
 for (const [mode, relayProtocol] of [['udp', 'udp'], ['tcp', 'tcp'], ['tls', 'tls']]) {
   test(`a relay-only video call over TURN ${mode.toUpperCase()}: relay candidate pair, video decoding`, async (t) => {
