@@ -30,7 +30,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -39,7 +39,7 @@ impl ApiError {
         }
     }
 
-    fn rate_limited(RetryAfter(wait): RetryAfter) -> Self {
+    pub(crate) fn rate_limited(RetryAfter(wait): RetryAfter) -> Self {
         let mut e = Self::from(SignalError::RateLimited);
         e.retry_after = Some(wait.as_secs().max(1));
         e
@@ -52,6 +52,13 @@ impl From<SignalError> for ApiError {
             SignalError::Unauthorized => StatusCode::UNAUTHORIZED,
             SignalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             SignalError::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
+            SignalError::NotInChat | SignalError::PartnerAwayQueueFull => StatusCode::CONFLICT,
+            SignalError::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            SignalError::UnsupportedType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            SignalError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            SignalError::InvalidSignature | SignalError::Forbidden => StatusCode::FORBIDDEN,
+            SignalError::Expired => StatusCode::GONE,
+            SignalError::NotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, e.code(), e.to_string())
@@ -122,13 +129,15 @@ pub fn router(app: Arc<App>) -> Router {
                 .and_then(|h| h.to_str().ok());
             cors_app.origins.allows(origin.to_str().ok(), host)
         }))
-        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_methods([http::Method::GET, http::Method::HEAD, http::Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     let api = Router::new()
         .route("/guest", post(create_guest))
         .route("/guest/refresh", post(refresh))
         .route("/ice-servers", get(ice_servers))
         .route("/stats", get(stats))
+        .route("/files", post(crate::files::upload))
+        .route("/files/{id}", get(crate::files::download))
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), api_limits))

@@ -8,12 +8,14 @@
 //! on this node the hub emits straight to the guest's sockets (no room lookup per event).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{FutureExt, StreamExt};
 use rand::RngCore;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
+use tandem_signaling::files::FileInfo;
 use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
     ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MediaEvent, MessageId, Output,
@@ -21,6 +23,7 @@ use tandem_signaling::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::files::Files;
 use crate::metrics::SignalingMetrics;
 use crate::rtc::MediaPlane;
 
@@ -102,6 +105,19 @@ pub enum Command {
     Media(MediaEvent),
     /// The media plane is up: send it the core's media commands from now on.
     AttachMedia(MediaPlane),
+    /// The chat a live guest is in, and its partner.
+    ChatOf {
+        session: SessionId,
+        reply: oneshot::Sender<Result<(RoomId, SessionId), SignalError>>,
+    },
+    /// Posts a stored file into the chat it was uploaded in.
+    PostFile {
+        session: SessionId,
+        room: RoomId,
+        client_id: String,
+        file: Box<FileInfo>,
+        reply: oneshot::Sender<Result<(MessageId, u64), SignalError>>,
+    },
 }
 
 /// A cheap handle to the hub.
@@ -149,6 +165,28 @@ impl Hub {
         self.ask(|reply| Command::Admit { session, reply }).await?
     }
 
+    pub async fn chat_of(&self, session: SessionId) -> Result<(RoomId, SessionId), SignalError> {
+        self.ask(|reply| Command::ChatOf { session, reply }).await?
+    }
+
+    pub async fn post_file(
+        &self,
+        session: SessionId,
+        room: RoomId,
+        client_id: String,
+        file: FileInfo,
+    ) -> Result<(MessageId, u64), SignalError> {
+        let file = Box::new(file);
+        self.ask(|reply| Command::PostFile {
+            session,
+            room,
+            client_id,
+            file,
+            reply,
+        })
+        .await?
+    }
+
     pub async fn stats(&self) -> Result<Stats, SignalError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
@@ -159,6 +197,7 @@ pub fn spawn(
     cfg: CoreConfig,
     io: SocketIo,
     metrics: SignalingMetrics,
+    files: Arc<Files>,
 ) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
     let mut seed = [0u8; 32];
@@ -180,6 +219,7 @@ pub fn spawn(
         media: None,
         last_calls: Default::default(),
         calls_dirty: false,
+        files,
     };
     (hub, tokio::spawn(task.run(rx)))
 }
@@ -199,6 +239,8 @@ struct HubTask {
     last_calls: tandem_signaling::CallStates,
     /// Something that can change a call's state happened since the gauge was last set.
     calls_dirty: bool,
+    /// Shared files, deleted with their chat.
+    files: Arc<Files>,
 }
 
 impl HubTask {
@@ -323,6 +365,23 @@ impl HubTask {
                 self.core.handle_media(ev, now);
             }
             Command::AttachMedia(plane) => self.media = Some(plane),
+            Command::ChatOf { session, reply } => {
+                let answer = if self.core.session_alive(session, now) {
+                    self.core.chat_of(session).ok_or(SignalError::NotInChat)
+                } else {
+                    Err(SignalError::Unauthorized)
+                };
+                let _ = reply.send(answer);
+            }
+            Command::PostFile {
+                session,
+                room,
+                client_id,
+                file,
+                reply,
+            } => {
+                let _ = reply.send(self.core.post_file(session, room, client_id, *file, now));
+            }
         }
     }
 
@@ -341,6 +400,7 @@ impl HubTask {
                     None => tracing::warn!("media command before the media plane started"),
                 },
                 Output::CallSetup(took) => self.metrics.call_setup.observe(took.as_secs_f64()),
+                Output::RoomClosed(room) => self.files.delete_room(room),
                 Output::Close { conn, reason } => {
                     if let Some((_, s)) = self.sockets.get(&conn) {
                         tracing::info!(conn = conn.0, ?reason, "closing socket");

@@ -1,6 +1,7 @@
 //! tandem's I/O shell: sockets, tasks, timers and metrics around the sans-I/O cores.
 
 mod auth;
+mod files;
 mod http;
 mod hub;
 mod limits;
@@ -40,6 +41,8 @@ pub struct App {
     registry: Registry,
     signaling_metrics: metrics::SignalingMetrics,
     http_metrics: metrics::HttpMetrics,
+    /// Shared files and their limits.
+    files: Arc<files::Files>,
     /// The bundled TURN server's credential minter (None when TURN is off).
     turn: Option<turn::TurnAccess>,
     draining: AtomicBool,
@@ -141,7 +144,26 @@ pub async fn run(
         .ack_timeout(Duration::from_secs(10))
         .build_layer();
     let media_metrics = metrics::MediaMetrics::register(&registry);
-    let (hub, hub_task) = hub::spawn(core_config(&cfg), io.clone(), signaling_metrics.clone());
+    let files = Arc::new(files::Files::new(
+        files::FileSettings {
+            max_size: cfg.max_file_size,
+            ttl: cfg.file_ttl(),
+            uploads_per_min: cfg.file_uploads_per_min,
+            bytes_per_hour: cfg.file_bytes_per_hour,
+            storage_budget: cfg.file_storage_bytes(),
+            dir: cfg.file_dir.clone(),
+            max_voice_ms: cfg.max_voice_secs.saturating_mul(1000),
+            key: [b"tandem-file-urls:".as_slice(), &secret].concat(),
+        },
+        metrics::FileMetrics::register(&registry),
+    )?);
+    tokio::spawn(files::sweeper(files.clone()));
+    let (hub, hub_task) = hub::spawn(
+        core_config(&cfg),
+        io.clone(),
+        signaling_metrics.clone(),
+        files.clone(),
+    );
     let node_ip = cfg.node_ip.unwrap_or_else(rtc::detect_ip);
     let plane = rtc::start(
         &rtc::RtcSettings {
@@ -182,6 +204,7 @@ pub async fn run(
         registry,
         signaling_metrics,
         http_metrics,
+        files,
         turn,
         draining: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),

@@ -468,6 +468,35 @@ settings! {
     max_calls: req usize = 1000;
         shown "1000", env "TANDEM_MAX_CALLS", arg(value_name = "N");
 
+    /// Largest shared file, in bytes (1024 to 1073741824)
+    max_file_size: req u64 = 10 * 1024 * 1024;
+        shown "10485760", env "TANDEM_MAX_FILE_SIZE", arg(value_name = "BYTES");
+
+    /// Seconds a shared file lives at most (it also goes when its chat ends; 1 to 86400)
+    file_ttl: req u64 = 3600;
+        shown "3600", env "TANDEM_FILE_TTL", arg(value_name = "SECS");
+
+    /// File uploads one guest may attempt per minute (refused ones count too)
+    file_uploads_per_min: req u32 = 5;
+        shown "5", env "TANDEM_FILE_UPLOADS_PER_MIN", arg(value_name = "N");
+
+    /// Bytes of accepted files one guest may upload per hour
+    file_bytes_per_hour: req u64 = 30 * 1024 * 1024;
+        shown "31457280", env "TANDEM_FILE_BYTES_PER_HOUR", arg(value_name = "BYTES");
+
+    /// Room for all shared files together (and uploads in flight), in MiB
+    file_storage_mb: req u64 = 512;
+        shown "512", env "TANDEM_FILE_STORAGE_MB", arg(value_name = "MIB");
+
+    /// Keep shared files in this directory instead of memory (it must exist;
+    /// tandem's leftovers from an earlier run are removed at start)
+    file_dir: opt PathBuf = None;
+        shown "in memory", env "TANDEM_FILE_DIR", arg(value_name = "DIR");
+
+    /// Longest voice note, in seconds (1 to 3600)
+    max_voice_secs: req u64 = 300;
+        shown "300", env "TANDEM_MAX_VOICE_SECS", arg(value_name = "SECS");
+
     /// Run the bundled TURN server (for browsers behind strict NATs or
     /// UDP-blocking firewalls); `--turn-enabled=false` turns it off
     turn_enabled: req bool = true;
@@ -634,6 +663,16 @@ impl Config {
     /// How long a minted TURN credential stays valid.
     pub fn turn_credential_ttl(&self) -> Duration {
         Duration::from_secs(self.turn_credential_ttl_secs)
+    }
+
+    /// How long a shared file lives at most.
+    pub fn file_ttl(&self) -> Duration {
+        Duration::from_secs(self.file_ttl)
+    }
+
+    /// The shared files' storage budget in bytes.
+    pub fn file_storage_bytes(&self) -> u64 {
+        self.file_storage_mb.saturating_mul(1024 * 1024)
     }
 
     pub fn memory_budget_bytes(&self) -> u64 {

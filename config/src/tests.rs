@@ -673,3 +673,49 @@ fn bad_turn_values_refused() {
     // Disabled TURN does not care where its ports would be.
     ok(&["--turn-enabled=false", "--turn-port", "50000"], &[]);
 }
+
+#[test]
+fn file_settings() {
+    let c = ok(&[], &[]);
+    assert_eq!(c.max_file_size, 10 * 1024 * 1024);
+    assert_eq!(c.file_ttl().as_secs(), 3600);
+    assert_eq!(c.file_uploads_per_min, 5);
+    assert_eq!(c.file_bytes_per_hour, 30 * 1024 * 1024);
+    assert_eq!(c.file_storage_bytes(), 512 * 1024 * 1024);
+    assert_eq!(c.file_dir, None);
+    assert_eq!(c.max_voice_secs, 300);
+    let dir = std::env::temp_dir();
+    let dir_s = dir.to_str().expect("temp dir is UTF-8");
+    let c = ok(
+        &[
+            "--max-file-size",
+            "2048",
+            "--file-ttl",
+            "2",
+            "--file-dir",
+            dir_s,
+        ],
+        &[
+            ("TANDEM_FILE_STORAGE_MB", "1"),
+            ("TANDEM_FILE_UPLOADS_PER_MIN", "9"),
+        ],
+    );
+    assert_eq!(
+        (
+            c.max_file_size,
+            c.file_ttl,
+            c.file_storage_mb,
+            c.file_uploads_per_min
+        ),
+        (2048, 2, 1, 9)
+    );
+    assert_eq!(c.file_dir.as_deref(), Some(dir.as_path()));
+    assert!(err(&["--max-file-size", "10"], &[]).contains("max_file_size"));
+    assert!(err(&["--file-ttl", "0"], &[]).contains("file_ttl"));
+    assert!(err(&["--file-ttl", "86401"], &[]).contains("file_ttl"));
+    assert!(err(&["--file-uploads-per-min", "0"], &[]).contains("file_uploads_per_min"));
+    assert!(err(&["--file-storage-mb", "0"], &[]).contains("file_storage_mb"));
+    assert!(err(&["--max-voice-secs", "0"], &[]).contains("max_voice_secs"));
+    assert!(err(&["--file-bytes-per-hour", "1000"], &[]).contains("file_bytes_per_hour"));
+    assert!(err(&["--file-dir", "/nonexistent/tandem-files"], &[]).contains("file_dir"));
+}

@@ -187,6 +187,37 @@ fn check_turn(
             "turn_realm must be 1-127 characters without control characters".to_owned(),
         ));
     }
+    for (key, value, min, max) in [
+        ("max_file_size", config.max_file_size, 1024, 1 << 30),
+        ("file_ttl", config.file_ttl, 1, 86_400),
+        (
+            "file_uploads_per_min",
+            config.file_uploads_per_min.into(),
+            1,
+            100_000,
+        ),
+        ("file_storage_mb", config.file_storage_mb, 1, 1 << 30),
+        ("max_voice_secs", config.max_voice_secs, 1, 3600),
+    ] {
+        in_range(value, key, min, max).map_err(|m| fail(key, m))?;
+    }
+    if config.file_bytes_per_hour < config.max_file_size {
+        return Err(fail(
+            "file_bytes_per_hour",
+            format!(
+                "file_bytes_per_hour ({}) must be at least max_file_size ({})",
+                config.file_bytes_per_hour, config.max_file_size
+            ),
+        ));
+    }
+    if let Some(dir) = &config.file_dir {
+        if !dir.is_dir() {
+            return Err(fail(
+                "file_dir",
+                format!("file_dir {} is not an existing directory", dir.display()),
+            ));
+        }
+    }
     in_range(
         config.turn_credential_ttl_secs,
         "turn_credential_ttl_secs",

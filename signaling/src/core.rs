@@ -14,6 +14,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::call::{CallStates, MediaCommand, MediaEvent};
+use crate::files::FileInfo;
 use crate::ids::{CallId, ConnId, MessageId, RoomId, SessionId};
 use crate::wire::*;
 use crate::SignalError;
@@ -117,6 +118,8 @@ pub enum Output {
     /// A call's setup time: from the accept until both sides' media first connected. Once per
     /// call, for a histogram.
     CallSetup(Duration),
+    /// A chat ended: everything kept for it outside the core (its shared files) goes.
+    RoomClosed(RoomId),
 }
 
 /// What `POST /api/guest` and refresh return, before the shell signs a token.
@@ -536,9 +539,15 @@ impl Core {
                 self.end_chat(room, id, EndReason::Reported, now);
                 Ok(Ack::State(GuestState::Online))
             }
-            ClientEvent::ChatMessage { client_id, content } => {
-                self.chat_message(id, client_id, content, now)
-            }
+            ClientEvent::ChatMessage { client_id, content } => self
+                .post_message(
+                    id,
+                    client_id,
+                    MessageType::Text,
+                    Content::Text(content),
+                    now,
+                )
+                .map(|(id, timestamp)| Ack::Sent { id, timestamp }),
             ClientEvent::ChatRead { id: msg } => {
                 let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
                 let room = &self.rooms[&room_id];
@@ -929,6 +938,33 @@ impl Core {
         }
     }
 
+    /// The chat `id` is in and its partner, if any.
+    pub fn chat_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
+        self.room_of(id)
+    }
+
+    /// Posts a shared file (or voice note) from `id` into its chat `room` as a `file` (`voice`)
+    /// message. Refused with `not_in_chat` when `id` is no longer in that very chat (it ended
+    /// while the file was uploading), so the shell can drop the file.
+    pub fn post_file(
+        &mut self,
+        id: SessionId,
+        room: RoomId,
+        client_id: String,
+        file: FileInfo,
+        now: Instant,
+    ) -> Result<(MessageId, u64), SignalError> {
+        if self.room_of(id).map(|(r, _)| r) != Some(room) {
+            return Err(SignalError::NotInChat);
+        }
+        let kind = if file.duration_ms.is_some() {
+            MessageType::Voice
+        } else {
+            MessageType::File
+        };
+        self.post_message(id, client_id, kind, Content::File(Box::new(file)), now)
+    }
+
     fn room_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
         match self.sessions.get(&id)?.state {
             State::InChat { room } => self.rooms.get(&room).map(|r| (room, r.other(id))),
@@ -1127,6 +1163,7 @@ impl Core {
             return;
         };
         let other = room.other(actor);
+        self.outputs.push_back(Output::RoomClosed(room_id));
         if let Some(call) = room.call.take() {
             // A guest removed because its grace ran out has no socket to tell.
             let actor_gone = reason == EndReason::Disconnected
@@ -1170,7 +1207,7 @@ impl Core {
                 id: MessageId::from_raw(self.rng.next_u64()),
                 room_id,
                 kind: MessageType::System,
-                content: text.to_owned(),
+                content: Content::Text(text.to_owned()),
                 timestamp: self.unix_ms(now),
                 from: Sender::System,
             };
@@ -1207,13 +1244,16 @@ impl Core {
         self.stats_changed(now);
     }
 
-    fn chat_message(
+    /// Posts a message into `id`'s chat: `chat:message:sent` to the sender, delivery (or the
+    /// away queue) to the partner, receipts as for any message.
+    fn post_message(
         &mut self,
         id: SessionId,
         client_id: String,
-        content: String,
+        kind: MessageType,
+        content: Content,
         now: Instant,
-    ) -> Result<Ack, SignalError> {
+    ) -> Result<(MessageId, u64), SignalError> {
         let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
         let p = self.sessions.get(&partner).ok_or(SignalError::NotInChat)?;
         let away = p.conns.is_empty();
@@ -1239,7 +1279,7 @@ impl Core {
         let message = ChatMessage {
             id: msg_id,
             room_id,
-            kind: MessageType::Text,
+            kind,
             content,
             timestamp,
             from: Sender::Partner,
@@ -1265,10 +1305,7 @@ impl Core {
             });
         }
         self.counters.messages_relayed += 1;
-        Ok(Ack::Sent {
-            id: msg_id,
-            timestamp,
-        })
+        Ok((msg_id, timestamp))
     }
 
     fn call_request(

@@ -44,6 +44,24 @@ pub enum SignalError {
     InvalidSdp,
     #[error("The ICE candidate is too long or malformed.")]
     InvalidCandidate,
+    #[error("The upload must be a multipart form with one non-empty file.")]
+    InvalidUpload,
+    #[error("The file is too large.")]
+    FileTooLarge,
+    #[error("This type of file cannot be shared, or it is not what its name or type says.")]
+    UnsupportedType,
+    #[error("Voice notes are at most 5 minutes long.")]
+    VoiceTooLong,
+    #[error("The server has no room for more files right now; try again later.")]
+    StorageFull,
+    #[error("The file link is not valid.")]
+    InvalidSignature,
+    #[error("The file has expired.")]
+    Expired,
+    #[error("This file belongs to another chat.")]
+    Forbidden,
+    #[error("The file does not exist or was deleted when its chat ended.")]
+    NotFound,
 }
 
 impl SignalError {
@@ -69,11 +87,20 @@ impl SignalError {
             Self::CallInProgress => "call_in_progress",
             Self::InvalidSdp => "invalid_sdp",
             Self::InvalidCandidate => "invalid_candidate",
+            Self::InvalidUpload => "invalid_upload",
+            Self::FileTooLarge => "file_too_large",
+            Self::UnsupportedType => "unsupported_type",
+            Self::VoiceTooLong => "voice_too_long",
+            Self::StorageFull => "storage_full",
+            Self::InvalidSignature => "invalid_signature",
+            Self::Expired => "expired",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
         }
     }
 
     /// Every variant, for metrics label pre-registration and docs checks.
-    pub const ALL: [SignalError; 19] = [
+    pub const ALL: [SignalError; 28] = [
         Self::Unauthorized,
         Self::RateLimited,
         Self::ServerBusy,
@@ -93,6 +120,15 @@ impl SignalError {
         Self::CallInProgress,
         Self::InvalidSdp,
         Self::InvalidCandidate,
+        Self::InvalidUpload,
+        Self::FileTooLarge,
+        Self::UnsupportedType,
+        Self::VoiceTooLong,
+        Self::StorageFull,
+        Self::InvalidSignature,
+        Self::Expired,
+        Self::Forbidden,
+        Self::NotFound,
     ];
 }
 
@@ -124,6 +160,15 @@ mod tests {
             SignalError::CallInProgress => 16,
             SignalError::InvalidSdp => 17,
             SignalError::InvalidCandidate => 18,
+            SignalError::InvalidUpload => 19,
+            SignalError::FileTooLarge => 20,
+            SignalError::UnsupportedType => 21,
+            SignalError::VoiceTooLong => 22,
+            SignalError::StorageFull => 23,
+            SignalError::InvalidSignature => 24,
+            SignalError::Expired => 25,
+            SignalError::Forbidden => 26,
+            SignalError::NotFound => 27,
         };
         for (i, e) in SignalError::ALL.iter().enumerate() {
             assert_eq!(ordinal(*e), i, "{e:?}");

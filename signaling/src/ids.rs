@@ -58,6 +58,12 @@ hex_id!(
     32
 );
 hex_id!(
+    /// One shared file.
+    FileId,
+    u128,
+    32
+);
+hex_id!(
     /// One chat message.
     MessageId,
     u64,

@@ -9,6 +9,7 @@
 pub mod call;
 mod core;
 mod error;
+pub mod files;
 pub mod ids;
 pub mod wire;
 
@@ -18,5 +19,5 @@ pub use crate::core::{
 };
 pub use call::{CallStates, MediaCommand, MediaEvent};
 pub use error::SignalError;
-pub use ids::{CallId, ConnId, MessageId, RoomId, SessionId};
+pub use ids::{CallId, ConnId, FileId, MessageId, RoomId, SessionId};
 pub use wire::{Ack, CallEndReason, CallState, ClientEvent, ServerEvent};

@@ -495,6 +495,36 @@ pub struct Stats {
     pub connected_users: u64,
 }
 
+/// A chat message's `content`: text, or the file object of a `file` / `voice` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    File(Box<crate::files::FileInfo>),
+}
+
+impl From<&str> for Content {
+    fn from(t: &str) -> Self {
+        Content::Text(t.to_owned())
+    }
+}
+
+impl PartialEq<&str> for Content {
+    fn eq(&self, other: &&str) -> bool {
+        self.text() == Some(*other)
+    }
+}
+
+impl Content {
+    /// The text of a text (or system) message.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Content::Text(t) => Some(t),
+            Content::File(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
@@ -502,7 +532,7 @@ pub struct ChatMessage {
     pub room_id: RoomId,
     #[serde(rename = "type")]
     pub kind: MessageType,
-    pub content: String,
+    pub content: Content,
     pub timestamp: u64,
     pub from: Sender,
 }

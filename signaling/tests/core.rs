@@ -994,6 +994,91 @@ fn leave_and_report_end_for_both() {
 // ---- chat -------------------------------------------------------------------------------------
 
 #[test]
+fn file_messages_go_through_the_chat_and_rooms_report_closing() {
+    use tandem_signaling::files::{Category, FileInfo};
+    let mut h = H::loose();
+    let (a, b, room) = h.pair();
+    h.drain();
+    let file = |voice: bool| FileInfo {
+        file_id: FileId::from_raw(42),
+        name: "a.png".into(),
+        size: 10,
+        mime_type: "image/png",
+        category: Category::Image,
+        url: "/api/files/x".into(),
+        expires_at: "2026-01-01T00:00:00Z".into(),
+        duration_ms: voice.then_some(1500),
+    };
+    assert_eq!(h.core.chat_of(a.id), Some((room, b.id)));
+    // The wrong room (the chat the upload started in has ended) is refused; nothing happens.
+    assert_eq!(
+        h.core
+            .post_file(a.id, RoomId::from_raw(1), "c1".into(), file(false), h.now),
+        Err(SignalError::NotInChat)
+    );
+    assert!(h.drain().is_empty());
+    let (id, ts) = h
+        .core
+        .post_file(a.id, room, "c1".into(), file(false), h.now)
+        .unwrap();
+    let out = h.drain();
+    let d = delivers(&out, b.id);
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].id, d[0].kind, d[0].timestamp),
+        (id, MessageType::File, ts)
+    );
+    let v = serde_json::to_value(d[0]).unwrap();
+    assert_eq!(
+        v["content"]["fileId"],
+        json!(FileId::from_raw(42).to_string())
+    );
+    assert_eq!(v["content"]["category"], json!("image"));
+    assert!(v["content"].get("durationMs").is_none());
+    match one(&out, "chat:message:sent", Target::Guest(a.id)) {
+        ServerEvent::Sent(s) => assert_eq!((s.client_id.as_str(), s.id), ("c1", id)),
+        e => unreachable!("{e:?}"),
+    }
+    // Receipts work as for text.
+    h.core.handle_delivered(room, id, h.now);
+    assert_eq!(
+        names_to(&h.drain(), Target::Guest(a.id)),
+        ["chat:message:delivered"]
+    );
+    assert_eq!(
+        h.ev(b.conn, "chat:message:read", json!({ "id": id.to_string() })),
+        Ok(Ack::Ok)
+    );
+    h.drain();
+    // A voice note.
+    let (vid, _) = h
+        .core
+        .post_file(b.id, room, "v1".into(), file(true), h.now)
+        .unwrap();
+    let out = h.drain();
+    let d = delivers(&out, a.id);
+    assert_eq!((d[0].id, d[0].kind), (vid, MessageType::Voice));
+    assert_eq!(
+        serde_json::to_value(d[0]).unwrap()["content"]["durationMs"],
+        json!(1500)
+    );
+    // The chat ends: the shell hears about it once.
+    h.leave(a).unwrap();
+    let out = h.drain();
+    let closed: Vec<_> = out
+        .iter()
+        .filter(|o| matches!(o, Output::RoomClosed(_)))
+        .collect();
+    assert_eq!(closed, [&Output::RoomClosed(room)]);
+    assert_eq!(h.core.chat_of(a.id), None);
+    assert_eq!(
+        h.core
+            .post_file(a.id, room, "c2".into(), file(false), h.now),
+        Err(SignalError::NotInChat)
+    );
+}
+
+#[test]
 fn message_relay_and_receipts() {
     let mut h = H::loose();
     let (a, b, room) = h.pair();
@@ -1368,7 +1453,7 @@ fn away_queue_and_return_within_grace() {
     assert_eq!(presence(&out, b.id), vec![Presence::Online]);
     let got: Vec<(MessageId, &str)> = delivers(&out, a.id)
         .into_iter()
-        .map(|m| (m.id, m.content.as_str()))
+        .map(|m| (m.id, m.content.text().unwrap_or_default()))
         .collect();
     assert_eq!(
         got,
@@ -1529,7 +1614,7 @@ fn undelivered_messages_are_requeued_in_order() {
     let out = h.drain();
     let got: Vec<&str> = delivers(&out, a.id)
         .iter()
-        .map(|m| m.content.as_str())
+        .map(|m| m.content.text().unwrap_or_default())
         .collect();
     assert_eq!(got, ["m1", "m2", "m3", "m4"]);
     assert!(delivers(&out, a.id).iter().all(|m| m.room_id == room));
@@ -2073,6 +2158,8 @@ struct Model {
     ended_calls: HashSet<RoomId>,
     /// Media sessions opened and not yet closed.
     open: HashMap<CallId, RoomId>,
+    /// Rooms the core reported closed (each exactly once).
+    closed_rooms: std::collections::HashSet<RoomId>,
 }
 
 impl Model {
@@ -2097,6 +2184,7 @@ impl Model {
             calls: BTreeMap::new(),
             ended_calls: HashSet::new(),
             open: HashMap::new(),
+            closed_rooms: Default::default(),
         }
     }
 
@@ -2632,7 +2720,7 @@ impl Model {
                     prop_assert!(
                         !self.guests[i].conns.is_empty() || self.guests[i].away_since.is_none()
                     );
-                    prop_assert_eq!(message.content.as_str(), "hey");
+                    prop_assert_eq!(message.content.text(), Some("hey"));
                     self.guests[i].inbox_ids.push(message.id);
                     self.pending.push((*to, message.clone()));
                 }
@@ -2654,6 +2742,10 @@ impl Model {
                     prop_assert!(self.open.contains_key(call));
                 }
                 Output::CallSetup(_) => {}
+                Output::RoomClosed(room) => {
+                    prop_assert!(self.rooms.contains_key(room), "a room that existed");
+                    prop_assert!(self.closed_rooms.insert(*room), "closed once");
+                }
                 Output::Close { conn, reason } => {
                     if *reason == CloseReason::Flood {
                         for g in &mut self.guests {

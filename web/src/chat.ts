@@ -1,12 +1,19 @@
 // The chat log of the current room with receipt states, and the typing throttle. Pure logic, no
 // DOM: the page renders what this holds.
 
+import type { FileObject, FileType } from './files';
+
 export type Receipt = 'sending' | 'sent' | 'delivered' | 'read' | 'failed';
 export type From = 'me' | 'partner' | 'system';
 
 export interface ChatMsg {
   from: From;
+  /** The text; for a file or voice note its name (for logs and screen readers). */
   text: string;
+  /** Absent for text and system messages. */
+  type?: FileType;
+  /** The file of a `file` / `voice` message. */
+  file?: FileObject;
   /** Server time (ms) once known, else the local time it was written. */
   ts: number;
   /** Server id (partner and system messages always; own messages once accepted). */
@@ -22,10 +29,20 @@ export const MAX_MESSAGES = 300;
 
 const RANK: Record<Receipt, number> = { failed: -1, sending: 0, sent: 1, delivered: 2, read: 3 };
 
+/** A file message's text: its name, or "Voice note". */
+export function fileText(type: FileType, file: FileObject): string {
+  return type === 'voice' ? 'Voice note' : file.name;
+}
+
 export class ChatLog {
   messages: ChatMsg[] = [];
   /** The newest partner message id this page has reported as read. */
   lastReadSent: string | null = null;
+  /**
+   * Receipts for own ids this log does not hold yet: an uploaded file's message is added when the
+   * upload's HTTP answer arrives, and its receipts (socket events) may come first.
+   */
+  private readonly early = new Map<string, 'delivered' | 'read'>();
 
   constructor(messages: ChatMsg[] = [], lastReadSent: string | null = null) {
     this.messages = messages.slice(-MAX_MESSAGES);
@@ -42,10 +59,50 @@ export class ChatLog {
     return this.push({ from: 'me', text, ts: now, clientId, status: 'sending' });
   }
 
+  /**
+   * An own file or voice note the server accepted (the upload's answer): it starts as `sent`,
+   * or later when its receipts came first.
+   */
+  addOwnFile(clientId: string, id: string, ts: number, type: FileType, file: FileObject): ChatMsg | null {
+    if (this.messages.some((m) => m.from === 'me' && m.id === id)) return null;
+    const m = this.push({ from: 'me', text: fileText(type, file), ts, id, clientId, status: 'sent', type, file });
+    const early = this.early.get(id);
+    this.early.delete(id);
+    if (early === 'delivered') this.raise(m, 'delivered');
+    else if (early === 'read') this.read(id);
+    return m;
+  }
+
   /** A partner or system message; a repeat of an id already held is ignored (returns null). */
-  addIncoming(from: 'partner' | 'system', id: string, text: string, ts: number): ChatMsg | null {
+  addIncoming(
+    from: 'partner' | 'system',
+    id: string,
+    text: string,
+    ts: number,
+    attachment?: { type: FileType; file: FileObject },
+  ): ChatMsg | null {
     if (this.messages.some((m) => m.id === id && m.from === from)) return null;
-    return this.push({ from, id, text, ts });
+    const m: ChatMsg = { from, id, text, ts };
+    if (attachment) {
+      m.type = attachment.type;
+      m.file = attachment.file;
+      m.text = fileText(attachment.type, attachment.file);
+    }
+    return this.push(m);
+  }
+
+  /** The file ids of the messages held. */
+  fileIds(): Set<string> {
+    const out = new Set<string>();
+    for (const m of this.messages) if (m.file) out.add(m.file.fileId);
+    return out;
+  }
+
+  private remember(id: string, r: 'delivered' | 'read'): void {
+    if (this.early.get(id) === 'read') return;
+    this.early.set(id, r);
+    // Only a handful of uploads can be in flight: keep the newest few.
+    while (this.early.size > 32) this.early.delete(this.early.keys().next().value as string);
   }
 
   /** A local note (not from the server). */
@@ -83,13 +140,17 @@ export class ChatLog {
 
   delivered(id: string): boolean {
     const m = this.own((x) => x.id === id);
+    if (!m) this.remember(id, 'delivered');
     return m ? this.raise(m, 'delivered') : false;
   }
 
   /** The partner read up to and including `id`: every own message up to it is read. */
   read(id: string): boolean {
     const end = this.messages.findIndex((m) => m.from === 'me' && m.id === id);
-    if (end < 0) return false;
+    if (end < 0) {
+      this.remember(id, 'read');
+      return false;
+    }
     let changed = false;
     for (let i = 0; i <= end; i++) {
       const m = this.messages[i];

@@ -23,9 +23,15 @@ const MESSAGES: Record<string, string> = {
   call_in_progress: 'A call is already in progress.',
   invalid_sdp: 'The call could not be set up with this browser.',
   invalid_candidate: 'The call could not be set up with this browser.',
-  file_too_large: 'That file is too large.',
-  unsupported_type: 'That type of file cannot be shared.',
+  invalid_upload: 'That file could not be sent (the upload was not understood). Try again.',
+  empty_file: 'That file is empty.',
+  file_too_large: 'That file is too large: files are at most 10 MB.',
+  unsupported_type:
+    'That type of file cannot be shared. Images (PNG, JPEG, GIF, WebP), PDF, text, audio and MP4/WebM video can.',
+  voice_too_long: 'Voice notes are at most 5 minutes long.',
   storage_full: 'The server has no room for more files right now. Try again later.',
+  upload_failed: 'The file could not be sent. Try again.',
+  no_recorder: 'This browser cannot record voice notes.',
   not_found: 'Not found.',
   network: 'Cannot reach the tandem server. Check your connection.',
   timeout: 'The server did not answer in time. Try again.',
@@ -35,21 +41,40 @@ export function describeError(code: string, fallback?: string): string {
   return MESSAGES[code] ?? fallback ?? 'Something went wrong. Please try again.';
 }
 
+/** A refused upload in words for a person (`retryAfter`: seconds from a 429's `Retry-After`). */
+export function describeUploadError(code: string, retryAfter: number | null = null): string {
+  if (code === 'rate_limited') {
+    return retryAfter !== null && retryAfter > 0
+      ? `You are sending files too quickly. Try again in ${retryAfter} s.`
+      : 'You are sending files too quickly. Try again in a minute.';
+  }
+  if (code === 'unauthorized') return 'Your session had to be renewed. Please send the file again.';
+  return describeError(code);
+}
+
 /** Camera / microphone errors from getUserMedia, in words for a person. */
-export function describeMediaError(err: unknown): string {
+export function describeMediaError(err: unknown, purpose: 'call' | 'voice' = 'call'): string {
   const name = typeof err === 'object' && err !== null && 'name' in err ? String(err.name) : '';
   switch (name) {
     case 'NotAllowedError':
     case 'SecurityError':
-      return 'Camera or microphone access was denied. Allow it in the browser to make calls.';
+      return purpose === 'voice'
+        ? 'Microphone access was denied. Allow it in the browser to record voice notes.'
+        : 'Camera or microphone access was denied. Allow it in the browser to make calls.';
     case 'NotFoundError':
     case 'OverconstrainedError':
-      return 'No camera or microphone was found on this device.';
+      return purpose === 'voice' ? 'No microphone was found on this device.' : 'No camera or microphone was found on this device.';
     case 'NotReadableError':
-      return 'The camera or microphone is in use by another application.';
+      return purpose === 'voice'
+        ? 'The microphone is in use by another application.'
+        : 'The camera or microphone is in use by another application.';
     default:
       return typeof navigator !== 'undefined' && !navigator.mediaDevices
-        ? 'Calls need a secure (https) page.'
-        : 'The camera or microphone could not be started.';
+        ? purpose === 'voice'
+          ? 'Voice notes need a secure (https) page.'
+          : 'Calls need a secure (https) page.'
+        : purpose === 'voice'
+          ? 'The microphone could not be started.'
+          : 'The camera or microphone could not be started.';
   }
 }

@@ -1,8 +1,9 @@
 // tandem's page: guest token, Socket.IO connection (the official client), matching, chat with
-// receipts and typing, live statistics, calls through tandem's media server, and staying alive
-// across reconnects and reloads. The wire contract is docs/protocol.md.
+// receipts and typing, files and voice notes, live statistics, calls through tandem's media
+// server, and staying alive across reconnects and reloads. The wire contract is docs/protocol.md.
 
 import { io, type Socket } from 'socket.io-client';
+import { Attachments } from './attachments';
 import { Backoff } from './backoff';
 import { parseCandidate } from './candidates';
 import {
@@ -16,9 +17,11 @@ import {
   type CallView,
 } from './call';
 import { ChatLog, TypingSender, checkNickname, parseInterests, type ChatMsg } from './chat';
-import { describeError, describeMediaError } from './errors';
+import { describeError, describeMediaError, describeUploadError } from './errors';
+import { MAX_VOICE_MS, checkBeforeUpload, fileType, formatDuration, parseFileObject, voiceFileName } from './files';
 import { CallMedia } from './media';
 import { load, readRoom, save, type Guest, type Saved } from './storage';
+import { VoiceRecorder, upload } from './upload';
 
 type View = 'lobby' | 'searching' | 'chat';
 type Conn = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'offline';
@@ -32,6 +35,16 @@ interface Ack {
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_SHOWN_MS = 6_000;
 const CALL_NOTICE_MS = 5_000;
+
+/** A file waiting to be sent (files go out one at a time, in order). */
+interface PendingUpload {
+  blob: Blob;
+  name: string;
+  kind: 'file' | 'voice';
+  durationMs?: number;
+  /** The room it was meant for: dropped when the chat has changed. */
+  roomId: string;
+}
 
 function $<T extends HTMLElement = HTMLElement>(id: string): T {
   const el = document.getElementById(id);
@@ -109,6 +122,19 @@ class App {
   private observer: IntersectionObserver | null = null;
   private statsTimer: number | undefined;
   private busy = false;
+  private readonly attachments = new Attachments({
+    token: () => this.saved.guest?.token ?? null,
+    resized: () => this.keepScrolled(),
+    error: (text) => this.error(text),
+  });
+  /** Whether the message list is scrolled to its end (it then follows new content). */
+  private stick = true;
+  private readonly uploadQueue: PendingUpload[] = [];
+  private uploading: { abort(): void } | null = null;
+  private recorder: VoiceRecorder | null = null;
+  private recordTimer: number | undefined;
+  /** dragenter/dragleave depth over the chat (children fire their own pairs). */
+  private dragDepth = 0;
 
   start(): void {
     this.bindUi();
@@ -489,6 +515,8 @@ class App {
   private enterRoom(room: { roomId: string; partner: { username: string } }, fresh: boolean): void {
     if (fresh) {
       this.chat = new ChatLog();
+      this.cancelUploads();
+      void this.stopRecording(false);
       this.visible.clear();
       this.endCallLocally('lost');
       this.notice('');
@@ -517,6 +545,8 @@ class App {
   /** Forgets the room (the server has already ended it or will). */
   private endRoomLocally(): void {
     this.endCallLocally('partner_left');
+    this.cancelUploads();
+    void this.stopRecording(false);
     this.saved.room = null;
     this.chat = new ChatLog();
     this.visible.clear();
@@ -552,6 +582,18 @@ class App {
     const id = typeof p.id === 'string' ? p.id : '';
     const content = typeof p.content === 'string' ? p.content : '';
     const ts = typeof p.timestamp === 'number' ? p.timestamp : Date.now();
+    const type = p.from === 'partner' ? fileType(p.type) : null;
+    if (type) {
+      // A file or voice note: `content` is the file object.
+      if (!this.saved.room || (typeof p.roomId === 'string' && p.roomId !== this.saved.room.roomId)) return;
+      this.showTyping(false);
+      const file = parseFileObject(p.content);
+      const added = file
+        ? this.chat.addIncoming('partner', id, '', ts, { type, file })
+        : this.chat.addIncoming('partner', id, 'The stranger sent a file this page cannot show.', ts);
+      if (added) this.changed();
+      return;
+    }
     if (p.from === 'system') {
       if (this.saved.room && (p.roomId === undefined || p.roomId === this.saved.room.roomId)) {
         if (this.chat.addIncoming('system', id, content, ts)) this.changed();
@@ -585,6 +627,240 @@ class App {
     } else if (this.chat.failed(clientId)) {
       this.changed();
     }
+  }
+
+  // ---------------------------------------------------------------- files and voice notes
+
+  /** Files chosen, dropped or pasted: each is checked, then queued. */
+  private sendFiles(files: Iterable<File>): void {
+    for (const f of files) {
+      const refused = checkBeforeUpload(f.size);
+      if (refused) {
+        this.error(`${f.name}: ${describeUploadError(refused)}`);
+        continue;
+      }
+      this.queueUpload({ blob: f, name: f.name, kind: 'file' });
+    }
+  }
+
+  private queueUpload(u: Omit<PendingUpload, 'roomId'>): void {
+    const room = this.saved.room;
+    if (!room) return;
+    this.error('');
+    this.uploadQueue.push({ ...u, roomId: room.roomId });
+    void this.pumpUploads();
+  }
+
+  private async pumpUploads(): Promise<void> {
+    if (this.uploading) return;
+    const next = this.uploadQueue.shift();
+    if (!next) return;
+    const token = this.saved.guest?.token;
+    if (!token || this.saved.room?.roomId !== next.roomId) {
+      void this.pumpUploads();
+      return;
+    }
+    const clientId = randomId();
+    const label = next.kind === 'voice' ? 'voice note' : next.name;
+    const up = upload({
+      token,
+      blob: next.blob,
+      name: next.name,
+      kind: next.kind,
+      durationMs: next.durationMs,
+      clientId,
+      onProgress: (f) => this.renderUpload(label, f),
+    });
+    this.uploading = up;
+    this.renderUpload(label, 0);
+    const res = await up.result;
+    if (this.uploading !== up) return; // cancelled together with the room
+    this.uploading = null;
+    this.renderUpload(null, 0);
+    if (res.ok) {
+      if (this.saved.room?.roomId === next.roomId) {
+        const type = next.kind === 'voice' ? 'voice' : 'file';
+        this.attachments.adopt(type, res.file, next.blob);
+        if (this.chat.addOwnFile(clientId, res.messageId, res.timestamp, type, res.file)) this.changed();
+      }
+    } else if (res.aborted) {
+      this.notice(`Sending ${label} was cancelled.`);
+    } else {
+      this.error(`${next.kind === 'voice' ? 'Voice note' : next.name}: ${describeUploadError(res.code, res.retryAfter)}`);
+      if (res.code === 'unauthorized') void this.refreshToken();
+    }
+    void this.pumpUploads();
+  }
+
+  /** Stops the upload under way and forgets the queued ones. */
+  private cancelUploads(): void {
+    this.uploadQueue.length = 0;
+    const up = this.uploading;
+    this.uploading = null;
+    up?.abort();
+    this.renderUpload(null, 0);
+  }
+
+  /** `label` null: nothing is being sent. */
+  private renderUpload(label: string | null, fraction: number): void {
+    const box = $('upload');
+    const bar = $<HTMLProgressElement>('upload-progress');
+    box.hidden = label === null;
+    bar.hidden = label === null;
+    if (label === null) return;
+    bar.value = Math.min(1, Math.max(0, fraction));
+    $('upload-label').textContent = `Sending ${label}… ${Math.round(bar.value * 100)}%`;
+  }
+
+  private async toggleRecording(): Promise<void> {
+    if (this.recorder) {
+      await this.stopRecording(true);
+      return;
+    }
+    if (!this.saved.room) return;
+    if (!VoiceRecorder.supported()) {
+      this.error(describeUploadError('no_recorder'));
+      return;
+    }
+    this.error('');
+    const rec = new VoiceRecorder();
+    this.recorder = rec;
+    this.renderRecording();
+    try {
+      await rec.start();
+    } catch (err) {
+      if (this.recorder === rec) {
+        this.recorder = null;
+        this.renderRecording();
+        this.error(describeMediaError(err, 'voice'));
+      }
+      return;
+    }
+    if (this.recorder !== rec) return; // discarded while the microphone was being asked for
+    window.clearInterval(this.recordTimer);
+    this.recordTimer = window.setInterval(() => {
+      if (rec.elapsed() >= MAX_VOICE_MS) {
+        this.notice('Voice notes are at most 5 minutes long: this one was sent.');
+        void this.stopRecording(true);
+      } else {
+        this.renderRecording();
+      }
+    }, 250);
+    this.renderRecording();
+  }
+
+  /** Stops recording: sends the voice note (`send`) or throws it away. */
+  private async stopRecording(send: boolean): Promise<void> {
+    const rec = this.recorder;
+    if (!rec) return;
+    this.recorder = null;
+    window.clearInterval(this.recordTimer);
+    this.renderRecording();
+    if (!send) {
+      rec.cancel();
+      return;
+    }
+    const out = await rec.stop();
+    if (!out) {
+      this.error('Nothing was recorded.');
+      return;
+    }
+    this.queueUpload({ blob: out.blob, name: voiceFileName(out.mime), kind: 'voice', durationMs: out.durationMs });
+  }
+
+  private renderRecording(): void {
+    const rec = this.recorder;
+    const button = $('record');
+    button.setAttribute('aria-pressed', String(rec !== null));
+    button.setAttribute('aria-label', rec ? 'Stop recording and send' : 'Record a voice note');
+    button.title = rec ? 'Stop recording and send the voice note' : 'Record a voice note (up to 5 minutes)';
+    $('composer').classList.toggle('recording', rec !== null);
+    $('record-time').hidden = rec === null;
+    $('record-cancel').hidden = rec === null;
+    if (rec) $('record-time').textContent = formatDuration(rec.elapsed(), 'floor');
+    this.render();
+  }
+
+  private canSendFiles(): boolean {
+    return this.view === 'chat' && this.saved.room !== null && this.conn === 'connected';
+  }
+
+  private bindFiles(): void {
+    const input = $<HTMLInputElement>('file-input');
+    $('attach').addEventListener('click', () => input.click());
+    input.addEventListener('change', () => {
+      const files = [...(input.files ?? [])];
+      input.value = '';
+      if (this.canSendFiles()) this.sendFiles(files);
+    });
+    $('upload-cancel').addEventListener('click', () => {
+      const up = this.uploading;
+      this.uploading = null;
+      up?.abort();
+      this.renderUpload(null, 0);
+      this.notice('Sending was cancelled.');
+      void this.pumpUploads();
+    });
+    $('record').addEventListener('click', () => void this.toggleRecording());
+    $('record-cancel').addEventListener('click', () => {
+      void this.stopRecording(false);
+      this.notice('The voice note was discarded.');
+      $('record').focus();
+    });
+    $('message-input').addEventListener('paste', (e) => {
+      const files = [...(e.clipboardData?.files ?? [])];
+      if (files.length === 0 || !this.canSendFiles()) return;
+      e.preventDefault();
+      this.sendFiles(files);
+    });
+    // Drag and drop onto the chat.
+    const chat = $('chat');
+    const hasFiles = (e: DragEvent): boolean => [...(e.dataTransfer?.types ?? [])].includes('Files');
+    const highlight = (on: boolean): void => {
+      chat.classList.toggle('dropping', on);
+      $('drop-hint').hidden = !on;
+    };
+    chat.addEventListener('dragenter', (e) => {
+      if (!hasFiles(e) || !this.canSendFiles()) return;
+      e.preventDefault();
+      this.dragDepth += 1;
+      highlight(true);
+    });
+    chat.addEventListener('dragover', (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      if (e.dataTransfer) e.dataTransfer.dropEffect = this.canSendFiles() ? 'copy' : 'none';
+    });
+    chat.addEventListener('dragleave', (e) => {
+      if (!hasFiles(e)) return;
+      this.dragDepth = Math.max(0, this.dragDepth - 1);
+      if (this.dragDepth === 0) highlight(false);
+    });
+    chat.addEventListener('drop', (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      this.dragDepth = 0;
+      highlight(false);
+      if (this.canSendFiles()) this.sendFiles([...(e.dataTransfer?.files ?? [])]);
+    });
+    // A file dropped anywhere else must not make the browser leave the chat to open it.
+    window.addEventListener('dragover', (e) => e.preventDefault());
+    window.addEventListener('drop', (e) => {
+      e.preventDefault();
+      this.dragDepth = 0;
+      highlight(false);
+    });
+    $('messages').addEventListener('scroll', () => {
+      const list = $('messages');
+      this.stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    });
+  }
+
+  /** Content grew (an image loaded): stay at the end if the person was there. */
+  private keepScrolled(): void {
+    if (!this.stick) return;
+    const list = document.getElementById('messages');
+    if (list) list.scrollTop = list.scrollHeight;
   }
 
   private onTyping(): void {
@@ -834,6 +1110,8 @@ class App {
     $<HTMLButtonElement>('start').disabled = this.busy;
     for (const id of ['send', 'next', 'leave', 'report']) $<HTMLButtonElement>(id).disabled = !inChat || !online;
     $<HTMLTextAreaElement>('message-input').disabled = !inChat;
+    $<HTMLButtonElement>('attach').disabled = !inChat || !online;
+    $<HTMLButtonElement>('record').disabled = (!inChat || !online) && this.recorder === null;
     this.renderCall();
   }
 
@@ -865,6 +1143,8 @@ class App {
     const items = this.chat.messages.map((m) => this.renderMessage(m));
     this.observer?.disconnect();
     list.replaceChildren(...items);
+    // The files of messages that are gone (chat ended, trimmed) free their blob: URLs.
+    this.attachments.retain(this.chat.fileIds());
     for (const li of items) if (li.dataset.from === 'partner' && li.dataset.id) this.observer?.observe(li);
     if (atBottom || items.length < 2) list.scrollTop = list.scrollHeight;
     const last = this.chat.messages[this.chat.messages.length - 1];
@@ -877,10 +1157,16 @@ class App {
     li.dataset.from = m.from;
     if (m.id) li.dataset.id = m.id;
     if (m.clientId) li.dataset.clientId = m.clientId;
-    const text = document.createElement('span');
-    text.className = 'msg-text';
-    text.textContent = m.text;
-    li.append(text);
+    if (m.type && m.file) {
+      li.dataset.type = m.type;
+      li.classList.add('msg-file');
+      li.append(this.attachments.element(m.type, m.file));
+    } else {
+      const text = document.createElement('span');
+      text.className = 'msg-text';
+      text.textContent = m.text;
+      li.append(text);
+    }
     if (m.from !== 'system') {
       const meta = document.createElement('span');
       meta.className = 'msg-meta';
@@ -960,6 +1246,7 @@ class App {
     $('call-mute').addEventListener('click', () => this.toggleMute());
     $('call-camera').addEventListener('click', () => this.toggleCamera());
     $('retry').addEventListener('click', () => this.retryNow());
+    this.bindFiles();
   }
 }
 

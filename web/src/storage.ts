@@ -2,6 +2,7 @@
 // and the call this tab was in. Anything unreadable is treated as nothing stored.
 
 import { MAX_MESSAGES, type ChatMsg } from './chat';
+import { fileType, parseFileObject } from './files';
 
 export interface Guest {
   token: string;
@@ -57,6 +58,14 @@ function readMessage(v: unknown): ChatMsg | null {
   const m = v as Record<string, unknown>;
   if (!str(m.from) || !FROM.has(m.from) || !str(m.text) || typeof m.ts !== 'number') return null;
   const out: ChatMsg = { from: m.from as ChatMsg['from'], text: m.text, ts: m.ts };
+  const type = fileType(m.type);
+  if (type) {
+    // A file message keeps its file object (never a blob: URL; the page fetches it again).
+    const file = parseFileObject(m.file);
+    if (!file || m.from === 'system') return null;
+    out.type = type;
+    out.file = file;
+  }
   if (str(m.id)) out.id = m.id;
   if (str(m.clientId)) out.clientId = m.clientId;
   if (str(m.status) && STATUS.has(m.status)) {

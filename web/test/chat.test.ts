@@ -105,3 +105,72 @@ test('nickname: optional; the server rule otherwise', () => {
   assert.equal(checkNickname('<script>').ok, false);
   assert.equal(checkNickname('tab\there').ok, false);
 });
+
+const photo = {
+  fileId: 'f1',
+  name: 'cat.png',
+  size: 2048,
+  mimeType: 'image/png',
+  category: 'image' as const,
+  url: '/api/files/f1?room=r&exp=1&sig=ab',
+  expiresAt: '2026-11-28T07:12:00Z',
+};
+
+test('a partner file message keeps its file; its text is the name (a voice note says so)', () => {
+  const log = new ChatLog();
+  const m = log.addIncoming('partner', 'p1', '', 5, { type: 'file', file: photo });
+  assert.ok(m);
+  assert.equal(m.type, 'file');
+  assert.deepEqual(m.file, photo);
+  assert.equal(m.text, 'cat.png');
+  const v = log.addIncoming('partner', 'p2', '', 6, { type: 'voice', file: { ...photo, fileId: 'f2', durationMs: 1200 } });
+  assert.equal(v?.text, 'Voice note');
+  assert.equal(log.addIncoming('partner', 'p1', '', 5, { type: 'file', file: photo }), null, 'a repeat is ignored');
+  assert.deepEqual([...log.fileIds()], ['f1', 'f2']);
+  log.addIncoming('partner', 'p3', 'plain text', 7);
+  assert.equal(log.messages[2].type, undefined);
+  assert.equal(log.messages[2].file, undefined);
+});
+
+test('an own file is added from the upload answer as sent, then follows its receipts', () => {
+  const log = new ChatLog();
+  const m = log.addOwnFile('c1', 'm1', 10, 'file', photo);
+  assert.ok(m);
+  assert.equal(m.status, 'sent');
+  assert.equal(m.id, 'm1');
+  assert.equal(m.clientId, 'c1');
+  assert.equal(log.sent('c1', 'm1', 10), false, 'chat:message:sent after the answer changes nothing');
+  assert.equal(log.delivered('m1'), true);
+  assert.equal(log.read('m1'), true);
+  assert.equal(m.status, 'read');
+  assert.equal(log.addOwnFile('c1', 'm1', 10, 'file', photo), null, 'added once');
+});
+
+test('receipts of an upload that arrive before its HTTP answer are kept for it', () => {
+  const log = new ChatLog();
+  log.addOwn('t1', 'text before', 1);
+  log.sent('t1', 'm0', 1);
+  assert.equal(log.delivered('m1'), false);
+  const a = log.addOwnFile('c1', 'm1', 10, 'file', photo);
+  assert.equal(a?.status, 'delivered');
+
+  assert.equal(log.read('m2'), false);
+  const b = log.addOwnFile('c2', 'm2', 11, 'voice', { ...photo, fileId: 'f2' });
+  assert.equal(b?.status, 'read');
+  assert.deepEqual(
+    log.messages.map((x) => x.status),
+    ['read', 'read', 'read'],
+    'read up to the upload reads everything before it',
+  );
+  assert.equal(log.addOwnFile('c3', 'm3', 12, 'file', { ...photo, fileId: 'f3' })?.status, 'sent', 'no early receipt: sent');
+});
+
+test('early receipts: read is not lowered by a later delivered; only a few are kept', () => {
+  const log = new ChatLog();
+  log.read('m1');
+  log.delivered('m1');
+  assert.equal(log.addOwnFile('c1', 'm1', 1, 'file', photo)?.status, 'read');
+  for (let i = 0; i < 100; i++) log.delivered(`gone${i}`);
+  assert.equal(log.addOwnFile('c2', 'gone0', 2, 'file', { ...photo, fileId: 'f2' })?.status, 'sent', 'the oldest were dropped');
+  assert.equal(log.addOwnFile('c3', 'gone99', 3, 'file', { ...photo, fileId: 'f3' })?.status, 'delivered');
+});

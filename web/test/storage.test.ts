@@ -12,6 +12,17 @@ class MemStore {
   }
 }
 
+const photo = {
+  fileId: 'f1',
+  name: 'cat.png',
+  size: 2048,
+  mimeType: 'image/png',
+  category: 'image' as const,
+  url: '/api/files/f1?room=r1&exp=1795849920&sig=ab',
+  expiresAt: '2026-11-28T07:12:00Z',
+};
+const voice = { ...photo, fileId: 'f2', name: 'voice-note.webm', mimeType: 'audio/webm', category: 'audio' as const, url: '/api/files/f2', durationMs: 4200 };
+
 const sample = (): Saved => ({
   guest: { token: 't', sessionId: 's', username: 'Ada', expiresAt: '2026-11-28T10:00:00Z' },
   room: { roomId: 'r1', partner: { username: 'Bob' } },
@@ -19,6 +30,8 @@ const sample = (): Saved => ({
     { from: 'me', text: 'hi', ts: 1, clientId: 'c1', id: 'm1', status: 'read' },
     { from: 'partner', text: 'yo', ts: 2, id: 'p1' },
     { from: 'system', text: 'You are chatting', ts: 0, id: 's1' },
+    { from: 'partner', text: 'cat.png', ts: 3, id: 'p2', type: 'file', file: photo },
+    { from: 'me', text: 'Voice note', ts: 4, id: 'm2', clientId: 'c2', status: 'delivered', type: 'voice', file: voice },
   ],
   lastReadSent: 'p1',
   interests: 'music',
@@ -71,4 +84,27 @@ test('a storage that throws (full, disabled) does not break the page', () => {
   const store = new MemStore();
   save(store, sample());
   assert.ok(store.getItem(KEY));
+});
+
+test('file messages keep their file object; a broken one is dropped', () => {
+  const raw = JSON.stringify({
+    messages: [
+      { from: 'partner', text: 'cat.png', ts: 1, id: 'p1', type: 'file', file: photo },
+      { from: 'partner', text: 'x', ts: 2, id: 'p2', type: 'file', file: { ...photo, url: 'https://evil.example/' } },
+      { from: 'partner', text: 'x', ts: 3, id: 'p3', type: 'voice' },
+      { from: 'system', text: 'x', ts: 4, id: 's1', type: 'file', file: photo },
+      { from: 'partner', text: 'hi', ts: 5, id: 'p4', type: 'text' },
+      { from: 'me', text: 'v', ts: 6, clientId: 'c', id: 'm', status: 'read', type: 'voice', file: voice, blobUrl: 'blob:x' },
+    ],
+  });
+  const s = parseSaved(raw);
+  assert.deepEqual(
+    s.messages.map((m) => m.id),
+    ['p1', 'p4', 'm'],
+  );
+  assert.deepEqual(s.messages[0].file, photo);
+  assert.equal(s.messages[1].type, undefined, 'a text message stays text');
+  assert.equal(s.messages[2].type, 'voice');
+  assert.equal(s.messages[2].file?.durationMs, 4200);
+  assert.equal('blobUrl' in s.messages[2], false, 'nothing but the file object is kept');
 });

@@ -215,7 +215,11 @@ export async function describe(g) {
       const text = (sel) => (q(sel)?.textContent ?? '∅').trim().slice(0, 120);
       const msgs = [...document.querySelectorAll('#messages li.msg')].slice(-6).map((li) => {
         const r = li.querySelector('.receipt');
-        return `${li.dataset.from}:${(li.querySelector('.msg-text')?.textContent ?? '').slice(0, 30)}${r ? `[${r.dataset.status}]` : ''}`;
+        // File messages (data-type file/voice) show as <type:name/state>.
+        const body = li.dataset.type
+          ? `<${li.dataset.type}:${li.querySelector('.file-name')?.textContent ?? ''}/${li.querySelector('.file')?.dataset.state ?? '?'}>`
+          : (li.querySelector('.msg-text')?.textContent ?? '').slice(0, 30);
+        return `${li.dataset.from}:${body}${r ? `[${r.dataset.status}]` : ''}`;
       });
       return {
         view: attr('#app', 'data-view'),
@@ -226,6 +230,7 @@ export async function describe(g) {
         notice: text('#notice'),
         error: text('#error'),
         messages: msgs,
+        uploading: !!document.querySelector('#upload-progress:not([hidden])'),
         pcs: (window.__pcs || []).map((pc) => `${pc.connectionState}/${pc.iceConnectionState}/${pc.signalingState}`),
       };
     });
