@@ -78,6 +78,8 @@ struct Index {
     files: HashMap<FileId, Stored>,
     by_room: HashMap<RoomId, Vec<FileId>>,
     by_expiry: BTreeSet<(Instant, FileId)>,
+    /// Bytes of the files in `files`.
+    bytes: u64,
 }
 
 /// The file store and its limits. One per process, shared by the HTTP handlers and the hub.
@@ -204,8 +206,7 @@ impl Files {
 
     fn set_gauges(&self, index: &Index) {
         self.metrics.stored_files.set(index.files.len() as i64);
-        let bytes: u64 = index.files.values().map(|f| f.size).sum();
-        self.metrics.stored_bytes.set(bytes as i64);
+        self.metrics.stored_bytes.set(index.bytes as i64);
     }
 
     /// Takes files out of the index and gives their bytes back to the budget; files on disk
@@ -217,6 +218,7 @@ impl Files {
                 continue;
             };
             n += 1;
+            index.bytes -= f.size;
             index.by_expiry.remove(&(f.expires, id));
             if let Some(list) = index.by_room.get_mut(&f.room) {
                 list.retain(|x| *x != id);
@@ -431,6 +433,7 @@ impl Files {
         );
         index.by_room.entry(room).or_default().push(id);
         index.by_expiry.insert((expires, id));
+        index.bytes += size;
         self.set_gauges(&index);
         Ok(exp_unix)
     }
