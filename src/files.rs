@@ -57,9 +57,66 @@ pub struct FileSettings {
     pub key: Vec<u8>,
 }
 
+/// Where file bytes live: the storage interface. The index (rooms, guests, expiry, budget) is
+/// the same for every backend; a backend only puts, reads and removes bytes.
+enum Storage {
+    /// In this process's memory (the default).
+    Memory,
+    /// As files named `tandem-file-<id>` in a directory (`--file-dir`).
+    Disk(PathBuf),
+}
+
+/// A handle to one file's bytes in a [`Storage`].
+#[derive(Clone)]
 enum Data {
     Memory(Bytes),
     Disk(PathBuf),
+}
+
+impl Storage {
+    fn open(dir: Option<PathBuf>) -> anyhow::Result<Storage> {
+        Ok(match dir {
+            None => Storage::Memory,
+            Some(dir) => {
+                clear_leftovers(&dir)?;
+                Storage::Disk(dir)
+            }
+        })
+    }
+
+    async fn put(&self, id: FileId, bytes: Bytes) -> std::io::Result<Data> {
+        match self {
+            Storage::Memory => Ok(Data::Memory(bytes)),
+            Storage::Disk(dir) => {
+                let path = dir.join(format!("{DISK_PREFIX}{id}"));
+                if let Err(e) = tokio::fs::write(&path, &bytes).await {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Err(e);
+                }
+                Ok(Data::Disk(path))
+            }
+        }
+    }
+}
+
+impl Data {
+    async fn read(self) -> std::io::Result<Bytes> {
+        match self {
+            Data::Memory(b) => Ok(b),
+            Data::Disk(path) => tokio::fs::read(&path).await.map(Bytes::from),
+        }
+    }
+
+    /// Frees the bytes; a file on disk is removed in the background.
+    fn remove(self) {
+        if let Data::Disk(path) = self {
+            tokio::spawn(async move {
+                if let Err(e) = tokio::fs::remove_file(&path).await {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a shared file failed");
+                }
+            });
+        }
+    }
 }
 
 struct Stored {
@@ -90,7 +147,7 @@ pub struct Files {
     budget: u64,
     /// Bytes stored plus bytes reserved by uploads in flight.
     used: AtomicU64,
-    dir: Option<PathBuf>,
+    storage: Storage,
     signer: UrlSigner,
     index: Mutex<Index>,
     attempts: DefaultKeyedRateLimiter<SessionId>,
@@ -176,9 +233,6 @@ struct Form {
 
 impl Files {
     pub fn new(s: FileSettings, metrics: FileMetrics) -> anyhow::Result<Self> {
-        if let Some(dir) = &s.dir {
-            clear_leftovers(dir)?;
-        }
         let volume_kib = s.bytes_per_hour.div_ceil(1024);
         Ok(Files {
             max_size: s.max_size,
@@ -186,7 +240,7 @@ impl Files {
             max_voice_ms: s.max_voice_ms,
             budget: s.storage_budget,
             used: AtomicU64::new(0),
-            dir: s.dir,
+            storage: Storage::open(s.dir)?,
             signer: UrlSigner::new(&s.key),
             index: Mutex::new(Index::default()),
             attempts: RateLimiter::keyed(Quota::per_minute(nonzero(s.uploads_per_min.into()))),
@@ -227,13 +281,7 @@ impl Files {
                 }
             }
             self.used.fetch_sub(f.size, Ordering::AcqRel);
-            if let Data::Disk(path) = f.data {
-                tokio::spawn(async move {
-                    if let Err(e) = tokio::fs::remove_file(&path).await {
-                        tracing::warn!(path = %path.display(), error = %e, "removing a shared file failed");
-                    }
-                });
-            }
+            f.data.remove();
         }
         self.set_gauges(index);
         n
@@ -402,18 +450,10 @@ impl Files {
             bytes,
         } = new;
         let size = bytes.len() as u64;
-        let data = match &self.dir {
-            None => Data::Memory(bytes),
-            Some(dir) => {
-                let path = dir.join(format!("{DISK_PREFIX}{id}"));
-                if let Err(e) = tokio::fs::write(&path, &bytes).await {
-                    tracing::error!(path = %path.display(), error = %e, "writing a shared file failed");
-                    let _ = tokio::fs::remove_file(&path).await;
-                    return Err(SignalError::StorageFull.into());
-                }
-                Data::Disk(path)
-            }
-        };
+        let data = self.storage.put(id, bytes).await.map_err(|e| {
+            tracing::error!(file = %id, error = %e, "storing a shared file failed");
+            ApiError::from(SignalError::StorageFull)
+        })?;
         let now = Instant::now();
         let expires = now + self.ttl;
         let exp_unix = unix_secs() + self.ttl.as_secs();
@@ -477,6 +517,17 @@ fn upload_outcome(e: SignalError) -> &'static str {
         SignalError::PartnerAwayQueueFull => "partner_away_queue_full",
         _ => "error",
     }
+}
+
+/// `GET /api/limits`: what a client should know before it uploads.
+pub async fn limits(State(app): State<Arc<App>>) -> Response {
+    let f = &app.files;
+    Json(serde_json::json!({
+        "maxFileSize": f.max_size,
+        "maxVoiceMs": f.max_voice_ms,
+        "fileTtl": f.ttl.as_secs(),
+    }))
+    .into_response()
 }
 
 /// `POST /api/files`.
@@ -698,16 +749,11 @@ async fn download_inner(
         if !f.guests.contains(&session) {
             return Err(SignalError::Forbidden);
         }
-        let data = match &f.data {
-            Data::Memory(b) => Data::Memory(b.clone()),
-            Data::Disk(p) => Data::Disk(p.clone()),
-        };
-        (data, f.name.clone(), f.mime, f.category, f.size)
+        (f.data.clone(), f.name.clone(), f.mime, f.category, f.size)
     };
     let body = match (head, data) {
         (true, _) => Body::empty(),
-        (false, Data::Memory(b)) => Body::from(b),
-        (false, Data::Disk(path)) => match tokio::fs::read(&path).await {
+        (false, data) => match data.read().await {
             Ok(b) => Body::from(b),
             // Deleted between the lookup and the read: the chat just ended.
             Err(_) => return Err(SignalError::NotFound),

@@ -136,6 +136,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/guest/refresh", post(refresh))
         .route("/ice-servers", get(ice_servers))
         .route("/stats", get(stats))
+        .route("/limits", get(crate::files::limits))
         .route("/files", post(crate::files::upload))
         .route("/files/{id}", get(crate::files::download))
         .fallback(api_not_found)

@@ -110,6 +110,15 @@ function closeAll(...sockets) {
 // ---- tests --------------------------------------------------------------------------------
 
 describe('shared files', () => {
+  test('GET /api/limits tells the configured limits', async (t) => {
+    const dflt = await serverFor(t);
+    const res = await fetch(`${dflt.url}/api/limits`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { maxFileSize: 10485760, maxVoiceMs: 300000, fileTtl: 3600 });
+    const custom = await serverFor(t, ['--max-file-size', '2048', '--max-voice-secs', '10', '--file-ttl', '60']);
+    assert.deepEqual(await (await fetch(`${custom.url}/api/limits`)).json(), { maxFileSize: 2048, maxVoiceMs: 10000, fileTtl: 60 });
+  });
+
   test('an image: 201, the partner gets a file message, both can GET and HEAD the same bytes', async (t) => {
     const server = await serverFor(t);
     const { a, b, ga, gb, roomId } = await chat(server.url);

@@ -1,5 +1,7 @@
 // Every refusal a person may meet, in words for that person.
 
+import { humanSize, spokenDuration } from './files';
+
 const MESSAGES: Record<string, string> = {
   unauthorized: 'Your session has expired. Getting you a new one…',
   rate_limited: 'Slow down a little: too many actions at once. Try again in a moment.',
@@ -42,7 +44,17 @@ export function describeError(code: string, fallback?: string): string {
 }
 
 /** A refused upload in words for a person (`retryAfter`: seconds from a 429's `Retry-After`). */
-export function describeUploadError(code: string, retryAfter: number | null = null): string {
+export function describeUploadError(
+  code: string,
+  retryAfter: number | null = null,
+  limits?: { maxFileBytes: number; maxVoiceMs: number },
+): string {
+  if (limits && code === 'file_too_large') {
+    return `That file is too large: files are at most ${humanSize(limits.maxFileBytes)}.`;
+  }
+  if (limits && code === 'voice_too_long') {
+    return `Voice notes are at most ${spokenDuration(limits.maxVoiceMs)} long.`;
+  }
   if (code === 'rate_limited') {
     return retryAfter !== null && retryAfter > 0
       ? `You are sending files too quickly. Try again in ${retryAfter} s.`

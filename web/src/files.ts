@@ -25,6 +25,25 @@ export const MAX_FILE_BYTES = 10 * 1024 * 1024;
 /** The longest voice note (`--max-voice-secs`, default 300 s). */
 export const MAX_VOICE_MS = 300_000;
 
+/** This server's limits (`GET /api/limits`); the defaults until it has answered. */
+export interface FileLimits {
+  maxFileBytes: number;
+  maxVoiceMs: number;
+}
+
+export const DEFAULT_LIMITS: FileLimits = { maxFileBytes: MAX_FILE_BYTES, maxVoiceMs: MAX_VOICE_MS };
+
+/** Reads a `GET /api/limits` answer; a missing or nonsensical value keeps its default. */
+export function parseLimits(v: unknown): FileLimits {
+  const o = typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : {};
+  const positive = (x: unknown, dflt: number): number =>
+    typeof x === 'number' && Number.isSafeInteger(x) && x > 0 ? x : dflt;
+  return {
+    maxFileBytes: positive(o.maxFileSize, MAX_FILE_BYTES),
+    maxVoiceMs: positive(o.maxVoiceMs, MAX_VOICE_MS),
+  };
+}
+
 const CATEGORIES = new Set<Category>(['image', 'video', 'audio', 'document']);
 /** Images the page shows inline (the server sniffs these). */
 const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
@@ -217,8 +236,8 @@ export function voiceFileName(mime: string): string {
   return e ? `voice-note.${e}` : 'voice-note';
 }
 
-/** A recording's length as sent in `durationMs`: 1 … MAX_VOICE_MS. */
-export function clampVoiceMs(ms: number): number {
+/** A recording's length as sent in `durationMs`: 1 … `max` (the server's voice-note limit). */
+export function clampVoiceMs(ms: number, max = MAX_VOICE_MS): number {
   if (!Number.isFinite(ms)) return 1;
-  return Math.min(MAX_VOICE_MS, Math.max(1, Math.round(ms)));
+  return Math.min(max, Math.max(1, Math.round(ms)));
 }

@@ -18,7 +18,17 @@ import {
 } from './call';
 import { ChatLog, TypingSender, checkNickname, parseInterests, type ChatMsg } from './chat';
 import { describeError, describeMediaError, describeUploadError } from './errors';
-import { MAX_VOICE_MS, checkBeforeUpload, fileType, formatDuration, parseFileObject, voiceFileName } from './files';
+import {
+  DEFAULT_LIMITS,
+  checkBeforeUpload,
+  fileType,
+  formatDuration,
+  parseFileObject,
+  parseLimits,
+  spokenDuration,
+  voiceFileName,
+  type FileLimits,
+} from './files';
 import { CallMedia } from './media';
 import { load, readRoom, save, type Guest, type Saved } from './storage';
 import { VoiceRecorder, upload } from './upload';
@@ -135,9 +145,12 @@ class App {
   private recordTimer: number | undefined;
   /** dragenter/dragleave depth over the chat (children fire their own pairs). */
   private dragDepth = 0;
+  /** The server's file limits (`GET /api/limits`), the defaults until it answers. */
+  private limits: FileLimits = DEFAULT_LIMITS;
 
   start(): void {
     this.bindUi();
+    void this.loadLimits();
     $<HTMLInputElement>('interests').value = this.saved.interests;
     if ('IntersectionObserver' in window) {
       this.observer = new IntersectionObserver((entries) => this.onVisibility(entries), { threshold: 0.5 });
@@ -631,12 +644,21 @@ class App {
 
   // ---------------------------------------------------------------- files and voice notes
 
+  /** Asks the server for its file limits (a failure keeps the defaults; the server checks anyway). */
+  private async loadLimits(): Promise<void> {
+    try {
+      this.limits = parseLimits(await api('/api/limits'));
+    } catch {
+      // keep the defaults
+    }
+  }
+
   /** Files chosen, dropped or pasted: each is checked, then queued. */
   private sendFiles(files: Iterable<File>): void {
     for (const f of files) {
-      const refused = checkBeforeUpload(f.size);
+      const refused = checkBeforeUpload(f.size, this.limits.maxFileBytes);
       if (refused) {
-        this.error(`${f.name}: ${describeUploadError(refused)}`);
+        this.error(`${f.name}: ${describeUploadError(refused, null, this.limits)}`);
         continue;
       }
       this.queueUpload({ blob: f, name: f.name, kind: 'file' });
@@ -686,7 +708,7 @@ class App {
     } else if (res.aborted) {
       this.notice(`Sending ${label} was cancelled.`);
     } else {
-      this.error(`${next.kind === 'voice' ? 'Voice note' : next.name}: ${describeUploadError(res.code, res.retryAfter)}`);
+      this.error(`${next.kind === 'voice' ? 'Voice note' : next.name}: ${describeUploadError(res.code, res.retryAfter, this.limits)}`);
       if (res.code === 'unauthorized') void this.refreshToken();
     }
     void this.pumpUploads();
@@ -723,7 +745,7 @@ class App {
       return;
     }
     this.error('');
-    const rec = new VoiceRecorder();
+    const rec = new VoiceRecorder(this.limits.maxVoiceMs);
     this.recorder = rec;
     this.renderRecording();
     try {
@@ -739,8 +761,8 @@ class App {
     if (this.recorder !== rec) return; // discarded while the microphone was being asked for
     window.clearInterval(this.recordTimer);
     this.recordTimer = window.setInterval(() => {
-      if (rec.elapsed() >= MAX_VOICE_MS) {
-        this.notice('Voice notes are at most 5 minutes long: this one was sent.');
+      if (rec.elapsed() >= this.limits.maxVoiceMs) {
+        this.notice(`Voice notes are at most ${spokenDuration(this.limits.maxVoiceMs)} long: this one was sent.`);
         void this.stopRecording(true);
       } else {
         this.renderRecording();

@@ -83,6 +83,9 @@ export class VoiceRecorder {
   private startedAt = 0;
   private cancelled = false;
 
+  /** `maxMs`: the server's voice-note limit; a longer recording is sent as that long. */
+  constructor(private readonly maxMs: number) {}
+
   static supported(): boolean {
     return typeof MediaRecorder !== 'undefined' && !!navigator.mediaDevices?.getUserMedia;
   }
@@ -120,7 +123,7 @@ export class VoiceRecorder {
       this.release();
       return Promise.resolve(null);
     }
-    const durationMs = clampVoiceMs(this.elapsed());
+    const durationMs = clampVoiceMs(this.elapsed(), this.maxMs);
     return new Promise((resolve) => {
       rec.addEventListener(
         'stop',

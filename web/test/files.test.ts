@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import {
   MAX_FILE_BYTES,
   MAX_VOICE_MS,
+  DEFAULT_LIMITS,
+  parseLimits,
   attachmentKind,
   baseMime,
   checkBeforeUpload,
@@ -225,4 +227,14 @@ test('voice notes: recorder type, file name, duration', () => {
   assert.equal(clampVoiceMs(1500.4), 1500);
   assert.equal(clampVoiceMs(MAX_VOICE_MS + 800), MAX_VOICE_MS);
   assert.equal(clampVoiceMs(Number.NaN), 1);
+});
+
+test('parseLimits reads GET /api/limits and keeps defaults for nonsense', () => {
+  assert.deepEqual(parseLimits({ maxFileSize: 2048, maxVoiceMs: 10000, fileTtl: 60 }), { maxFileBytes: 2048, maxVoiceMs: 10000 });
+  assert.deepEqual(parseLimits(null), DEFAULT_LIMITS);
+  assert.deepEqual(parseLimits({ maxFileSize: -1, maxVoiceMs: '5' }), DEFAULT_LIMITS);
+  assert.deepEqual(parseLimits({ maxFileSize: 1.5, maxVoiceMs: 0 }), DEFAULT_LIMITS);
+  assert.equal(clampVoiceMs(20_000, 10_000), 10_000);
+  assert.equal(describeUploadError('file_too_large', null, { maxFileBytes: 2 * 1024 * 1024, maxVoiceMs: 60_000 }), 'That file is too large: files are at most 2.0 MB.');
+  assert.equal(describeUploadError('voice_too_long', null, { maxFileBytes: 1, maxVoiceMs: 60_000 }), 'Voice notes are at most 1 minute long.');
 });

@@ -166,7 +166,7 @@ test('files between two strangers: an image, a PDF, a voice note; receipts; relo
 });
 
 test('drag and drop, expiry, refusals (type, size) and cancelling an upload', async (t) => {
-  const server = await serverFor(t, ['--file-ttl', '5']);
+  const server = await serverFor(t, ['--file-ttl', '5', '--max-file-size', '1048576']);
   const { A, B } = await chatPair(b, server, t);
 
   // Drag a PNG over the chat (highlight), drop it.
@@ -199,9 +199,12 @@ test('drag and drop, expiry, refusals (type, size) and cancelling an upload', as
   // A type the server refuses (HTML): a human error, nothing sent.
   await A.page.setInputFiles('#file-input', { name: 'page.html', mimeType: 'text/html', buffer: Buffer.from('<!doctype html><p>hi</p>') });
   await waitUntil(A, 'the unsupported-type error', () => /cannot be shared/.test(document.querySelector('#error')?.textContent ?? ''));
-  // Over 10 MB: refused before uploading.
-  await A.page.setInputFiles('#file-input', { name: 'big.pdf', mimeType: 'application/pdf', buffer: Buffer.concat([PDF, Buffer.alloc(10 * 1024 * 1024)]) });
-  await waitUntil(A, 'the too-large error', () => /too large/.test(document.querySelector('#error')?.textContent ?? ''));
+  // Over this server's limit (1 MiB, learnt from GET /api/limits): refused before uploading.
+  await A.page.setInputFiles('#file-input', { name: 'big.pdf', mimeType: 'application/pdf', buffer: Buffer.concat([PDF, Buffer.alloc(2 * 1024 * 1024)]) });
+  await waitUntil(A, 'the too-large error naming the server limit', () =>
+    /too large: files are at most 1\.0 MB/.test(document.querySelector('#error')?.textContent ?? ''));
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  assert.match(metrics, /^tandem_file_uploads_total\{category="unknown",outcome="too_large"\} 0$/m, 'the big file never reached the server');
 
   // An upload under way shows #upload-progress and can be cancelled (the request is held back).
   let release;
