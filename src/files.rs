@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, BodyDataStream, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,7 +20,6 @@ use futures_util::StreamExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::RngCore;
-use serde::Deserialize;
 use tandem_signaling::files::{
     ascii_name, classify, rfc8187, sanitize_name, valid_client_id, Category, FileInfo, FileType,
     UrlSigner,
@@ -671,11 +670,35 @@ async fn upload_inner(
     }
 }
 
-#[derive(Deserialize)]
-pub struct UrlParams {
-    room: Option<String>,
-    exp: Option<String>,
-    sig: Option<String>,
+/// The signed parameters of a file URL. Read by hand rather than by an extractor so that a
+/// malformed query (a repeated parameter, say) is `invalid_signature` after the token check,
+/// like any other bad URL, and never a framework error.
+#[derive(Default)]
+struct UrlParams<'a> {
+    room: Option<&'a str>,
+    exp: Option<&'a str>,
+    sig: Option<&'a str>,
+}
+
+impl<'a> UrlParams<'a> {
+    /// `None` when a parameter repeats. Unknown parameters are ignored; values are hex or
+    /// digits, so nothing needs percent-decoding (an encoded value simply fails the check).
+    fn parse(query: &'a str) -> Option<Self> {
+        let mut p = UrlParams::default();
+        for pair in query.split('&').filter(|s| !s.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match key {
+                "room" => &mut p.room,
+                "exp" => &mut p.exp,
+                "sig" => &mut p.sig,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return None;
+            }
+        }
+        Some(p)
+    }
 }
 
 /// `GET` / `HEAD` `/api/files/{id}`.
@@ -683,7 +706,7 @@ pub async fn download(
     State(app): State<Arc<App>>,
     method: Method,
     Path(id): Path<String>,
-    Query(params): Query<UrlParams>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let outcome = |e: SignalError| match e {
@@ -694,7 +717,8 @@ pub async fn download(
         SignalError::Forbidden => "forbidden",
         _ => "error",
     };
-    match download_inner(&app, method == Method::HEAD, &id, &params, &headers).await {
+    let query = query.unwrap_or_default();
+    match download_inner(&app, method == Method::HEAD, &id, &query, &headers).await {
         Ok(res) => {
             app.files.metrics.downloads.with_label_values(&["ok"]).inc();
             res
@@ -714,26 +738,25 @@ async fn download_inner(
     app: &App,
     head: bool,
     id: &str,
-    params: &UrlParams,
+    query: &str,
     headers: &HeaderMap,
 ) -> Result<Response, SignalError> {
     let files = &app.files;
     let session = bearer(headers.get(header::AUTHORIZATION))
         .and_then(|t| app.tokens.verify(t))
         .ok_or(SignalError::Unauthorized)?;
+    let params = UrlParams::parse(query).ok_or(SignalError::InvalidSignature)?;
     let id = FileId::parse(id).ok_or(SignalError::InvalidSignature)?;
     let room = params
         .room
-        .as_deref()
         .and_then(RoomId::parse)
         .ok_or(SignalError::InvalidSignature)?;
     let exp = params
         .exp
-        .as_deref()
         .filter(|e| e.len() <= 20 && e.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|e| e.parse::<u64>().ok())
         .ok_or(SignalError::InvalidSignature)?;
-    let sig = params.sig.as_deref().ok_or(SignalError::InvalidSignature)?;
+    let sig = params.sig.ok_or(SignalError::InvalidSignature)?;
     if !files.signer.verify(id, room, exp, sig) {
         return Err(SignalError::InvalidSignature);
     }
@@ -818,6 +841,16 @@ pub async fn sweeper(files: Arc<Files>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_params() {
+        let p = UrlParams::parse("room=ab&exp=12&sig=cd&x=1&&flag").expect("no repeats");
+        assert_eq!((p.room, p.exp, p.sig), (Some("ab"), Some("12"), Some("cd")));
+        assert!(UrlParams::parse("room=a&sig=b&sig=c").is_none());
+        assert!(UrlParams::parse("exp=1&exp=1").is_none());
+        let empty = UrlParams::parse("").expect("empty is fine");
+        assert_eq!((empty.room, empty.exp, empty.sig), (None, None, None));
+    }
 
     fn files(budget: u64, ttl: Duration, dir: Option<PathBuf>) -> Files {
         let registry = prometheus::Registry::new();

@@ -125,10 +125,7 @@ pub fn classify(bytes: &[u8], declared: Option<&str>, name: &str) -> Result<File
             // Plain text has no magic: a `.txt` name, a text/plain (or no) declaration, UTF-8.
             let looks_textual = ext.as_deref() == Some("txt")
                 && declared.as_deref().is_none_or(|d| d == "text/plain")
-                && std::str::from_utf8(bytes).is_ok()
-                && !bytes
-                    .iter()
-                    .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c));
+                && std::str::from_utf8(bytes).is_ok_and(is_plain_text);
             return if looks_textual {
                 Ok(TEXT)
             } else {
@@ -144,6 +141,19 @@ pub fn classify(bytes: &[u8], declared: Option<&str>, name: &str) -> Result<File
         })
         .map(|(ty, _)| *ty)
         .ok_or(SignalError::UnsupportedType)
+}
+
+/// Whether UTF-8 text is plain: no control characters but tab, line feed, carriage return and
+/// form feed (so no terminal escapes, DEL or C1 controls), and no markup — a `<` followed by a
+/// letter, `!`, `?` or `/` — so that neither HTML nor SVG passes as text under any name.
+fn is_plain_text(text: &str) -> bool {
+    let no_controls = !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{0c}'));
+    let no_markup = !text.as_bytes().windows(2).any(|w| {
+        w[0] == b'<' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'!' | b'?' | b'/'))
+    });
+    no_controls && no_markup
 }
 
 /// The name a file is shown and downloaded under: the last path segment of `raw`, without
@@ -387,10 +397,40 @@ mod tests {
             classify(b"\xff\xfe bad", Some("text/plain"), "n.txt"),
             Err(SignalError::UnsupportedType)
         );
-        assert_eq!(
-            classify(b"a\0b", Some("text/plain"), "n.txt"),
-            Err(SignalError::UnsupportedType)
-        );
+        for bad in [
+            "a\0b",
+            "a\x7fb",
+            "a\u{9b}31mred",
+            "a\u{85}b",
+            "<svg xmlns=\"http://www.w3.org/2000/svg\"><script/></svg>",
+            "hi <img src=x onerror=alert(1)>",
+            "</p>",
+            "<!-- x -->",
+        ] {
+            assert_eq!(
+                classify(bad.as_bytes(), Some("text/plain"), "n.txt"),
+                Err(SignalError::UnsupportedType),
+                "{bad:?}"
+            );
+            assert_eq!(
+                classify(bad.as_bytes(), Some("application/octet-stream"), "n.txt"),
+                Err(SignalError::UnsupportedType),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "a < b and c > d\r\n",
+            "tab\there\x0cpage",
+            "1<2",
+            "<3 love",
+            "x <= y",
+        ] {
+            assert_eq!(
+                classify(good.as_bytes(), Some("text/plain"), "n.txt"),
+                Ok(TEXT),
+                "{good:?}"
+            );
+        }
     }
 
     #[test]
