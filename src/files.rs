@@ -350,11 +350,7 @@ impl Files {
             multer::parse_boundary(content_type).map_err(|_| SignalError::InvalidUpload)?;
         let constraints = multer::Constraints::new()
             .size_limit(multer::SizeLimit::new().whole_stream(self.max_size + FORM_OVERHEAD));
-        let size_hint = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        let size_hint = content_length(headers).unwrap_or(0);
         let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
         let multipart_error = |e: multer::Error| match e {
             multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
@@ -488,6 +484,16 @@ impl Files {
     }
 }
 
+/// The request's declared body length, if it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Removes what an earlier run left in the file directory (only tandem's own files).
 fn clear_leftovers(dir: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -586,12 +592,7 @@ async fn upload_inner(
         return Err(refuse(SignalError::ServerBusy));
     }
     let (room, partner) = app.hub.chat_of(session).await.map_err(refuse)?;
-    let too_long = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > files.max_size + FORM_OVERHEAD);
-    if too_long {
+    if content_length(headers).is_some_and(|n| n > files.max_size + FORM_OVERHEAD) {
         return Err(refuse(SignalError::FileTooLarge));
     }
     let mut reservation = Reservation { files, bytes: 0 };

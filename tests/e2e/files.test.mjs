@@ -97,6 +97,17 @@ async function until(what, fn, timeoutMs = 5000) {
   }
 }
 
+/**
+ * Server flags for a storage backend: `memory` as given, `disk` adds `--file-dir` with a fresh
+ * directory (removed when the test ends), returned as `dir`.
+ */
+function storageFlags(t, storage, flags = []) {
+  if (storage !== 'disk') return { flags, dir: undefined };
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-files-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return { flags: [...flags, '--file-dir', dir], dir };
+}
+
 /** A paired chat whose receiver acks every chat:message. */
 async function chat(url) {
   const p = await pair(url);
@@ -540,13 +551,7 @@ describe('shared files', { concurrency: 2 }, () => {
 
   for (const storage of ['memory', 'disk']) {
     test(`expiry: past --file-ttl the URL answers 410 and the file is swept (${storage})`, async (t) => {
-      const flags = ['--file-ttl', '2'];
-      let dir;
-      if (storage === 'disk') {
-        dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-files-'));
-        t.after(() => rmSync(dir, { recursive: true, force: true }));
-        flags.push('--file-dir', dir);
-      }
+      const { flags, dir } = storageFlags(t, storage, ['--file-ttl', '2']);
       const server = await serverFor(t, flags);
       const { a, b, ga, gb } = await chat(server.url);
       t.after(() => closeAll(a, b));
@@ -578,13 +583,7 @@ describe('shared files', { concurrency: 2 }, () => {
 
   for (const storage of ['memory', 'disk']) {
     test(`the chat ends: its files are deleted (${storage})`, async (t) => {
-      let dir;
-      const flags = [];
-      if (storage === 'disk') {
-        dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-files-'));
-        t.after(() => rmSync(dir, { recursive: true, force: true }));
-        flags.push('--file-dir', dir);
-      }
+      const { flags, dir } = storageFlags(t, storage);
       const server = await serverFor(t, flags);
       const { a, b, ga, gb } = await chat(server.url);
       t.after(() => closeAll(a, b));
