@@ -33,6 +33,10 @@ pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 const TICKS_PER_TURN: usize = 64;
 /// Shortest wait before driving a peer's timers again.
 const MIN_WAKE: Duration = Duration::from_millis(1);
+/// A wake-up asked for this little ahead is taken at once: after each packet str0m's pacer
+/// asks for the next one a microsecond later, which is not worth a timer (waiting for one
+/// held every packet of a burst but the first for a millisecond or more).
+const IMMEDIATE: Duration = Duration::from_micros(100);
 /// How often calls waiting for an offer are checked against their deadline.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest accepted session description, in bytes.
@@ -255,8 +259,8 @@ impl MediaCore {
         let result = catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(input)));
         match result {
             Ok(Ok(())) => {
-                if self.drain(idx, now) {
-                    self.tick_peer(idx, now);
+                if let Some(at) = self.drain(idx, now) {
+                    self.tick_peer(idx, at);
                 }
             }
             Ok(Err(e)) => self.peer_error(idx, &e),
@@ -743,8 +747,9 @@ impl MediaCore {
     /// Runs str0m's timers for one peer and drains it.
     fn tick_peer(&mut self, idx: PeerIdx, now: Instant) {
         // str0m releases what its pacer holds only on a timeout at or after the time it asked
-        // for, one packet per timeout; while that is "now" (packets just queued), drive it
-        // again at once (a bounded number of times) rather than a turn later.
+        // for, one packet per timeout; while that is (about) now, drive it again at once (a
+        // bounded number of times) rather than a turn later.
+        let mut at = self.advance(now);
         for _ in 0..TICKS_PER_TURN {
             let Some(peer) = self.peers[idx].as_mut() else {
                 return;
@@ -753,46 +758,47 @@ impl MediaCore {
                 if peer.poisoned {
                     panic!("injected fault");
                 }
-                peer.rtc.handle_input(Input::Timeout(now))
+                peer.rtc.handle_input(Input::Timeout(at))
             }));
             match ticked {
-                Ok(Ok(())) => {
-                    if !self.drain(idx, now) {
-                        return;
-                    }
-                }
+                Ok(Ok(())) => match self.drain(idx, at) {
+                    // Time never goes backwards for str0m: what it was shown is the new now.
+                    Some(next) => at = self.advance(next),
+                    None => return,
+                },
                 Ok(Err(e)) => return self.peer_error(idx, &e),
                 Err(_) => return self.peer_panicked(idx),
             }
         }
     }
 
-    /// Polls a peer until it has nothing more to say. True when it wants a timeout at `now`
-    /// already.
-    fn drain(&mut self, idx: PeerIdx, now: Instant) -> bool {
+    /// Polls a peer until it has nothing more to say. `Some(at)` when it wants a timeout
+    /// again right away: at `now` or, within [`IMMEDIATE`], at `at`.
+    fn drain(&mut self, idx: PeerIdx, now: Instant) -> Option<Instant> {
         loop {
             let Some(peer) = self.peers[idx].as_mut() else {
-                return false;
+                return None;
             };
             if !peer.rtc.is_alive() {
                 self.lose_peer(idx);
-                return false;
+                return None;
             }
             let out = match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
                 Ok(Ok(out)) => out,
                 Ok(Err(e)) => {
                     self.peer_error(idx, &e);
-                    return false;
+                    return None;
                 }
                 Err(_) => {
                     self.peer_panicked(idx);
-                    return false;
+                    return None;
                 }
             };
             match out {
                 Output::Timeout(t) => {
-                    let again = t <= now;
-                    // Never "again right now": that is the next turn's business.
+                    let again = (t <= now + IMMEDIATE).then(|| t.max(now));
+                    // The timer is the fallback for when the caller stops driving (the tick
+                    // budget ran out); it never fires sooner than MIN_WAKE.
                     let t = t.max(now + MIN_WAKE);
                     let schedule = t < peer.next_timeout || peer.next_timeout <= now;
                     peer.next_timeout = t;
@@ -818,9 +824,6 @@ impl MediaCore {
             }
             let dirty = std::mem::take(&mut self.dirty);
             for idx in dirty {
-                // Twice: str0m stamps newly written packets on a timeout while its pacer plans
-                // from what was stamped before, so only the second timeout releases them.
-                self.tick_peer(idx, now);
                 self.tick_peer(idx, now);
             }
         }

@@ -14,7 +14,7 @@ use proptest::test_runner::{Config as PropConfig, TestRunner};
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::net::Protocol;
-use str0m::Event;
+use str0m::{Event, Input};
 use tandem_media::{MediaConfig, Received};
 use tandem_signaling::{MediaCommand, MediaEvent};
 
@@ -1008,4 +1008,61 @@ fn str0m_panic_closes_only_that_peer() {
     sim.stream(&[0, 1], ms(300), |_| {});
     assert_eq!(sim.clients[0].up_handled, a_handled);
     assert!(sim.clients[1].up_handled > b_handled);
+}
+
+// --- forwarding adds no delay -------------------------------------------------------------
+
+/// When client `c` got the frame `parse` finds with index `idx`.
+fn arrival(c: &Client, since: Instant, idx: u32, video: bool) -> Option<Instant> {
+    c.events.iter().find_map(|(t, e)| match e {
+        Event::MediaData(d) if *t >= since => {
+            let got = if video {
+                parse_video(&d.data)
+            } else {
+                parse_audio(&d.data)
+            };
+            (got == Some(idx)).then_some(*t)
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_burst_is_forwarded_in_the_turn_it_arrives() {
+    // A keyframe is several packets that reach the core at the same instant, with an audio
+    // frame beside it. With bandwidth estimation on, str0m's pacer releases one packet per
+    // timeout and asks for the next a microsecond later; the core must drive it through the
+    // whole burst at once, not one packet per timer wake-up (which added milliseconds per
+    // packet).
+    let mut sim = Sim::connected_call();
+    // Settle: a second of normal media so the estimator and the pacer are running.
+    sim.stream(&[0], Duration::from_secs(1), |_| {});
+    // A datagram is handed over on the first step at or after its latency has passed.
+    let steps = sim.latency.as_micros().div_ceil(sim.step.as_micros());
+    let one_way = sim.step * u32::try_from(steps).expect("a few steps");
+    for n in 0..5u32 {
+        let idx = 10_000 + n;
+        let since = sim.now;
+        sim.write_audio(0, idx);
+        sim.write_video(0, idx, true);
+        // A packetizes on a timeout; give it those now rather than on the next step.
+        sim.pump();
+        for _ in 0..16 {
+            let a = &mut sim.clients[0];
+            if a.next_timeout > sim.now {
+                break;
+            }
+            a.rtc
+                .handle_input(Input::Timeout(sim.now))
+                .expect("client timeout");
+            sim.pump();
+        }
+        sim.run_for(ms(100), |_| {});
+        let b = &sim.clients[1];
+        let audio = arrival(b, since, idx, false).expect("B got the audio frame");
+        let video = arrival(b, since, idx, true).expect("B got the keyframe");
+        // Up and down the wire, and nothing else.
+        assert_eq!(audio - since, one_way * 2, "audio frame {n} was held");
+        assert_eq!(video - since, one_way * 2, "keyframe {n} was held");
+    }
 }
