@@ -776,9 +776,7 @@ impl MediaCore {
     /// again right away: at `now` or, within [`IMMEDIATE`], at `at`.
     fn drain(&mut self, idx: PeerIdx, now: Instant) -> Option<Instant> {
         loop {
-            let Some(peer) = self.peers[idx].as_mut() else {
-                return None;
-            };
+            let peer = self.peers[idx].as_mut()?;
             if !peer.rtc.is_alive() {
                 self.lose_peer(idx);
                 return None;
