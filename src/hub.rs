@@ -459,7 +459,8 @@ impl HubTask {
         if streams.is_empty() {
             // Handed back on the next turn, not from inside the drain of the core's outputs.
             let back = Delivery::Undelivered { to, message };
-            self.acks.push(futures_util::future::ready(Some(back)).boxed());
+            self.acks
+                .push(futures_util::future::ready(Some(back)).boxed());
             return;
         }
         self.acks.push(

@@ -10,6 +10,7 @@ mod rtc;
 mod sio;
 mod tls;
 mod turn;
+mod udp;
 mod web;
 
 use std::future::Future;

@@ -18,18 +18,20 @@ use rand::RngCore;
 use tandem_media::{MediaConfig, MediaCore, Protocol, Received, Sample, Transmit};
 use tandem_signaling::{MediaCommand, MediaEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::hub::{Command, Hub};
 use crate::metrics::MediaMetrics;
+use crate::udp::BatchSocket;
 
 /// Commands and handed-over datagrams queued per worker at most.
 const WORKER_INBOX: usize = 16_384;
-/// Largest datagram read.
+/// Largest ICE-TCP frame read.
 const MAX_DATAGRAM: usize = 2048;
-/// Datagrams read per wake-up at most, so timers and commands are never starved.
-const RECV_BATCH: usize = 64;
+/// Receive calls per wake-up at most (each takes several datagrams), so timers and commands
+/// are never starved.
+const RECV_CALLS: usize = 8;
 /// Remote addresses a worker remembers as belonging to another worker.
 const MAX_ROUTES: usize = 65_536;
 /// Frames queued towards one ICE-TCP connection at most.
@@ -209,6 +211,7 @@ pub async fn start(
             handover: (0..n).map(|_| Vec::new()).collect(),
             to_hub: VecDeque::new(),
             last: Default::default(),
+            out: Vec::new(),
         };
         std::thread::Builder::new()
             .name(format!("media-{i}"))
@@ -244,6 +247,8 @@ struct Worker {
     /// Media events the hub had no room for yet, oldest first.
     to_hub: VecDeque<MediaEvent>,
     last: tandem_media::MediaCounters,
+    /// UDP datagrams the core produced in this turn, sent together.
+    out: Vec<Transmit>,
 }
 
 impl Worker {
@@ -262,15 +267,13 @@ impl Worker {
     }
 
     async fn serve(mut self, socket: StdUdpSocket, mut inbox: mpsc::Receiver<WorkerMsg>) {
-        let socket = match UdpSocket::from_std(socket) {
+        let mut socket = match BatchSocket::new(socket) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "media worker socket");
                 return;
             }
         };
-        let local = self.advertised;
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut next_metrics = Instant::now() + METRICS_EVERY;
         loop {
             let mut wake = self.core.poll_timeout().min(next_metrics);
@@ -282,7 +285,7 @@ impl Worker {
             tokio::select! {
                 r = socket.readable() => {
                     if r.is_ok() {
-                        self.read_batch(&socket, &mut buf, local);
+                        self.read_batch(&mut socket);
                     }
                 }
                 msg = inbox.recv() => match msg {
@@ -301,7 +304,7 @@ impl Worker {
             if self.core.poll_timeout() <= now {
                 self.core.handle_timeout(now);
             }
-            self.flush(&socket);
+            self.flush(&mut socket);
             if now >= next_metrics {
                 next_metrics = now + METRICS_EVERY;
                 self.report();
@@ -309,25 +312,26 @@ impl Worker {
         }
     }
 
-    fn read_batch(&mut self, socket: &UdpSocket, buf: &mut [u8], local: SocketAddr) {
-        for _ in 0..RECV_BATCH {
-            let (n, source) = match socket.try_recv_from(buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "media recv");
-                    break;
-                }
-            };
-            let destination = local;
-            let data = &buf[..n];
+    fn read_batch(&mut self, socket: &mut BatchSocket) {
+        socket.recv_batch(RECV_CALLS, |source, data| self.on_datagram(source, data));
+        for w in 0..self.handover.len() {
+            if !self.handover[w].is_empty() {
+                let batch = std::mem::take(&mut self.handover[w]);
+                let _ = self.peers[w].try_send(WorkerMsg::Handover(batch));
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, source: SocketAddr, data: &[u8]) {
+        {
+            let destination = self.advertised;
             let now = Instant::now();
             if self
                 .core
                 .handle_receive(now, Protocol::Udp, source, destination, data)
                 == Received::Handled
             {
-                continue;
+                return;
             }
             let owner = match tandem_media::stun_worker(data) {
                 Some(w) if w < self.peers.len() => {
@@ -349,12 +353,6 @@ impl Worker {
                     destination,
                     data: data.to_vec(),
                 });
-            }
-        }
-        for w in 0..self.handover.len() {
-            if !self.handover[w].is_empty() {
-                let batch = std::mem::take(&mut self.handover[w]);
-                let _ = self.peers[w].try_send(WorkerMsg::Handover(batch));
             }
         }
     }
@@ -383,9 +381,21 @@ impl Worker {
     }
 
     /// Sends what the core wants sent and passes its events to the hub.
-    fn flush(&mut self, socket: &UdpSocket) {
+    fn flush(&mut self, socket: &mut BatchSocket) {
         while let Some(t) = self.core.poll_transmit() {
-            self.transmit(socket, t);
+            match t.proto {
+                Protocol::Udp => self.out.push(t),
+                Protocol::Tcp => {
+                    if let Some(conn) = self.tcp.get(&t.destination) {
+                        let _ = conn.try_send(t.contents.to_vec());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !self.out.is_empty() {
+            socket.send_all(&self.out, |t| (t.destination, &t.contents[..]));
+            self.out.clear();
         }
         // Events (answers, candidates, connection changes) must reach the hub in order and
         // are not to be lost to a moment of saturation: what does not fit waits here, bounded,
@@ -402,21 +412,6 @@ impl Worker {
                 self.to_hub.push_front(ev);
                 break;
             }
-        }
-    }
-
-    fn transmit(&mut self, socket: &UdpSocket, t: Transmit) {
-        match t.proto {
-            Protocol::Udp => {
-                // A full socket buffer drops the datagram, as the network would.
-                let _ = socket.try_send_to(&t.contents, t.destination);
-            }
-            Protocol::Tcp => {
-                if let Some(conn) = self.tcp.get(&t.destination) {
-                    let _ = conn.try_send(t.contents.to_vec());
-                }
-            }
-            _ => {}
         }
     }
 

@@ -1,0 +1,246 @@
+//! Batched UDP I/O for the media workers, on `quinn-udp`: several datagrams per receive call
+//! (`recvmmsg`, and GRO where the kernel coalesces a flow), and runs of equal-sized datagrams to
+//! one address in one send call (UDP GSO: a video frame's packets leave in one `sendmsg`).
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Receive slots per call.
+const RECV_SLOTS: usize = 8;
+/// Largest datagram accepted (str0m's packets are well under 1,500 bytes).
+const MAX_DATAGRAM: usize = 2048;
+/// The most one GSO send may carry (the IP payload limit, with room for headers).
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// A worker's UDP socket with its batch buffers.
+pub struct BatchSocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    recv_bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    gso_buf: Vec<u8>,
+    /// Cleared after a GSO send failed for a reason other than a full buffer (a device
+    /// without segmentation offload, say): from then on every datagram goes on its own.
+    gso: bool,
+}
+
+impl BatchSocket {
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<BatchSocket> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        let socket = UdpSocket::from_std(socket)?;
+        // A GRO read can hold several datagrams of one flow back to back.
+        let slot = MAX_DATAGRAM * state.gro_segments().max(1);
+        Ok(BatchSocket {
+            socket,
+            recv_bufs: (0..RECV_SLOTS).map(|_| vec![0u8; slot]).collect(),
+            meta: vec![RecvMeta::default(); RECV_SLOTS],
+            gso_buf: Vec::with_capacity(MAX_GSO_BYTES),
+            gso: state.max_gso_segments() > 1,
+            state,
+        })
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Reads what is queued, at most `max_calls` receive calls, handing each datagram to `f`
+    /// (source and contents). Stops at the first would-block.
+    pub fn recv_batch(&mut self, max_calls: usize, mut f: impl FnMut(SocketAddr, &[u8])) {
+        for _ in 0..max_calls {
+            let mut slices: [IoSliceMut<'_>; RECV_SLOTS] = {
+                let mut it = self.recv_bufs.iter_mut();
+                std::array::from_fn(|_| {
+                    IoSliceMut::new(it.next().expect("RECV_SLOTS buffers exist").as_mut_slice())
+                })
+            };
+            let state = &self.state;
+            let meta = &mut self.meta;
+            let socket = &self.socket;
+            let n = match socket.try_io(Interest::READABLE, || {
+                state.recv(socket.into(), &mut slices, meta)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "media recv");
+                    return;
+                }
+            };
+            for (m, buf) in self.meta.iter().zip(slices.iter()).take(n) {
+                let data = &buf[..m.len.min(buf.len())];
+                let stride = if m.stride == 0 { data.len() } else { m.stride };
+                for d in data.chunks(stride.max(1)) {
+                    f(m.addr, d);
+                }
+            }
+            if n < RECV_SLOTS {
+                // The queue is empty (or nearly): do not pay for a call that finds nothing.
+                return;
+            }
+        }
+    }
+
+    /// Sends `out` in order. Consecutive datagrams to one address of one size (the last of a
+    /// run may be shorter) go as one GSO send. A full socket buffer drops datagrams, as the
+    /// network would.
+    pub fn send_all<T>(&mut self, out: &[T], datagram: impl Fn(&T) -> (SocketAddr, &[u8])) {
+        let max_segments = if self.gso {
+            self.state.max_gso_segments()
+        } else {
+            1
+        };
+        let mut i = 0;
+        while i < out.len() {
+            let (destination, first) = datagram(&out[i]);
+            let size = first.len();
+            let mut end = i + 1;
+            let mut bytes = size;
+            while size > 0 && end < out.len() && end - i < max_segments {
+                let (d, c) = datagram(&out[end]);
+                if d != destination || c.len() > size || bytes + c.len() > MAX_GSO_BYTES {
+                    break;
+                }
+                bytes += c.len();
+                end += 1;
+                if c.len() < size {
+                    // A shorter datagram ends a run.
+                    break;
+                }
+            }
+            if end - i == 1 {
+                self.send_one(destination, first, None);
+            } else {
+                let mut buf = std::mem::take(&mut self.gso_buf);
+                buf.clear();
+                for o in &out[i..end] {
+                    buf.extend_from_slice(datagram(o).1);
+                }
+                if !self.send_one(destination, &buf, Some(size)) {
+                    for o in &out[i..end] {
+                        let (d, c) = datagram(o);
+                        self.send_one(d, c, None);
+                    }
+                }
+                self.gso_buf = buf;
+            }
+            i = end;
+        }
+    }
+
+    /// False only when a GSO send failed for a reason other than a full buffer (GSO is then
+    /// turned off and the caller sends the run one by one).
+    fn send_one(
+        &mut self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> bool {
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        let state = &self.state;
+        let socket = &self.socket;
+        match socket.try_io(Interest::WRITABLE, || {
+            state.try_send(socket.into(), &transmit)
+        }) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if segment.is_some() => {
+                tracing::warn!(error = %e, "UDP segmentation offload failed; sending datagrams one by one");
+                self.gso = false;
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %destination, "media send");
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> std::net::UdpSocket {
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback")
+    }
+
+    /// Every datagram arrives on its own, whole and in order, however `send_all` grouped them.
+    #[tokio::test]
+    async fn runs_arrive_as_separate_datagrams() {
+        let mut tx = BatchSocket::new(loopback()).expect("batch socket");
+        let (a, b) = (loopback(), loopback());
+        let to_a = a.local_addr().expect("addr");
+        let to_b = b.local_addr().expect("addr");
+        let datagram = |n: u8, len: usize| vec![n; len];
+        // A run of equal sizes with a shorter last one, a run cut by a larger one, another
+        // address in between, and more than one GSO send's worth.
+        let mut plan: Vec<(SocketAddr, Vec<u8>)> = vec![
+            (to_a, datagram(1, 1200)),
+            (to_a, datagram(2, 1200)),
+            (to_a, datagram(3, 700)),
+            (to_a, datagram(4, 700)),
+            (to_a, datagram(5, 900)),
+            (to_b, datagram(6, 100)),
+            (to_a, datagram(7, 100)),
+        ];
+        for n in 0..80u8 {
+            plan.push((to_b, datagram(100 + n, 1000)));
+        }
+        // Sends only happen once the reactor has seen the socket writable, as in a worker.
+        tx.socket.writable().await.expect("writable");
+        tx.send_all(&plan, |(d, c)| (*d, &c[..]));
+
+        let mut buf = [0u8; 4096];
+        let mut got = |s: &std::net::UdpSocket| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            s.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec())
+        };
+        for (d, c) in &plan {
+            let s = if *d == to_a { &a } else { &b };
+            match got(s) {
+                Ok(g) => assert_eq!(&g, c, "datagram {} intact and in order", c[0]),
+                Err(e) => panic!("datagram {} ({} bytes) did not arrive: {e}", c[0], c.len()),
+            }
+        }
+    }
+
+    /// A batch read hands every queued datagram over, whole, in order, with its source.
+    #[tokio::test]
+    async fn batch_reads_return_every_datagram() {
+        let mut rx = BatchSocket::new(loopback()).expect("batch socket");
+        let to = rx.socket.local_addr().expect("addr");
+        let tx = loopback();
+        let from = tx.local_addr().expect("addr");
+        // More than one receive call's worth.
+        let sent: Vec<Vec<u8>> = (0..20u8)
+            .map(|n| vec![n; 50 + usize::from(n) * 40])
+            .collect();
+        for d in &sent {
+            tx.send_to(d, to).expect("send");
+        }
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx.readable())
+                .await
+                .expect("datagrams arrive")
+                .expect("readable");
+            rx.recv_batch(RECV_SLOTS, |source, d| got.push((source, d.to_vec())));
+        }
+        assert!(got.iter().all(|(s, _)| *s == from));
+        let got: Vec<Vec<u8>> = got.into_iter().map(|(_, d)| d).collect();
+        assert_eq!(got, sent);
+    }
+}
