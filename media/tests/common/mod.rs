@@ -232,6 +232,12 @@ pub struct Sim {
     pub latency: Duration,
     /// Datagrams on their way, in sending order (the delay is the same for all).
     pub wire: VecDeque<InFlight>,
+    /// Real (not simulated) time spent inside the core's calls, for the forwarding benchmark.
+    pub core_time: Duration,
+    /// Real time the clients spent receiving the core's datagrams, and how many (the
+    /// benchmark's baseline: str0m's own cost per received packet).
+    pub client_rx_time: Duration,
+    pub client_rx: u64,
 }
 
 pub struct InFlight {
@@ -266,6 +272,9 @@ impl Sim {
             auto_answer: true,
             latency: Duration::from_millis(5),
             wire: VecDeque::new(),
+            core_time: Duration::ZERO,
+            client_rx_time: Duration::ZERO,
+            client_rx: 0,
         }
     }
 
@@ -379,7 +388,9 @@ impl Sim {
     pub fn tick(&mut self) {
         self.now += self.step;
         if self.now >= self.core.poll_timeout() {
+            let t = std::time::Instant::now();
             self.core.handle_timeout(self.now);
+            self.core_time += t.elapsed();
         }
         for c in &mut self.clients {
             if self.now >= c.next_timeout {
@@ -425,7 +436,13 @@ impl Sim {
                     }
                 }
             }
-            while let Some(t) = self.core.poll_transmit() {
+            loop {
+                let started = std::time::Instant::now();
+                let polled = self.core.poll_transmit();
+                self.core_time += started.elapsed();
+                let Some(t) = polled else {
+                    break;
+                };
                 sent = true;
                 let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else {
                     self.undeliverable += 1;
@@ -465,6 +482,7 @@ impl Sim {
                     server_addr(),
                     "clients only talk to the server"
                 );
+                let started = std::time::Instant::now();
                 let r = self.core.handle_receive(
                     self.now,
                     t.proto,
@@ -472,6 +490,7 @@ impl Sim {
                     t.destination,
                     &t.contents,
                 );
+                self.core_time += started.elapsed();
                 match r {
                     Received::Handled => self.clients[i].up_handled += 1,
                     Received::Unknown => self.clients[i].up_unknown += 1,
@@ -495,10 +514,13 @@ impl Sim {
                     },
                 );
                 self.clients[i].down_delivered += 1;
+                let started = std::time::Instant::now();
                 self.clients[i]
                     .rtc
                     .handle_input(input)
                     .expect("client handles server datagram");
+                self.client_rx_time += started.elapsed();
+                self.client_rx += 1;
             }
         }
     }
