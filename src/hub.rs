@@ -8,13 +8,9 @@
 //! on this node the hub emits straight to the guest's sockets (no room lookup per event).
 
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rand::RngCore;
 use socketioxide::extract::{AckSender, SocketRef};
@@ -94,6 +90,14 @@ pub enum Command {
         reply: Reply,
         received: Instant,
     },
+    Delivered {
+        room: RoomId,
+        msg: MessageId,
+    },
+    Undelivered {
+        to: SessionId,
+        message: ChatMessage,
+    },
     Stats {
         reply: oneshot::Sender<Stats>,
     },
@@ -114,12 +118,6 @@ pub enum Command {
         file: Box<FileInfo>,
         reply: oneshot::Sender<Result<(MessageId, u64), SignalError>>,
     },
-}
-
-/// What became of a partner message: acked by one of the receiver's sockets, or reached none.
-enum Delivery {
-    Delivered { room: RoomId, msg: MessageId },
-    Undelivered { to: SessionId, message: ChatMessage },
 }
 
 /// A cheap handle to the hub.
@@ -216,7 +214,7 @@ pub fn spawn(
         metrics,
         sockets: HashMap::new(),
         guests: HashMap::new(),
-        acks: FuturesUnordered::new(),
+        feedback: Hub { tx },
         last: Default::default(),
         media: None,
         last_calls: Default::default(),
@@ -234,9 +232,8 @@ struct HubTask {
     sockets: HashMap<ConnId, (SessionId, SocketRef)>,
     /// This node's connections by guest.
     guests: HashMap<SessionId, Vec<ConnId>>,
-    /// Partner messages waiting for their receiver's ack, polled by the hub itself (no task
-    /// and no channel hop per message).
-    acks: FuturesUnordered<BoxFuture<'static, Option<Delivery>>>,
+    /// For delivery-ack tasks to report back.
+    feedback: Hub,
     last: tandem_signaling::Counters,
     media: Option<MediaPlane>,
     last_calls: tandem_signaling::CallStates,
@@ -249,7 +246,6 @@ struct HubTask {
 impl HubTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut acked = Vec::with_capacity(BATCH);
         loop {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -257,19 +253,12 @@ impl HubTask {
                     if n == 0 {
                         break;
                     }
+                    self.metrics.hub_batch.observe(n as f64);
+                    for cmd in batch.drain(..) {
+                        self.handle(cmd);
+                    }
                 }
-                () = poll_fn(|cx| take_ready(&mut self.acks, &mut acked, cx)),
-                    if !self.acks.is_empty() => {}
                 _ = sleep_until(deadline) => {}
-            }
-            for d in acked.drain(..) {
-                self.delivery(d);
-            }
-            if !batch.is_empty() {
-                self.metrics.hub_batch.observe(batch.len() as f64);
-                for cmd in batch.drain(..) {
-                    self.handle(cmd);
-                }
             }
             let now = Instant::now();
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
@@ -363,6 +352,11 @@ impl HubTask {
                     .with_label_values(&[name])
                     .observe(received.elapsed().as_secs_f64());
             }
+            Command::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
+            Command::Undelivered { to, message } => {
+                self.metrics.undelivered.inc();
+                self.core.handle_undelivered(to, message, now);
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
             }
@@ -387,18 +381,6 @@ impl HubTask {
                 reply,
             } => {
                 let _ = reply.send(self.core.post_file(session, room, client_id, *file, now));
-            }
-        }
-    }
-
-    /// What became of a partner message sent to the receiver's sockets.
-    fn delivery(&mut self, d: Delivery) {
-        let now = Instant::now();
-        match d {
-            Delivery::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
-            Delivery::Undelivered { to, message } => {
-                self.metrics.undelivered.inc();
-                self.core.handle_undelivered(to, message, now);
             }
         }
     }
@@ -449,42 +431,40 @@ impl HubTask {
 
     /// Sends a partner message to every socket of `to`, asking for an ack. The first ack makes
     /// the sender's `delivered` receipt; if no socket got it, the core queues it again.
-    fn deliver(&mut self, to: SessionId, message: ChatMessage) {
+    fn deliver(&self, to: SessionId, message: ChatMessage) {
         let mut streams = Vec::new();
         for s in self.sockets_of(to) {
             if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", &message) {
                 streams.push(Box::pin(acks));
             }
         }
+        let hub = self.feedback.clone();
         if streams.is_empty() {
-            // Handed back on the next turn, not from inside the drain of the core's outputs.
-            let back = Delivery::Undelivered { to, message };
-            self.acks
-                .push(futures_util::future::ready(Some(back)).boxed());
+            let _ = hub.try_send(Command::Undelivered { to, message });
             return;
         }
-        self.acks.push(
-            async move {
-                let mut acks = futures_util::stream::select_all(streams);
-                let mut reached = false;
-                while let Some((_, res)) = acks.next().await {
-                    // Any answer counts, even one whose payload we cannot decode (a bare
-                    // `ack()` carries no payload at all).
-                    if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
-                        return Some(Delivery::Delivered {
-                            room: message.room_id,
-                            msg: message.id,
-                        });
-                    }
-                    reached |= matches!(res, Err(AckError::Timeout));
+        tokio::spawn(async move {
+            let mut acks = futures_util::stream::select_all(streams);
+            let mut reached = false;
+            while let Some((_, res)) = acks.next().await {
+                // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
+                // carries no payload at all).
+                if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
+                    hub.send(Command::Delivered {
+                        room: message.room_id,
+                        msg: message.id,
+                    })
+                    .await;
+                    return;
                 }
-                // No socket got it (the receiver's sockets were just going away): hand it back
-                // to be queued. A socket that got it and never acked is a client that sends no
-                // receipts.
-                (!reached).then_some(Delivery::Undelivered { to, message })
+                reached |= matches!(res, Err(AckError::Timeout));
             }
-            .boxed(),
-        );
+            // No socket got it (the receiver's sockets were just going away): hand it back to be
+            // queued. A socket that got it and never acked is a client that sends no receipts.
+            if !reached {
+                hub.send(Command::Undelivered { to, message }).await;
+            }
+        });
     }
 
     fn emit(&self, to: Target, event: &ServerEvent) {
@@ -508,28 +488,6 @@ impl HubTask {
                 }
             }
         }
-    }
-}
-
-/// Moves the partner-message outcomes that are ready (at most [`BATCH`]) into `out`; ready
-/// once there is at least one. Polled with the hub's own context, so a later ack wakes it.
-fn take_ready(
-    acks: &mut FuturesUnordered<BoxFuture<'static, Option<Delivery>>>,
-    out: &mut Vec<Delivery>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    while out.len() < BATCH {
-        match acks.poll_next_unpin(cx) {
-            Poll::Ready(Some(Some(d))) => out.push(d),
-            // Settled with nothing to do (delivered nowhere but reached a socket).
-            Poll::Ready(Some(None)) => {}
-            Poll::Ready(None) | Poll::Pending => break,
-        }
-    }
-    if out.is_empty() {
-        Poll::Pending
-    } else {
-        Poll::Ready(())
     }
 }
 
