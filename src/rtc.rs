@@ -323,37 +323,35 @@ impl Worker {
     }
 
     fn on_datagram(&mut self, source: SocketAddr, data: &[u8]) {
+        let destination = self.advertised;
+        let now = Instant::now();
+        if self
+            .core
+            .handle_receive(now, Protocol::Udp, source, destination, data)
+            == Received::Handled
         {
-            let destination = self.advertised;
-            let now = Instant::now();
-            if self
-                .core
-                .handle_receive(now, Protocol::Udp, source, destination, data)
-                == Received::Handled
-            {
-                return;
-            }
-            let owner = match tandem_media::stun_worker(data) {
-                Some(w) if w < self.peers.len() => {
-                    if w != self.index {
-                        if self.routes.len() >= MAX_ROUTES {
-                            self.routes.clear();
-                        }
-                        self.routes.insert(source, w);
+            return;
+        }
+        let owner = match tandem_media::stun_worker(data) {
+            Some(w) if w < self.peers.len() => {
+                if w != self.index {
+                    if self.routes.len() >= MAX_ROUTES {
+                        self.routes.clear();
                     }
-                    Some(w)
+                    self.routes.insert(source, w);
                 }
-                _ => self.routes.get(&source).copied(),
-            };
-            if let Some(w) = owner.filter(|w| *w != self.index) {
-                self.metrics.handovers.inc();
-                self.handover[w].push(Datagram {
-                    proto: Protocol::Udp,
-                    source,
-                    destination,
-                    data: data.to_vec(),
-                });
+                Some(w)
             }
+            _ => self.routes.get(&source).copied(),
+        };
+        if let Some(w) = owner.filter(|w| *w != self.index) {
+            self.metrics.handovers.inc();
+            self.handover[w].push(Datagram {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                data: data.to_vec(),
+            });
         }
     }
 

@@ -20,7 +20,7 @@ const MAX_GSO_BYTES: usize = 65_000;
 pub struct BatchSocket {
     socket: UdpSocket,
     state: UdpSocketState,
-    recv_bufs: Vec<Vec<u8>>,
+    recv_bufs: [Vec<u8>; RECV_SLOTS],
     meta: Vec<RecvMeta>,
     gso_buf: Vec<u8>,
     /// Cleared after a GSO send failed for a reason other than a full buffer (a device
@@ -37,7 +37,7 @@ impl BatchSocket {
         let slot = MAX_DATAGRAM * state.gro_segments().max(1);
         Ok(BatchSocket {
             socket,
-            recv_bufs: (0..RECV_SLOTS).map(|_| vec![0u8; slot]).collect(),
+            recv_bufs: std::array::from_fn(|_| vec![0u8; slot]),
             meta: vec![RecvMeta::default(); RECV_SLOTS],
             gso_buf: Vec::with_capacity(MAX_GSO_BYTES),
             gso: state.max_gso_segments() > 1,
@@ -53,12 +53,7 @@ impl BatchSocket {
     /// (source and contents). Stops at the first would-block.
     pub fn recv_batch(&mut self, max_calls: usize, mut f: impl FnMut(SocketAddr, &[u8])) {
         for _ in 0..max_calls {
-            let mut slices: [IoSliceMut<'_>; RECV_SLOTS] = {
-                let mut it = self.recv_bufs.iter_mut();
-                std::array::from_fn(|_| {
-                    IoSliceMut::new(it.next().expect("RECV_SLOTS buffers exist").as_mut_slice())
-                })
-            };
+            let mut slices = self.recv_bufs.each_mut().map(|b| IoSliceMut::new(b));
             let state = &self.state;
             let meta = &mut self.meta;
             let socket = &self.socket;
