@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tandem_signaling::{GuestInfo, SessionId, SignalError};
+use tandem_signaling::{CallId, GuestInfo, SessionId, SignalError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::bearer;
@@ -52,7 +52,9 @@ impl From<SignalError> for ApiError {
             SignalError::Unauthorized => StatusCode::UNAUTHORIZED,
             SignalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             SignalError::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
-            SignalError::NotInChat | SignalError::PartnerAwayQueueFull => StatusCode::CONFLICT,
+            SignalError::NotInChat | SignalError::PartnerAwayQueueFull | SignalError::NoCall => {
+                StatusCode::CONFLICT
+            }
             SignalError::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SignalError::UnsupportedType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             SignalError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -119,7 +121,8 @@ fn ip_of(req: &Request) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-pub fn router(app: Arc<App>) -> Router {
+/// The routes. `with_metrics`: also `/metrics` (off when `--metrics-bind` serves it apart).
+pub fn router(app: Arc<App>, with_metrics: bool) -> Router {
     let cors_app = app.clone();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin, parts| {
@@ -143,13 +146,22 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(api_method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), api_limits))
         .layer(cors);
-    Router::new()
+    let mut root = Router::new()
         .nest("/api", api)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .merge(crate::web::routes())
+        .route("/healthz", get(healthz));
+    if with_metrics {
+        root = root.route("/metrics", get(metrics));
+    }
+    root.merge(crate::web::routes())
         .fallback(crate::web::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+/// `/metrics` alone, for `--metrics-bind`.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .with_state(app)
 }
 
@@ -271,13 +283,13 @@ struct IceServersResponse {
 }
 
 /// The ICE servers a guest's browser should use: the bundled TURN server's `turn:` (UDP, TCP)
-/// and `turns:` URLs with REST credentials for `session`, or none when TURN is off (the media
-/// server is ICE-lite with host candidates, which browsers reach without STUN).
-fn ice_server_list(app: &App, session: SessionId) -> Vec<IceServer> {
+/// and `turns:` URLs with REST credentials for `session` in `call`, or none when TURN is off
+/// (the media server is ICE-lite with host candidates, which browsers reach without STUN).
+fn ice_server_list(app: &App, session: SessionId, call: CallId) -> Vec<IceServer> {
     let Some(turn) = &app.turn else {
         return Vec::new();
     };
-    let (username, credential) = turn.credentials(&session.to_string());
+    let (username, credential) = turn.credentials(&session.to_string(), &call.to_string());
     vec![IceServer {
         urls: turn.urls().to_vec(),
         username: Some(username),
@@ -292,14 +304,11 @@ async fn ice_servers(
     let session = bearer(headers.get(header::AUTHORIZATION))
         .and_then(|t| app.tokens.verify(t))
         .ok_or(SignalError::Unauthorized)?;
-    // The session must still be alive. `admit` checks exactly that, and past it only whether
-    // the guest may open another socket, which does not matter here.
-    match app.hub.admit(session).await {
-        Ok(()) | Err(SignalError::RateLimited) => {}
-        Err(e) => return Err(e.into()),
-    }
+    // Credentials only for a live guest in a ringing or accepted call (409 `no_call`
+    // otherwise): TURN is for reaching the SFU, and they stop working with the call.
+    let call = app.hub.call_of(session).await?;
     let body = IceServersResponse {
-        ice_servers: ice_server_list(&app, session),
+        ice_servers: ice_server_list(&app, session, call),
         ttl: app
             .turn
             .as_ref()

@@ -18,14 +18,15 @@ use socketioxide::{AckError, SocketIo};
 use tandem_signaling::files::FileInfo;
 use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
-    ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MediaEvent, MessageId, Output,
-    RoomId, ServerEvent, SessionId, SignalError, Target,
+    CallId, ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MediaEvent, MessageId,
+    Output, RoomId, ServerEvent, SessionId, SignalError, Target,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::files::Files;
 use crate::metrics::SignalingMetrics;
 use crate::rtc::MediaPlane;
+use crate::turn::TurnAccess;
 
 /// Bound of the hub's inbox; past it new work is refused with `server_busy`.
 const INBOX: usize = 65_536;
@@ -105,6 +106,13 @@ pub enum Command {
     Media(MediaEvent),
     /// The media plane is up: send it the core's media commands from now on.
     AttachMedia(MediaPlane),
+    /// The TURN server is up: revoke a call's credentials when the call ends.
+    AttachTurn(TurnAccess),
+    /// The call (ringing or accepted) a live guest is in.
+    CallOf {
+        session: SessionId,
+        reply: oneshot::Sender<Result<CallId, SignalError>>,
+    },
     /// The chat a live guest is in, and its partner.
     ChatOf {
         session: SessionId,
@@ -165,6 +173,11 @@ impl Hub {
         self.ask(|reply| Command::Admit { session, reply }).await?
     }
 
+    /// The call `session` is in: `no_call` if none, `unauthorized` if the session is gone.
+    pub async fn call_of(&self, session: SessionId) -> Result<CallId, SignalError> {
+        self.ask(|reply| Command::CallOf { session, reply }).await?
+    }
+
     pub async fn chat_of(&self, session: SessionId) -> Result<(RoomId, SessionId), SignalError> {
         self.ask(|reply| Command::ChatOf { session, reply }).await?
     }
@@ -217,6 +230,7 @@ pub fn spawn(
         feedback: Hub { tx },
         last: Default::default(),
         media: None,
+        turn: None,
         last_calls: Default::default(),
         calls_dirty: false,
         files,
@@ -236,6 +250,7 @@ struct HubTask {
     feedback: Hub,
     last: tandem_signaling::Counters,
     media: Option<MediaPlane>,
+    turn: Option<TurnAccess>,
     last_calls: tandem_signaling::CallStates,
     /// Something that can change a call's state happened since the gauge was last set.
     calls_dirty: bool,
@@ -365,6 +380,15 @@ impl HubTask {
                 self.core.handle_media(ev, now);
             }
             Command::AttachMedia(plane) => self.media = Some(plane),
+            Command::AttachTurn(turn) => self.turn = Some(turn),
+            Command::CallOf { session, reply } => {
+                let answer = if self.core.session_alive(session, now) {
+                    self.core.call_of(session).ok_or(SignalError::NoCall)
+                } else {
+                    Err(SignalError::Unauthorized)
+                };
+                let _ = reply.send(answer);
+            }
             Command::ChatOf { session, reply } => {
                 let answer = if self.core.session_alive(session, now) {
                     self.core.chat_of(session).ok_or(SignalError::NotInChat)
@@ -401,6 +425,11 @@ impl HubTask {
                 },
                 Output::CallSetup(took) => self.metrics.call_setup.observe(took.as_secs_f64()),
                 Output::RoomClosed(room) => self.files.delete_room(room),
+                Output::CallEnded(call) => {
+                    if let Some(turn) = &self.turn {
+                        turn.revoke(&call.to_string());
+                    }
+                }
                 Output::Close { conn, reason } => {
                     if let Some((_, s)) = self.sockets.get(&conn) {
                         tracing::info!(conn = conn.0, ?reason, "closing socket");

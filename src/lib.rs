@@ -7,6 +7,7 @@ mod hub;
 mod limits;
 mod metrics;
 mod rtc;
+mod serve;
 mod sio;
 mod tls;
 mod turn;
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use prometheus::Registry;
 use rand::RngCore;
 use socketioxide::SocketIo;
@@ -36,7 +36,7 @@ pub struct App {
     hub: hub::Hub,
     tokens: auth::Tokens,
     origins: limits::OriginPolicy,
-    ip_conns: limits::IpConns,
+    ip_conns: Arc<limits::IpConns>,
     memory: limits::MemoryGuard,
     http_limits: limits::HttpLimits,
     registry: Registry,
@@ -97,6 +97,8 @@ fn turn_settings(
     };
     turn::TurnSettings {
         node_ip,
+        relay_ips: c.turn_relay_ip.clone(),
+        open_relay: c.turn_open_relay,
         port: c.turn_port,
         tls_port: c.turn_tls_port,
         cert: c.turn_cert.clone(),
@@ -137,6 +139,9 @@ pub async fn run(
     let registry = Registry::new();
     let signaling_metrics = metrics::SignalingMetrics::register(&registry);
     let http_metrics = metrics::HttpMetrics::register(&registry);
+    http_metrics
+        .open_files_limit
+        .set(i64::try_from(raise_open_files_limit()).unwrap_or(i64::MAX));
     let (layer, io) = SocketIo::builder()
         .max_payload(cfg.max_message_bytes)
         .ws_max_message_size(cfg.max_message_bytes as usize)
@@ -182,13 +187,13 @@ pub async fn run(
     let media_addr = plane.udp_addr();
     hub.send(hub::Command::AttachMedia(plane)).await;
     let turn = if cfg.turn_enabled {
-        Some(
-            turn::start(
-                turn_settings(&cfg, node_ip, media_addr),
-                metrics::TurnMetrics::register(&registry),
-            )
-            .await?,
+        let access = turn::start(
+            turn_settings(&cfg, node_ip, media_addr),
+            metrics::TurnMetrics::register(&registry),
         )
+        .await?;
+        hub.send(hub::Command::AttachTurn(access.clone())).await;
+        Some(access)
     } else {
         None
     };
@@ -213,25 +218,42 @@ pub async fn run(
     sio::setup(&io, app.clone());
     tokio::spawn(housekeeping(app.clone()));
 
-    let router = http::router(app.clone()).layer(layer);
+    let metrics_apart = cfg.metrics_bind.is_some();
+    let router = http::router(app.clone(), !metrics_apart).layer(layer);
     let listener = TcpListener::bind(cfg.bind)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
-    // Small Socket.IO frames must not wait for Nagle + delayed ACK (~40 ms per receipt).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    if let Some(at) = cfg.metrics_bind {
+        let metrics_listener = TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-bind {at}"))?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        tracing::info!(addr = %metrics_addr, "metrics listening");
+        let metrics_router = http::metrics_router(app.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, metrics_router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     tracing::info!(%addr, dev = cfg.dev, "tandem listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(
+    let serve = serve::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
+        router,
+        serve::ServeSettings {
+            header_timeout: Duration::from_secs(cfg.http_header_timeout_secs),
+            body_timeout: Duration::from_secs(cfg.http_body_timeout_secs),
+            conns_per_ip: limits::IpConns::new(cfg.max_http_connections_per_ip),
+            trusted: Arc::new(serve::TrustedProxies::new(cfg.trusted_proxy.clone())),
+            metrics: app.http_metrics.clone(),
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    );
     let grace = cfg.shutdown_grace();
     let drain = async move {
         shutdown.await;
@@ -246,7 +268,7 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        r = serve => r.context("HTTP server failed")?,
+        () = serve => {}
         () = drain => tracing::warn!("in-flight requests did not finish within the shutdown grace; exiting"),
         // The hub owns all signaling state: if it is gone (a bug made it panic), serving on
         // would only refuse everything. Exit non-zero so a supervisor restarts a clean process.
@@ -257,6 +279,26 @@ pub async fn run(
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit (every socket, TURN relay and
+/// connection is a descriptor) and returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                tracing::info!(from = soft, to = hard, "raised the open-files limit");
+                return hard;
+            }
+            tracing::info!(limit = soft, "open-files limit");
+            soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            0
+        }
+    }
 }
 
 /// Memory readings and limiter sweeps.

@@ -2,52 +2,77 @@
 //! buckets and the origin policy. Per-guest event limits live in the signaling core.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tandem_signaling::SessionId;
 
-/// Open Socket.IO connections per client IP.
+/// Who a per-address limit counts: an IPv4 address, or the /64 an IPv6 address is in (one
+/// IPv6 host usually holds a whole /64, so counting single addresses would not limit it).
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+/// Open connections per client address ([`limit_key`]).
 pub struct IpConns {
     max: u32,
     open: Mutex<HashMap<IpAddr, u32>>,
 }
 
-impl IpConns {
-    pub fn new(max: u32) -> Self {
-        Self {
-            max,
-            open: Mutex::new(HashMap::new()),
-        }
-    }
+/// One connection counted by [`IpConns`]; it stops counting when dropped.
+pub struct IpSlot {
+    conns: Arc<IpConns>,
+    key: IpAddr,
+}
 
-    pub fn has_room(&self, ip: IpAddr) -> bool {
-        self.open
-            .lock()
-            .map(|m| m.get(&ip).copied().unwrap_or(0) < self.max)
-            .unwrap_or(false)
-    }
-
-    pub fn opened(&self, ip: IpAddr) {
-        if let Ok(mut m) = self.open.lock() {
-            *m.entry(ip).or_insert(0) += 1;
-        }
-    }
-
-    pub fn closed(&self, ip: IpAddr) {
-        if let Ok(mut m) = self.open.lock() {
-            if let Some(n) = m.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&ip);
-                }
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.conns.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
             }
         }
+    }
+}
+
+impl IpConns {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one more connection from `ip`, unless it already holds `max`: the check and the
+    /// count are one step, so connections arriving at once cannot slip past the limit.
+    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let key = limit_key(ip);
+        let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            conns: self.clone(),
+            key,
+        })
+    }
+
+    /// Addresses with open connections.
+    #[cfg(test)]
+    pub fn tracked(&self) -> usize {
+        self.open.lock().map_or(0, |m| m.len())
     }
 }
 
@@ -116,7 +141,7 @@ impl HttpLimits {
     }
 
     pub fn request(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        Self::check(&self.per_ip, &ip)
+        Self::check(&self.per_ip, &limit_key(ip))
     }
 
     pub fn guest_request(&self, id: SessionId) -> Result<(), RetryAfter> {
@@ -124,7 +149,7 @@ impl HttpLimits {
     }
 
     pub fn creation(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        Self::check(&self.creations, &ip)
+        Self::check(&self.creations, &limit_key(ip))
     }
 
     /// Forgets keys whose buckets are full again, so the maps stay bounded.
@@ -190,12 +215,42 @@ mod tests {
     fn ip_conns_cap() {
         let c = IpConns::new(2);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(c.has_room(ip));
-        c.opened(ip);
-        c.opened(ip);
-        assert!(!c.has_room(ip));
-        c.closed(ip);
-        assert!(c.has_room(ip));
+        let a = c.try_open(ip).expect("first");
+        let _b = c.try_open(ip).expect("second");
+        assert!(c.try_open(ip).is_none(), "the third is refused");
+        // The IPv4-mapped form is the same client.
+        assert!(c.try_open("::ffff:127.0.0.1".parse().unwrap()).is_none());
+        drop(a);
+        assert!(c.try_open(ip).is_some());
+        assert_eq!(c.tracked(), 1);
+    }
+
+    #[test]
+    fn ip_conns_count_an_ipv6_64_as_one_client() {
+        let c = IpConns::new(1);
+        let _a = c
+            .try_open("2001:db8:1:2::1".parse().unwrap())
+            .expect("first");
+        assert!(c
+            .try_open("2001:db8:1:2:ffff::9".parse().unwrap())
+            .is_none());
+        assert!(c.try_open("2001:db8:1:3::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn ip_conns_hold_exactly_at_the_limit_under_concurrency() {
+        let c = IpConns::new(8);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let slots: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..32).map(|_| s.spawn(|| c.try_open(ip))).collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(slots.len(), 8);
+        drop(slots);
+        assert_eq!(c.tracked(), 0);
     }
 
     #[test]

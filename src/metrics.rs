@@ -288,6 +288,9 @@ impl SignalingMetrics {
 pub struct HttpMetrics {
     pub requests: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub accept_errors: IntCounterVec,
+    pub open_files_limit: IntGauge,
 }
 
 impl HttpMetrics {
@@ -314,6 +317,26 @@ impl HttpMetrics {
                     &["limit"],
                 )
                 .expect("valid"),
+            ),
+            connections_refused: counter_vec(
+                r,
+                "tandem_http_connections_refused_total",
+                "HTTP connections closed at accept, by reason (per_ip: the address holds --max-http-connections-per-ip)",
+                &["reason"],
+            ),
+            accept_errors: counter_vec(
+                r,
+                "tandem_http_accept_errors_total",
+                "Failed accepts on the HTTP port, by kind (descriptors: EMFILE/ENFILE); the listener backs off after each",
+                &["kind"],
+            ),
+            open_files_limit: reg(
+                r,
+                IntGauge::new(
+                    "tandem_open_files_limit",
+                    "The process's soft RLIMIT_NOFILE after start-up raised it to the hard limit",
+                )
+                .expect("valid metric"),
             ),
         }
     }
@@ -508,7 +531,7 @@ impl TurnMetrics {
             allocations_total: counter_vec(
                 r,
                 "tandem_turn_allocations_total",
-                "TURN allocations by event: created, expired (lifetime ran out), deleted (refresh 0 or connection closed)",
+                "TURN allocations by event: created, expired (lifetime ran out), deleted (refresh 0 or connection closed), revoked (their call ended)",
                 &["event"],
             ),
             auth_failures: counter_vec(
@@ -577,6 +600,18 @@ impl TurnMetrics {
             "deleted",
             now.allocations_deleted,
             last.allocations_deleted,
+        );
+        bump(
+            &self.allocations_total,
+            "revoked",
+            now.allocations_revoked,
+            last.allocations_revoked,
+        );
+        bump(
+            &self.auth_failures,
+            "revoked",
+            now.auth_revoked,
+            last.auth_revoked,
         );
         bump(
             &self.auth_failures,
@@ -679,6 +714,12 @@ impl TurnMetrics {
             "bind_failed",
             now.bind_failures,
             last.bind_failures,
+        );
+        bump(
+            &self.dropped,
+            "unauthenticated_rate",
+            now.unauth_dropped,
+            last.unauth_dropped,
         );
         self.requests.inc_by(now.requests - last.requests);
         self.error_responses

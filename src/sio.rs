@@ -23,6 +23,7 @@ use socketioxide_core::Value as RawValue;
 use tandem_signaling::{ClientEvent, ConnId, SessionId, SignalError};
 
 use crate::hub::{guest_room, Command, Hub, Reply};
+use crate::limits::IpSlot;
 use crate::metrics::SignalingMetrics;
 use crate::App;
 
@@ -36,11 +37,14 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// What the middleware learned, for the connect handler.
+/// What the middleware learned, for the connect handler: the guest, and the connection's
+/// place in the per-address count (released when the socket disconnects, or with the socket
+/// if it never connects).
 #[derive(Clone)]
 struct Admitted {
     session: SessionId,
     ip: Option<IpAddr>,
+    slot: Option<Arc<IpSlot>>,
 }
 
 /// Per-socket context for event dispatch.
@@ -107,22 +111,28 @@ async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refu
         .and_then(|t| app.tokens.verify(t))
         .ok_or(Refusal("unauthorized"))?;
     let ip = client_ip(s);
-    if ip.is_some_and(|ip| !app.ip_conns.has_room(ip)) {
-        return Err(Refusal("rate_limited"));
-    }
+    // Counted now, atomically with the check: connections arriving at once cannot pass the
+    // limit together. A refusal below drops the slot again.
+    let slot = match ip {
+        Some(ip) => Some(Arc::new(
+            app.ip_conns.try_open(ip).ok_or(Refusal("rate_limited"))?,
+        )),
+        None => None,
+    };
     app.hub
         .admit(session)
         .await
         .map_err(|e| Refusal(e.code()))?;
-    s.extensions.insert(Admitted { session, ip });
+    s.extensions.insert(Admitted { session, ip, slot });
     Ok(())
 }
 
 fn on_connect(s: SocketRef, app: Arc<App>) {
-    let Some(Admitted { session, ip }) = s.extensions.get::<Admitted>() else {
+    let Some(Admitted { session, ip, slot }) = s.extensions.remove::<Admitted>() else {
         let _ = s.disconnect();
         return;
     };
+    let slot = Arc::new(std::sync::Mutex::new(slot));
     let conn = ConnId(app.next_conn.fetch_add(1, Ordering::Relaxed));
     let span = tracing::debug_span!("conn", conn = conn.0, session = %session);
     let _enter = span.enter();
@@ -133,16 +143,12 @@ fn on_connect(s: SocketRef, app: Arc<App>) {
         metrics: app.signaling_metrics.clone(),
     });
     s.join(guest_room(session));
-    if let Some(ip) = ip {
-        app.ip_conns.opened(ip);
-    }
     let a = app.clone();
     s.on_disconnect(move |_: SocketRef| {
         let app = a.clone();
+        // The connection no longer counts against its address.
+        drop(slot.lock().map(|mut s| s.take()));
         async move {
-            if let Some(ip) = ip {
-                app.ip_conns.closed(ip);
-            }
             app.hub.send(Command::Disconnect { conn }).await;
             tracing::debug!(conn = conn.0, "socket disconnected");
         }

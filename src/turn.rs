@@ -5,8 +5,14 @@
 //! Each of `--turn-udp-workers` threads runs a current-thread runtime that owns one TURN core and
 //! every socket of the allocations it made, so relaying a packet never takes a lock or crosses a
 //! thread: the kernel hashes a client's datagrams to one worker's socket by address, and a TCP or
-//! TLS connection is handed to one worker when accepted. Quotas (allocations per user and in
-//! total) are therefore counted per worker.
+//! TLS connection is handed to one worker when accepted. The total allocation quota is counted
+//! per worker; allocations per guest are counted across workers ([`UserQuota`], taken once per
+//! Allocate, never per packet).
+//!
+//! By default the only peer a relay may reach is tandem's own media address (the SFU is the
+//! only WebRTC peer a guest has); `--turn-open-relay` makes a general relay. Either way every
+//! address of the host itself is refused. Credentials are minted per call and revoked a minute
+//! after the call ends (`TurnAccess::revoke`), which every worker hears on its control channel.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,13 +20,14 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rand::RngCore;
 use tandem_turn::{
-    channel_data_header, channel_data_padding, frame_len, rest_credentials, ClientSocket, Command,
-    Counters, Family, PeerToClient, RelayPort, Server, Transport,
+    channel_data_header, channel_data_padding, frame_len, rest_credentials, BindError,
+    ClientSocket, Command, Counters, Family, PeerToClient, RelayPort, Server, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -45,11 +52,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WORKER_INBOX: usize = 1024;
 /// How often counters become metrics.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Control messages (revocations) waiting for one worker at most; senders wait for room, so
+/// none is lost.
+const CONTROL_QUEUE: usize = 4096;
+/// How long a call's TURN credentials and allocations outlive the call.
+pub const CALL_GRACE: Duration = Duration::from_secs(60);
 
 /// The TURN settings the shell needs (from the validated config).
 #[derive(Debug, Clone)]
 pub struct TurnSettings {
     pub node_ip: IpAddr,
+    /// Addresses of the relayed addresses: at most one IPv4 and one IPv6 (`node_ip` if empty).
+    pub relay_ips: Vec<IpAddr>,
+    /// A general relay instead of one that reaches only `media_addr`.
+    pub open_relay: bool,
     pub port: u16,
     pub tls_port: u16,
     pub cert: Option<PathBuf>,
@@ -64,18 +80,19 @@ pub struct TurnSettings {
     pub max_allocations_per_user: usize,
     pub max_allocations: usize,
     pub max_permissions: usize,
-    pub max_bytes_per_sec: Option<u64>,
+    pub max_bytes_per_sec: u64,
     pub workers: Option<usize>,
     /// tandem's own media address (IP and UDP port): always a permitted peer, on that port only.
     pub media_addr: SocketAddr,
 }
 
-/// What the HTTP side needs to hand out TURN credentials.
+/// What the HTTP side and the hub need: minting and revoking TURN credentials.
 #[derive(Clone)]
 pub struct TurnAccess {
     urls: Vec<String>,
     secret: Vec<u8>,
     ttl: Duration,
+    controls: Vec<mpsc::Sender<Control>>,
 }
 
 impl TurnAccess {
@@ -84,17 +101,109 @@ impl TurnAccess {
         &self.urls
     }
 
-    /// REST credentials (username, password) for `session`, valid for the configured TTL.
-    pub fn credentials(&self, session: &str) -> (String, String) {
+    /// REST credentials (username, password) for guest `session` in call `call`: valid for the
+    /// configured TTL at most, and until [`CALL_GRACE`] after the call ends.
+    pub fn credentials(&self, session: &str, call: &str) -> (String, String) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        rest_credentials(&self.secret, session, now + self.ttl.as_secs())
+        rest_credentials(&self.secret, session, Some(call), now + self.ttl.as_secs())
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
+
+    /// The call `call` ended: its credentials stop working, and its allocations end, after
+    /// [`CALL_GRACE`]. Every worker is told; the sends wait for room (never dropped).
+    pub fn revoke(&self, call: &str) {
+        let at = Instant::now() + CALL_GRACE;
+        let controls = self.controls.clone();
+        let grant: Box<str> = call.into();
+        tokio::spawn(async move {
+            for tx in controls {
+                let _ = tx
+                    .send(Control::Revoke {
+                        grant: grant.clone(),
+                        at,
+                    })
+                    .await;
+            }
+        });
+    }
+}
+
+/// A worker's control messages (separate from connections and packets).
+enum Control {
+    Revoke { grant: Box<str>, at: Instant },
+}
+
+/// Allocations per guest across every worker (the core counts per worker only). Taken when an
+/// allocation is bound, released when it is freed: a lock per Allocate, none per packet.
+pub struct UserQuota {
+    limit: usize,
+    held: Mutex<HashMap<Box<str>, usize>>,
+}
+
+impl UserQuota {
+    fn new(limit: usize) -> UserQuota {
+        UserQuota {
+            limit,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn acquire(&self, user: &str) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(user.into()).or_insert(0);
+        if *n >= self.limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, user: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(user);
+            }
+        }
+    }
+}
+
+/// Every address of this host's interfaces (for the peer filter's always-denied list), plus
+/// the unspecified and loopback ones.
+fn host_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = vec![
+        Ipv4Addr::UNSPECIFIED.into(),
+        Ipv6Addr::UNSPECIFIED.into(),
+        Ipv4Addr::LOCALHOST.into(),
+        Ipv6Addr::LOCALHOST.into(),
+    ];
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => {
+            for a in addrs {
+                let Some(sa) = a.address else { continue };
+                let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                    IpAddr::V4(v4.ip())
+                } else if let Some(v6) = sa.as_sockaddr_in6() {
+                    IpAddr::V6(v6.ip())
+                } else {
+                    continue;
+                };
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses; TURN refuses only the configured ones")
+        }
+    }
+    out
 }
 
 enum Incoming {
@@ -158,6 +267,14 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
     if settings.allow_loopback_peers {
         tracing::warn!("--turn-allow-loopback-peers is on: TURN may relay to this host's loopback; for tests only");
     }
+    if settings.open_relay {
+        tracing::warn!("--turn-open-relay is on: any guest in a call may relay UDP to any address the deny list allows, not only to tandem's media port");
+    }
+    let own = host_addresses();
+    tracing::info!(
+        addresses = own.len(),
+        "TURN refuses this host's own addresses as peers"
+    );
 
     let h = host(settings.node_ip);
     let mut urls = vec![
@@ -167,20 +284,19 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
     if tls_port != 0 {
         urls.push(format!("turns:{h}:{tls_port}?transport=tcp"));
     }
-    let access = TurnAccess {
-        urls,
-        secret: settings.secret.clone(),
-        ttl: settings.credential_ttl,
-    };
-
     let acceptor = tls.as_ref().map(|(_, a)| a.clone());
+    let quota = Arc::new(UserQuota::new(settings.max_allocations_per_user));
     let mut inboxes = Vec::with_capacity(n);
+    let mut controls = Vec::with_capacity(n);
     for (i, socket) in udp.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(WORKER_INBOX);
         inboxes.push(tx);
-        let core = core_for(&settings)?;
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        controls.push(control_tx);
+        let core = core_for(&settings, own.clone())?;
         let metrics = metrics.clone();
         let acceptor = acceptor.clone();
+        let quota = quota.clone();
         std::thread::Builder::new()
             .name(format!("turn-{i}"))
             .spawn(move || {
@@ -195,10 +311,23 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
                     }
                 };
                 let local = LocalSet::new();
-                local.block_on(&rt, worker(i, core, socket, rx, acceptor, metrics));
+                let channels = Channels {
+                    inbox: rx,
+                    control: control_rx,
+                };
+                local.block_on(
+                    &rt,
+                    worker(i, core, socket, channels, acceptor, metrics, quota),
+                );
             })
             .context("starting a TURN worker thread")?;
     }
+    let access = TurnAccess {
+        urls,
+        secret: settings.secret.clone(),
+        ttl: settings.credential_ttl,
+        controls,
+    };
     tokio::spawn(accept_loop(tcp, false, inboxes.clone()));
     if let Some((l, _)) = tls {
         tokio::spawn(accept_loop(l, true, inboxes));
@@ -214,28 +343,36 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
     Ok(access)
 }
 
-fn core_for(s: &TurnSettings) -> anyhow::Result<Server> {
+fn core_for(s: &TurnSettings, host: Vec<IpAddr>) -> anyhow::Result<Server> {
     let always_allow = vec![s.media_addr];
+    let relay_ips = if s.relay_ips.is_empty() {
+        vec![s.node_ip]
+    } else {
+        s.relay_ips.clone()
+    };
     let cfg = tandem_turn::Config {
         realm: s.realm.clone(),
         auth_secret: s.secret.clone(),
-        relay_ipv4: match s.node_ip {
-            IpAddr::V4(v4) => Some(v4),
+        relay_ipv4: relay_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
             IpAddr::V6(_) => None,
-        },
-        relay_ipv6: match s.node_ip {
-            IpAddr::V6(v6) => Some(v6),
+        }),
+        relay_ipv6: relay_ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
             IpAddr::V4(_) => None,
-        },
+        }),
         port_range: s.relay_ports.0..=s.relay_ports.1,
         max_allocations: s.max_allocations,
         max_allocations_per_user: s.max_allocations_per_user,
         max_permissions_per_allocation: s.max_permissions,
-        bytes_per_sec_per_allocation: s.max_bytes_per_sec,
+        bytes_per_sec_per_allocation: Some(s.max_bytes_per_sec),
         allow_peers: s.allow_peers.clone(),
         deny_peers: s.deny_peers.clone(),
         allow_loopback_peers: s.allow_loopback_peers,
         always_allow,
+        open_relay: s.open_relay,
+        host_addresses: host,
+        revoked_grant_memory: s.credential_ttl + CALL_GRACE,
         ..tandem_turn::Config::default()
     };
     let mut seed = [0u8; 32];
@@ -280,6 +417,7 @@ async fn accept_loop(listener: TcpListener, tls: bool, workers: Vec<mpsc::Sender
 /// One worker's state, shared by its tasks on one thread.
 struct State {
     core: Server,
+    quota: Arc<UserQuota>,
     udp: Rc<UdpSocket>,
     relays: HashMap<u16, Relay>,
     streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
@@ -292,6 +430,14 @@ struct State {
 struct Relay {
     socket: Rc<UdpSocket>,
     task: AbortHandle,
+    /// The guest whose [`UserQuota`] it holds.
+    user: Box<str>,
+}
+
+/// What a worker is fed besides its sockets.
+struct Channels {
+    inbox: mpsc::Receiver<Incoming>,
+    control: mpsc::Receiver<Control>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -300,10 +446,15 @@ async fn worker(
     index: usize,
     core: Server,
     udp: StdUdpSocket,
-    mut inbox: mpsc::Receiver<Incoming>,
+    channels: Channels,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     metrics: TurnMetrics,
+    quota: Arc<UserQuota>,
 ) {
+    let Channels {
+        mut inbox,
+        mut control,
+    } = channels;
     let udp = match UdpSocket::from_std(udp) {
         Ok(s) => Rc::new(s),
         Err(e) => {
@@ -314,6 +465,7 @@ async fn worker(
     let state = Rc::new_cyclic(|me| {
         RefCell::new(State {
             core,
+            quota,
             udp: udp.clone(),
             relays: HashMap::new(),
             streams: HashMap::new(),
@@ -326,7 +478,23 @@ async fn worker(
     tokio::task::spawn_local(timer_loop(state.clone()));
     tokio::task::spawn_local(metrics_loop(state.clone(), metrics));
     tokio::task::spawn_local(client_udp_loop(state.clone(), udp));
-    while let Some(msg) = inbox.recv().await {
+    loop {
+        let msg = tokio::select! {
+            msg = inbox.recv() => msg,
+            ctl = control.recv() => {
+                match ctl {
+                    Some(Control::Revoke { grant, at }) => {
+                        let mut st = state.borrow_mut();
+                        st.core.handle_grant_revoked(&grant, at, Instant::now());
+                        st.drain();
+                        st.timer.notify_one();
+                    }
+                    None => return,
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { return };
         match msg {
             Incoming::Stream {
                 stream,
@@ -366,14 +534,23 @@ impl State {
         while let Some(cmd) = self.core.poll_command() {
             match cmd {
                 Command::SendToClient { to, bytes } => self.send_to_client(to, bytes),
-                Command::CreateAllocation { port, family } => {
-                    let result = self.bind_relay(port, family);
+                Command::CreateAllocation { port, family, user } => {
+                    let result = if self.quota.acquire(&user) {
+                        let bound = self.bind_relay(port, family, user.clone());
+                        if bound.is_err() {
+                            self.quota.release(&user);
+                        }
+                        bound
+                    } else {
+                        Err(BindError::UserQuota)
+                    };
                     self.core.handle_allocation_bound(port, result, now);
                     timer = true;
                 }
                 Command::FreeAllocation { port } => {
                     if let Some(relay) = self.relays.remove(&port.0) {
                         relay.task.abort();
+                        self.quota.release(&relay.user);
                     }
                     timer = true;
                 }
@@ -398,7 +575,12 @@ impl State {
         }
     }
 
-    fn bind_relay(&mut self, port: RelayPort, family: Family) -> Result<(), ()> {
+    fn bind_relay(
+        &mut self,
+        port: RelayPort,
+        family: Family,
+        user: Box<str>,
+    ) -> Result<(), BindError> {
         let ip = match family {
             Family::V4 => self.bind_ip_v4,
             Family::V6 => self.bind_ip_v6,
@@ -413,15 +595,16 @@ impl State {
             Ok(s) => Rc::new(s),
             Err(e) => {
                 tracing::debug!(port = port.0, error = %e, "TURN relay port unavailable");
-                return Err(());
+                return Err(BindError::PortUnavailable);
             }
         };
         let Some(me) = self.me.upgrade() else {
-            return Err(());
+            return Err(BindError::PortUnavailable);
         };
         let task = tokio::task::spawn_local(relay_loop(me, port, socket.clone())).abort_handle();
-        if let Some(old) = self.relays.insert(port.0, Relay { socket, task }) {
+        if let Some(old) = self.relays.insert(port.0, Relay { socket, task, user }) {
             old.task.abort();
+            self.quota.release(&old.user);
         }
         Ok(())
     }

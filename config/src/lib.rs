@@ -417,6 +417,34 @@ settings! {
     max_connections_per_ip: req u32 = 50;
         shown "50", env "TANDEM_MAX_CONNECTIONS_PER_IP", arg(value_name = "N");
 
+    /// Open HTTP connections (Socket.IO ones included) from one client
+    /// address (an IPv4 address or an IPv6 /64); trusted proxies are not capped
+    max_http_connections_per_ip: req u32 = 128;
+        shown "128", env "TANDEM_MAX_HTTP_CONNECTIONS_PER_IP", arg(value_name = "N");
+
+    /// Seconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection is kept (1 to 300)
+    http_header_timeout_secs: req u64 = 10;
+        shown "10", env "TANDEM_HTTP_HEADER_TIMEOUT_SECS", arg(value_name = "SECS");
+
+    /// Seconds a request body (an upload) may stall before the request is
+    /// dropped (1 to 3600)
+    http_body_timeout_secs: req u64 = 30;
+        shown "30", env "TANDEM_HTTP_BODY_TIMEOUT_SECS", arg(value_name = "SECS");
+
+    /// Reverse proxy network whose `Forwarded` / `X-Forwarded-For` headers name
+    /// the client (for per-address limits), as a CIDR; repeatable
+    /// (comma-separated in the env var). From any other address the headers are
+    /// ignored
+    trusted_proxy: req Vec<IpNet> = Vec::new();
+        shown "none", env "TANDEM_TRUSTED_PROXY",
+        arg(value_name = "CIDR", value_delimiter = ',');
+
+    /// Serve `/metrics` on this address instead of `--bind` (then the main
+    /// address answers 404 there)
+    metrics_bind: opt SocketAddr = None;
+        shown "the --bind address", env "TANDEM_METRICS_BIND", arg(value_name = "ADDR");
+
     /// Largest message accepted, in bytes (1024 to 1048576)
     max_message_bytes: req u64 = 16_384;
         shown "16384", env "TANDEM_MAX_MESSAGE_BYTES", arg(value_name = "BYTES");
@@ -538,9 +566,28 @@ settings! {
     turn_secret: opt Secret = None;
         shown "random at each start", env "TANDEM_TURN_SECRET", arg(value_name = "SECRET");
 
-    /// Seconds a minted TURN credential stays valid
+    /// Seconds a minted TURN credential stays valid at most (it also stops working a
+    /// minute after the call it was handed out for ends)
     turn_credential_ttl_secs: req u64 = 3600;
         shown "3600", env "TANDEM_TURN_CREDENTIAL_TTL_SECS", arg(value_name = "SECS");
+
+    /// Make TURN a general relay: any peer the deny list allows, not only
+    /// tandem's own media address (the only peer a guest needs). The host's own
+    /// addresses stay refused
+    turn_open_relay: req bool = false;
+        shown "false", env "TANDEM_TURN_OPEN_RELAY",
+        arg(
+            value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        );
+
+    /// Address TURN puts in its relayed addresses (at most one IPv4 and one IPv6;
+    /// repeatable, comma-separated in the env var); both together make a dual-stack
+    /// relay. Default: `--node-ip`
+    turn_relay_ip: req Vec<IpAddr> = Vec::new();
+        shown "--node-ip", env "TANDEM_TURN_RELAY_IP",
+        arg(value_name = "IP", value_delimiter = ',');
 
     /// Peer network TURN may relay to even if denied by default, as a CIDR;
     /// repeat for several (comma-separated in the env var)
@@ -575,9 +622,10 @@ settings! {
     turn_max_permissions: req u32 = 64;
         shown "64", env "TANDEM_TURN_MAX_PERMISSIONS", arg(value_name = "N");
 
-    /// Bytes per second one TURN allocation may relay (each way); unset means no limit
-    turn_max_bytes_per_sec: opt u64 = None;
-        shown "no limit", env "TANDEM_TURN_MAX_BYTES_PER_SEC", arg(value_name = "BYTES");
+    /// Bytes per second one TURN allocation may relay (both ways together);
+    /// the default is 5 Mbit/s
+    turn_max_bytes_per_sec: req u64 = 625_000;
+        shown "625000", env "TANDEM_TURN_MAX_BYTES_PER_SEC", arg(value_name = "BYTES");
 
     /// TURN threads, each with its own socket on the UDP port (SO_REUSEPORT)
     turn_udp_workers: opt usize = None;

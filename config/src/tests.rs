@@ -592,7 +592,9 @@ fn turn_defaults_and_flags() {
     assert!(c.turn_allow_peer.is_empty() && c.turn_deny_peer.is_empty());
     assert!(!c.turn_allow_loopback_peers);
     assert_eq!(c.turn_max_allocations_per_user, 10);
-    assert_eq!(c.turn_max_bytes_per_sec, None);
+    assert_eq!(c.turn_max_bytes_per_sec, 625_000, "5 Mbit/s");
+    assert!(!c.turn_open_relay);
+    assert!(c.turn_relay_ip.is_empty());
 
     let c = ok(
         &[
@@ -612,6 +614,11 @@ fn turn_defaults_and_flags() {
             "--turn-allow-loopback-peers",
             "--turn-max-bytes-per-sec",
             "1000000",
+            "--turn-open-relay",
+            "--turn-relay-ip",
+            "192.0.2.1",
+            "--turn-relay-ip",
+            "2001:db8::1",
         ],
         &[("TANDEM_TURN_SECRET", GOOD_SECRET)],
     );
@@ -622,7 +629,9 @@ fn turn_defaults_and_flags() {
     assert_eq!(c.turn_allow_peer.len(), 2);
     assert_eq!(c.turn_deny_peer[0].to_string(), "203.0.113.0/24");
     assert!(c.turn_allow_loopback_peers);
-    assert_eq!(c.turn_max_bytes_per_sec, Some(1_000_000));
+    assert_eq!(c.turn_max_bytes_per_sec, 1_000_000);
+    assert!(c.turn_open_relay);
+    assert_eq!(c.turn_relay_ip.len(), 2);
     assert_eq!(
         c.turn_secret.as_ref().map(Secret::expose),
         Some(GOOD_SECRET)
@@ -667,6 +676,17 @@ fn bad_turn_values_refused() {
     assert!(err(&["--turn-max-allocations-per-user", "0"], &[])
         .contains("turn_max_allocations_per_user"));
     assert!(err(&["--turn-max-bytes-per-sec", "0"], &[]).contains("turn_max_bytes_per_sec"));
+    assert!(err(
+        &[
+            "--turn-relay-ip",
+            "192.0.2.1",
+            "--turn-relay-ip",
+            "192.0.2.2"
+        ],
+        &[]
+    )
+    .contains("turn_relay_ip"));
+    assert!(err(&["--turn-relay-ip", "0.0.0.0"], &[]).contains("turn_relay_ip"));
     assert!(err(&["--turn-credential-ttl-secs", "10"], &[]).contains("turn_credential_ttl_secs"));
     assert!(err(&["--turn-realm", " "], &[]).contains("turn_realm"));
     assert!(err(&["--turn-udp-workers", "0"], &[]).contains("turn_udp_workers"));

@@ -88,6 +88,32 @@ pub(crate) fn check(
     in_range(config.token_ttl_secs, "token_ttl_secs", 60, 86_400)
         .map_err(|m| fail("token_ttl_secs", m))?;
     in_range(
+        config.http_header_timeout_secs,
+        "http_header_timeout_secs",
+        1,
+        300,
+    )
+    .map_err(|m| fail("http_header_timeout_secs", m))?;
+    in_range(
+        config.http_body_timeout_secs,
+        "http_body_timeout_secs",
+        1,
+        3600,
+    )
+    .map_err(|m| fail("http_body_timeout_secs", m))?;
+    if config.max_http_connections_per_ip == 0 {
+        return Err(fail(
+            "max_http_connections_per_ip",
+            "max_http_connections_per_ip must be at least 1, got 0".to_owned(),
+        ));
+    }
+    if config.metrics_bind == Some(config.bind) {
+        return Err(fail(
+            "metrics_bind",
+            "metrics_bind is the --bind address; leave it unset to serve /metrics there".to_owned(),
+        ));
+    }
+    in_range(
         config.max_message_bytes,
         "max_message_bytes",
         1024,
@@ -237,10 +263,33 @@ fn check_turn(
             return Err(fail(key, format!("{key} must be at least 1, got 0")));
         }
     }
-    if config.turn_max_bytes_per_sec == Some(0) {
+    if config.turn_max_bytes_per_sec == 0 {
         return Err(fail(
             "turn_max_bytes_per_sec",
-            "turn_max_bytes_per_sec must be at least 1 (leave it unset for no limit)".to_owned(),
+            "turn_max_bytes_per_sec must be at least 1".to_owned(),
+        ));
+    }
+    let (v4, v6) = config.turn_relay_ip.iter().fold((0, 0), |(a, b), ip| {
+        if ip.is_ipv4() {
+            (a + 1, b)
+        } else {
+            (a, b + 1)
+        }
+    });
+    if v4 > 1 || v6 > 1 {
+        return Err(fail(
+            "turn_relay_ip",
+            "turn_relay_ip takes at most one IPv4 and one IPv6 address".to_owned(),
+        ));
+    }
+    if let Some(ip) = config
+        .turn_relay_ip
+        .iter()
+        .find(|ip| ip.is_unspecified() || ip.is_multicast())
+    {
+        return Err(fail(
+            "turn_relay_ip",
+            format!("turn_relay_ip {ip} is not an address clients can send to"),
         ));
     }
     if let Some(workers) = config.turn_udp_workers {

@@ -120,6 +120,9 @@ pub enum Output {
     CallSetup(Duration),
     /// A chat ended: everything kept for it outside the core (its shared files) goes.
     RoomClosed(RoomId),
+    /// A call ended (ringing or accepted, for any reason): what was handed out for it (TURN
+    /// credentials) stops working.
+    CallEnded(CallId),
 }
 
 /// What `POST /api/guest` and refresh return, before the shell signs a token.
@@ -943,6 +946,13 @@ impl Core {
         self.room_of(id)
     }
 
+    /// The call (ringing or accepted) `id` is in, if any.
+    pub fn call_of(&self, id: SessionId) -> Option<CallId> {
+        let (room_id, _) = self.room_of(id)?;
+        let call = self.rooms.get(&room_id)?.call.as_ref()?;
+        call.side(id).map(|_| call.id)
+    }
+
     /// Posts a shared file (or voice note) from `id` into its chat `room` as a `file` (`voice`)
     /// message. Refused with `not_in_chat` when `id` is no longer in that very chat (it ended
     /// while the file was uploading), so the shell can drop the file.
@@ -1423,6 +1433,7 @@ impl Core {
             self.outputs
                 .push_back(Output::Media(MediaCommand::Close { call: call.id }));
         }
+        self.outputs.push_back(Output::CallEnded(call.id));
         self.counters.calls_ended[counted as usize] += 1;
     }
 

@@ -1249,3 +1249,30 @@ fn candidates_have_their_own_rate_limit() {
         .count();
     assert!(refused >= 25, "refused {refused} of 80");
 }
+
+#[test]
+fn every_ended_call_is_reported_once_with_its_id_and_call_of_names_the_live_one() {
+    let mut h = H::loose();
+    let (a, b, room) = h.pair();
+    assert_eq!(h.core.call_of(a.id), None);
+    h.ring(a, room);
+    // Ringing: both guests are in it (what TURN credentials are handed out for).
+    assert_eq!(h.core.call_of(a.id), Some(CallId(1)));
+    assert_eq!(h.core.call_of(b.id), Some(CallId(1)));
+    let ended = |out: &[Output]| -> Vec<CallId> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::CallEnded(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(h.ev(b, "call:reject", Value::Null), Ok(Ack::Ok));
+    assert_eq!(ended(&h.drain()), [CallId(1)], "a ringing call that ends");
+    assert_eq!(h.core.call_of(a.id), None);
+    let call = h.call(b, a, room);
+    assert_eq!(h.core.call_of(a.id), Some(call));
+    assert_eq!(h.ev(a, "call:end", Value::Null), Ok(Ack::Ok));
+    assert_eq!(ended(&h.drain()), [call], "an accepted call that ends");
+    assert_eq!(h.core.call_of(b.id), None);
+}

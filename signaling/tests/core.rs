@@ -2160,6 +2160,7 @@ struct Model {
     open: HashMap<CallId, RoomId>,
     /// Rooms the core reported closed (each exactly once).
     closed_rooms: std::collections::HashSet<RoomId>,
+    call_ids_ended: std::collections::HashSet<CallId>,
 }
 
 impl Model {
@@ -2185,6 +2186,7 @@ impl Model {
             ended_calls: HashSet::new(),
             open: HashMap::new(),
             closed_rooms: Default::default(),
+            call_ids_ended: Default::default(),
         }
     }
 
@@ -2742,6 +2744,9 @@ impl Model {
                     prop_assert!(self.open.contains_key(call));
                 }
                 Output::CallSetup(_) => {}
+                Output::CallEnded(call) => {
+                    prop_assert!(self.call_ids_ended.insert(*call), "a call ends once");
+                }
                 Output::RoomClosed(room) => {
                     prop_assert!(self.rooms.contains_key(room), "a room that existed");
                     prop_assert!(self.closed_rooms.insert(*room), "closed once");

@@ -39,7 +39,7 @@ const DEFAULT_FLAGS = {
 };
 
 // Flags that may be given several times; their values are appended, never replaced.
-const REPEATABLE = new Set(['--allowed-origin']);
+const REPEATABLE = new Set(['--allowed-origin', '--turn-relay-ip', '--turn-allow-peer', '--turn-deny-peer']);
 
 const STARTUP_TIMEOUT_MS = 15_000;
 
@@ -114,6 +114,7 @@ const liveServers = new Set();
 /**
  * Starts tandem on a free port with test-friendly limits, then `extraArgs` (which replace
  * defaults of the same flag). Resolves once GET /healthz answers 200.
+ * opts.ulimitNofile: start it under `ulimit -n` with that many descriptors.
  * opts.media (default false): also pass the media flags (`--node-ip 127.0.0.1 --rtc-udp-port
  * <free UDP port> --rtc-tcp-port 0 --rtc-udp-workers 1 --ice-candidates-per-sec 1000`) for the
  * call tests; `server.rtcUdpPort` is that port. `server.pid` is the process id (for /proc, see processStats).
@@ -151,7 +152,12 @@ export async function startServer(extraArgs = [], opts = {}) {
   // tandem reads TANDEM_* variables as settings and refuses unknown ones (TANDEM_BIN is ours):
   // the server is configured by flags only.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_')));
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  // opts.ulimitNofile: run under `ulimit -n N` (the shell execs tandem, so the PID is tandem's).
+  const proc = opts.ulimitNofile
+    ? spawn('sh', ['-c', `ulimit -n ${Number(opts.ulimitNofile)} && exec "$0" "$@"`, bin, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'], env,
+    })
+    : spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let log = '';
   const keep = (chunk) => {
     if (verbose) process.stderr.write(chunk);

@@ -131,24 +131,28 @@ test('--http-requests-per-min 5: the 6th /api request → 429 rate_limited with 
   assert.equal((await api(url, '/healthz')).status, 200);
 });
 
-test('--max-connections-per-ip: past the limit a connection is refused with rate_limited', async (t) => {
+test('--max-connections-per-ip: exactly LIMIT sockets per IP, one at a time and all at once', async (t) => {
   const LIMIT = 3;
   const { url } = await serverFor(t, ['--max-connections-per-ip', String(LIMIT)]);
   const guests = [];
-  for (let i = 0; i <= LIMIT; i++) guests.push(await createGuest(url, uname('Ip')));
-  // Let the HTTP keep-alive connections of fetch go idle/closed as far as possible.
-  const first = await connect(url, guests[0].token);
-  assert.ok(first.connected);
-  let refused;
-  for (let i = 1; i <= LIMIT && !refused; i++) {
-    try {
-      await connect(url, guests[i].token);
-    } catch (err) {
-      refused = err;
-    }
-  }
-  assert.ok(refused, `${LIMIT + 1} connections from one IP were all accepted`);
-  assert.equal(refused.message, 'rate_limited');
+  for (let i = 0; i < LIMIT + 3; i++) guests.push(await createGuest(url, uname('Ip')));
+  // One at a time: LIMIT connect, number LIMIT + 1 is refused.
+  const open = [];
+  for (let i = 0; i < LIMIT; i++) open.push(await connect(url, guests[i].token));
+  await assert.rejects(connect(url, guests[LIMIT].token), { message: 'rate_limited' });
+  // A socket that goes frees its place.
+  open.pop().close();
+  await sleep(300);
+  open.push(await connect(url, guests[LIMIT].token));
+  for (const s of open) s.close();
+  await sleep(300);
+  // All at once: of LIMIT + 3 simultaneous connections exactly LIMIT get in.
+  const results = await Promise.allSettled(guests.map((g) => connect(url, g.token)));
+  const ok = results.filter((r) => r.status === 'fulfilled');
+  const refused = results.filter((r) => r.status === 'rejected');
+  t.after(() => ok.forEach((r) => r.value.close()));
+  assert.equal(ok.length, LIMIT, `connected at once: ${ok.length}`);
+  for (const r of refused) assert.equal(r.reason.message, 'rate_limited');
 });
 
 test('an unknown event → unknown_event (ack, or error event without ack)', async (t) => {

@@ -14,7 +14,19 @@ import {
   waitFor,
   hex,
   uname,
+  pair,
+  emitAck,
+  assertOk,
 } from './harness.mjs';
+
+/** Two paired guests, `a` calling `b` (ringing); closes the sockets when the test ends. */
+async function ringing(t, url) {
+  const p = await pair(url);
+  t.after(() => { p.a.close(); p.b.close(); });
+  assertOk(await emitAck(p.a, 'call:request', { video: false }), 'call:request');
+  await waitFor(p.b, 'call:incoming');
+  return p;
+}
 
 const CSP =
   "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; " +
@@ -149,41 +161,39 @@ describe('GET /api/ice-servers', () => {
     assertHttpError(await api(server.url, '/api/ice-servers', { token: forged }), 401, 'unauthorized');
   });
 
-  test('with a valid guest token → 200 { iceServers: [tandem TURN with REST credentials], ttl: 3600 }', async () => {
+  test('a guest with no call → 409 no_call (credentials are for calls only)', async () => {
     const g = await createGuest(server.url, uname('Ice'));
-    const res = await api(server.url, '/api/ice-servers', { token: g.token });
-    assert.equal(res.status, 200, res.text);
-    assert.match(res.headers.get('content-type') ?? '', /application\/json/);
-    assert.equal(res.headers.get('cache-control'), 'no-store');
-    assert.equal(res.body.ttl, 3600);
-    assert.equal(res.body.iceServers.length, 1);
-    const [entry] = res.body.iceServers;
-    assert.deepEqual(Object.keys(entry).sort(), ['credential', 'urls', 'username']);
-    // The harness starts TURN on a free port without TLS: UDP and TCP URLs only.
-    assert.equal(entry.urls.length, 2);
-    assert.match(entry.urls[0], /^turn:127\.0\.0\.1:\d+\?transport=udp$/);
-    assert.match(entry.urls[1], /^turn:127\.0\.0\.1:\d+\?transport=tcp$/);
-    assert.match(entry.username, new RegExp(`^\\d+:${g.sessionId}$`));
-    assert.match(entry.credential, /^[A-Za-z0-9+/]+=*$/);
+    assertHttpError(await api(server.url, '/api/ice-servers', { token: g.token }), 409, 'no_call');
   });
 
-  test('with TURN off (--turn-enabled=false) → 200 exactly { iceServers: [], ttl: 3600 }', async (t) => {
+  test('a guest in a ringing call, holding its maximum sockets → 200 { iceServers: [TURN with credentials for the call], ttl: 3600 }', async (t) => {
+    const { ga: g, gb } = await ringing(t, server.url);
+    for (const guest of [g, gb]) {
+      const res = await api(server.url, '/api/ice-servers', { token: guest.token });
+      assert.equal(res.status, 200, res.text);
+      assert.match(res.headers.get('content-type') ?? '', /application\/json/);
+      assert.equal(res.headers.get('cache-control'), 'no-store');
+      assert.equal(res.body.ttl, 3600);
+      assert.equal(res.body.iceServers.length, 1);
+      const [entry] = res.body.iceServers;
+      assert.deepEqual(Object.keys(entry).sort(), ['credential', 'urls', 'username']);
+      // The harness starts TURN on a free port without TLS: UDP and TCP URLs only.
+      assert.equal(entry.urls.length, 2);
+      assert.match(entry.urls[0], /^turn:127\.0\.0\.1:\d+\?transport=udp$/);
+      assert.match(entry.urls[1], /^turn:127\.0\.0\.1:\d+\?transport=tcp$/);
+      // <expiry>:<guest>:<call>
+      assert.match(entry.username, new RegExp(`^\\d+:${guest.sessionId}:\\d+$`));
+      assert.match(entry.credential, /^[A-Za-z0-9+/]+=*$/);
+    }
+  });
+
+  test('with TURN off (--turn-enabled=false) → 200 exactly { iceServers: [], ttl: 3600 } in a call', async (t) => {
     const off = await startServer(['--turn-enabled=false']);
     t.after(() => off.stop());
-    const g = await createGuest(off.url, uname('NoTurn'));
+    const { ga: g } = await ringing(t, off.url);
     const res = await api(off.url, '/api/ice-servers', { token: g.token });
     assert.equal(res.status, 200, res.text);
     assert.deepEqual(res.body, { iceServers: [], ttl: 3600 });
-  });
-
-  test('a guest holding its maximum sockets still gets 200', async () => {
-    const g = await createGuest(server.url, uname('Full'));
-    const s = await connect(server.url, g.token);
-    await waitFor(s, 'connection:established');
-    const res = await api(server.url, '/api/ice-servers', { token: g.token });
-    assert.equal(res.status, 200, res.text);
-    assert.equal(res.body.iceServers.length, 1);
-    s.close();
   });
 
   test('a correctly signed token whose session does not exist → 401 unauthorized', async () => {
@@ -203,7 +213,7 @@ describe('GET /api/ice-servers', () => {
 
 test('GET /api/ice-servers after a restart (same secret, session gone) → 401 unauthorized', async (t) => {
   const first = await serverFor(t);
-  const g = await createGuest(first.url, uname('Restart'));
+  const { ga: g } = await ringing(t, first.url);
   assert.equal((await api(first.url, '/api/ice-servers', { token: g.token })).status, 200);
   await first.stop();
   const second = await serverFor(t, ['--jwt-secret', first.secret]);

@@ -10,7 +10,7 @@ use sha2::Sha256;
 
 use crate::ClientSocket;
 
-/// Longest USERNAME accepted (the REST form is `<unix seconds>:<session id>`).
+/// Longest USERNAME accepted (the REST form is `<unix seconds>:<session id>[:<grant>]`).
 pub const MAX_USERNAME_LEN: usize = 256;
 /// Hex digits of the nonce MAC.
 const NONCE_MAC_HEX: usize = 16;
@@ -18,11 +18,22 @@ const NONCE_MAC_HEX: usize = 16;
 pub(crate) const NONCE_LEN: usize = 16 + NONCE_MAC_HEX;
 
 /// Mints the TURN credentials a client uses until `expiry_unix` (seconds since the epoch):
-/// `username = "<expiry_unix>:<session_id>"`, `password = base64(HMAC-SHA1(secret, username))`.
-/// The HTTP side hands these out (e.g. in `/api/ice-servers`); the server recomputes the
-/// password from the username, so nothing is stored.
-pub fn rest_credentials(secret: &[u8], session_id: &str, expiry_unix: u64) -> (String, String) {
-    let username = format!("{expiry_unix}:{session_id}");
+/// `username = "<expiry_unix>:<user>"`, or `"<expiry_unix>:<user>:<grant>"` with a grant (what
+/// the credentials were handed out for, e.g. a call id, which
+/// [`crate::Server::handle_grant_revoked`] can end early), and
+/// `password = base64(HMAC-SHA1(secret, username))`. The HTTP side hands these out (e.g. in
+/// `/api/ice-servers`); the server recomputes the password from the username, so nothing is
+/// stored. Per-user quotas count by `user`.
+pub fn rest_credentials(
+    secret: &[u8],
+    user: &str,
+    grant: Option<&str>,
+    expiry_unix: u64,
+) -> (String, String) {
+    let username = match grant {
+        Some(grant) => format!("{expiry_unix}:{user}:{grant}"),
+        None => format!("{expiry_unix}:{user}"),
+    };
     let password = rest_password(secret, &username);
     (username, password)
 }
@@ -35,19 +46,35 @@ pub(crate) fn rest_password(secret: &[u8], username: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// A REST username split into its expiry and the session id (which quotas count by).
-pub(crate) fn parse_username(username: &str) -> Option<(u64, &str)> {
+/// A REST username split into its expiry, the user (which quotas count by) and the grant,
+/// if any.
+pub(crate) struct RestUser<'a> {
+    pub expiry: u64,
+    pub user: &'a str,
+    pub grant: Option<&'a str>,
+}
+
+/// Splits a REST username (`<expiry>:<user>[:<grant>]`).
+pub(crate) fn parse_username(username: &str) -> Option<RestUser<'_>> {
     if username.len() > MAX_USERNAME_LEN {
         return None;
     }
-    let (expiry, session) = username.split_once(':')?;
+    let (expiry, rest) = username.split_once(':')?;
     if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if session.is_empty() {
+    let (user, grant) = match rest.split_once(':') {
+        Some((user, grant)) => (user, Some(grant)),
+        None => (rest, None),
+    };
+    if user.is_empty() || grant.is_some_and(str::is_empty) {
         return None;
     }
-    Some((expiry.parse().ok()?, session))
+    Some(RestUser {
+        expiry: expiry.parse().ok()?,
+        user,
+        grant,
+    })
 }
 
 /// Stateless nonces: `hex(expiry) || hex(HMAC-SHA256(key, expiry || client)[..8])`. A nonce is
@@ -134,8 +161,10 @@ mod tests {
     #[test]
     fn rest_password_matches_coturn() {
         // coturn: echo -n "1700000000:alice" | openssl dgst -sha1 -hmac secret -binary | base64
-        let (u, p) = rest_credentials(b"secret", "alice", 1_700_000_000);
+        let (u, p) = rest_credentials(b"secret", "alice", None, 1_700_000_000);
         assert_eq!(u, "1700000000:alice");
+        let (g, _) = rest_credentials(b"secret", "alice", Some("c7"), 1_700_000_000);
+        assert_eq!(g, "1700000000:alice:c7");
         let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(b"secret").unwrap();
         mac.update(u.as_bytes());
         let expect = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
@@ -145,13 +174,19 @@ mod tests {
 
     #[test]
     fn usernames() {
-        assert_eq!(parse_username("12:abc"), Some((12, "abc")));
-        assert_eq!(parse_username("12:a:b"), Some((12, "a:b")));
-        assert_eq!(parse_username("abc"), None);
-        assert_eq!(parse_username(":abc"), None);
-        assert_eq!(parse_username("12:"), None);
-        assert_eq!(parse_username("+12:x"), None);
-        assert_eq!(parse_username("99999999999999999999999:x"), None);
+        fn p(s: &str) -> Option<(u64, &str, Option<&str>)> {
+            parse_username(s).map(|u| (u.expiry, u.user, u.grant))
+        }
+        assert_eq!(p("12:abc"), Some((12, "abc", None)));
+        assert_eq!(p("12:a:b"), Some((12, "a", Some("b"))));
+        assert_eq!(p("12:a:b:c"), Some((12, "a", Some("b:c"))));
+        assert_eq!(p("abc"), None);
+        assert_eq!(p(":abc"), None);
+        assert_eq!(p("12:"), None);
+        assert_eq!(p("12::b"), None);
+        assert_eq!(p("12:a:"), None);
+        assert_eq!(p("+12:x"), None);
+        assert_eq!(p("99999999999999999999999:x"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The TURN core's settings.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -53,8 +53,28 @@ pub struct Config {
     pub deny_peers: Vec<Cidr>,
     /// Let loopback peers through (tests only).
     pub allow_loopback_peers: bool,
-    /// Exact addresses always allowed (tandem's own media address).
+    /// Exact addresses always allowed (tandem's own media addresses).
     pub always_allow: Vec<SocketAddr>,
+    /// A general relay: any peer the allow/deny rules let through. Off (the default), only
+    /// `always_allow`, `allow_peers` (and loopback with `allow_loopback_peers`) are reachable.
+    pub open_relay: bool,
+    /// Every address of the host itself (all its interfaces): refused as peers in every mode,
+    /// except the exact `always_allow` addresses (and loopback with `allow_loopback_peers`).
+    pub host_addresses: Vec<IpAddr>,
+    /// Unauthenticated answers (Binding responses, 401/438 challenges, 400/420 before
+    /// authentication) to one UDP source (an IPv4 address or an IPv6 /64) per second, so the
+    /// server cannot be used to reflect traffic at a spoofed victim.
+    pub unauth_per_sec: u32,
+    /// Burst of such answers to one source.
+    pub unauth_burst: u32,
+    /// Sources tracked for that limit at most; past it unauthenticated answers to new
+    /// sources are dropped (fail closed).
+    pub max_unauth_sources: usize,
+    /// How long a revoked grant (see [`crate::Server::handle_grant_revoked`]) is remembered
+    /// after it stops working: at least the lifetime of the credentials that carry it.
+    pub revoked_grant_memory: Duration,
+    /// Revoked grants remembered at most (the oldest is forgotten first).
+    pub max_revoked_grants: usize,
     /// SOFTWARE attribute of responses.
     pub software: String,
 }
@@ -83,6 +103,13 @@ impl Default for Config {
             deny_peers: Vec::new(),
             allow_loopback_peers: false,
             always_allow: Vec::new(),
+            open_relay: false,
+            host_addresses: Vec::new(),
+            unauth_per_sec: 20,
+            unauth_burst: 40,
+            max_unauth_sources: 65_536,
+            revoked_grant_memory: Duration::from_secs(7200),
+            max_revoked_grants: 100_000,
             software: "tandem".to_owned(),
         }
     }
@@ -130,6 +157,13 @@ impl Config {
             || self.max_channels_per_allocation == 0
         {
             return bad("allocation, permission and channel limits must be at least 1");
+        }
+        if self.unauth_per_sec == 0
+            || self.unauth_burst == 0
+            || self.max_unauth_sources == 0
+            || self.max_revoked_grants == 0
+        {
+            return bad("unauthenticated-answer and revocation limits must be at least 1");
         }
         if self.bytes_per_sec_per_allocation == Some(0) {
             return bad("bytes_per_sec_per_allocation must be positive (or unset)");

@@ -97,20 +97,29 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> impl Iterator<Item = Ipv4Addr> {
 }
 
 /// The peer filter. See the module docs.
+///
+/// Two modes. A *strict* filter (tandem's default: the SFU is the only peer a guest ever
+/// needs) lets through only `always_allow` (exact IP and port), `allow` ranges and, for tests,
+/// loopback. A *general* filter (`--turn-open-relay`) also lets through every address that is
+/// not in the built-in deny ranges or `deny`. In both modes the host's own addresses are
+/// refused (traffic to them goes over `lo`, past interface firewall rules), except the exact
+/// `always_allow` addresses and loopback when `allow_loopback` is on.
 #[derive(Debug, Clone, Default)]
 pub struct PeerFilter {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     allow_loopback: bool,
     always_allow: Vec<SocketAddr>,
+    strict: bool,
+    host: Vec<IpAddr>,
 }
 
 impl PeerFilter {
-    /// `allow` is checked first and wins; `deny` adds to the built-in ranges;
-    /// `allow_loopback` lets 127.0.0.0/8 and ::1 through (tests only); `always_allow` names
-    /// exact transport addresses (tandem's own media address: IP *and* port) that are always
-    /// reachable, so that an otherwise denied host address (the node's own, loopback in tests)
-    /// opens only that one port, never the host's other services.
+    /// A general filter: `allow` is checked first and wins; `deny` adds to the built-in
+    /// ranges; `allow_loopback` lets 127.0.0.0/8 and ::1 through (tests only); `always_allow`
+    /// names exact transport addresses (tandem's own media address: IP *and* port) that are
+    /// always reachable, so that an otherwise denied host address (the node's own, loopback in
+    /// tests) opens only that one port, never the host's other services.
     pub fn new(
         allow: Vec<Cidr>,
         deny: Vec<Cidr>,
@@ -122,7 +131,22 @@ impl PeerFilter {
             deny,
             allow_loopback,
             always_allow,
+            strict: false,
+            host: Vec::new(),
         }
+    }
+
+    /// Strict mode: nothing but `always_allow`, `allow` and (with `allow_loopback`) loopback.
+    pub fn strict(mut self, strict: bool) -> PeerFilter {
+        self.strict = strict;
+        self
+    }
+
+    /// The host's own addresses, refused in every mode (canonical forms are compared, and the
+    /// IPv4 addresses embedded in IPv6 forms count too).
+    pub fn host_addresses(mut self, host: Vec<IpAddr>) -> PeerFilter {
+        self.host = host.into_iter().map(|ip| ip.to_canonical()).collect();
+        self
     }
 
     /// Whether a relay may talk to the transport address `peer`: one of `always_allow`, or an
@@ -135,11 +159,27 @@ impl PeerFilter {
             || self.is_allowed(peer.ip())
     }
 
-    /// Whether a relay may talk to any port of `ip` (the allow/deny rules, without
+    /// Whether `ip` is one of the host's own addresses, in any form.
+    fn is_host(&self, ip: IpAddr) -> bool {
+        let plain = ip.to_canonical();
+        self.host.contains(&plain)
+            || match plain {
+                IpAddr::V4(_) => false,
+                IpAddr::V6(v6) => embedded_ipv4(v6).any(|v4| self.host.contains(&IpAddr::V4(v4))),
+            }
+    }
+
+    /// Whether a relay may talk to any port of `ip` (the rules above, without
     /// `always_allow`, which names single ports).
     pub fn is_allowed(&self, ip: IpAddr) -> bool {
         // IPv4-mapped counts as its IPv4 address for the explicit lists.
         let plain = ip.to_canonical();
+        if self.allow_loopback && plain.is_loopback() {
+            return true;
+        }
+        if self.is_host(ip) {
+            return false;
+        }
         if self
             .allow
             .iter()
@@ -147,8 +187,8 @@ impl PeerFilter {
         {
             return true;
         }
-        if self.allow_loopback && plain.is_loopback() {
-            return true;
+        if self.strict {
+            return false;
         }
         let denied = |a: IpAddr| {
             self.deny.iter().any(|c| c.contains(a))

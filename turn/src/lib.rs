@@ -9,14 +9,17 @@
 //! # What it does
 //!
 //! - **Binding** requests are answered (XOR-MAPPED-ADDRESS) without authentication, on any
-//!   transport.
+//!   transport. Every unauthenticated answer over UDP (Binding responses, 401/438 challenges,
+//!   errors before authentication) is rate limited per source (IPv4 address or IPv6 /64; a
+//!   bounded table that fails closed), so a spoofed source cannot turn the server into a
+//!   reflector.
 //! - **Allocate**, **Refresh** (LIFETIME 0 deletes), **CreatePermission**, **ChannelBind**,
 //!   **Send** and **Data** indications, **ChannelData** both ways. Only UDP relaying
 //!   (REQUESTED-TRANSPORT 17, else 442). Lifetimes: allocations 600 s by default, at most
 //!   3600 s (a client's LIFETIME is clamped into that range), permissions 300 s, channels
 //!   600 s (all in [`Config`]).
 //! - **Long-term credentials in the TURN REST style** (coturn's `use-auth-secret`): the
-//!   username is `<expiry unix seconds>:<session id>`, the password
+//!   username is `<expiry unix seconds>:<session id>[:<grant>]`, the password
 //!   `base64(HMAC-SHA1(secret, username))` (minted by [`rest_credentials`]), the key
 //!   `MD5(username:realm:password)`. MESSAGE-INTEGRITY-SHA256 is verified when the client
 //!   sends it (then the response carries it too). Nonces are stateless: expiry plus a MAC
@@ -27,10 +30,16 @@
 //!   username), 442, 443, 486 (allocations per user), 508 (capacity, permissions, channels,
 //!   no relay port). Authenticated responses carry MESSAGE-INTEGRITY; every response carries
 //!   SOFTWARE and FINGERPRINT.
-//! - **Peer filter** ([`PeerFilter`]): loopback, private, CGNAT, link-local, multicast,
+//! - **Grants**: credentials may name what they were handed out for (a call);
+//!   [`Server::handle_grant_revoked`] ends them at a given moment: from then on they get 401
+//!   and every allocation made with them ends (Refresh cannot extend it past that).
+//! - **Peer filter** ([`PeerFilter`]): strict by default (`open_relay` off): only
+//!   `always_allow` (tandem's own media addresses, exact IP and port), `allow_peers` and, for
+//!   tests, loopback. With `open_relay`, loopback, private, CGNAT, link-local, multicast,
 //!   reserved, benchmarking and documentation ranges are refused, including when hidden in
-//!   IPv4-mapped, IPv4-compatible, NAT64, 6to4 or Teredo IPv6 forms. `allow_peers` wins,
-//!   `deny_peers` adds, `always_allow` names tandem's own media address.
+//!   IPv4-mapped, IPv4-compatible, NAT64, 6to4 or Teredo IPv6 forms; `allow_peers` wins,
+//!   `deny_peers` adds. In both modes `host_addresses` (every address of the host) are
+//!   refused but for the exact `always_allow` ports.
 //! - **Quotas**: allocations per user and in total, permissions and channels per
 //!   allocation, an optional byte rate per allocation (token bucket on the injected time).
 //! - **Counters** ([`Counters`]) for Prometheus. Malformed input (over 64 KiB, truncated,
@@ -42,7 +51,8 @@
 //! Server::new(cfg, seed, now, unix_now_secs)
 //! handle_client_input(bytes, from: ClientSocket, now) -> Option<(RelayPort, peer, Range)>
 //! handle_peer_input(bytes, port: RelayPort, peer, now) -> Option<PeerToClient>
-//! handle_allocation_bound(port, Ok(()) | Err(()), now)
+//! handle_allocation_bound(port, Ok(()) | Err(BindError), now)
+//! handle_grant_revoked(grant, at, now)             // a call ended: its credentials stop at `at`
 //! handle_client_disconnected(client, now)          // TCP/TLS connection closed
 //! handle_timeout(now); poll_timeout() -> Option<Instant>
 //! poll_command() -> Option<Command>                // SendToClient, CreateAllocation, FreeAllocation
@@ -57,9 +67,10 @@
 //! # Two-phase Allocate
 //!
 //! An authenticated, admissible Allocate reserves a random free port of `port_range` (picked
-//! with the seeded RNG; even if EVEN-PORT asks) and emits [`Command::CreateAllocation`]. The
-//! shell binds a UDP socket on that port and reports with
-//! [`Server::handle_allocation_bound`]: on `Ok` the allocation exists and the success
+//! with the seeded RNG; even if EVEN-PORT asks) and emits [`Command::CreateAllocation`] with
+//! the user. The shell checks the user's quota across cores, binds a UDP socket on that port
+//! and reports with [`Server::handle_allocation_bound`] (`Err(BindError::UserQuota)` is 486):
+//! on `Ok` the allocation exists and the success
 //! response (XOR-RELAYED-ADDRESS with the configured public relay address, LIFETIME,
 //! XOR-MAPPED-ADDRESS) is queued; on `Err` another port is tried, up to `bind_attempts`
 //! ports, then 508. A bind not reported within `bind_timeout` fails with 508 too (and a
@@ -95,7 +106,8 @@
 //! # Not supported
 //!
 //! TCP relaying (RFC 6062), DONT-FRAGMENT (answered 420 in an Allocate, ignored in Send),
-//! EVEN-PORT's reservation bit and RESERVATION-TOKEN (508), dual allocations
+//! EVEN-PORT's reservation bit and RESERVATION-TOKEN (508, as RFC 8656 §7.2 allows a server
+//! that keeps no reservations; EVEN-PORT without the R bit gets an even port), dual allocations
 //! (ADDITIONAL-ADDRESS-FAMILY is ignored), USERHASH and PASSWORD-ALGORITHMS negotiation
 //! (MD5 keys only), ICMP attribute forwarding, the 5-minute channel-number cool-down after a
 //! binding expires, and the RFC 8656 narrowing of channel numbers to 0x4000–0x4FFF (the RFC
@@ -121,8 +133,8 @@ pub use crate::framing::{
 };
 pub use crate::server::Server;
 pub use crate::types::{
-    ClientSocket, Command, Counters, Direction, Family, PeerToClient, RelayKind, RelayPort,
-    Traffic, Transport,
+    BindError, ClientSocket, Command, Counters, Direction, Family, PeerToClient, RelayKind,
+    RelayPort, Traffic, Transport,
 };
 
 /// The STUN codec, re-exported so clients in tests (and the shell) use the same one.

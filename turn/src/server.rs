@@ -23,7 +23,7 @@ use stun_rs::{
     StunAttribute, StunMessage, StunMessageBuilder, TransactionId,
 };
 
-use crate::auth::{parse_username, rest_password, NonceCheck, Nonces};
+use crate::auth::{parse_username, rest_password, NonceCheck, Nonces, RestUser};
 use crate::config::Config;
 use crate::error::TurnError;
 use crate::filter::PeerFilter;
@@ -31,7 +31,8 @@ use crate::framing::{
     parse_channel_data, CHANNEL_MAX, CHANNEL_MIN, MAGIC_COOKIE, MAX_MESSAGE_LEN, STUN_HEADER_LEN,
 };
 use crate::types::{
-    ClientSocket, Command, Counters, Direction, Family, PeerToClient, RelayKind, RelayPort,
+    BindError, ClientSocket, Command, Counters, Direction, Family, PeerToClient, RelayKind,
+    RelayPort, Transport,
 };
 
 /// Type of the DATA attribute (its value is located, not decoded, on the Send fast path).
@@ -86,6 +87,8 @@ struct Auth {
     username: Box<str>,
     /// Session id part of the REST username (what per-user quotas count).
     user: Box<str>,
+    /// What the credentials were handed out for (a call), if the username names it.
+    grant: Option<Box<str>>,
     key: HMACKey,
     sha256: bool,
 }
@@ -107,6 +110,7 @@ struct Allocation {
     family: Family,
     username: Box<str>,
     user: Box<str>,
+    grant: Option<Box<str>>,
     /// The Allocate that created it, to answer its retransmissions.
     allocate_tid: [u8; 12],
     expires: Instant,
@@ -116,6 +120,8 @@ struct Allocation {
     bucket: Option<TokenBucket>,
     /// The deadline this allocation has in the timer heap (older heap entries are stale).
     scheduled: Instant,
+    /// Its lifetime was cut by a revoked grant.
+    revoked: bool,
 }
 
 impl Allocation {
@@ -229,9 +235,33 @@ pub struct Server {
     by_client: HashMap<ClientSocket, RelayPort>,
     /// Allocations (and pending ones) per user.
     per_user: HashMap<Box<str>, usize>,
+    /// Revoked grants: from when their credentials stop working.
+    revoked: HashMap<Box<str>, Instant>,
+    /// The same grants with the moment they are forgotten, oldest first.
+    revoked_order: VecDeque<(Instant, Box<str>)>,
+    /// Unauthenticated answers per UDP source: the GCRA's theoretical arrival time.
+    unauth: HashMap<SourceKey, Instant>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     commands: VecDeque<Command>,
     counters: Counters,
+    /// The latest `now` of any input (responses are sent within an input's handling).
+    now: Instant,
+}
+
+/// Who the unauthenticated-answer limit counts: an IPv4 address or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4(u32),
+    V6(u64),
+}
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> SourceKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => SourceKey::V4(v4.into()),
+            IpAddr::V6(v6) => SourceKey::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
 }
 
 impl Server {
@@ -253,7 +283,9 @@ impl Server {
             cfg.deny_peers.clone(),
             cfg.allow_loopback_peers,
             cfg.always_allow.clone(),
-        );
+        )
+        .strict(!cfg.open_relay)
+        .host_addresses(cfg.host_addresses.clone());
         Ok(Server {
             cfg,
             filter,
@@ -267,9 +299,13 @@ impl Server {
             pending: HashMap::new(),
             by_client: HashMap::new(),
             per_user: HashMap::new(),
+            revoked: HashMap::new(),
+            revoked_order: VecDeque::new(),
+            unauth: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
             counters: Counters::default(),
+            now,
         })
     }
 
@@ -325,6 +361,7 @@ impl Server {
         from: ClientSocket,
         now: Instant,
     ) -> Option<(RelayPort, SocketAddr, Range<usize>)> {
+        self.now = self.now.max(now);
         if bytes.len() > MAX_MESSAGE_LEN + 4 {
             self.counters.malformed_dropped += 1;
             return None;
@@ -668,11 +705,19 @@ impl Server {
         }
         let username = username.as_str();
         // Not a REST username, or its expiry has passed.
-        let Some((_, user)) = parse_username(username).filter(|(exp, _)| *exp >= wall) else {
+        let Some(RestUser { user, grant, .. }) =
+            parse_username(username).filter(|u| u.expiry >= wall)
+        else {
             self.counters.auth_unknown_user += 1;
             self.challenge(req, Reject::Unauthorized, now);
             return None;
         };
+        // Handed out for a call that has ended (and its grace has passed).
+        if self.grant_deadline(grant).is_some_and(|at| at <= now) {
+            self.counters.auth_revoked += 1;
+            self.challenge(req, Reject::Unauthorized, now);
+            return None;
+        }
         let password = rest_password(&self.cfg.auth_secret, username);
         let key = HMACKey::new_long_term(
             username,
@@ -692,6 +737,7 @@ impl Server {
             Ok(key) if valid => Some(Auth {
                 username: username.into(),
                 user: user.into(),
+                grant: grant.map(Into::into),
                 key,
                 sha256: mi256.is_some(),
             }),
@@ -752,10 +798,13 @@ impl Server {
                 return self.reject(req, Reject::UnsupportedTransport, Some(&auth), Vec::new())
             }
         }
-        let even = msg
-            .get::<EvenPort>()
-            .and_then(|a| a.as_even_port().ok())
-            .is_some();
+        let even_port = msg.get::<EvenPort>().and_then(|a| a.as_even_port().ok());
+        let even = even_port.is_some();
+        if even_port.is_some_and(|e| e.reserve()) {
+            // RFC 8656 §7.2: a server that cannot reserve the next port too answers 508.
+            // Reservations are not kept here; EVEN-PORT without the R bit is served.
+            return self.reject(req, Reject::InsufficientCapacity, Some(&auth), Vec::new());
+        }
         if msg.get::<ReservationToken>().is_some() {
             // Never issued here (EVEN-PORT's R bit is not honoured), so never found.
             let reject = if even {
@@ -815,20 +864,24 @@ impl Server {
             },
         );
         self.timers.push(Reverse((deadline, Timer::Pending(port))));
+        let user = self.pending[&port].auth.user.clone();
         self.commands
-            .push_back(Command::CreateAllocation { port, family });
+            .push_back(Command::CreateAllocation { port, family, user });
     }
 
     /// The shell's answer to [`Command::CreateAllocation`]: `Ok` once the relay socket is
-    /// bound (the Allocate succeeds), `Err` if the bind failed (another port is tried, up to
-    /// `bind_attempts`, then 508). A port the core no longer waits for (timed out, client
-    /// gone) gets a [`Command::FreeAllocation`] back.
+    /// bound (the Allocate succeeds); [`BindError::PortUnavailable`] if the bind failed
+    /// (another port is tried, up to `bind_attempts`, then 508);
+    /// [`BindError::UserQuota`] if the user is over its quota across cores (486). A port the
+    /// core no longer waits for (timed out, client gone) gets a [`Command::FreeAllocation`]
+    /// back.
     pub fn handle_allocation_bound(
         &mut self,
         port: RelayPort,
-        result: Result<(), ()>,
+        result: Result<(), BindError>,
         now: Instant,
     ) {
+        self.now = self.now.max(now);
         let Some(mut p) = self.pending.remove(&port) else {
             if result.is_ok() && !self.allocations.contains_key(&port) {
                 self.push_command(Command::FreeAllocation { port });
@@ -841,6 +894,12 @@ impl Server {
             method: ALLOCATE,
             tid: &tid,
         };
+        if result == Err(BindError::UserQuota) {
+            self.by_client.remove(&p.client);
+            self.release_user(&p.auth.user);
+            self.counters.quota_user += 1;
+            return self.reject(&req, Reject::QuotaReached, Some(&p.auth), Vec::new());
+        }
         if result.is_err() {
             self.counters.bind_failures += 1;
             p.tried.push(port.0);
@@ -856,8 +915,12 @@ impl Server {
                     let deadline = p.deadline;
                     self.pending.insert(next, p);
                     self.timers.push(Reverse((deadline, Timer::Pending(next))));
-                    self.commands
-                        .push_back(Command::CreateAllocation { port: next, family });
+                    let user = self.pending[&next].auth.user.clone();
+                    self.commands.push_back(Command::CreateAllocation {
+                        port: next,
+                        family,
+                        user,
+                    });
                 }
                 None => {
                     self.by_client.remove(&p.client);
@@ -873,7 +936,7 @@ impl Server {
             }
             return;
         }
-        let expires = now + p.lifetime;
+        let expires = self.clamp_to_grant(p.auth.grant.as_deref(), now + p.lifetime);
         let bucket = self
             .cfg
             .bytes_per_sec_per_allocation
@@ -888,6 +951,7 @@ impl Server {
                 family: p.family,
                 username: p.auth.username.clone(),
                 user: p.auth.user.clone(),
+                grant: p.auth.grant.clone(),
                 allocate_tid: p.tid,
                 expires,
                 permissions: HashMap::new(),
@@ -895,6 +959,7 @@ impl Server {
                 channel_by_peer: HashMap::new(),
                 bucket,
                 scheduled: expires,
+                revoked: self.grant_deadline(p.auth.grant.as_deref()).is_some(),
             },
         );
         self.timers
@@ -946,8 +1011,10 @@ impl Server {
             return self.send_success(req, Some(&auth), vec![lifetime_attr(Duration::ZERO)]);
         }
         let lifetime = self.grant_lifetime(requested);
+        let expires = self.clamp_to_grant(auth.grant.as_deref(), now + lifetime);
+        let lifetime = expires.saturating_duration_since(now);
         if let Some(alloc) = self.allocations.get_mut(&port) {
-            alloc.expires = now + lifetime;
+            alloc.expires = expires;
         }
         self.reschedule(port);
         self.send_success(req, Some(&auth), vec![lifetime_attr(lifetime)]);
@@ -1084,10 +1151,70 @@ impl Server {
         self.send_success(req, Some(&auth), Vec::new());
     }
 
+    // ---------------------------------------------------------------- grants
+
+    /// The credentials handed out for `grant` (a call) stop working at `at` (the shell passes
+    /// the call's end plus a grace): from then on they are refused (401) and every allocation
+    /// made with them ends (its lifetime is cut to `at`; Refresh cannot extend it past that).
+    /// The grant is remembered for `revoked_grant_memory` after `at`.
+    pub fn handle_grant_revoked(&mut self, grant: &str, at: Instant, now: Instant) {
+        self.now = self.now.max(now);
+        self.forget_revoked(now);
+        if self.revoked.contains_key(grant) {
+            return;
+        }
+        if self.revoked.len() >= self.cfg.max_revoked_grants {
+            if let Some((_, oldest)) = self.revoked_order.pop_front() {
+                self.revoked.remove(&oldest);
+            }
+        }
+        let grant: Box<str> = grant.into();
+        self.revoked.insert(grant.clone(), at);
+        self.revoked_order
+            .push_back((at + self.cfg.revoked_grant_memory, grant.clone()));
+        let ports: Vec<RelayPort> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.grant.as_deref() == Some(&*grant) && a.expires > at)
+            .map(|(p, _)| *p)
+            .collect();
+        for port in ports {
+            if let Some(alloc) = self.allocations.get_mut(&port) {
+                alloc.expires = at;
+                alloc.revoked = true;
+            }
+            self.reschedule(port);
+        }
+    }
+
+    /// Revoked grants whose memory has run out are dropped.
+    fn forget_revoked(&mut self, now: Instant) {
+        while let Some((forget_at, _)) = self.revoked_order.front() {
+            if *forget_at > now {
+                break;
+            }
+            if let Some((_, grant)) = self.revoked_order.pop_front() {
+                self.revoked.remove(&grant);
+            }
+        }
+    }
+
+    /// When the credentials of `grant` stop working, if it was revoked.
+    fn grant_deadline(&self, grant: Option<&str>) -> Option<Instant> {
+        grant.and_then(|g| self.revoked.get(g).copied())
+    }
+
+    /// `expires`, but no later than the grant's revocation.
+    fn clamp_to_grant(&self, grant: Option<&str>, expires: Instant) -> Instant {
+        self.grant_deadline(grant)
+            .map_or(expires, |at| expires.min(at))
+    }
+
     // ---------------------------------------------------------------- time
 
     /// Expires allocations, permissions, channels and overdue relay binds.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         while let Some(&Reverse((at, timer))) = self.timers.peek() {
             if at > now {
                 break;
@@ -1098,6 +1225,7 @@ impl Server {
                 Timer::Pending(port) => self.expire_pending(port, now),
             }
         }
+        self.forget_revoked(now);
         // Stale entries (from deadlines moved earlier) are bounded by the live ones.
         let live = self.allocations.len() + self.pending.len();
         if self.timers.len() > 2 * live + 64 {
@@ -1113,7 +1241,11 @@ impl Server {
             return; // stale heap entry
         }
         if alloc.expires <= now {
-            self.counters.allocations_expired += 1;
+            if alloc.revoked {
+                self.counters.allocations_revoked += 1;
+            } else {
+                self.counters.allocations_expired += 1;
+            }
             self.free_allocation(port);
             return;
         }
@@ -1233,6 +1365,29 @@ impl Server {
             .map(RelayPort)
     }
 
+    /// One more unauthenticated answer to `ip`'s source (GCRA: `unauth_per_sec` with a burst
+    /// of `unauth_burst`). Idle sources are forgotten when the table is full; if it is still
+    /// full, new sources get no answer.
+    fn admit_unauthenticated(&mut self, ip: IpAddr) -> bool {
+        let now = self.now;
+        let interval = Duration::from_secs(1) / self.cfg.unauth_per_sec;
+        let tolerance = interval * self.cfg.unauth_burst.saturating_sub(1);
+        let key = SourceKey::of(ip);
+        if !self.unauth.contains_key(&key) && self.unauth.len() >= self.cfg.max_unauth_sources {
+            self.unauth.retain(|_, tat| *tat > now);
+            if self.unauth.len() >= self.cfg.max_unauth_sources {
+                return false;
+            }
+        }
+        let tat = self.unauth.entry(key).or_insert(now);
+        let start = (*tat).max(now);
+        if start.saturating_duration_since(now) > tolerance {
+            return false;
+        }
+        *tat = start + interval;
+        true
+    }
+
     fn push_command(&mut self, cmd: Command) {
         if matches!(cmd, Command::SendToClient { .. }) && self.commands.len() >= MAX_QUEUED_COMMANDS
         {
@@ -1267,6 +1422,15 @@ impl Server {
             Some(a) if a.sha256 => b = b.with_attribute(MessageIntegritySha256::new(a.key.clone())),
             Some(a) => b = b.with_attribute(MessageIntegrity::new(a.key.clone())),
             None => {}
+        }
+        // Unauthenticated answers over UDP go to whatever source address the request claims:
+        // rate limited per source, so the server is no amplifier against a spoofed victim.
+        if auth.is_none()
+            && req.from.transport == Transport::Udp
+            && !self.admit_unauthenticated(req.from.addr.ip())
+        {
+            self.counters.unauth_dropped += 1;
+            return;
         }
         let msg = b.with_attribute(Fingerprint::default()).build();
         self.counters.requests += 1;

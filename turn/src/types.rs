@@ -64,11 +64,25 @@ pub enum Command {
     /// Send a STUN message (a response or a Data indication) to a client, on the listener /
     /// connection it came from.
     SendToClient { to: ClientSocket, bytes: Vec<u8> },
-    /// Bind a UDP relay socket on `port` (any local address of `family`), then report the
-    /// outcome with [`crate::Server::handle_allocation_bound`].
-    CreateAllocation { port: RelayPort, family: Family },
+    /// Bind a UDP relay socket on `port` (any local address of `family`) for `user` (the
+    /// user part of the REST username, for quotas the shell keeps across cores), then report
+    /// the outcome with [`crate::Server::handle_allocation_bound`].
+    CreateAllocation {
+        port: RelayPort,
+        family: Family,
+        user: Box<str>,
+    },
     /// Close the relay socket on `port` (if it is bound).
     FreeAllocation { port: RelayPort },
+}
+
+/// Why the shell could not carry out a [`Command::CreateAllocation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindError {
+    /// The port could not be bound: another one is tried (up to `bind_attempts`), then 508.
+    PortUnavailable,
+    /// The user is at its allocation quota across every core (486).
+    UserQuota,
 }
 
 /// Fast path of [`crate::Server::handle_peer_input`]: the peer is bound to a channel, so the
@@ -122,6 +136,12 @@ pub struct Counters {
     pub auth_stale_nonce: u64,
     /// 441: a request on an allocation with another USERNAME than the one that created it.
     pub auth_wrong_credentials: u64,
+    /// 401 for credentials whose grant (call) was revoked.
+    pub auth_revoked: u64,
+    /// Unauthenticated answers to a UDP source over its rate (not sent).
+    pub unauth_dropped: u64,
+    /// Allocations ended because their grant (call) was revoked.
+    pub allocations_revoked: u64,
     /// Peer addresses refused by the peer filter (403 or a dropped Send indication).
     pub peers_denied: u64,
     /// `relayed[direction][transport][kind]`, see [`Counters::relayed`].

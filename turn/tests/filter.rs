@@ -163,3 +163,74 @@ fn allow_and_deny_lists() {
     assert!(!f.is_allowed(ip("2606:4700:4700::1111")));
     assert!(f.is_allowed(ip("8.8.8.8")));
 }
+
+#[test]
+fn strict_filter_reaches_only_the_media_addresses() {
+    let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    let f = PeerFilter::new(
+        vec![],
+        vec![],
+        false,
+        vec![sa("203.0.113.7:7882"), sa("[2001:db8::7]:7882")],
+    )
+    .strict(true);
+    assert!(f.is_allowed_addr(sa("203.0.113.7:7882")));
+    assert!(f.is_allowed_addr(sa("[::ffff:203.0.113.7]:7882")));
+    assert!(f.is_allowed_addr(sa("[2001:db8::7]:7882")));
+    // Public addresses a general relay would allow are refused: no open relay by default.
+    for s in [
+        "8.8.8.8:53",
+        "1.1.1.1:443",
+        "[2606:4700::1111]:443",
+        "203.0.113.7:22",
+    ] {
+        assert!(
+            !f.is_allowed_addr(sa(s)),
+            "{s} allowed by the strict filter"
+        );
+    }
+    assert!(!f.is_allowed(ip("8.8.8.8")));
+    // Explicit allow ranges still apply (an operator's choice).
+    let g =
+        PeerFilter::new(vec!["8.8.8.0/24".parse().unwrap()], vec![], false, vec![]).strict(true);
+    assert!(g.is_allowed(ip("8.8.8.8")));
+    assert!(!g.is_allowed(ip("8.8.4.4")));
+}
+
+#[test]
+fn the_hosts_own_addresses_are_refused_in_every_mode() {
+    let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    let host = vec![ip("198.51.100.10"), ip("8.8.8.8"), ip("2606:4700::1")];
+    for strict in [false, true] {
+        let f = PeerFilter::new(
+            vec!["8.8.8.0/24".parse().unwrap()],
+            vec![],
+            false,
+            vec![sa("8.8.8.8:7882")],
+        )
+        .strict(strict)
+        .host_addresses(host.clone());
+        // The media port itself stays reachable...
+        assert!(f.is_allowed_addr(sa("8.8.8.8:7882")));
+        // ...but no other port of the host, in any form, even inside an allow range.
+        for s in [
+            "8.8.8.8:22",
+            "[::ffff:8.8.8.8]:22",
+            "[64:ff9b::808:808]:22",
+            "[2002:808:808::1]:22",
+            "[2606:4700::1]:22",
+        ] {
+            assert!(!f.is_allowed_addr(sa(s)), "{s} allowed (strict {strict})");
+        }
+        assert!(f.is_allowed(ip("8.8.8.9")), "the rest of the allow range");
+    }
+    // A public host address is refused by the general filter too.
+    let open = PeerFilter::new(vec![], vec![], false, vec![]).host_addresses(host);
+    assert!(!open.is_allowed(ip("8.8.8.8")));
+    assert!(open.is_allowed(ip("8.8.4.4")));
+    // Loopback for tests wins over the host list (the tests' peers live on 127.0.0.1).
+    let tests = PeerFilter::new(vec![], vec![], true, vec![])
+        .strict(true)
+        .host_addresses(vec![ip("127.0.0.1")]);
+    assert!(tests.is_allowed(ip("127.0.0.1")));
+}

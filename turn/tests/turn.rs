@@ -16,8 +16,8 @@ use tandem_turn::stun_rs::attributes::turn::{
 use tandem_turn::stun_rs::methods::{BINDING, DATA};
 use tandem_turn::stun_rs::{AddressFamily, MessageClass};
 use tandem_turn::{
-    channel_data_header, frame_len, Command, Direction, Family, PeerToClient, RelayKind, RelayPort,
-    Transport,
+    channel_data_header, frame_len, BindError, Command, Direction, Family, PeerToClient, RelayKind,
+    RelayPort, Transport,
 };
 
 fn relayed(msg: &tandem_turn::stun_rs::StunMessage) -> std::net::SocketAddr {
@@ -66,11 +66,13 @@ fn allocate_flow_401_then_success() {
     let [Command::CreateAllocation {
         port,
         family: Family::V4,
+        ref user,
     }] = other[..]
     else {
         panic!("{other:?}");
     };
     assert!((50000..=50999).contains(&port.0));
+    assert_eq!(&**user, "alice", "the user the shell counts quotas by");
     assert_eq!(h.server.allocations(), 0);
     assert_eq!(h.server.pending_allocations(), 1);
 
@@ -384,6 +386,7 @@ fn ipv6_allocation_needs_a_relay_address() {
     let [Command::CreateAllocation {
         port,
         family: Family::V6,
+        ..
     }] = other[..]
     else {
         panic!("{other:?}")
@@ -799,7 +802,8 @@ fn bind_failures_retry_other_ports_then_508() {
     };
     let mut tried = vec![port];
     for _ in 0..3 {
-        h.server.handle_allocation_bound(port, Err(()), h.now);
+        h.server
+            .handle_allocation_bound(port, Err(BindError::PortUnavailable), h.now);
         let cmds = h.commands();
         let [Command::CreateAllocation { port: next, .. }] = cmds[..] else {
             panic!("{cmds:?}")
@@ -808,7 +812,8 @@ fn bind_failures_retry_other_ports_then_508() {
         tried.push(next);
         port = next;
     }
-    h.server.handle_allocation_bound(port, Err(()), h.now);
+    h.server
+        .handle_allocation_bound(port, Err(BindError::PortUnavailable), h.now);
     let (msgs, other) = h.split(from);
     assert!(other.is_empty());
     assert_eq!(error_code(&msgs[0]), Some(508));

@@ -30,6 +30,9 @@ pub fn config() -> Config {
         auth_secret: SECRET.to_vec(),
         relay_ipv4: Some(RELAY_IP.into()),
         port_range: 50000..=50999,
+        // Most tests relay to public documentation-free peers; the strict default is tested
+        // on its own.
+        open_relay: true,
         ..Config::default()
     }
 }
@@ -148,6 +151,7 @@ pub fn has<T: tandem_turn::stun_rs::StunAttributeType>(msg: &StunMessage) -> boo
 }
 
 /// A TURN client's credentials and current nonce.
+#[derive(Debug)]
 pub struct Creds {
     pub username: String,
     pub password: String,
@@ -157,7 +161,7 @@ pub struct Creds {
 
 impl Creds {
     pub fn rest(session: &str, expiry: u64, nonce: &str) -> Creds {
-        let (username, password) = rest_credentials(SECRET, session, expiry);
+        let (username, password) = rest_credentials(SECRET, session, None, expiry);
         Creds {
             username,
             password,
