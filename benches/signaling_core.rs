@@ -39,6 +39,9 @@ struct Fixture {
     idle: Vec<Guest>,
     next: usize,
     message: ClientEvent,
+    /// Messages handed out and not yet acknowledged: the core keeps them until an ack, at most
+    /// `away_queue_max` per receiver, so upkeep acknowledges them.
+    unacked: Vec<(RoomId, MessageId)>,
 }
 
 impl Fixture {
@@ -62,6 +65,7 @@ impl Fixture {
             rooms: Vec::with_capacity(PAIRED / 2),
             idle: Vec::with_capacity(IDLE),
             next: 0,
+            unacked: Vec::with_capacity(CHUNK as usize),
             message: ClientEvent::ChatMessage {
                 client_id: "c-42".into(),
                 content: "hello there, how are you?".into(),
@@ -121,13 +125,21 @@ impl Fixture {
 
     fn drain(&mut self) {
         while let Some(out) = self.core.poll_output() {
+            if let Output::Deliver { message, .. } = &out {
+                self.unacked.push((message.room_id, message.id));
+            }
             black_box(out);
         }
     }
 
-    /// Runs due timers (typing expiries, unblocks, stats) and drops their outputs.
+    /// Runs due timers (typing expiries, unblocks, stats), acknowledges what was delivered, and
+    /// drops the outputs.
     fn upkeep(&mut self) {
         self.core.handle_timeout(self.now);
+        self.drain();
+        for (room, id) in std::mem::take(&mut self.unacked) {
+            self.core.handle_delivered(room, id, self.now);
+        }
         self.drain();
     }
 

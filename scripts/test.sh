@@ -14,6 +14,12 @@ if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
 fi
 
+# The delivery tests (tests/e2e/delivery.test.mjs) take a client's network away by dropping its
+# packets with nftables, inside the suite's own network namespace.
+if ! command -v nft >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables
+fi
+
 # The browser tests (tests/e2e/browser) drive Debian's Chromium through playwright-core, which
 # never downloads a browser; the fonts give the screenshots readable text.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -18,7 +18,7 @@ use tandem_signaling::{CallId, GuestInfo, SessionId, SignalError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::bearer;
-use crate::limits::RetryAfter;
+use crate::limits::{client_key, Handshake, OverHandshakeLimit, RetryAfter};
 use crate::App;
 
 /// An HTTP error response.
@@ -50,7 +50,9 @@ impl From<SignalError> for ApiError {
     fn from(e: SignalError) -> Self {
         let status = match e {
             SignalError::Unauthorized => StatusCode::UNAUTHORIZED,
-            SignalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            SignalError::RateLimited | SignalError::TooManySessions => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             SignalError::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
             SignalError::NotInChat | SignalError::PartnerAwayQueueFull | SignalError::NoCall => {
                 StatusCode::CONFLICT
@@ -165,6 +167,39 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Engine.io handshakes per client address, in front of the Socket.IO layer. A handshake is a
+/// request under `/socket.io` without a `sid` (a new polling session, or a WebSocket opened
+/// directly); one over the limit goes on marked [`OverHandshakeLimit`], and the Socket.IO
+/// middleware refuses its connect with `rate_limited`; past twice the limit it gets 429 here.
+pub async fn socketio_handshakes(
+    State(app): State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let uri = req.uri();
+    let handshake = uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
+    if let (true, Some(ip)) = (handshake, ip_of(&req)) {
+        let verdict = app.http_limits.handshake(ip);
+        if !matches!(verdict, Handshake::Allowed) {
+            app.http_metrics
+                .rate_limited
+                .with_label_values(&["socket_handshake"])
+                .inc();
+        }
+        match verdict {
+            Handshake::Allowed => {}
+            Handshake::Refuse => {
+                req.extensions_mut().insert(OverHandshakeLimit);
+            }
+            Handshake::Drop(wait) => return ApiError::rate_limited(wait).into_response(),
+        }
+    }
+    next.run(req).await
+}
+
 /// Per-IP and per-guest request limits on `/api/*`.
 async fn api_limits(
     State(app): State<Arc<App>>,
@@ -246,7 +281,20 @@ async fn create_guest(
             Some(_) => return Err(SignalError::InvalidUsername.into()),
         }
     };
-    let info = app.hub.create_guest(username).await?;
+    let info = match app
+        .hub
+        .create_guest(username, Some(client_key(peer.ip())))
+        .await
+    {
+        Err(SignalError::TooManySessions) => {
+            app.http_metrics
+                .rate_limited
+                .with_label_values(&["sessions_per_ip"])
+                .inc();
+            return Err(SignalError::TooManySessions.into());
+        }
+        other => other?,
+    };
     Ok((StatusCode::CREATED, Json(token_response(&app, info)?)).into_response())
 }
 

@@ -18,8 +18,8 @@ use socketioxide::{AckError, SocketIo};
 use tandem_signaling::files::FileInfo;
 use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
-    CallId, ClientEvent, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MediaEvent, MessageId,
-    Output, RoomId, ServerEvent, SessionId, SignalError, Target,
+    CallId, ClientEvent, ClientKey, CloseReason, ConnId, Core, CoreConfig, GuestInfo, MediaEvent,
+    MessageId, Output, RoomId, ServerEvent, SessionId, SignalError, Target,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,6 +67,8 @@ impl Reply {
 pub enum Command {
     CreateGuest {
         username: Option<String>,
+        /// The client's address, for the per-address session cap.
+        client: Option<ClientKey>,
         reply: oneshot::Sender<Result<GuestInfo, SignalError>>,
     },
     Refresh {
@@ -91,13 +93,10 @@ pub enum Command {
         reply: Reply,
         received: Instant,
     },
+    /// A socket of the receiver acknowledged a chat message.
     Delivered {
         room: RoomId,
         msg: MessageId,
-    },
-    Undelivered {
-        to: SessionId,
-        message: ChatMessage,
     },
     Stats {
         reply: oneshot::Sender<Stats>,
@@ -159,9 +158,17 @@ impl Hub {
         rx.await.map_err(|_| SignalError::ServerBusy)
     }
 
-    pub async fn create_guest(&self, username: Option<String>) -> Result<GuestInfo, SignalError> {
-        self.ask(|reply| Command::CreateGuest { username, reply })
-            .await?
+    pub async fn create_guest(
+        &self,
+        username: Option<String>,
+        client: Option<ClientKey>,
+    ) -> Result<GuestInfo, SignalError> {
+        self.ask(|reply| Command::CreateGuest {
+            username,
+            client,
+            reply,
+        })
+        .await?
     }
 
     pub async fn refresh(&self, session: SessionId) -> Result<GuestInfo, SignalError> {
@@ -299,8 +306,15 @@ impl HubTask {
     fn handle(&mut self, cmd: Command) {
         let now = Instant::now();
         match cmd {
-            Command::CreateGuest { username, reply } => {
-                let _ = reply.send(self.core.create_guest(username.as_deref(), now));
+            Command::CreateGuest {
+                username,
+                client,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.core
+                        .create_guest_from(username.as_deref(), client, now),
+                );
             }
             Command::Refresh { session, reply } => {
                 let _ = reply.send(self.core.refresh(session, now));
@@ -368,10 +382,6 @@ impl HubTask {
                     .observe(received.elapsed().as_secs_f64());
             }
             Command::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
-            Command::Undelivered { to, message } => {
-                self.metrics.undelivered.inc();
-                self.core.handle_undelivered(to, message, now);
-            }
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
             }
@@ -418,7 +428,11 @@ impl HubTask {
                     }
                     self.emit(to, &event);
                 }
-                Output::Deliver { to, message } => self.deliver(to, message),
+                Output::Deliver { to, message } => self.deliver(self.sockets_of(to), &message),
+                Output::Redeliver { conn, message } => {
+                    let socket = self.sockets.get(&conn).map(|(_, s)| s);
+                    self.deliver(socket, &message);
+                }
                 Output::Media(cmd) => match &self.media {
                     Some(m) => m.command(cmd),
                     None => tracing::warn!("media command before the media plane started"),
@@ -458,41 +472,36 @@ impl HubTask {
             .filter_map(|c| self.sockets.get(c).map(|(_, s)| s))
     }
 
-    /// Sends a partner message to every socket of `to`, asking for an ack. The first ack makes
-    /// the sender's `delivered` receipt; if no socket got it, the core queues it again.
-    fn deliver(&self, to: SessionId, message: ChatMessage) {
+    /// Sends a partner message to `sockets` (the receiver's), each asked for an ack; the first
+    /// ack makes the sender's `delivered` receipt. Nothing is lost when none comes (a socket
+    /// that closed, or died silently until the heartbeat closed it): the core keeps the message
+    /// until an ack and hands it to the receiver's next socket. The ack wait (the Socket.IO ack
+    /// timeout) outlasts the heartbeat, so a live socket's late ack still counts.
+    fn deliver<'a>(&self, sockets: impl IntoIterator<Item = &'a SocketRef>, message: &ChatMessage) {
         let mut streams = Vec::new();
-        for s in self.sockets_of(to) {
-            if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", &message) {
+        for s in sockets {
+            if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", message) {
                 streams.push(Box::pin(acks));
             }
         }
-        let hub = self.feedback.clone();
         if streams.is_empty() {
-            let _ = hub.try_send(Command::Undelivered { to, message });
+            self.metrics.undelivered.inc();
             return;
         }
+        let hub = self.feedback.clone();
+        let unacked = self.metrics.undelivered.clone();
+        let (room, msg) = (message.room_id, message.id);
         tokio::spawn(async move {
             let mut acks = futures_util::stream::select_all(streams);
-            let mut reached = false;
             while let Some((_, res)) = acks.next().await {
                 // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
                 // carries no payload at all).
                 if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
-                    hub.send(Command::Delivered {
-                        room: message.room_id,
-                        msg: message.id,
-                    })
-                    .await;
+                    hub.send(Command::Delivered { room, msg }).await;
                     return;
                 }
-                reached |= matches!(res, Err(AckError::Timeout));
             }
-            // No socket got it (the receiver's sockets were just going away): hand it back to be
-            // queued. A socket that got it and never acked is a client that sends no receipts.
-            if !reached {
-                hub.send(Command::Undelivered { to, message }).await;
-            }
+            unacked.inc();
         });
     }
 

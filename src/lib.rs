@@ -31,6 +31,10 @@ use tokio::net::TcpListener;
 /// How long a draining server keeps listening after it closed every socket.
 const DRAIN_NOTICE: Duration = Duration::from_secs(1);
 
+/// How long an engine.io session may wait for its Socket.IO connect (socketioxide's default is
+/// 45 s; a client sends it right after the handshake).
+const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Everything the HTTP and Socket.IO layers share.
 pub struct App {
     hub: hub::Hub,
@@ -59,6 +63,8 @@ fn core_config(c: &Config) -> CoreConfig {
         away_queue_max: c.away_queue_max,
         max_sockets_per_guest: c.max_sockets_per_guest as usize,
         max_sessions: c.max_sessions,
+        max_sessions_per_ip: c.max_sessions_per_ip as usize,
+        connect_timeout: c.guest_connect_timeout(),
         chat_messages_per_sec: c.chat_messages_per_sec,
         match_per_sec: c.match_per_sec,
         match_burst: c.match_burst,
@@ -147,7 +153,14 @@ pub async fn run(
         .ws_max_message_size(cfg.max_message_bytes as usize)
         .ws_max_frame_size(cfg.max_message_bytes as usize)
         .max_buffer_size(1024)
-        .ack_timeout(Duration::from_secs(10))
+        // A dead client is noticed within pingInterval + pingTimeout; a chat message's ack is
+        // awaited twice that (a live socket's ack delayed by TCP retransmissions still counts;
+        // a message without an ack stays queued for the receiver's next socket anyway).
+        .ping_interval(cfg.ping_interval())
+        .ping_timeout(cfg.ping_timeout())
+        .ack_timeout(2 * (cfg.ping_interval() + cfg.ping_timeout()))
+        // A handshake whose Socket.IO connect never comes (or was refused) is closed after this.
+        .connect_timeout(SOCKET_CONNECT_TIMEOUT)
         .build_layer();
     let media_metrics = metrics::MediaMetrics::register(&registry);
     let files = Arc::new(files::Files::new(
@@ -206,6 +219,7 @@ pub async fn run(
         http_limits: limits::HttpLimits::new(
             cfg.http_requests_per_min,
             cfg.guest_creations_per_min,
+            cfg.socket_handshakes_per_min,
         ),
         registry,
         signaling_metrics,
@@ -219,7 +233,12 @@ pub async fn run(
     tokio::spawn(housekeeping(app.clone()));
 
     let metrics_apart = cfg.metrics_bind.is_some();
-    let router = http::router(app.clone(), !metrics_apart).layer(layer);
+    let router = http::router(app.clone(), !metrics_apart)
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            http::socketio_handshakes,
+        ));
     let listener = TcpListener::bind(cfg.bind)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tandem_signaling::SessionId;
+use tandem_signaling::{ClientKey, SessionId};
 
 /// Who a per-address limit counts: an IPv4 address, or the /64 an IPv6 address is in (one
 /// IPv6 host usually holds a whole /64, so counting single addresses would not limit it).
@@ -19,6 +19,15 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,
     }
+}
+
+/// The signaling core's key for a client address: its [`limit_key`] as 128 bits (an IPv4
+/// address in its IPv4-mapped IPv6 form).
+pub fn client_key(ip: IpAddr) -> ClientKey {
+    ClientKey(match limit_key(ip) {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    })
 }
 
 /// Open connections per client address ([`limit_key`]).
@@ -114,21 +123,43 @@ pub struct HttpLimits {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_guest: DefaultKeyedRateLimiter<SessionId>,
     creations: DefaultKeyedRateLimiter<IpAddr>,
+    /// Engine.io handshakes per client address.
+    handshakes: DefaultKeyedRateLimiter<IpAddr>,
+    /// Handshakes over that limit still let through to be refused in Socket.IO's words.
+    handshake_refusals: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 /// How long until a refused request may be retried.
 pub struct RetryAfter(pub Duration);
+
+/// What becomes of an engine.io handshake (a new Socket.IO connection attempt).
+pub enum Handshake {
+    /// Within the client address's budget.
+    Allowed,
+    /// Over it: the handshake goes on and the Socket.IO connect is refused with `rate_limited`
+    /// (the request carries [`OverHandshakeLimit`]), so that the client learns why.
+    Refuse,
+    /// Over it by as many again within the window: HTTP 429 at once, no engine.io session.
+    Drop(RetryAfter),
+}
+
+/// Marks an engine.io handshake over its address's limit (a request extension, kept in the
+/// socket's request parts for the Socket.IO middleware).
+#[derive(Debug, Clone, Copy)]
+pub struct OverHandshakeLimit;
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n.max(1)).expect("max(1) is non-zero"))
 }
 
 impl HttpLimits {
-    pub fn new(requests_per_min: u32, creations_per_min: u32) -> Self {
+    pub fn new(requests_per_min: u32, creations_per_min: u32, handshakes_per_min: u32) -> Self {
         Self {
             per_ip: RateLimiter::keyed(per_minute(requests_per_min)),
             per_guest: RateLimiter::keyed(per_minute(requests_per_min)),
             creations: RateLimiter::keyed(per_minute(creations_per_min)),
+            handshakes: RateLimiter::keyed(per_minute(handshakes_per_min)),
+            handshake_refusals: RateLimiter::keyed(per_minute(handshakes_per_min)),
         }
     }
 
@@ -152,11 +183,27 @@ impl HttpLimits {
         Self::check(&self.creations, &limit_key(ip))
     }
 
+    /// Counts one engine.io handshake from `ip`: the first `handshakes_per_min` a minute (a
+    /// token bucket of that size) are allowed, as many again are refused in Socket.IO's words,
+    /// the rest dropped with HTTP 429.
+    pub fn handshake(&self, ip: IpAddr) -> Handshake {
+        let key = limit_key(ip);
+        if Self::check(&self.handshakes, &key).is_ok() {
+            return Handshake::Allowed;
+        }
+        match Self::check(&self.handshake_refusals, &key) {
+            Ok(()) => Handshake::Refuse,
+            Err(wait) => Handshake::Drop(wait),
+        }
+    }
+
     /// Forgets keys whose buckets are full again, so the maps stay bounded.
     pub fn sweep(&self) {
         self.per_ip.retain_recent();
         self.per_guest.retain_recent();
         self.creations.retain_recent();
+        self.handshakes.retain_recent();
+        self.handshake_refusals.retain_recent();
     }
 }
 
@@ -254,8 +301,49 @@ mod tests {
     }
 
     #[test]
+    fn client_keys_are_addresses_and_ipv6_64s() {
+        let k = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(k("192.0.2.1"), k("::ffff:192.0.2.1"));
+        assert_ne!(k("192.0.2.1"), k("192.0.2.2"));
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        // An IPv4 address never shares a key with an IPv6 /64.
+        assert_ne!(k("0.0.0.1"), k("::1"));
+    }
+
+    #[test]
+    fn handshakes_allowed_then_refused_then_dropped_per_address() {
+        let l = HttpLimits::new(100, 10, 3);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(l.handshake(ip), Handshake::Allowed));
+        }
+        for _ in 0..3 {
+            assert!(matches!(l.handshake(ip), Handshake::Refuse));
+        }
+        match l.handshake(ip) {
+            Handshake::Drop(RetryAfter(wait)) => assert!(wait > Duration::ZERO),
+            _ => panic!("past twice the limit the handshake is dropped"),
+        }
+        // Another address has its own budget; the same /64 shares one.
+        assert!(matches!(
+            l.handshake("192.0.2.8".parse().unwrap()),
+            Handshake::Allowed
+        ));
+        let v6 = HttpLimits::new(100, 10, 1);
+        assert!(matches!(
+            v6.handshake("2001:db8::1".parse().unwrap()),
+            Handshake::Allowed
+        ));
+        assert!(matches!(
+            v6.handshake("2001:db8::2".parse().unwrap()),
+            Handshake::Refuse
+        ));
+    }
+
+    #[test]
     fn http_limits_refuse_past_quota() {
-        let l = HttpLimits::new(100, 2);
+        let l = HttpLimits::new(100, 2, 60);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(l.creation(ip).is_ok());
         assert!(l.creation(ip).is_ok());

@@ -23,6 +23,7 @@ pub struct SignalingMetrics {
     pub connect_refusals: IntCounterVec,
     pub undelivered: IntCounter,
     pub sessions_expired: IntCounter,
+    pub sessions_reaped: IntCounter,
     pub floods_closed: IntCounter,
     pub event_latency: HistogramVec,
     pub hub_batch: Histogram,
@@ -108,11 +109,15 @@ impl SignalingMetrics {
             ),
             undelivered: counter(
                 "tandem_messages_undelivered_total",
-                "Deliveries that got no ack from the receiver",
+                "Deliveries that got no ack from the receiver (the message stays queued for its next socket)",
             ),
             sessions_expired: counter(
                 "tandem_sessions_expired_total",
                 "Guest sessions swept after expiry",
+            ),
+            sessions_reaped: counter(
+                "tandem_sessions_reaped_total",
+                "Guest sessions removed because no socket connected in time",
             ),
             floods_closed: counter(
                 "tandem_flood_disconnects_total",
@@ -232,6 +237,8 @@ impl SignalingMetrics {
             .inc_by(now.floods_closed - last.floods_closed);
         self.sessions_expired
             .inc_by(now.sessions_expired - last.sessions_expired);
+        self.sessions_reaped
+            .inc_by(now.sessions_reaped - last.sessions_reaped);
         self.call_requests
             .inc_by(now.calls_requested - last.calls_requested);
         self.calls_accepted

@@ -23,7 +23,7 @@ use socketioxide_core::Value as RawValue;
 use tandem_signaling::{ClientEvent, ConnId, SessionId, SignalError};
 
 use crate::hub::{guest_room, Command, Hub, Reply};
-use crate::limits::IpSlot;
+use crate::limits::{IpSlot, OverHandshakeLimit};
 use crate::metrics::SignalingMetrics;
 use crate::App;
 
@@ -102,6 +102,10 @@ async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refu
     }
     if app.draining.load(Ordering::Relaxed) || app.memory.busy() {
         return Err(Refusal("server_busy"));
+    }
+    // The handshake came over the address's limit (`--socket-handshakes-per-min`).
+    if parts.extensions.get::<OverHandshakeLimit>().is_some() {
+        return Err(Refusal("rate_limited"));
     }
     let token = auth
         .as_ref()

@@ -373,6 +373,16 @@ settings! {
     max_sessions: req usize = 100_000;
         shown "100000", env "TANDEM_MAX_SESSIONS", arg(value_name = "N");
 
+    /// Open guest sessions created from one client address (an IPv4 address or
+    /// an IPv6 /64); past it new guests are refused with `too_many_sessions`
+    max_sessions_per_ip: req u32 = 20;
+        shown "20", env "TANDEM_MAX_SESSIONS_PER_IP", arg(value_name = "N");
+
+    /// Seconds a new guest has to connect its first socket; a guest that has not
+    /// is removed and its token refused (1 to 3600)
+    guest_connect_timeout_secs: req u64 = 60;
+        shown "60", env "TANDEM_GUEST_CONNECT_TIMEOUT_SECS", arg(value_name = "SECS");
+
     /// Chat messages one guest may send per second
     chat_messages_per_sec: req u32 = 10;
         shown "10", env "TANDEM_CHAT_MESSAGES_PER_SEC", arg(value_name = "N");
@@ -448,6 +458,21 @@ settings! {
     /// Largest message accepted, in bytes (1024 to 1048576)
     max_message_bytes: req u64 = 16_384;
         shown "16384", env "TANDEM_MAX_MESSAGE_BYTES", arg(value_name = "BYTES");
+
+    /// Socket.IO connection attempts (engine.io handshakes) one client address
+    /// (an IPv4 address or an IPv6 /64) may make per minute
+    socket_handshakes_per_min: req u32 = 60;
+        shown "60", env "TANDEM_SOCKET_HANDSHAKES_PER_MIN", arg(value_name = "N");
+
+    /// Seconds between two Socket.IO heartbeats (engine.io pingInterval, 1 to 300)
+    ping_interval_secs: req u64 = 25;
+        shown "25", env "TANDEM_PING_INTERVAL_SECS", arg(value_name = "SECS");
+
+    /// Seconds a client has to answer a heartbeat before its connection is
+    /// closed as dead (engine.io pingTimeout, 1 to 300): a client whose network
+    /// vanished is noticed within the interval plus this
+    ping_timeout_secs: req u64 = 20;
+        shown "20", env "TANDEM_PING_TIMEOUT_SECS", arg(value_name = "SECS");
 
     /// Memory the server aims to stay within, in MiB
     memory_budget_mb: req u64 = 1024;
@@ -697,6 +722,21 @@ impl Config {
     /// How long open connections get to finish on shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// How long a new guest has to connect its first socket.
+    pub fn guest_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.guest_connect_timeout_secs)
+    }
+
+    /// The time between two Socket.IO heartbeats.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    /// How long a client has to answer a heartbeat.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs)
     }
 
     /// The memory budget in bytes.

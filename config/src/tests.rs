@@ -739,3 +739,60 @@ fn file_settings() {
     assert!(err(&["--file-bytes-per-hour", "1000"], &[]).contains("file_bytes_per_hour"));
     assert!(err(&["--file-dir", "/nonexistent/tandem-files"], &[]).contains("file_dir"));
 }
+
+#[test]
+fn session_handshake_and_heartbeat_settings() {
+    let c = ok(&[], &[]);
+    assert_eq!(c.max_sessions_per_ip, 20);
+    assert_eq!(c.guest_connect_timeout(), Duration::from_secs(60));
+    assert_eq!(c.socket_handshakes_per_min, 60);
+    assert_eq!(c.ping_interval(), Duration::from_secs(25));
+    assert_eq!(c.ping_timeout(), Duration::from_secs(20));
+    let c = ok(
+        &[
+            "--max-sessions-per-ip",
+            "3",
+            "--guest-connect-timeout-secs",
+            "1",
+            "--ping-interval-secs",
+            "2",
+        ],
+        &[
+            ("TANDEM_SOCKET_HANDSHAKES_PER_MIN", "7"),
+            ("TANDEM_PING_TIMEOUT_SECS", "300"),
+        ],
+    );
+    assert_eq!(
+        (
+            c.max_sessions_per_ip,
+            c.guest_connect_timeout_secs,
+            c.socket_handshakes_per_min,
+            c.ping_interval_secs,
+            c.ping_timeout_secs
+        ),
+        (3, 1, 7, 2, 300)
+    );
+    for (flag, value, key) in [
+        ("--max-sessions-per-ip", "0", "max_sessions_per_ip"),
+        (
+            "--socket-handshakes-per-min",
+            "0",
+            "socket_handshakes_per_min",
+        ),
+        (
+            "--guest-connect-timeout-secs",
+            "0",
+            "guest_connect_timeout_secs",
+        ),
+        (
+            "--guest-connect-timeout-secs",
+            "3601",
+            "guest_connect_timeout_secs",
+        ),
+        ("--ping-interval-secs", "0", "ping_interval_secs"),
+        ("--ping-timeout-secs", "301", "ping_timeout_secs"),
+    ] {
+        let message = err(&[flag, value], &[]);
+        assert!(message.contains(key), "{flag} {value}: {message}");
+    }
+}

@@ -121,6 +121,30 @@ pub(crate) fn check(
     )
     .map_err(|m| fail("max_message_bytes", m))?;
 
+    // Per-address session and handshake limits, a new guest's deadline, the heartbeat.
+    for (key, value) in [
+        ("max_sessions_per_ip", config.max_sessions_per_ip),
+        (
+            "socket_handshakes_per_min",
+            config.socket_handshakes_per_min,
+        ),
+    ] {
+        if value == 0 {
+            return Err(fail(key, format!("{key} must be at least 1, got 0")));
+        }
+    }
+    for (key, value, max) in [
+        (
+            "guest_connect_timeout_secs",
+            config.guest_connect_timeout_secs,
+            3600,
+        ),
+        ("ping_interval_secs", config.ping_interval_secs, 300),
+        ("ping_timeout_secs", config.ping_timeout_secs, 300),
+    ] {
+        in_range(value, key, 1, max).map_err(|m| fail(key, m))?;
+    }
+
     if let Some(workers) = config.rtc_udp_workers {
         in_range(workers as u64, "rtc_udp_workers", 1, 64)
             .map_err(|m| fail("rtc_udp_workers", m))?;

@@ -15,7 +15,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::call::{CallStates, MediaCommand, MediaEvent};
 use crate::files::FileInfo;
-use crate::ids::{CallId, ConnId, MessageId, RoomId, SessionId};
+use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
 use crate::wire::*;
 use crate::SignalError;
 
@@ -33,9 +33,16 @@ pub struct CoreConfig {
     pub grace_period: Duration,
     pub repair_cooldown: Duration,
     pub typing_timeout: Duration,
+    /// Partner messages kept for a guest until one of its sockets acknowledges them (queued
+    /// while it is away, or handed out and not yet acknowledged); past it the sender is refused
+    /// with `partner_away_queue_full`.
     pub away_queue_max: usize,
     pub max_sockets_per_guest: usize,
     pub max_sessions: usize,
+    /// Open sessions per [`ClientKey`]; a creation past it is refused with `too_many_sessions`.
+    pub max_sessions_per_ip: usize,
+    /// A guest that has connected no socket this long after its creation is removed.
+    pub connect_timeout: Duration,
     pub chat_messages_per_sec: u32,
     pub match_per_sec: u32,
     pub match_burst: u32,
@@ -61,6 +68,8 @@ impl Default for CoreConfig {
             away_queue_max: 100,
             max_sockets_per_guest: 10,
             max_sessions: 100_000,
+            max_sessions_per_ip: 20,
+            connect_timeout: Duration::from_secs(60),
             chat_messages_per_sec: 10,
             match_per_sec: 1,
             match_burst: 3,
@@ -103,10 +112,18 @@ pub enum Output {
         to: Target,
         event: ServerEvent,
     },
-    /// A partner message that needs the receiver's ack: on the first ack call
-    /// [`Core::handle_delivered`], on failure [`Core::handle_undelivered`].
+    /// A partner message for every socket of `to`, each asked for an ack: on an ack call
+    /// [`Core::handle_delivered`]. Until then the core keeps the message and hands it out again
+    /// (same id) to each new socket of `to` ([`Output::Redeliver`]), or to all of them when `to`
+    /// returns from being away.
     Deliver {
         to: SessionId,
+        message: ChatMessage,
+    },
+    /// A partner message not yet acknowledged, for one newly connected socket of its receiver
+    /// (whose other sockets already got it); ack handling as for [`Output::Deliver`].
+    Redeliver {
+        conn: ConnId,
         message: ChatMessage,
     },
     Close {
@@ -145,6 +162,8 @@ pub struct Counters {
     pub receipts_read: u64,
     pub floods_closed: u64,
     pub sessions_expired: u64,
+    /// Sessions removed because no socket connected within `connect_timeout`.
+    pub sessions_reaped: u64,
     pub calls_requested: u64,
     pub calls_accepted: u64,
     /// Calls ended, indexed by [`CallEndReason`] (see [`CallEndReason::ALL`]). A call that ends
@@ -173,6 +192,10 @@ enum State {
 struct Session {
     username: String,
     expires_at: Instant,
+    /// Until a first socket connects: when the session is removed if none has.
+    connect_by: Option<Instant>,
+    /// Where it was created from, counted against `max_sessions_per_ip`.
+    client: Option<ClientKey>,
     conns: Vec<ConnId>,
     state: State,
     last_active: Instant,
@@ -182,22 +205,26 @@ struct Session {
     typing_gen: u64,
     limits: Limiters,
     flood: (Instant, u32),
-    /// Messages waiting for this guest while it is away, in order.
-    inbox: VecDeque<(u64, ChatMessage)>,
+    /// Partner messages this guest has not acknowledged, in order: queued while it was away,
+    /// or handed out and not acked yet. At most `away_queue_max`; emptied when the chat ends.
+    unacked: VecDeque<ChatMessage>,
     blocks: Vec<SessionId>,
+}
+
+impl Session {
+    /// Not expired, and not past the deadline for its first socket.
+    fn alive(&self, now: Instant) -> bool {
+        self.expires_at > now && self.connect_by.is_none_or(|t| t > now)
+    }
 }
 
 struct Recent {
     id: MessageId,
     from: SessionId,
-    seq: u64,
-    /// The receiver's presence generation when the message was last handed out for delivery.
-    epoch: u64,
 }
 
 struct Room {
     guests: [SessionId; 2],
-    next_seq: u64,
     recent: VecDeque<Recent>,
     /// At most one call per room.
     call: Option<Call>,
@@ -248,6 +275,8 @@ enum Timer {
     Typing(SessionId, u64),
     Grace(SessionId, u64),
     Expiry(SessionId),
+    /// The deadline for a guest's first socket.
+    Unconnected(SessionId),
     Unblock(SessionId, SessionId),
     /// A call's ring timeout (the call id doubles as its generation).
     Ring(RoomId, CallId),
@@ -268,6 +297,8 @@ pub struct Core {
     epoch_unix_ms: u64,
     clock: FakeRelativeClock,
     sessions: HashMap<SessionId, Session>,
+    /// Open sessions per client address (only keys with at least one).
+    per_client: HashMap<ClientKey, usize>,
     conns: HashMap<ConnId, SessionId>,
     rooms: HashMap<RoomId, Room>,
     /// Searching guests by the order they started waiting.
@@ -301,6 +332,7 @@ impl Core {
             epoch_unix_ms: unix_ms,
             clock: FakeRelativeClock::default(),
             sessions: HashMap::new(),
+            per_client: HashMap::new(),
             conns: HashMap::new(),
             rooms: HashMap::new(),
             queue: BTreeMap::new(),
@@ -322,10 +354,22 @@ impl Core {
 
     // ---- inputs -------------------------------------------------------------------------
 
-    /// Creates a guest session (`POST /api/guest`).
+    /// Creates a guest session (`POST /api/guest`) that no per-address limit counts.
     pub fn create_guest(
         &mut self,
         username: Option<&str>,
+        now: Instant,
+    ) -> Result<GuestInfo, SignalError> {
+        self.create_guest_from(username, None, now)
+    }
+
+    /// Creates a guest session (`POST /api/guest`) for a client at `client`: refused with
+    /// `too_many_sessions` when that address already holds `max_sessions_per_ip` open sessions.
+    /// The session is removed if no socket connects within `connect_timeout`.
+    pub fn create_guest_from(
+        &mut self,
+        username: Option<&str>,
+        client: Option<ClientKey>,
         now: Instant,
     ) -> Result<GuestInfo, SignalError> {
         self.tick(now);
@@ -333,6 +377,11 @@ impl Core {
             Some(u) => valid_username(u).ok_or(SignalError::InvalidUsername)?,
             None => format!("Guest-{:04x}", self.rng.next_u32() & 0xffff),
         };
+        if let Some(key) = client {
+            if self.per_client.get(&key).copied().unwrap_or(0) >= self.cfg.max_sessions_per_ip {
+                return Err(SignalError::TooManySessions);
+            }
+        }
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(SignalError::ServerBusy);
         }
@@ -343,12 +392,15 @@ impl Core {
             }
         };
         let expires_at = now + self.cfg.token_ttl;
+        let connect_by = now + self.cfg.connect_timeout;
         let limits = self.limiters();
         self.sessions.insert(
             id,
             Session {
                 username: username.clone(),
                 expires_at,
+                connect_by: Some(connect_by),
+                client,
                 conns: Vec::new(),
                 state: State::Online,
                 last_active: now,
@@ -357,11 +409,16 @@ impl Core {
                 typing_gen: 0,
                 limits,
                 flood: (now, 0),
-                inbox: VecDeque::new(),
+                unacked: VecDeque::new(),
                 blocks: Vec::new(),
             },
         );
+        if let Some(key) = client {
+            *self.per_client.entry(key).or_insert(0) += 1;
+        }
         self.timers.push(Reverse((expires_at, Timer::Expiry(id))));
+        self.timers
+            .push(Reverse((connect_by, Timer::Unconnected(id))));
         self.counters.guests_created += 1;
         self.stats_changed(now);
         Ok(GuestInfo {
@@ -402,7 +459,9 @@ impl Core {
     }
 
     /// A socket of `id` connected. Emits `connection:established` and `realtime:stats` to it,
-    /// tells a partner the guest is back, and delivers messages queued while it was away.
+    /// tells a partner the guest is back, and hands out every partner message the guest has not
+    /// acknowledged: queued while it was away, or delivered to sockets that never acked (a
+    /// connection that died silently); to all its sockets when it returns, else to the new one.
     pub fn connect(
         &mut self,
         id: SessionId,
@@ -417,6 +476,7 @@ impl Core {
         let returning = s.conns.is_empty();
         s.conns.push(conn);
         s.last_active = now;
+        s.connect_by = None;
         if returning {
             s.presence_gen += 1;
         }
@@ -435,15 +495,15 @@ impl Core {
                     }),
                 );
             }
-            let s = self.sessions.get_mut(&id).expect("session checked above");
-            let epoch = s.presence_gen;
-            let inbox = std::mem::take(&mut s.inbox);
-            for (_, message) in inbox {
-                self.mark_delivering(&message, epoch);
+            for message in self.sessions[&id].unacked.iter().cloned() {
                 self.outputs.push_back(Output::Deliver { to: id, message });
             }
             if matches!(self.sessions[&id].state, State::Searching { .. }) {
                 self.try_match(id, now);
+            }
+        } else {
+            for message in self.sessions[&id].unacked.iter().cloned() {
+                self.outputs.push_back(Output::Redeliver { conn, message });
             }
         }
         self.stats_changed(now);
@@ -561,6 +621,19 @@ impl Core {
                     .any(|r| r.id == msg && r.from == partner)
                 {
                     return Err(SignalError::UnknownMessage);
+                }
+                // Read up to `msg` means received up to it: messages still waiting for their
+                // ack are delivered now, so that `delivered` never comes after `read`.
+                let s = self.sessions.get_mut(&id).expect("session looked up above");
+                if let Some(at) = s.unacked.iter().position(|m| m.id == msg) {
+                    let acked: Vec<MessageId> = s.unacked.drain(..=at).map(|m| m.id).collect();
+                    for m in acked {
+                        self.counters.receipts_delivered += 1;
+                        self.emit(
+                            Target::Guest(partner),
+                            ServerEvent::Delivered(MessageRef { id: m }),
+                        );
+                    }
                 }
                 self.counters.receipts_read += 1;
                 self.emit(
@@ -738,64 +811,40 @@ impl Core {
         }
     }
 
-    /// The receiver acknowledged a delivered message.
+    /// A socket of the receiver acknowledged message `msg` of `room`: the message is no longer
+    /// kept, and its sender gets `chat:message:delivered` (once, however many sockets ack it).
     pub fn handle_delivered(&mut self, room: RoomId, msg: MessageId, now: Instant) {
         self.tick(now);
         let Some(r) = self.rooms.get(&room) else {
             return;
         };
-        let Some(rec) = r.recent.iter().rev().find(|r| r.id == msg) else {
+        let [a, b] = r.guests;
+        for (receiver, sender) in [(a, b), (b, a)] {
+            let Some(s) = self.sessions.get_mut(&receiver) else {
+                continue;
+            };
+            let Some(i) = s
+                .unacked
+                .iter()
+                .position(|m| m.id == msg && m.room_id == room)
+            else {
+                continue;
+            };
+            s.unacked.remove(i);
+            self.counters.receipts_delivered += 1;
+            self.emit(
+                Target::Guest(sender),
+                ServerEvent::Delivered(MessageRef { id: msg }),
+            );
             return;
-        };
-        let sender = rec.from;
-        self.counters.receipts_delivered += 1;
-        self.emit(
-            Target::Guest(sender),
-            ServerEvent::Delivered(MessageRef { id: msg }),
-        );
+        }
     }
 
-    /// A delivery reached no socket (the receiver's sockets were going away). If the receiver is
-    /// still in the same chat, the message goes back into its queue, in order, for when it returns;
-    /// if it came back since the message was handed out (its queue was already flushed), it is
-    /// delivered again at once. Each return allows one redelivery, so this never loops.
-    pub fn handle_undelivered(&mut self, to: SessionId, message: ChatMessage, now: Instant) {
+    /// A delivery reached no socket. Nothing to do: a message stays with its receiver until a
+    /// socket acknowledges it, and goes out again to the receiver's next socket (kept so that
+    /// shells may report failures; it changes nothing).
+    pub fn handle_undelivered(&mut self, _to: SessionId, _message: ChatMessage, now: Instant) {
         self.tick(now);
-        let Some(s) = self.sessions.get_mut(&to) else {
-            return;
-        };
-        if s.state
-            != (State::InChat {
-                room: message.room_id,
-            })
-        {
-            return;
-        }
-        let current = s.presence_gen;
-        let handed_out = self
-            .rooms
-            .get(&message.room_id)
-            .and_then(|r| r.recent.iter().rev().find(|x| x.id == message.id))
-            .map(|x| x.epoch);
-        if !s.conns.is_empty() && handed_out.is_some_and(|e| e != current) {
-            self.mark_delivering(&message, current);
-            self.outputs.push_back(Output::Deliver { to, message });
-            return;
-        }
-        let Some(s) = self.sessions.get_mut(&to) else {
-            return;
-        };
-        let Some(room) = self.rooms.get(&message.room_id) else {
-            return;
-        };
-        let seq = room
-            .recent
-            .iter()
-            .rev()
-            .find(|x| x.id == message.id)
-            .map_or(u64::MAX, |x| x.seq);
-        let at = s.inbox.partition_point(|(q, _)| *q < seq);
-        s.inbox.insert(at, (seq, message));
     }
 
     /// Advances time: typing expiry, grace periods, session expiry, cooldowns, stats.
@@ -875,7 +924,7 @@ impl Core {
 
     /// The session's current id, if it lives (for the shell's refresh/auth checks).
     pub fn session_alive(&self, id: SessionId, now: Instant) -> bool {
-        self.sessions.get(&id).is_some_and(|s| s.expires_at > now)
+        self.sessions.get(&id).is_some_and(|s| s.alive(now))
     }
 
     /// Milliseconds since the Unix epoch at `t`, on the core's anchored clock.
@@ -884,14 +933,6 @@ impl Core {
     }
 
     // ---- internals ----------------------------------------------------------------------
-
-    fn mark_delivering(&mut self, message: &ChatMessage, epoch: u64) {
-        if let Some(r) = self.rooms.get_mut(&message.room_id) {
-            if let Some(x) = r.recent.iter_mut().rev().find(|x| x.id == message.id) {
-                x.epoch = epoch;
-            }
-        }
-    }
 
     fn tick(&mut self, now: Instant) {
         let target = now.saturating_duration_since(self.epoch).as_nanos() as u64;
@@ -922,7 +963,7 @@ impl Core {
 
     fn live_session(&mut self, id: SessionId, now: Instant) -> Result<&mut Session, SignalError> {
         match self.sessions.get_mut(&id) {
-            Some(s) if s.expires_at > now => Ok(s),
+            Some(s) if s.alive(now) => Ok(s),
             _ => Err(SignalError::Unauthorized),
         }
     }
@@ -1132,7 +1173,6 @@ impl Core {
             room_id,
             Room {
                 guests: [a, b],
-                next_seq: 0,
                 recent: VecDeque::new(),
                 call: None,
             },
@@ -1190,7 +1230,7 @@ impl Core {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.state = State::Online;
                 s.typing = None;
-                s.inbox.clear();
+                s.unacked.clear();
             }
         }
         let (mine, theirs) = match reason {
@@ -1267,24 +1307,21 @@ impl Core {
         let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
         let p = self.sessions.get(&partner).ok_or(SignalError::NotInChat)?;
         let away = p.conns.is_empty();
-        let partner_epoch = p.presence_gen;
-        if away && p.inbox.len() >= self.cfg.away_queue_max {
+        // Messages the partner has not acknowledged count, away or not: a partner whose
+        // connection died unnoticed holds them too.
+        if p.unacked.len() >= self.cfg.away_queue_max {
             return Err(SignalError::PartnerAwayQueueFull);
         }
         self.stop_typing(id);
         let msg_id = MessageId::from_raw(self.rng.next_u64());
         let timestamp = self.unix_ms(now);
         let room = self.rooms.get_mut(&room_id).expect("room_of found it");
-        let seq = room.next_seq;
-        room.next_seq += 1;
         if room.recent.len() == RECENT_MESSAGES {
             room.recent.pop_front();
         }
         room.recent.push_back(Recent {
             id: msg_id,
             from: id,
-            seq,
-            epoch: partner_epoch,
         });
         let message = ChatMessage {
             id: msg_id,
@@ -1302,13 +1339,14 @@ impl Core {
                 timestamp,
             }),
         );
+        let p = self
+            .sessions
+            .get_mut(&partner)
+            .expect("partner looked up above");
         if away {
-            let p = self
-                .sessions
-                .get_mut(&partner)
-                .expect("partner looked up above");
-            p.inbox.push_back((seq, message));
+            p.unacked.push_back(message);
         } else {
+            p.unacked.push_back(message.clone());
             self.outputs.push_back(Output::Deliver {
                 to: partner,
                 message,
@@ -1467,6 +1505,18 @@ impl Core {
             Timer::Expiry(id) => {
                 if self.sessions.get(&id).is_some_and(|s| s.expires_at <= now) {
                     self.remove_session(id, now);
+                    self.counters.sessions_expired += 1;
+                }
+            }
+            Timer::Unconnected(id) => {
+                let due = self
+                    .sessions
+                    .get(&id)
+                    .and_then(|s| s.connect_by)
+                    .is_some_and(|t| t <= now);
+                if due {
+                    self.remove_session(id, now);
+                    self.counters.sessions_reaped += 1;
                 }
             }
             Timer::Unblock(a, b) => {
@@ -1517,6 +1567,14 @@ impl Core {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
+        if let Some(key) = s.client {
+            if let Some(n) = self.per_client.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&key);
+                }
+            }
+        }
         for conn in s.conns {
             self.conns.remove(&conn);
             self.outputs.push_back(Output::Close {
@@ -1530,7 +1588,6 @@ impl Core {
                 o.blocks.retain(|x| *x != id);
             }
         }
-        self.counters.sessions_expired += 1;
         self.stats_changed(now);
     }
 }

@@ -62,6 +62,8 @@ pub enum SignalError {
     Forbidden,
     #[error("The file does not exist or was deleted when its chat ended.")]
     NotFound,
+    #[error("Too many guest sessions are open from your network; try again later.")]
+    TooManySessions,
 }
 
 impl SignalError {
@@ -96,11 +98,12 @@ impl SignalError {
             Self::Expired => "expired",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::TooManySessions => "too_many_sessions",
         }
     }
 
     /// Every variant, for metrics label pre-registration and docs checks.
-    pub const ALL: [SignalError; 28] = [
+    pub const ALL: [SignalError; 29] = [
         Self::Unauthorized,
         Self::RateLimited,
         Self::ServerBusy,
@@ -129,6 +132,7 @@ impl SignalError {
         Self::Expired,
         Self::Forbidden,
         Self::NotFound,
+        Self::TooManySessions,
     ];
 }
 
@@ -169,6 +173,7 @@ mod tests {
             SignalError::Expired => 25,
             SignalError::Forbidden => 26,
             SignalError::NotFound => 27,
+            SignalError::TooManySessions => 28,
         };
         for (i, e) in SignalError::ALL.iter().enumerate() {
             assert_eq!(ordinal(*e), i, "{e:?}");

@@ -70,6 +70,12 @@ hex_id!(
     16
 );
 
+/// The client address a guest was created from, as the shell keys its per-address limits (an
+/// IPv4 address, or the /64 of an IPv6 one). Opaque to the core, which only counts the open
+/// sessions of each key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ClientKey(pub u128);
+
 /// One Socket.IO connection, numbered by the shell.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct ConnId(pub u64);

@@ -19,5 +19,5 @@ pub use crate::core::{
 };
 pub use call::{CallStates, MediaCommand, MediaEvent};
 pub use error::SignalError;
-pub use ids::{CallId, ConnId, FileId, MessageId, RoomId, SessionId};
+pub use ids::{CallId, ClientKey, ConnId, FileId, MessageId, RoomId, SessionId};
 pub use wire::{Ack, CallEndReason, CallState, ClientEvent, ServerEvent};

@@ -262,6 +262,8 @@ fn max_sessions_is_server_busy() {
 fn refresh_extends_the_session() {
     let mut h = H::new(CoreConfig {
         token_ttl: secs(60.0),
+        // Not about a first socket's deadline.
+        connect_timeout: secs(3600.0),
         ..loose()
     });
     let info = h.core.create_guest(Some("ann"), h.now).unwrap();
@@ -1281,7 +1283,11 @@ fn read_receipts_forget_messages_of_an_old_chat() {
 
 #[test]
 fn only_recent_messages_can_be_read() {
-    let mut h = H::loose();
+    let mut h = H::new(CoreConfig {
+        // More unacknowledged messages than the receipts remember.
+        away_queue_max: RECENT_MESSAGES + 1,
+        ..loose()
+    });
     let (a, b, _) = h.pair();
     let ids: Vec<MessageId> = (0..=RECENT_MESSAGES)
         .map(|i| msg_id(h.msg(a, &format!("m{i}"))).0)
@@ -1490,10 +1496,14 @@ fn away_queue_limit() {
     h.drain();
     assert_eq!(h.msg(b, "overflow"), Err(SignalError::PartnerAwayQueueFull));
     assert!(h.drain().is_empty(), "a refused message emits nothing");
-    // Back: the queue empties and messaging works again.
+    // Back: the three go out, but they count until acknowledged.
     let conn = h.connect(a.id);
     assert!(conn.0 > 0);
-    assert_eq!(delivers(&h.drain(), a.id).len(), 3);
+    let out = h.drain();
+    let back = delivers(&out, a.id);
+    assert_eq!(back.len(), 3);
+    assert_eq!(h.msg(b, "after"), Err(SignalError::PartnerAwayQueueFull));
+    h.core.handle_delivered(back[0].room_id, back[0].id, h.now);
     msg_id(h.msg(b, "after"));
 }
 
@@ -1621,9 +1631,10 @@ fn undelivered_messages_are_requeued_in_order() {
 }
 
 #[test]
-fn undelivered_after_the_receiver_returned_is_delivered_again() {
-    // The shell's "no socket got it" report can arrive after the receiver already came back
-    // (and its queue was flushed): the message must not be parked until some later return.
+fn in_flight_at_a_drop_is_delivered_again_on_return_and_a_late_report_changes_nothing() {
+    // A message handed out and not acknowledged when the receiver dropped goes out again when
+    // it returns, without waiting for the shell's "no socket got it" report; the report, when it
+    // comes after the return, must not deliver it a third time.
     let mut h = H::loose();
     let (a, b, room) = h.pair();
     h.msg(b, "in flight").unwrap();
@@ -1632,10 +1643,9 @@ fn undelivered_after_the_receiver_returned_is_delivered_again() {
     h.set(2.0);
     let conn = h.connect(a.id);
     assert!(conn.0 > 0);
-    assert_eq!(all_delivers(&h.drain()), 0);
+    assert_eq!(delivers(&h.drain(), a.id), vec![&m]);
     h.core.handle_undelivered(a.id, m.clone(), h.now);
-    let out = h.drain();
-    assert_eq!(delivers(&out, a.id), vec![&m]);
+    assert_eq!(all_delivers(&h.drain()), 0);
     h.core.handle_delivered(room, m.id, h.now);
     assert_eq!(
         events(&h.drain(), "chat:message:delivered", Target::Guest(b.id)).len(),
@@ -1950,6 +1960,8 @@ fn stats_broadcast_at_most_once_per_interval_under_churn() {
 fn refresh_counts_as_activity() {
     let mut h = H::new(CoreConfig {
         active_window: secs(60.0),
+        // Not about a first socket's deadline.
+        connect_timeout: secs(3600.0),
         ..loose()
     });
     let id = h.create(None);
@@ -2049,6 +2061,8 @@ const GUESTS: usize = 5;
 #[derive(Debug, Clone)]
 enum Op {
     Create,
+    /// A guest created from client address `.0` (capped per address).
+    CreateFrom(u8),
     Connect(usize),
     Disconnect(usize),
     Refresh(usize),
@@ -2089,6 +2103,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
     let g = 0..GUESTS;
     prop_oneof![
         1 => Just(Op::Create),
+        1 => (0..2u8).prop_map(Op::CreateFrom),
         4 => g.clone().prop_map(Op::Connect),
         2 => g.clone().prop_map(Op::Disconnect),
         1 => g.clone().prop_map(Op::Refresh),
@@ -2136,6 +2151,11 @@ struct MGuest {
     alive: bool,
     /// Partner message ids seen in the current chat.
     inbox_ids: Vec<MessageId>,
+    /// The client address it was created from, if any.
+    client: Option<ClientKey>,
+    /// Partner messages accepted for this guest in its current chat and not acknowledged yet,
+    /// in order: each new socket must get all of them.
+    unacked: Vec<MessageId>,
 }
 
 /// A call as the model sees it from the outputs.
@@ -2161,6 +2181,8 @@ struct Model {
     /// Rooms the core reported closed (each exactly once).
     closed_rooms: std::collections::HashSet<RoomId>,
     call_ids_ended: std::collections::HashSet<CallId>,
+    /// Messages whose sender got `chat:message:delivered` (each at most once).
+    delivered: HashSet<MessageId>,
 }
 
 impl Model {
@@ -2172,6 +2194,8 @@ impl Model {
             away_queue_max: 4,
             max_sockets_per_guest: 2,
             max_sessions: 8,
+            max_sessions_per_ip: 2,
+            connect_timeout: secs(30.0),
             flood_refusals: 8,
             ..CoreConfig::default()
         };
@@ -2187,7 +2211,49 @@ impl Model {
             open: HashMap::new(),
             closed_rooms: Default::default(),
             call_ids_ended: Default::default(),
+            delivered: HashSet::new(),
         }
+    }
+
+    /// The model's partner of guest `i`, if it is in a chat.
+    fn partner(&self, i: usize) -> Option<usize> {
+        let MState::InChat(room) = self.guests.get(i)?.state else {
+            return None;
+        };
+        self.rooms.get(&room)?.iter().copied().find(|m| *m != i)
+    }
+
+    /// A `chat:message` from guest `i` was answered `r`: an accepted one is kept for the
+    /// partner until acked, and the partner's limit is what refuses one.
+    fn sent(&mut self, i: usize, r: &Result<Ack, SignalError>) -> Result<(), TestCaseError> {
+        let max = self.cfg.away_queue_max;
+        match r {
+            Ok(Ack::Sent { id, .. }) => {
+                let p = self.partner(i).expect("an accepted message has a partner");
+                prop_assert!(self.guests[p].unacked.len() < max);
+                self.guests[p].unacked.push(*id);
+            }
+            Err(SignalError::PartnerAwayQueueFull) => {
+                let p = self.partner(i).expect("a full queue has a partner");
+                prop_assert!(self.guests[p].unacked.len() >= max);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn add_guest(&mut self, id: SessionId, client: Option<ClientKey>) {
+        self.by_id.insert(id, self.guests.len());
+        self.guests.push(MGuest {
+            id,
+            conns: Vec::new(),
+            state: MState::Online,
+            away_since: None,
+            alive: true,
+            inbox_ids: Vec::new(),
+            client,
+            unacked: Vec::new(),
+        });
     }
 
     fn interests(k: u8) -> Value {
@@ -2220,27 +2286,62 @@ impl Model {
                     prop_assert!(
                         self.guests.iter().filter(|g| g.alive).count() < self.cfg.max_sessions
                     );
-                    self.by_id.insert(info.session_id, self.guests.len());
-                    self.guests.push(MGuest {
-                        id: info.session_id,
-                        conns: Vec::new(),
-                        state: MState::Online,
-                        away_since: None,
-                        alive: true,
-                        inbox_ids: Vec::new(),
-                    });
+                    self.add_guest(info.session_id, None);
                 }
                 Err(e) => prop_assert_eq!(e, SignalError::ServerBusy),
             },
+            Op::CreateFrom(k) => {
+                let key = ClientKey(u128::from(k) + 1);
+                let open = self
+                    .guests
+                    .iter()
+                    .filter(|g| g.alive && g.client == Some(key))
+                    .count();
+                match self.h.core.create_guest_from(None, Some(key), now) {
+                    Ok(info) => {
+                        prop_assert!(open < self.cfg.max_sessions_per_ip);
+                        prop_assert!(
+                            self.guests.iter().filter(|g| g.alive).count() < self.cfg.max_sessions
+                        );
+                        self.add_guest(info.session_id, Some(key));
+                    }
+                    Err(SignalError::TooManySessions) => {
+                        prop_assert_eq!(open, self.cfg.max_sessions_per_ip)
+                    }
+                    Err(e) => prop_assert_eq!(e, SignalError::ServerBusy),
+                }
+                prop_assert!(self.h.drain().is_empty(), "creation emits nothing at once");
+            }
             Op::Connect(i) => {
                 let Some(g) = self.guests.get(i) else {
                     return Ok(());
                 };
                 let id = g.id;
+                let returning = g.conns.is_empty();
                 let (conn, r) = self.h.try_connect(id);
                 let outs = self.h.drain();
                 match r {
                     Ok(()) => {
+                        // Every message kept for the guest goes to the new socket, in order,
+                        // under its first id: to all sockets on a return, else to this one.
+                        let handed: Vec<MessageId> = outs
+                            .iter()
+                            .filter_map(|o| match o {
+                                Output::Deliver { to, message } if *to == id && returning => {
+                                    Some(message.id)
+                                }
+                                Output::Redeliver { conn: c, message }
+                                    if *c == conn && !returning =>
+                                {
+                                    Some(message.id)
+                                }
+                                Output::Deliver { .. } | Output::Redeliver { .. } => {
+                                    Some(MessageId::from_raw(0))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        prop_assert_eq!(&handed, &self.guests[i].unacked);
                         let g = &mut self.guests[i];
                         prop_assert!(g.alive && self.h.core.session_alive(id, now));
                         prop_assert!(g.conns.len() < 2);
@@ -2362,6 +2463,7 @@ impl Model {
                             prop_assert!(!matches!(self.guests[i].state, MState::InChat(_)));
                         }
                     }
+                    self.sent(i, &r)?;
                     self.settle()?;
                 }
             }
@@ -2382,6 +2484,7 @@ impl Model {
                         ];
                         prop_assert!(ok.contains(&e), "{:?}", e);
                     }
+                    self.sent(i, &r)?;
                     self.settle()?;
                 }
             }
@@ -2675,6 +2778,7 @@ impl Model {
                             prop_assert!(self.open.values().all(|r| *r != e.room_id));
                             prop_assert_eq!(&self.guests[i].state, &MState::InChat(e.room_id));
                             self.guests[i].state = MState::Online;
+                            self.guests[i].unacked.clear();
                             let members = self.rooms.get_mut(&e.room_id).expect("room known");
                             members.retain(|m| *m != i);
                             if members.is_empty() {
@@ -2687,6 +2791,16 @@ impl Model {
                         }
                         ServerEvent::Presence(p) => {
                             prop_assert_eq!(&self.guests[i].state, &MState::InChat(p.room_id));
+                        }
+                        ServerEvent::Delivered(r) => {
+                            prop_assert!(self.delivered.insert(r.id), "delivered once");
+                            let p = self.partner(i).expect("delivered within a chat");
+                            let kept = &mut self.guests[p].unacked;
+                            let at = kept.iter().position(|x| *x == r.id);
+                            prop_assert!(at.is_some(), "delivered only what the partner holds");
+                            if let Some(at) = at {
+                                kept.remove(at);
+                            }
                         }
                         ServerEvent::TypingStart(r) | ServerEvent::TypingStop(r) => {
                             prop_assert_eq!(&self.guests[i].state, &MState::InChat(r.room_id));
@@ -2715,6 +2829,15 @@ impl Model {
                         return Err(TestCaseError::fail("only stats are broadcast"));
                     };
                     prop_assert_eq!(s.connected_users % 2, 0);
+                }
+                Output::Redeliver { conn, message } => {
+                    let i = self.guests.iter().position(|g| g.conns.contains(conn));
+                    prop_assert!(i.is_some(), "redelivered to a socket the model knows");
+                    let i = i.unwrap_or_default();
+                    prop_assert_eq!(&self.guests[i].state, &MState::InChat(message.room_id));
+                    prop_assert!(self.guests[i].unacked.contains(&message.id));
+                    self.guests[i].inbox_ids.push(message.id);
+                    self.pending.push((self.guests[i].id, message.clone()));
                 }
                 Output::Deliver { to, message } => {
                     let i = self.by_id[to];
