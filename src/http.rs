@@ -150,7 +150,8 @@ pub fn router(app: Arc<App>, with_metrics: bool) -> Router {
         .layer(cors);
     let mut root = Router::new()
         .nest("/api", api)
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if with_metrics {
         root = root.route("/metrics", get(metrics));
     }
@@ -382,6 +383,35 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             .into_response()
     } else {
         Json(json!({ "status": "ok" })).into_response()
+    }
+}
+
+/// Ready to take traffic: not draining, the signaling hub answers, every media and TURN worker
+/// beat within the last 3 s. 503 with the reasons otherwise.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let mut reasons: Vec<String> = Vec::new();
+    if app.draining.load(Ordering::Relaxed) {
+        reasons.push("shutting down".to_owned());
+    }
+    let hub = tokio::time::timeout(std::time::Duration::from_secs(1), app.hub.stats()).await;
+    if !matches!(hub, Ok(Ok(_))) {
+        reasons.push("the signaling hub does not answer".to_owned());
+    }
+    if let Err(stale) = app.supervisor.readiness() {
+        reasons.extend(
+            stale
+                .into_iter()
+                .map(|w| format!("worker {w} is not beating")),
+        );
+    }
+    if reasons.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reasons": reasons })),
+        )
+            .into_response()
     }
 }
 

@@ -1,5 +1,6 @@
 //! tandem's I/O shell: sockets, tasks, timers and metrics around the sans-I/O cores.
 
+mod accept;
 mod auth;
 mod files;
 mod http;
@@ -9,6 +10,7 @@ mod metrics;
 mod rtc;
 mod serve;
 mod sio;
+mod supervise;
 mod tls;
 mod turn;
 mod udp;
@@ -52,6 +54,8 @@ pub struct App {
     turn: Option<turn::TurnAccess>,
     draining: AtomicBool,
     next_conn: AtomicU64,
+    /// Worker threads and background tasks, for `/readyz` and the shutdown.
+    supervisor: Arc<supervise::Supervisor>,
 }
 
 fn core_config(c: &Config) -> CoreConfig {
@@ -83,6 +87,7 @@ fn turn_settings(
     c: &Config,
     node_ip: std::net::IpAddr,
     media_addr: SocketAddr,
+    fds: limits::FdBudget,
 ) -> turn::TurnSettings {
     let secret = match &c.turn_secret {
         Some(s) => s.expose().as_bytes().to_vec(),
@@ -122,6 +127,9 @@ fn turn_settings(
         max_bytes_per_sec: c.turn_max_bytes_per_sec,
         workers: c.turn_udp_workers,
         media_addr,
+        streams_per_ip: c.max_stream_connections_per_ip,
+        max_streams: fds.turn_streams,
+        max_relays: fds.turn_relays,
     }
 }
 
@@ -145,9 +153,21 @@ pub async fn run(
     let registry = Registry::new();
     let signaling_metrics = metrics::SignalingMetrics::register(&registry);
     let http_metrics = metrics::HttpMetrics::register(&registry);
-    http_metrics
+    let conn_metrics = metrics::ConnMetrics::register(&registry);
+    let supervisor = supervise::Supervisor::new(metrics::worker_panics(&registry));
+    let open_files = raise_open_files_limit();
+    conn_metrics
         .open_files_limit
-        .set(i64::try_from(raise_open_files_limit()).unwrap_or(i64::MAX));
+        .set(i64::try_from(open_files).unwrap_or(i64::MAX));
+    let fds = limits::FdBudget::from_limit(open_files);
+    tracing::info!(
+        open_files,
+        http = fds.http,
+        turn_streams = fds.turn_streams,
+        turn_relays = fds.turn_relays,
+        ice_tcp = fds.ice_tcp,
+        "descriptor budget"
+    );
     let (layer, io) = SocketIo::builder()
         .max_payload(cfg.max_message_bytes)
         .ws_max_message_size(cfg.max_message_bytes as usize)
@@ -162,7 +182,8 @@ pub async fn run(
         // A handshake whose Socket.IO connect never comes (or was refused) is closed after this.
         .connect_timeout(SOCKET_CONNECT_TIMEOUT)
         .build_layer();
-    let media_metrics = metrics::MediaMetrics::register(&registry);
+    let core_sizes = metrics::CoreSizes::register(&registry);
+    let media_metrics = metrics::MediaMetrics::register(&registry, core_sizes.clone());
     let files = Arc::new(files::Files::new(
         files::FileSettings {
             max_size: cfg.max_file_size,
@@ -176,7 +197,7 @@ pub async fn run(
         },
         metrics::FileMetrics::register(&registry),
     )?);
-    tokio::spawn(files::sweeper(files.clone()));
+    supervisor.spawn_task("file-sweeper", files::sweeper(files.clone()));
     let (hub, hub_task) = hub::spawn(
         core_config(&cfg),
         io.clone(),
@@ -192,17 +213,23 @@ pub async fn run(
             tcp_port: cfg.rtc_tcp_port,
             connect_timeout: cfg.call_connect_timeout(),
             max_calls: cfg.max_calls,
+            tcp_per_ip: cfg.max_stream_connections_per_ip,
+            tcp_total: fds.ice_tcp,
         },
         hub.clone(),
         media_metrics,
+        conn_metrics.clone(),
+        &supervisor,
     )
     .await?;
     let media_addr = plane.udp_addr();
     hub.send(hub::Command::AttachMedia(plane)).await;
     let turn = if cfg.turn_enabled {
         let access = turn::start(
-            turn_settings(&cfg, node_ip, media_addr),
-            metrics::TurnMetrics::register(&registry),
+            turn_settings(&cfg, node_ip, media_addr, fds),
+            metrics::TurnMetrics::register(&registry, core_sizes.clone()),
+            conn_metrics.clone(),
+            &supervisor,
         )
         .await?;
         hub.send(hub::Command::AttachTurn(access.clone())).await;
@@ -228,9 +255,10 @@ pub async fn run(
         turn,
         draining: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
+        supervisor: supervisor.clone(),
     });
     sio::setup(&io, app.clone());
-    tokio::spawn(housekeeping(app.clone()));
+    supervisor.spawn_task("housekeeping", housekeeping(app.clone()));
 
     let metrics_apart = cfg.metrics_bind.is_some();
     let router = http::router(app.clone(), !metrics_apart)
@@ -250,7 +278,7 @@ pub async fn run(
         let metrics_addr = metrics_listener.local_addr()?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         let metrics_router = http::metrics_router(app.clone());
-        tokio::spawn(async move {
+        supervisor.spawn_task("metrics-listener", async move {
             if let Err(e) = axum::serve(metrics_listener, metrics_router).await {
                 tracing::error!(error = %e, "the metrics listener stopped");
             }
@@ -260,14 +288,17 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = serve::serve(
-        listener,
+        accept::Acceptor::new(
+            listener,
+            "http",
+            limits::ConnCaps::new(cfg.max_http_connections_per_ip, fds.http),
+            conn_metrics.clone(),
+        ),
         router,
         serve::ServeSettings {
             header_timeout: Duration::from_secs(cfg.http_header_timeout_secs),
             body_timeout: Duration::from_secs(cfg.http_body_timeout_secs),
-            conns_per_ip: limits::IpConns::new(cfg.max_http_connections_per_ip),
             trusted: Arc::new(serve::TrustedProxies::new(cfg.trusted_proxy.clone())),
-            metrics: app.http_metrics.clone(),
         },
         async move {
             let _ = stop_rx.await;
@@ -295,7 +326,11 @@ pub async fn run(
             Ok(()) => "its inbox closed".to_owned(),
             Err(e) => e.to_string(),
         }),
+        // A worker thread or background task died: same reasoning.
+        f = supervisor.fatal() => anyhow::bail!("{}", f.0),
     }
+    // Every worker and background task is told to stop, and joined.
+    supervisor.shutdown(grace).await;
     tracing::info!("bye");
     Ok(())
 }

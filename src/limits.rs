@@ -85,6 +85,89 @@ impl IpConns {
     }
 }
 
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapRefusal {
+    /// The client address holds its share already.
+    PerIp,
+    /// The listener holds its share of the descriptors already.
+    Total,
+}
+
+impl CapRefusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            CapRefusal::PerIp => "per_ip",
+            CapRefusal::Total => "total",
+        }
+    }
+}
+
+/// Open connections of one listener: capped per client address and in total (the total is
+/// the listener's share of the file descriptors, so no single path can take those the others
+/// need).
+#[derive(Clone)]
+pub struct ConnCaps {
+    per_ip: Arc<IpConns>,
+    total: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection's place under [`ConnCaps`]; freed when dropped.
+pub struct Admission {
+    _slot: Option<IpSlot>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ConnCaps {
+    pub fn new(per_ip: u32, total: usize) -> Self {
+        ConnCaps {
+            per_ip: IpConns::new(per_ip),
+            total: Arc::new(tokio::sync::Semaphore::new(total)),
+        }
+    }
+
+    /// Admits a connection from `ip` (`ip` `None`: not counted per address, e.g. a trusted
+    /// proxy), or says which cap it hit.
+    pub fn try_admit(&self, ip: Option<IpAddr>) -> Result<Admission, CapRefusal> {
+        let permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CapRefusal::Total)?;
+        let slot = match ip {
+            Some(ip) => Some(self.per_ip.try_open(ip).ok_or(CapRefusal::PerIp)?),
+            None => None,
+        };
+        Ok(Admission {
+            _slot: slot,
+            _permit: permit,
+        })
+    }
+}
+
+/// How the process's file descriptors are shared out, from the open-files limit: half for
+/// HTTP and Socket.IO, an eighth each for TURN TCP/TLS streams, TURN relay sockets and
+/// ICE-TCP, the rest for everything else (listeners, the media sockets, logs, Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    pub http: usize,
+    pub turn_streams: usize,
+    pub turn_relays: usize,
+    pub ice_tcp: usize,
+}
+
+impl FdBudget {
+    pub fn from_limit(nofile: u64) -> FdBudget {
+        let n = usize::try_from(nofile).unwrap_or(usize::MAX).min(1 << 24);
+        FdBudget {
+            http: (n / 2).max(16),
+            turn_streams: (n / 8).max(4),
+            turn_relays: (n / 8).max(4),
+            ice_tcp: (n / 8).max(4),
+        }
+    }
+}
+
 /// Resident memory against the configured budget; refreshed by a shell task.
 pub struct MemoryGuard {
     budget: u64,
@@ -270,6 +353,33 @@ mod tests {
         drop(a);
         assert!(c.try_open(ip).is_some());
         assert_eq!(c.tracked(), 1);
+    }
+
+    #[tokio::test]
+    async fn conn_caps_per_ip_and_total() {
+        let caps = ConnCaps::new(2, 3);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = caps.try_admit(Some(a)).unwrap();
+        let _a2 = caps.try_admit(Some(a)).unwrap();
+        assert_eq!(caps.try_admit(Some(a)).err(), Some(CapRefusal::PerIp));
+        let _b1 = caps.try_admit(Some(b)).unwrap();
+        assert_eq!(caps.try_admit(Some(b)).err(), Some(CapRefusal::Total));
+        assert_eq!(caps.try_admit(None).err(), Some(CapRefusal::Total));
+        drop(a1);
+        assert!(caps.try_admit(Some(b)).is_ok());
+    }
+
+    #[test]
+    fn the_descriptor_budget_leaves_room_for_http() {
+        let b = FdBudget::from_limit(256);
+        assert_eq!(
+            (b.http, b.turn_streams, b.turn_relays, b.ice_tcp),
+            (128, 32, 32, 32)
+        );
+        assert!(b.turn_streams + b.turn_relays + b.ice_tcp + b.http < 256);
+        let tiny = FdBudget::from_limit(0);
+        assert!(tiny.http >= 16 && tiny.ice_tcp >= 4);
     }
 
     #[test]

@@ -295,9 +295,41 @@ impl SignalingMetrics {
 pub struct HttpMetrics {
     pub requests: IntCounterVec,
     pub rate_limited: IntCounterVec,
+}
+
+/// Every TCP listener's admission: refused connections and accept errors, by listener.
+#[derive(Clone)]
+pub struct ConnMetrics {
     pub connections_refused: IntCounterVec,
     pub accept_errors: IntCounterVec,
     pub open_files_limit: IntGauge,
+}
+
+impl ConnMetrics {
+    pub fn register(r: &Registry) -> Self {
+        ConnMetrics {
+            connections_refused: counter_vec(
+                r,
+                "tandem_connections_refused_total",
+                "TCP connections closed at accept, by listener (http, turn, ice_tcp) and reason (per_ip: the client address holds its share; total: the listener holds its share of the descriptors)",
+                &["listener", "reason"],
+            ),
+            accept_errors: counter_vec(
+                r,
+                "tandem_accept_errors_total",
+                "Failed accepts, by listener and kind (descriptors: EMFILE/ENFILE); the listener backs off after each",
+                &["listener", "kind"],
+            ),
+            open_files_limit: reg(
+                r,
+                IntGauge::new(
+                    "tandem_open_files_limit",
+                    "The process's soft RLIMIT_NOFILE after start-up raised it to the hard limit",
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
 }
 
 impl HttpMetrics {
@@ -325,28 +357,52 @@ impl HttpMetrics {
                 )
                 .expect("valid"),
             ),
-            connections_refused: counter_vec(
-                r,
-                "tandem_http_connections_refused_total",
-                "HTTP connections closed at accept, by reason (per_ip: the address holds --max-http-connections-per-ip)",
-                &["reason"],
-            ),
-            accept_errors: counter_vec(
-                r,
-                "tandem_http_accept_errors_total",
-                "Failed accepts on the HTTP port, by kind (descriptors: EMFILE/ENFILE); the listener backs off after each",
-                &["kind"],
-            ),
-            open_files_limit: reg(
-                r,
-                IntGauge::new(
-                    "tandem_open_files_limit",
-                    "The process's soft RLIMIT_NOFILE after start-up raised it to the hard limit",
-                )
-                .expect("valid metric"),
-            ),
         }
     }
+}
+
+/// Entries of the cores' tables, by core (`media`, `turn`, `signaling`) and table, summed over
+/// workers: every one must level off under a steady load (scripts/soak.sh checks that).
+#[derive(Clone)]
+pub struct CoreSizes(IntGaugeVec);
+
+impl CoreSizes {
+    pub fn register(r: &Registry) -> Self {
+        CoreSizes(reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tandem_core_entries",
+                    "Entries in a core's table (summed over its workers), by core and table",
+                ),
+                &["core", "table"],
+            )
+            .expect("valid metric"),
+        ))
+    }
+
+    /// Adds one worker's change since `last` (same tables in the same order).
+    pub fn apply(&self, core: &str, last: &[(&'static str, usize)], now: &[(&'static str, usize)]) {
+        for (i, (table, n)) in now.iter().enumerate() {
+            let before = last.get(i).map_or(0, |(_, b)| *b);
+            if *n != before {
+                self.0
+                    .with_label_values(&[core, table])
+                    .add(*n as i64 - before as i64);
+            }
+        }
+    }
+}
+
+/// Panics that escaped a worker thread (`media`, `turn`) or a background task (`task`); each
+/// makes the process exit non-zero (peer-level panics are `tandem_media_peer_panics_total`).
+pub fn worker_panics(r: &Registry) -> IntCounterVec {
+    counter_vec(
+        r,
+        "tandem_worker_panics_total",
+        "Panics that escaped a worker thread or background task, by kind (media, turn, task); the process exits after one",
+        &["kind"],
+    )
 }
 
 pub fn encode(r: &Registry) -> String {
@@ -370,15 +426,18 @@ pub struct MediaMetrics {
     pub peer_panics: IntCounter,
     pub peers: IntGauge,
     pub unrouted: IntCounter,
+    pub candidates_refused: IntCounter,
     pub handovers: IntCounter,
     pub loss: Histogram,
     pub jitter: Histogram,
     pub rtt: Histogram,
     pub bandwidth: Histogram,
+    /// The media cores' tables.
+    pub sizes: CoreSizes,
 }
 
 impl MediaMetrics {
-    pub fn register(r: &Registry) -> Self {
+    pub fn register(r: &Registry, sizes: CoreSizes) -> Self {
         let counter = |name: &str, help: &str| counter(r, name, help);
         let counter_vec =
             |name: &str, help: &str, labels: &[&str]| counter_vec(r, name, help, labels);
@@ -390,6 +449,7 @@ impl MediaMetrics {
             )
         };
         let m = MediaMetrics {
+            sizes,
             packets: counter_vec(
                 "tandem_media_packets_total",
                 "RTP packets through the SFU, by kind and direction (in: from guests, out: forwarded)",
@@ -430,6 +490,10 @@ impl MediaMetrics {
             unrouted: counter(
                 "tandem_media_unrouted_packets_total",
                 "RTP packets with no receiver to go to",
+            ),
+            candidates_refused: counter(
+                "tandem_media_remote_candidates_refused_total",
+                "Remote ICE candidates refused past a call participant's 20 (trickled, or STUN checks from yet another source address, dropped)",
             ),
             handovers: counter(
                 "tandem_media_handovers_total",
@@ -505,6 +569,8 @@ impl MediaMetrics {
         self.peer_panics.inc_by(now.peer_panics - last.peer_panics);
         self.unrouted
             .inc_by(now.packets_unrouted - last.packets_unrouted);
+        self.candidates_refused
+            .inc_by(now.candidates_refused - last.candidates_refused);
         self.peers.add(
             (now.peers_created - last.peers_created) as i64
                 - (now.peers_closed - last.peers_closed) as i64,
@@ -525,11 +591,14 @@ pub struct TurnMetrics {
     pub dropped: IntCounterVec,
     pub requests: IntCounter,
     pub error_responses: IntCounter,
+    /// The TURN cores' tables.
+    pub sizes: CoreSizes,
 }
 
 impl TurnMetrics {
-    pub fn register(r: &Registry) -> Self {
+    pub fn register(r: &Registry, sizes: CoreSizes) -> Self {
         TurnMetrics {
+            sizes,
             allocations: reg(
                 r,
                 IntGauge::new("tandem_turn_allocations", "TURN allocations active")

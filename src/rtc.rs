@@ -21,14 +21,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::accept::Acceptor;
 use crate::hub::{Command, Hub};
-use crate::metrics::MediaMetrics;
+use crate::limits::ConnCaps;
+use crate::metrics::{ConnMetrics, MediaMetrics};
+use crate::supervise::{Beat, Stop, Supervisor};
+
+/// A worker's two inboxes: packets and connections; commands.
+type Inboxes = (
+    mpsc::Receiver<WorkerMsg>,
+    mpsc::UnboundedReceiver<MediaCommand>,
+);
 use crate::udp::BatchSocket;
 
 /// Commands and handed-over datagrams queued per worker at most.
 const WORKER_INBOX: usize = 16_384;
-/// Largest ICE-TCP frame read.
-const MAX_DATAGRAM: usize = 2048;
+/// Largest ICE-TCP frame accepted (RFC 4571 framing): a media packet, a STUN message or a DTLS
+/// record all fit an Ethernet MTU; a longer announced frame closes the connection.
+const MAX_TCP_FRAME: usize = 1500;
+/// An ICE-TCP connection must send a frame this often (ICE consent checks come every few
+/// seconds); the first frame sooner.
+const TCP_IDLE: Duration = Duration::from_secs(30);
+const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+/// Once a frame's length has arrived, its bytes must follow within this.
+const TCP_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive calls per wake-up at most (each takes several datagrams), so timers and commands
 /// are never starved.
 const RECV_CALLS: usize = 8;
@@ -54,10 +70,14 @@ pub struct RtcSettings {
     pub tcp_port: u16,
     pub connect_timeout: Duration,
     pub max_calls: usize,
+    /// ICE-TCP connections per client address and in total (its share of the descriptors).
+    pub tcp_per_ip: u32,
+    pub tcp_total: usize,
 }
 
+/// What a worker is fed besides its socket. Commands from the signaling core travel on their
+/// own channel ([`MediaPlane::command`]), never behind packets in a queue that may drop.
 enum WorkerMsg {
-    Command(MediaCommand),
     /// Datagrams another worker received for a peer of this one.
     Handover(Vec<Datagram>),
     /// A new ICE-TCP connection whose first frame named this worker.
@@ -80,7 +100,10 @@ struct Datagram {
 /// Handle to the media workers.
 #[derive(Clone)]
 pub struct MediaPlane {
-    workers: Vec<mpsc::Sender<WorkerMsg>>,
+    /// Each worker's command channel. Unbounded so that no `Open` or `Close` is ever dropped
+    /// (a lost `Close` leaks a call slot): commands come from guests' events, which the
+    /// signaling core rate-limits and caps by `--max-calls`, so the queue is bounded upstream.
+    commands: Vec<mpsc::UnboundedSender<MediaCommand>>,
     udp_addr: SocketAddr,
 }
 
@@ -99,9 +122,9 @@ impl MediaPlane {
             | MediaCommand::Candidate { call, .. }
             | MediaCommand::Close { call } => *call,
         };
-        let w = (call.0 % self.workers.len() as u64) as usize;
-        if self.workers[w].try_send(WorkerMsg::Command(cmd)).is_err() {
-            tracing::warn!(worker = w, "media worker inbox full; command dropped");
+        let w = (call.0 % self.commands.len() as u64) as usize;
+        if self.commands[w].send(cmd).is_err() {
+            tracing::warn!(worker = w, "media worker gone; command dropped");
         }
     }
 }
@@ -140,6 +163,8 @@ pub async fn start(
     settings: &RtcSettings,
     hub: Hub,
     metrics: MediaMetrics,
+    conn_metrics: ConnMetrics,
+    supervisor: &Supervisor,
 ) -> anyhow::Result<MediaPlane> {
     let node_ip = settings.node_ip.unwrap_or_else(detect_ip);
     let n = settings
@@ -180,10 +205,13 @@ pub async fn start(
 
     let mut senders = Vec::with_capacity(n);
     let mut inboxes = Vec::with_capacity(n);
+    let mut commands = Vec::with_capacity(n);
     for _ in 0..n {
         let (tx, rx) = mpsc::channel(WORKER_INBOX);
         senders.push(tx);
-        inboxes.push(rx);
+        let (ctx, crx) = mpsc::unbounded_channel();
+        commands.push(ctx);
+        inboxes.push((rx, crx));
     }
     let max_peers = (settings.max_calls * 2).div_ceil(n).max(2);
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
@@ -211,21 +239,25 @@ pub async fn start(
             handover: (0..n).map(|_| Vec::new()).collect(),
             to_hub: VecDeque::new(),
             last: Default::default(),
+            last_sizes: Default::default(),
             out: Vec::new(),
         };
-        std::thread::Builder::new()
-            .name(format!("media-{i}"))
-            .spawn(move || worker.run(socket, inbox))
+        supervisor
+            .spawn_worker(format!("media-{i}"), "media", move |beat, stop| {
+                worker.serve(socket, inbox, beat, stop)
+            })
             .context("cannot start a media worker thread")?;
     }
     if let (Some(listener), Some(advertised)) = (tcp, tcp_addr) {
-        tokio::spawn(accept_tcp(listener, advertised, senders.clone()));
+        let caps = ConnCaps::new(settings.tcp_per_ip, settings.tcp_total);
+        let acceptor = Acceptor::new(listener, "ice_tcp", caps, conn_metrics);
+        supervisor.spawn_task(
+            "ice-tcp-accept",
+            accept_tcp(acceptor, advertised, senders.clone()),
+        );
     }
     tracing::info!(%udp_addr, ?tcp_addr, workers = n, "media listening");
-    Ok(MediaPlane {
-        workers: senders,
-        udp_addr,
-    })
+    Ok(MediaPlane { commands, udp_addr })
 }
 
 struct Worker {
@@ -247,29 +279,25 @@ struct Worker {
     /// Media events the hub had no room for yet, oldest first.
     to_hub: VecDeque<MediaEvent>,
     last: tandem_media::MediaCounters,
+    last_sizes: [(&'static str, usize); 6],
     /// UDP datagrams the core produced in this turn, sent together.
     out: Vec<Transmit>,
 }
 
 impl Worker {
-    fn run(self, socket: StdUdpSocket, inbox: mpsc::Receiver<WorkerMsg>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "media worker could not start its runtime");
-                return;
-            }
-        };
-        rt.block_on(self.serve(socket, inbox));
-    }
-
-    async fn serve(mut self, socket: StdUdpSocket, mut inbox: mpsc::Receiver<WorkerMsg>) {
+    /// The worker's loop: its socket, its two inboxes (commands first) and the core's timers,
+    /// until the shutdown.
+    async fn serve(
+        mut self,
+        socket: StdUdpSocket,
+        (mut inbox, mut commands): Inboxes,
+        beat: Beat,
+        mut stop: Stop,
+    ) {
         let mut socket = match BatchSocket::new(socket) {
             Ok(s) => s,
             Err(e) => {
+                // Supervised: the process learns this worker is gone.
                 tracing::error!(error = %e, "media worker socket");
                 return;
             }
@@ -283,6 +311,16 @@ impl Worker {
             }
             let deadline = tokio::time::Instant::from_std(wake);
             tokio::select! {
+                biased;
+                () = stop.wait() => return,
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let now = Instant::now();
+                    self.core.handle_command(cmd, now);
+                    while let Ok(cmd) = commands.try_recv() {
+                        self.core.handle_command(cmd, now);
+                    }
+                }
                 r = socket.readable() => {
                     if r.is_ok() {
                         self.read_batch(&mut socket);
@@ -301,6 +339,7 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             let now = Instant::now();
+            beat.beat(now);
             if self.core.poll_timeout() <= now {
                 self.core.handle_timeout(now);
             }
@@ -358,7 +397,6 @@ impl Worker {
     fn on_msg(&mut self, msg: WorkerMsg) {
         let now = Instant::now();
         match msg {
-            WorkerMsg::Command(cmd) => self.core.handle_command(cmd, now),
             WorkerMsg::Handover(batch) => {
                 for d in batch {
                     // Handed-over datagrams are never handed on again.
@@ -417,32 +455,50 @@ impl Worker {
         let c = self.core.counters();
         self.metrics.apply(&self.last, &c);
         self.last = c;
+        let sizes = self.core.sizes();
+        self.metrics.sizes.apply("media", &self.last_sizes, &sizes);
+        self.last_sizes = sizes;
         let m = &self.metrics;
         self.core.drain_samples(|s| m.sample(s));
     }
 }
 
-/// Accepts ICE-TCP connections (RFC 4571 framing: 16-bit length, then the packet) and hands
-/// each to the worker its first STUN request names.
+/// Accepts ICE-TCP connections (RFC 4571 framing: 16-bit length, then the packet), each under
+/// the listener's caps, and hands each to the worker its first STUN request names.
 async fn accept_tcp(
-    listener: TcpListener,
+    listener: Acceptor,
     advertised: SocketAddr,
     workers: Vec<mpsc::Sender<WorkerMsg>>,
 ) {
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_tcp(stream, remote, advertised, workers.clone()));
+        let (stream, remote, admission) = listener.accept(|_| false).await;
+        let workers = workers.clone();
+        tokio::spawn(async move {
+            serve_tcp(stream, remote, advertised, workers).await;
+            drop(admission);
+        });
     }
 }
 
-async fn read_frame(r: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> io::Result<()> {
-    let len = r.read_u16().await? as usize;
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
-    Ok(())
+/// One frame: its length within `idle`, then its bytes within [`TCP_FRAME_TIMEOUT`]. The frame
+/// is read into `scratch` and copied out at its exact size: nothing is allocated for it before
+/// its bytes have arrived.
+async fn read_frame(
+    r: &mut (impl AsyncReadExt + Unpin),
+    scratch: &mut [u8; MAX_TCP_FRAME],
+    idle: Duration,
+) -> io::Result<Vec<u8>> {
+    let timed_out = |_| io::Error::from(io::ErrorKind::TimedOut);
+    let len = tokio::time::timeout(idle, r.read_u16())
+        .await
+        .map_err(timed_out)?? as usize;
+    if len == 0 || len > MAX_TCP_FRAME {
+        return Err(io::ErrorKind::InvalidData.into());
+    }
+    tokio::time::timeout(TCP_FRAME_TIMEOUT, r.read_exact(&mut scratch[..len]))
+        .await
+        .map_err(timed_out)??;
+    Ok(scratch[..len].to_vec())
 }
 
 async fn serve_tcp(
@@ -452,13 +508,12 @@ async fn serve_tcp(
     workers: Vec<mpsc::Sender<WorkerMsg>>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+    let mut scratch = [0u8; MAX_TCP_FRAME];
     // The first frame must be a STUN request for one of our peers.
-    let first = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut rd, &mut buf)).await;
-    if !matches!(first, Ok(Ok(()))) {
+    let Ok(first) = read_frame(&mut rd, &mut scratch, TCP_FIRST_FRAME).await else {
         return;
-    }
-    let Some(w) = tandem_media::stun_worker(&buf).filter(|w| *w < workers.len()) else {
+    };
+    let Some(w) = tandem_media::stun_worker(&first).filter(|w| *w < workers.len()) else {
         return;
     };
     let worker = workers[w].clone();
@@ -480,7 +535,7 @@ async fn serve_tcp(
             }
         }
     });
-    let mut frame = std::mem::take(&mut buf);
+    let mut frame = first;
     loop {
         let d = Datagram {
             proto: Protocol::Tcp,
@@ -491,11 +546,10 @@ async fn serve_tcp(
         if worker.send(WorkerMsg::Handover(vec![d])).await.is_err() {
             break;
         }
-        let mut next = Vec::with_capacity(MAX_DATAGRAM);
-        if read_frame(&mut rd, &mut next).await.is_err() {
-            break;
+        match read_frame(&mut rd, &mut scratch, TCP_IDLE).await {
+            Ok(next) => frame = next,
+            Err(_) => break,
         }
-        frame = next;
     }
     writer.abort();
     let _ = worker.send(WorkerMsg::TcpClosed { remote }).await;

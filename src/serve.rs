@@ -1,15 +1,15 @@
 //! The HTTP listener, hardened for the open internet: hyper's HTTP/1 server with a timer (a
 //! client must send a request's headers within `header_timeout`, which is also how long an
 //! idle keep-alive connection is kept), request bodies that stall for `body_timeout` dropped,
-//! open connections capped per client address (an IPv4 address or an IPv6 /64), accept errors
-//! (`EMFILE` when descriptors run out) backed off instead of spun on, and a graceful drain.
+//! open connections capped per client address (an IPv4 address or an IPv6 /64) and in total
+//! (HTTP's share of the descriptors), accept errors backed off ([`crate::accept`]), and a
+//! graceful drain.
 //!
 //! Behind a reverse proxy every visitor arrives from the proxy's address: requests from
 //! `--trusted-proxy` networks are attributed to the client their `Forwarded` /
 //! `X-Forwarded-For` header names (the request's `ConnectInfo<SocketAddr>` is that client), and
 //! the proxy's own connections are not capped per address.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,30 +21,23 @@ use http::{HeaderMap, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tandem_config::IpNet;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
-use crate::limits::IpConns;
-use crate::metrics::HttpMetrics;
-
-/// Pause after an accept error, so a full descriptor table is not spun on.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+use crate::accept::Acceptor;
 
 /// How the listener treats connections.
 pub struct ServeSettings {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
-    pub conns_per_ip: Arc<IpConns>,
     pub trusted: Arc<TrustedProxies>,
-    pub metrics: HttpMetrics,
 }
 
-/// Serves `router` on `listener` until `stop` resolves; then tells every open connection to
+/// Serves `router` on `acceptor` until `stop` resolves; then tells every open connection to
 /// finish its request and close, and returns once all have.
 pub async fn serve(
-    listener: TcpListener,
+    acceptor: Acceptor,
     router: Router,
     settings: ServeSettings,
     stop: impl std::future::Future<Output = ()>,
@@ -53,40 +46,11 @@ pub async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut stop = std::pin::pin!(stop);
     loop {
-        let accepted = tokio::select! {
-            () = &mut stop => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                settings
-                    .metrics
-                    .accept_errors
-                    .with_label_values(&[accept_error_kind(&e)])
-                    .inc();
-                tracing::warn!(error = %e, "HTTP accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
         // A trusted proxy carries many clients: it is not capped as one.
-        let slot = if settings.trusted.contains(peer.ip()) {
-            None
-        } else {
-            match settings.conns_per_ip.try_open(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    settings
-                        .metrics
-                        .connections_refused
-                        .with_label_values(&["per_ip"])
-                        .inc();
-                    continue;
-                }
-            }
+        let (stream, peer, admission) = tokio::select! {
+            () = &mut stop => break,
+            a = acceptor.accept(|ip| settings.trusted.contains(ip)) => a,
         };
-        let _ = stream.set_nodelay(true);
         let settings = settings.clone();
         let router = router.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -119,22 +83,14 @@ pub async fn serve(
                     drop(rx);
                 }
             }
-            drop(slot);
+            drop(admission);
         });
     }
-    drop(listener);
+    drop(acceptor);
     let _ = shutdown_tx.send(true);
     drop(shutdown_rx);
     // Every connection task holds a receiver: closed once the last one is done.
     shutdown_tx.closed().await;
-}
-
-fn accept_error_kind(e: &io::Error) -> &'static str {
-    use nix::errno::Errno;
-    match e.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::EMFILE | Errno::ENFILE) => "descriptors",
-        _ => "other",
-    }
 }
 
 /// The `--trusted-proxy` networks.

@@ -58,6 +58,91 @@ pub fn server_config(
     Ok((Arc::new(config), source))
 }
 
+/// A TCP stream that can leave the runtime it was accepted on. TURN over TLS does its
+/// handshake on the main runtime (with a deadline, off the relay threads); then the stream,
+/// with the TLS state around it, moves to a TURN worker: [`MovableTcp::detach`] takes it off
+/// the main runtime's reactor, [`MovableTcp::attach`] (on the worker) puts it on the worker's.
+/// While detached every read and write fails with `NotConnected`.
+pub enum MovableTcp {
+    Attached(tokio::net::TcpStream),
+    Detached(std::net::TcpStream),
+    Gone,
+}
+
+impl MovableTcp {
+    pub fn detach(&mut self) -> std::io::Result<()> {
+        match std::mem::replace(self, MovableTcp::Gone) {
+            MovableTcp::Attached(s) => *self = MovableTcp::Detached(s.into_std()?),
+            other => *self = other,
+        }
+        Ok(())
+    }
+
+    /// Registers the stream with the current runtime (call it there).
+    pub fn attach(&mut self) -> std::io::Result<()> {
+        match std::mem::replace(self, MovableTcp::Gone) {
+            MovableTcp::Detached(s) => {
+                *self = MovableTcp::Attached(tokio::net::TcpStream::from_std(s)?)
+            }
+            other => *self = other,
+        }
+        Ok(())
+    }
+
+    fn attached(&mut self) -> std::io::Result<&mut tokio::net::TcpStream> {
+        match self {
+            MovableTcp::Attached(s) => Ok(s),
+            _ => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for MovableTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().attached() {
+            Ok(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MovableTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut().attached() {
+            Ok(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().attached() {
+            Ok(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().attached() {
+            Ok(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

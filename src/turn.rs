@@ -32,12 +32,27 @@ use tandem_turn::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, Notify};
-use tokio::task::{AbortHandle, LocalSet};
+use tokio::task::AbortHandle;
+use tokio_rustls::server::TlsStream;
 
-use crate::metrics::TurnMetrics;
+use crate::accept::Acceptor;
+use crate::limits::{Admission, ConnCaps};
+use crate::metrics::{ConnMetrics, TurnMetrics};
+use crate::supervise::{Beat, Stop, Supervisor};
+use crate::tls::MovableTcp;
 
 /// Largest datagram read (a TURN message or ChannelData frame is at most 64 KiB).
 const MAX_DATAGRAM: usize = 65_536;
+/// A TCP/TLS client's receive buffer to begin with; it grows only when a frame's header
+/// announces a longer frame (up to the largest TURN frame), so idle connections stay small.
+const STREAM_BUF: usize = 2048;
+/// Once a frame has begun, the rest of it must arrive within this.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TCP/TLS client with no allocation must send something this often.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client with an allocation: at most the longest allocation lifetime between frames (it
+/// must Refresh within that anyway).
+const IDLE_WITH_ALLOCATION: Duration = Duration::from_secs(3600);
 /// Bytes kept free in front of a relay read for the ChannelData header.
 const HEADROOM: usize = 4;
 /// Datagrams handled per wake-up at most, so timers and other sockets are not starved.
@@ -84,6 +99,11 @@ pub struct TurnSettings {
     pub workers: Option<usize>,
     /// tandem's own media address (IP and UDP port): always a permitted peer, on that port only.
     pub media_addr: SocketAddr,
+    /// TCP/TLS clients per client address and in total (TURN's share of the descriptors).
+    pub streams_per_ip: u32,
+    pub max_streams: usize,
+    /// Relay sockets in total (TURN's share of the descriptors); split over the workers.
+    pub max_relays: usize,
 }
 
 /// What the HTTP side and the hub need: minting and revoking TURN credentials.
@@ -206,11 +226,18 @@ fn host_addresses() -> Vec<IpAddr> {
     out
 }
 
+/// A TCP or TLS client handed to a worker, with its place under the listener's caps.
 enum Incoming {
-    Stream {
+    Tcp {
         stream: std::net::TcpStream,
         remote: SocketAddr,
-        tls: bool,
+        admission: Admission,
+    },
+    /// Handshake done on the main runtime; the stream is detached (see [`MovableTcp`]).
+    Tls {
+        stream: Box<TlsStream<MovableTcp>>,
+        remote: SocketAddr,
+        admission: Admission,
     },
 }
 
@@ -222,7 +249,12 @@ fn host(ip: IpAddr) -> String {
 }
 
 /// Binds the TURN ports and starts the workers; returns the credential minter.
-pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Result<TurnAccess> {
+pub async fn start(
+    settings: TurnSettings,
+    metrics: TurnMetrics,
+    conn_metrics: ConnMetrics,
+    supervisor: &Supervisor,
+) -> anyhow::Result<TurnAccess> {
     let n = settings
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -284,7 +316,6 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
     if tls_port != 0 {
         urls.push(format!("turns:{h}:{tls_port}?transport=tcp"));
     }
-    let acceptor = tls.as_ref().map(|(_, a)| a.clone());
     let quota = Arc::new(UserQuota::new(settings.max_allocations_per_user));
     let mut inboxes = Vec::with_capacity(n);
     let mut controls = Vec::with_capacity(n);
@@ -293,32 +324,16 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
         inboxes.push(tx);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         controls.push(control_tx);
-        let core = core_for(&settings, own.clone())?;
+        let core = core_for(&settings, own.clone(), n)?;
         let metrics = metrics.clone();
-        let acceptor = acceptor.clone();
         let quota = quota.clone();
-        std::thread::Builder::new()
-            .name(format!("turn-{i}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, worker = i, "TURN worker runtime failed");
-                        return;
-                    }
-                };
-                let local = LocalSet::new();
-                let channels = Channels {
-                    inbox: rx,
-                    control: control_rx,
-                };
-                local.block_on(
-                    &rt,
-                    worker(i, core, socket, channels, acceptor, metrics, quota),
-                );
+        let channels = Channels {
+            inbox: rx,
+            control: control_rx,
+        };
+        supervisor
+            .spawn_worker(format!("turn-{i}"), "turn", move |beat, stop| {
+                worker(i, core, socket, channels, metrics, quota, beat, stop)
             })
             .context("starting a TURN worker thread")?;
     }
@@ -328,9 +343,13 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
         ttl: settings.credential_ttl,
         controls,
     };
-    tokio::spawn(accept_loop(tcp, false, inboxes.clone()));
-    if let Some((l, _)) = tls {
-        tokio::spawn(accept_loop(l, true, inboxes));
+    // TCP and TLS clients share TURN's caps.
+    let caps = ConnCaps::new(settings.streams_per_ip, settings.max_streams);
+    let tcp = Acceptor::new(tcp, "turn", caps.clone(), conn_metrics.clone());
+    supervisor.spawn_task("turn-tcp-accept", accept_loop(tcp, None, inboxes.clone()));
+    if let Some((l, acceptor)) = tls {
+        let l = Acceptor::new(l, "turn", caps, conn_metrics);
+        supervisor.spawn_task("turn-tls-accept", accept_loop(l, Some(acceptor), inboxes));
     }
     tracing::info!(
         udp = port,
@@ -343,7 +362,7 @@ pub async fn start(settings: TurnSettings, metrics: TurnMetrics) -> anyhow::Resu
     Ok(access)
 }
 
-fn core_for(s: &TurnSettings, host: Vec<IpAddr>) -> anyhow::Result<Server> {
+fn core_for(s: &TurnSettings, host: Vec<IpAddr>, workers: usize) -> anyhow::Result<Server> {
     let always_allow = vec![s.media_addr];
     let relay_ips = if s.relay_ips.is_empty() {
         vec![s.node_ip]
@@ -362,7 +381,8 @@ fn core_for(s: &TurnSettings, host: Vec<IpAddr>) -> anyhow::Result<Server> {
             IpAddr::V4(_) => None,
         }),
         port_range: s.relay_ports.0..=s.relay_ports.1,
-        max_allocations: s.max_allocations,
+        // Each allocation is a relay socket: no more than the workers' share of descriptors.
+        max_allocations: s.max_allocations.min((s.max_relays / workers).max(1)),
         max_allocations_per_user: s.max_allocations_per_user,
         max_permissions_per_allocation: s.max_permissions,
         bytes_per_sec_per_allocation: Some(s.max_bytes_per_sec),
@@ -383,33 +403,59 @@ fn core_for(s: &TurnSettings, host: Vec<IpAddr>) -> anyhow::Result<Server> {
     Server::new(cfg, seed, Instant::now(), unix).map_err(|e| anyhow::anyhow!("TURN core: {e}"))
 }
 
-/// Accepts TCP (or TLS) connections and deals them to the workers in turn.
-async fn accept_loop(listener: TcpListener, tls: bool, workers: Vec<mpsc::Sender<Incoming>>) {
+/// Accepts TCP (or TLS) connections and deals them to the workers in turn. TLS handshakes run
+/// here, on the main runtime, each within [`HANDSHAKE_TIMEOUT`]: a slow or hostile handshake
+/// never holds a relay thread.
+async fn accept_loop(
+    listener: Acceptor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    workers: Vec<mpsc::Sender<Incoming>>,
+) {
     let mut next = 0usize;
     loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "TURN accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
+        let (stream, remote, admission) = listener.accept(|_| false).await;
         let w = next % workers.len();
         next = next.wrapping_add(1);
-        if workers[w]
-            .try_send(Incoming::Stream {
-                stream,
-                remote,
-                tls,
-            })
-            .is_err()
-        {
-            tracing::debug!(worker = w, "TURN worker busy; connection dropped");
+        let worker = workers[w].clone();
+        match &tls {
+            None => {
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                let incoming = Incoming::Tcp {
+                    stream,
+                    remote,
+                    admission,
+                };
+                if worker.try_send(incoming).is_err() {
+                    tracing::debug!(worker = w, "TURN worker busy; connection dropped");
+                }
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(MovableTcp::Attached(stream));
+                    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await
+                    {
+                        Ok(Ok(s)) => s,
+                        _ => {
+                            tracing::debug!(%remote, "TURN TLS handshake failed or timed out");
+                            return;
+                        }
+                    };
+                    if stream.get_mut().0.detach().is_err() {
+                        return;
+                    }
+                    let incoming = Incoming::Tls {
+                        stream: Box::new(stream),
+                        remote,
+                        admission,
+                    };
+                    if worker.try_send(incoming).is_err() {
+                        tracing::debug!(worker = w, "TURN worker busy; connection dropped");
+                    }
+                });
+            }
         }
     }
 }
@@ -442,14 +488,19 @@ struct Channels {
 
 type Shared = Rc<RefCell<State>>;
 
+/// One TURN worker's loop, until the shutdown. Its own tasks (the client socket, the timer, the
+/// metrics and heartbeat) are watched: if one ends, the worker panics, and the supervisor
+/// reports it (a task that died would otherwise leave a worker that silently stopped serving).
+#[allow(clippy::too_many_arguments)]
 async fn worker(
     index: usize,
     core: Server,
     udp: StdUdpSocket,
     channels: Channels,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
     metrics: TurnMetrics,
     quota: Arc<UserQuota>,
+    beat: Beat,
+    mut stop: Stop,
 ) {
     let Channels {
         mut inbox,
@@ -475,11 +526,17 @@ async fn worker(
             me: me.clone(),
         })
     });
-    tokio::task::spawn_local(timer_loop(state.clone()));
-    tokio::task::spawn_local(metrics_loop(state.clone(), metrics));
-    tokio::task::spawn_local(client_udp_loop(state.clone(), udp));
+    let mut essential = tokio::task::JoinSet::new();
+    essential.spawn_local(timer_loop(state.clone()));
+    essential.spawn_local(metrics_loop(state.clone(), metrics, beat));
+    essential.spawn_local(client_udp_loop(state.clone(), udp));
     loop {
         let msg = tokio::select! {
+            biased;
+            () = stop.wait() => return,
+            ended = essential.join_next() => {
+                panic!("TURN worker {index}: an essential task ended: {ended:?}");
+            }
             msg = inbox.recv() => msg,
             ctl = control.recv() => {
                 match ctl {
@@ -496,10 +553,10 @@ async fn worker(
         };
         let Some(msg) = msg else { return };
         match msg {
-            Incoming::Stream {
+            Incoming::Tcp {
                 stream,
                 remote,
-                tls,
+                admission,
             } => {
                 if state.borrow().streams.len() >= MAX_STREAMS {
                     continue;
@@ -508,18 +565,27 @@ async fn worker(
                     continue;
                 };
                 let state = state.clone();
-                let acceptor = acceptor.clone();
                 tokio::task::spawn_local(async move {
-                    if tls {
-                        let Some(acceptor) = acceptor else { return };
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => serve_stream(state, s, remote, Transport::Tls).await,
-                            _ => tracing::debug!(%remote, "TURN TLS handshake failed"),
-                        }
-                    } else {
-                        serve_stream(state, stream, remote, Transport::Tcp).await;
-                    }
+                    serve_stream(state, stream, remote, Transport::Tcp).await;
+                    drop(admission);
+                });
+            }
+            Incoming::Tls {
+                mut stream,
+                remote,
+                admission,
+            } => {
+                if state.borrow().streams.len() >= MAX_STREAMS {
+                    continue;
+                }
+                // Onto this worker's reactor.
+                if stream.get_mut().0.attach().is_err() {
+                    continue;
+                }
+                let state = state.clone();
+                tokio::task::spawn_local(async move {
+                    serve_stream(state, stream, remote, Transport::Tls).await;
+                    drop(admission);
                 });
             }
         }
@@ -729,23 +795,40 @@ where
         }
         let _ = wr.shutdown().await;
     });
-    // Room for the largest frame: a 64 KiB message, or ChannelData with its header and padding.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 8];
+    // Grows up to the largest frame (a 64 KiB message, or ChannelData with its header and
+    // padding) only when a frame needs it.
+    let mut buf = vec![0u8; STREAM_BUF];
     let mut filled = 0usize;
+    // When the frame under way must be complete.
+    let mut frame_deadline: Option<tokio::time::Instant> = None;
     'read: loop {
-        let n = match rd.read(&mut buf[filled..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let deadline = frame_deadline.unwrap_or_else(|| {
+            let has_allocation = state.borrow().core.allocation_of(&client).is_some();
+            let idle = if has_allocation {
+                IDLE_WITH_ALLOCATION
+            } else {
+                IDLE_TIMEOUT
+            };
+            tokio::time::Instant::now() + idle
+        });
+        let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf[filled..])).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
         };
         filled += n;
         let mut start = 0usize;
         let mut st = state.borrow_mut();
+        let mut need = 0usize;
         loop {
             let len = match frame_len(&buf[start..filled]) {
                 Ok(Some(len)) if start + len <= filled => len,
                 // A frame that could never fit: not a client worth reading further.
-                Ok(Some(len)) if len > buf.len() => break 'read,
-                Ok(_) => break,
+                Ok(Some(len)) if len > MAX_DATAGRAM + 8 => break 'read,
+                Ok(Some(len)) => {
+                    need = len;
+                    break;
+                }
+                Ok(None) => break,
                 // Not TURN: nothing on this connection can be understood any more.
                 Err(_) => break 'read,
             };
@@ -763,6 +846,17 @@ where
         drop(st);
         buf.copy_within(start..filled, 0);
         filled -= start;
+        if need > buf.len() {
+            buf.resize(need, 0);
+        }
+        frame_deadline = match (filled, frame_deadline) {
+            (0, _) => None,
+            // A frame has begun: its clock runs from its first byte, not from each read.
+            (_, None) => Some(tokio::time::Instant::now() + FRAME_TIMEOUT),
+            // The old frame ended and a new one began within this read.
+            (_, Some(_)) if start > 0 => Some(tokio::time::Instant::now() + FRAME_TIMEOUT),
+            (_, d) => d,
+        };
     }
     let mut st = state.borrow_mut();
     st.streams.remove(&remote);
@@ -772,13 +866,22 @@ where
     writer.abort();
 }
 
-async fn metrics_loop(state: Shared, metrics: TurnMetrics) {
+/// Counters to metrics, and the worker's heartbeat (this runs on the worker's thread, so a
+/// thread stuck anywhere stops beating).
+async fn metrics_loop(state: Shared, metrics: TurnMetrics, beat: Beat) {
     let mut last = Counters::default();
+    let mut last_sizes: [(&'static str, usize); 7] = Default::default();
     let mut tick = tokio::time::interval(METRICS_EVERY);
     loop {
         tick.tick().await;
-        let now = state.borrow().core.counters();
+        beat.beat(Instant::now());
+        let (now, sizes) = {
+            let st = state.borrow();
+            (st.core.counters(), st.core.sizes())
+        };
         metrics.apply(&last, &now);
         last = now;
+        metrics.sizes.apply("turn", &last_sizes, &sizes);
+        last_sizes = sizes;
     }
 }

@@ -432,6 +432,11 @@ settings! {
     max_http_connections_per_ip: req u32 = 128;
         shown "128", env "TANDEM_MAX_HTTP_CONNECTIONS_PER_IP", arg(value_name = "N");
 
+    /// TCP connections to TURN (TCP and TLS together) and to ICE-TCP, each, from
+    /// one client address (an IPv4 address or an IPv6 /64)
+    max_stream_connections_per_ip: req u32 = 32;
+        shown "32", env "TANDEM_MAX_STREAM_CONNECTIONS_PER_IP", arg(value_name = "N");
+
     /// Seconds a client has to send a request's headers; also how long an idle
     /// keep-alive connection is kept (1 to 300)
     http_header_timeout_secs: req u64 = 10;

@@ -101,6 +101,12 @@ pub(crate) fn check(
         3600,
     )
     .map_err(|m| fail("http_body_timeout_secs", m))?;
+    if config.max_stream_connections_per_ip == 0 {
+        return Err(fail(
+            "max_stream_connections_per_ip",
+            "max_stream_connections_per_ip must be at least 1, got 0".to_owned(),
+        ));
+    }
     if config.max_http_connections_per_ip == 0 {
         return Err(fail(
             "max_http_connections_per_ip",

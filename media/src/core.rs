@@ -177,6 +177,19 @@ impl MediaCore {
         (self.calls.len(), self.peers.len() - self.free.len())
     }
 
+    /// How many entries each of the core's tables holds, for leak watching (a soak run checks
+    /// that every one of them levels off).
+    pub fn sizes(&self) -> [(&'static str, usize); 6] {
+        [
+            ("calls", self.calls.len()),
+            ("peers", self.peers.len() - self.free.len()),
+            ("addresses", self.by_addr.len()),
+            ("ufrags", self.by_ufrag.len()),
+            ("timers", self.timers.len()),
+            ("queued", self.transmits.len() + self.events.len()),
+        ]
+    }
+
     /// Hands the quality samples gathered since the last call to `f`.
     pub fn drain_samples(&mut self, mut f: impl FnMut(Sample)) {
         for s in self.samples.drain(..) {
@@ -246,6 +259,14 @@ impl MediaCore {
                     self.counters.datagrams_unknown += 1;
                     return Received::Unknown;
                 };
+                // Each new address becomes a peer-reflexive candidate: bounded per peer.
+                let admitted = self.peers[idx]
+                    .as_mut()
+                    .is_some_and(|p| p.admit_remote_candidate());
+                if !admitted {
+                    self.counters.candidates_refused += 1;
+                    return Received::Handled;
+                }
                 if let Some(old) = self.by_addr.insert((proto, source), idx) {
                     debug_assert_eq!(old, idx);
                 }
@@ -412,7 +433,11 @@ impl MediaCore {
             .into_iter()
             .chain(peer.pending_candidates.drain(..).collect::<Vec<_>>())
         {
-            peer.rtc.add_remote_candidate(cand);
+            if peer.admit_remote_candidate() {
+                peer.rtc.add_remote_candidate(cand);
+            } else {
+                self.counters.candidates_refused += 1;
+            }
         }
         self.events.push_back(MediaEvent::Answer {
             call,
@@ -472,7 +497,13 @@ impl MediaCore {
             return;
         };
         match c.peers[side].and_then(|idx| self.peers[idx].as_mut()) {
-            Some(peer) if peer.described => peer.rtc.add_remote_candidate(cand),
+            Some(peer) if peer.described => {
+                if peer.admit_remote_candidate() {
+                    peer.rtc.add_remote_candidate(cand);
+                } else {
+                    self.counters.candidates_refused += 1;
+                }
+            }
             Some(peer) => {
                 if peer.pending_candidates.len() < MAX_PENDING_CANDIDATES {
                     peer.pending_candidates.push(cand);
@@ -565,6 +596,7 @@ impl MediaCore {
             ufrag: ufrag.clone(),
             nacks_seen: Vec::new(),
             poisoned: false,
+            remote_candidates: 0,
         };
         self.counters.peers_created += 1;
         let idx = match self.free.pop() {

@@ -12,6 +12,10 @@ pub type PeerIdx = usize;
 
 /// Remote candidates held until the offer that gives them meaning has been accepted.
 pub const MAX_PENDING_CANDIDATES: usize = 64;
+/// Remote ICE candidates one peer may have at most, trickled or learned from STUN checks
+/// from new source addresses (peer-reflexive) together: each is a candidate pair str0m keeps
+/// and checks, so a guest spraying checks from thousands of ports must not get thousands.
+pub const MAX_REMOTE_CANDIDATES: usize = 20;
 /// Media sections one peer may negotiate (audio + video, with room for renegotiation).
 pub const MAX_MEDIA_PER_PEER: usize = 16;
 
@@ -115,9 +119,20 @@ pub struct Peer {
     pub nacks_seen: Vec<(Mid, bool, u64)>,
     /// Set by the fault-injection test hook: the next drive panics.
     pub poisoned: bool,
+    /// Remote candidates given to str0m so far (see [`MAX_REMOTE_CANDIDATES`]).
+    pub remote_candidates: usize,
 }
 
 impl Peer {
+    /// Counts one more remote candidate; false once the peer has [`MAX_REMOTE_CANDIDATES`].
+    pub fn admit_remote_candidate(&mut self) -> bool {
+        if self.remote_candidates >= MAX_REMOTE_CANDIDATES {
+            return false;
+        }
+        self.remote_candidates += 1;
+        true
+    }
+
     /// NACKs since the previous stats report of the same stream.
     pub fn nack_delta(&mut self, mid: Mid, egress: bool, total: u64) -> u64 {
         if let Some(e) = self

@@ -58,6 +58,9 @@ pub struct MediaCounters {
     pub packets_unrouted: u64,
     /// Datagrams no peer accepted.
     pub datagrams_unknown: u64,
+    /// Remote candidates refused past a peer's limit (trickled, or a STUN check from yet
+    /// another source address, which is dropped).
+    pub candidates_refused: u64,
 }
 
 /// A quality observation, for histograms.

@@ -1066,3 +1066,98 @@ fn a_burst_is_forwarded_in_the_turn_it_arrives() {
         assert_eq!(video - since, one_way * 2, "keyframe {n} was held");
     }
 }
+
+// --- remote candidates ----------------------------------------------------------------------
+
+/// A guest sprays valid STUN checks (its own, replayed) from 1,000 source ports: at most 20
+/// remote candidates exist per call participant, the rest are dropped unanswered, and the
+/// server's work afterwards is what it was before (no thousand candidate pairs to serve).
+#[test]
+fn a_stun_spray_from_1000_ports_is_capped_at_20_remote_candidates() {
+    let mut sim = Sim::setup_call(test_config());
+    // Keep a copy of A's STUN checks: valid USERNAME, integrity and fingerprint.
+    let checks = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Vec<u8>>::new()));
+    let seen = checks.clone();
+    sim.filter = Box::new(move |leg, d| {
+        if leg == Leg::Up(0) && classify(d) == Kind::Stun && d.len() > 20 && d[0..2] == [0, 1] {
+            seen.borrow_mut().push(d.to_vec());
+        }
+        false
+    });
+    sim.run_until_connected(Duration::from_secs(3));
+    let check = checks
+        .borrow()
+        .last()
+        .cloned()
+        .expect("A sent a STUN check");
+    // The server's transmits over two quiet seconds, before the spray.
+    let transmits = |sim: &mut Sim| {
+        let mut n = 0usize;
+        sim.run_for(Duration::from_secs(2), |s| {
+            n += s
+                .wire
+                .iter()
+                .filter(|p| matches!(p.leg, Leg::Down(_)))
+                .count();
+        });
+        n
+    };
+    let before = transmits(&mut sim);
+    let c0 = sim.core.counters();
+    let mut answered = 0usize;
+    for port in 0..1000u16 {
+        let source: std::net::SocketAddr = format!("127.0.0.1:{}", 50_000 + port).parse().unwrap();
+        sim.core.handle_receive(
+            sim.now,
+            str0m::net::Protocol::Udp,
+            source,
+            server_addr(),
+            &check,
+        );
+        while let Some(t) = sim.core.poll_transmit() {
+            if t.destination == source {
+                answered += 1;
+            }
+        }
+    }
+    let c1 = sim.core.counters();
+    // A holds 1 trickled candidate and its own address already: 18 more at most.
+    assert!(answered <= 20, "answered {answered} of the spray");
+    assert!(
+        c1.candidates_refused - c0.candidates_refused >= 980,
+        "refused {}",
+        c1.candidates_refused - c0.candidates_refused
+    );
+    let after = transmits(&mut sim);
+    // Without the cap str0m would keep a pair per sprayed address; with it the server's
+    // traffic stays within a few packets of the quiet baseline.
+    assert!(
+        after <= before + 40,
+        "server transmits in 2 s: {before} before the spray, {after} after"
+    );
+    // The call is unharmed.
+    assert!(sim.clients.iter().all(|c| c.connected()));
+}
+
+/// Trickled candidates count against the same 20: the rest are refused and counted.
+#[test]
+fn trickled_candidates_are_capped_too() {
+    let mut sim = Sim::connected_call();
+    let c0 = sim.core.counters();
+    for i in 0..40u16 {
+        sim.command(MediaCommand::Candidate {
+            call: sim.call,
+            guest: guest_a(),
+            candidate: format!(
+                "candidate:{i} 1 udp 2122260223 192.0.2.{} {} typ host",
+                i % 250 + 1,
+                40_000 + i
+            ),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        });
+    }
+    let refused = sim.core.counters().candidates_refused - c0.candidates_refused;
+    assert!((20..=40).contains(&refused), "refused {refused} of 40");
+    assert!(sim.clients.iter().all(|c| c.connected()));
+}

@@ -99,10 +99,10 @@ test('HTTP connections per client address: exactly the limit, also when they arr
   for (const c of burst) c.sock.destroy();
   await sleep(300);
   const text = (await api(server.url, '/metrics')).text;
-  assert.match(text, /tandem_http_connections_refused_total\{reason="per_ip"\} ([4-9]|\d\d+)/);
+  assert.match(text, /tandem_connections_refused_total\{listener="http",reason="per_ip"\} ([4-9]|\d\d+)/);
 });
 
-test('a descriptor flood under ulimit -n 256 leaves the server serving', async (t) => {
+test('a descriptor flood under ulimit -n 256 leaves the server serving (HTTP keeps to its share of the descriptors)', async (t) => {
   const server = await serverFor(t, ['--max-http-connections-per-ip', '100000', '--http-header-timeout-secs', '30'], {
     ulimitNofile: 256,
   });
@@ -123,7 +123,12 @@ test('a descriptor flood under ulimit -n 256 leaves the server serving', async (
   assert.equal(res.status, 200);
   const text = (await api(server.url, '/metrics')).text;
   assert.match(text, /tandem_open_files_limit 256/);
-  assert.match(text, /tandem_http_accept_errors_total\{kind="descriptors"\} [1-9]/);
+  // HTTP's share of the 256 descriptors (half) is full long before the process runs out: the
+  // rest are refused at accept, counted (an EMFILE would be counted and backed off instead).
+  const count = (re) => Number(re.exec(text)?.[1] ?? 0);
+  const refused = count(/tandem_connections_refused_total\{listener="http",reason="total"\} (\d+)/);
+  const emfile = count(/tandem_accept_errors_total\{kind="descriptors",listener="http"\} (\d+)/);
+  assert.ok(refused + emfile >= 100, `refused ${refused}, EMFILE ${emfile}`);
   assert.equal(server.exited(), null);
 });
 

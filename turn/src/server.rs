@@ -316,6 +316,20 @@ impl Server {
         c
     }
 
+    /// How many entries each of the core's tables holds, for leak watching (a soak run checks
+    /// that every one of them levels off).
+    pub fn sizes(&self) -> [(&'static str, usize); 7] {
+        [
+            ("allocations", self.allocations.len()),
+            ("pending", self.pending.len()),
+            ("clients", self.by_client.len()),
+            ("users", self.per_user.len()),
+            ("revoked_grants", self.revoked.len()),
+            ("unauthenticated_sources", self.unauth.len()),
+            ("timers", self.timers.len()),
+        ]
+    }
+
     /// Allocations with a bound relay socket.
     pub fn allocations(&self) -> usize {
         self.allocations.len()
