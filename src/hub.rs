@@ -24,12 +24,14 @@ use tandem_signaling::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::files::Files;
-use crate::metrics::SignalingMetrics;
+use crate::metrics::{CoreSizes, SignalingMetrics};
 use crate::rtc::MediaPlane;
 use crate::turn::TurnAccess;
 
 /// Bound of the hub's inbox; past it new work is refused with `server_busy`.
 const INBOX: usize = 65_536;
+/// How often the core's table sizes become metrics (at most).
+const SIZES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Commands handled per wake-up at most, so timers are never starved.
 const BATCH: usize = 256;
 
@@ -217,6 +219,7 @@ pub fn spawn(
     cfg: CoreConfig,
     io: SocketIo,
     metrics: SignalingMetrics,
+    sizes: CoreSizes,
     files: Arc<Files>,
 ) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
@@ -241,6 +244,9 @@ pub fn spawn(
         last_calls: Default::default(),
         calls_dirty: false,
         files,
+        sizes,
+        last_sizes: Default::default(),
+        next_sizes: Instant::now(),
     };
     (hub, tokio::spawn(task.run(rx)))
 }
@@ -263,6 +269,10 @@ struct HubTask {
     calls_dirty: bool,
     /// Shared files, deleted with their chat.
     files: Arc<Files>,
+    /// The core's table sizes, exported about once a second.
+    sizes: CoreSizes,
+    last_sizes: [(&'static str, usize); 9],
+    next_sizes: Instant,
 }
 
 impl HubTask {
@@ -287,6 +297,12 @@ impl HubTask {
                 self.core.handle_timeout(now);
             }
             self.drain();
+            if now >= self.next_sizes {
+                self.next_sizes = now + SIZES_EVERY;
+                let sizes = self.core.sizes();
+                self.sizes.apply("signaling", &self.last_sizes, &sizes);
+                self.last_sizes = sizes;
+            }
             let counters = self.core.counters();
             if counters != self.last {
                 self.metrics.apply_counters(&self.last, &counters);

@@ -155,6 +155,7 @@ pub async fn run(
     let http_metrics = metrics::HttpMetrics::register(&registry);
     let conn_metrics = metrics::ConnMetrics::register(&registry);
     let supervisor = supervise::Supervisor::new(metrics::worker_panics(&registry));
+    let core_sizes = metrics::CoreSizes::register(&registry);
     let open_files = raise_open_files_limit();
     conn_metrics
         .open_files_limit
@@ -182,7 +183,6 @@ pub async fn run(
         // A handshake whose Socket.IO connect never comes (or was refused) is closed after this.
         .connect_timeout(SOCKET_CONNECT_TIMEOUT)
         .build_layer();
-    let core_sizes = metrics::CoreSizes::register(&registry);
     let media_metrics = metrics::MediaMetrics::register(&registry, core_sizes.clone());
     let files = Arc::new(files::Files::new(
         files::FileSettings {
@@ -202,6 +202,7 @@ pub async fn run(
         core_config(&cfg),
         io.clone(),
         signaling_metrics.clone(),
+        core_sizes.clone(),
         files.clone(),
     );
     let node_ip = cfg.node_ip.unwrap_or_else(rtc::detect_ip);

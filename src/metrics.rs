@@ -385,11 +385,10 @@ impl CoreSizes {
     pub fn apply(&self, core: &str, last: &[(&'static str, usize)], now: &[(&'static str, usize)]) {
         for (i, (table, n)) in now.iter().enumerate() {
             let before = last.get(i).map_or(0, |(_, b)| *b);
-            if *n != before {
-                self.0
-                    .with_label_values(&[core, table])
-                    .add(*n as i64 - before as i64);
-            }
+            // Touched even when unchanged, so that every table is exported from the start.
+            self.0
+                .with_label_values(&[core, table])
+                .add(*n as i64 - before as i64);
         }
     }
 }

@@ -81,7 +81,9 @@ rate / paired messages per second; 1 in 10 received messages is also marked read
 
 Start the server with limits above the load, e.g. for 5000 guests at 20000 msg/s:
   tandem --guest-creations-per-min 1000000 --http-requests-per-min 1000000 \\
-    --max-connections-per-ip 100000 --chat-messages-per-sec 50 --match-per-sec 100 \\
+    --max-connections-per-ip 100000 --max-http-connections-per-ip 100000 \\
+    --max-sessions-per-ip 1000000 --socket-handshakes-per-min 1000000 \\
+    --chat-messages-per-sec 50 --match-per-sec 100 \\
     --match-burst 100 --events-per-sec 100 --memory-budget-mb 4096
 and give this tool enough open files (one per guest): ulimit -n 65536.
 

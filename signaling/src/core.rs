@@ -983,6 +983,22 @@ impl Core {
     }
 
     /// The chat `id` is in and its partner, if any.
+    /// How many entries each of the core's tables holds, for leak watching (a soak run checks
+    /// that every one of them levels off).
+    pub fn sizes(&self) -> [(&'static str, usize); 9] {
+        [
+            ("sessions", self.sessions.len()),
+            ("client_addresses", self.per_client.len()),
+            ("connections", self.conns.len()),
+            ("rooms", self.rooms.len()),
+            ("queue", self.queue.len()),
+            ("blocks", self.blocks.len()),
+            ("timers", self.timers.len()),
+            ("outputs", self.outputs.len()),
+            ("calls", self.calls.len()),
+        ]
+    }
+
     pub fn chat_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
         self.room_of(id)
     }

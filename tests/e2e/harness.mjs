@@ -22,6 +22,7 @@ const DEFAULT_FLAGS = {
   '--guest-creations-per-min': '10000',
   '--http-requests-per-min': '100000',
   '--max-connections-per-ip': '1000',
+  '--max-http-connections-per-ip': '100000',
   '--max-sessions-per-ip': '100000',
   '--socket-handshakes-per-min': '100000',
   '--match-per-sec': '100',

@@ -30,6 +30,16 @@ test('/readyz: ready while serving (every media and TURN worker beating); 503 wi
   const ready = await api(server.url, '/readyz');
   assert.equal(ready.status, 200, ready.text);
   assert.deepEqual(ready.body, { status: 'ready' });
+  // Every core's tables are exported for leak watching (scripts/soak.sh).
+  let text = '';
+  for (let i = 0; i < 40; i++) {
+    text = (await api(server.url, '/metrics')).text;
+    if (['signaling', 'media', 'turn'].every((c) => text.includes(`tandem_core_entries{core="${c}"`))) break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  for (const [core, table] of [['signaling', 'sessions'], ['media', 'timers'], ['turn', 'allocations']]) {
+    assert.match(text, new RegExp(`tandem_core_entries\\{core="${core}",table="${table}"\\} \\d+`), `${core}/${table}`);
+  }
   const exited = new Promise((resolve) => server.proc.once('exit', (code, signal) => resolve({ code, signal })));
   server.proc.kill('SIGTERM');
   // During the drain notice /readyz says why it is not ready (a load balancer stops sending).
