@@ -55,8 +55,16 @@ status=${PIPESTATUS[0]}
 npm test --prefix web 2>&1 | tee -a target/test-output.log
 web_status=${PIPESTATUS[0]}
 [ "$status" = 0 ] && status=$web_status
+# The fuzz targets (fuzz/, cargo fuzz), 30 s each: each counts as one test, passed unless it
+# crashed (scripts/fuzz.sh prints one `fuzz result:` line per target).
+scripts/fuzz.sh --seconds 30 2>&1 | tee target/fuzz-output.log
+fuzz_status=${PIPESTATUS[0]}
+sed -n -e 's/^fuzz result: [^ ]* pass.*/# pass 1/p' -e 's/^fuzz result: [^ ]* fail.*/# fail 1/p' \
+  target/fuzz-output.log >>target/test-output.log
+[ "$status" = 0 ] && status=$fuzz_status
 set -e
-# One closing line for the whole run: cargo's own results plus the Node suites' (tests/e2e, web).
+# One closing line for the whole run: cargo's own results plus the Node suites' (tests/e2e, web)
+# and the fuzz targets.
 awk '/^test result:/ { p += $4; f += $6 }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log

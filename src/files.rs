@@ -434,6 +434,30 @@ impl Files {
         })
     }
 
+    /// Reads the form ([`Files::read_form`]) and decides what its file is: sniffed type,
+    /// and for a voice note an audio type within the longest duration. `category` is set as
+    /// soon as the type is known (for the refusal's metric label).
+    async fn read_checked_form(
+        &self,
+        headers: &HeaderMap,
+        body: &mut BodyDataStream,
+        reservation: &mut Reservation<'_>,
+        category: &mut Option<Category>,
+    ) -> Result<(Form, FileType), SignalError> {
+        let form = self.read_form(headers, body, reservation).await?;
+        let ty = classify(&form.bytes, form.declared.as_deref(), &form.name)?;
+        *category = Some(ty.category);
+        if form.voice {
+            if ty.category != Category::Audio {
+                return Err(SignalError::UnsupportedType);
+            }
+            if form.duration_ms.is_some_and(|d| d > self.max_voice_ms) {
+                return Err(SignalError::VoiceTooLong);
+            }
+        }
+        Ok((form, ty))
+    }
+
     /// Keeps a file (its bytes already reserved); answers the Unix second it expires.
     async fn store(&self, new: NewFile) -> Result<u64, ApiError> {
         let NewFile {
@@ -596,20 +620,10 @@ async fn upload_inner(
         return Err(refuse(SignalError::FileTooLarge));
     }
     let mut reservation = Reservation { files, bytes: 0 };
-    let form = files
-        .read_form(headers, body, &mut reservation)
+    let (form, ty) = files
+        .read_checked_form(headers, body, &mut reservation, category)
         .await
         .map_err(refuse)?;
-    let ty = classify(&form.bytes, form.declared.as_deref(), &form.name).map_err(refuse)?;
-    *category = Some(ty.category);
-    if form.voice {
-        if ty.category != Category::Audio {
-            return Err(refuse(SignalError::UnsupportedType));
-        }
-        if form.duration_ms.is_some_and(|d| d > files.max_voice_ms) {
-            return Err(refuse(SignalError::VoiceTooLong));
-        }
-    }
     let size = form.bytes.len() as u64;
     match files
         .volume
@@ -702,6 +716,24 @@ impl<'a> UrlParams<'a> {
     }
 }
 
+/// A file URL's path id and query read into the values its signature covers, and the
+/// signature; any malformed part is `invalid_signature`.
+fn signed_url<'a>(id: &str, query: &'a str) -> Result<(FileId, RoomId, u64, &'a str), SignalError> {
+    let params = UrlParams::parse(query).ok_or(SignalError::InvalidSignature)?;
+    let id = FileId::parse(id).ok_or(SignalError::InvalidSignature)?;
+    let room = params
+        .room
+        .and_then(RoomId::parse)
+        .ok_or(SignalError::InvalidSignature)?;
+    let exp = params
+        .exp
+        .filter(|e| e.len() <= 20 && e.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|e| e.parse::<u64>().ok())
+        .ok_or(SignalError::InvalidSignature)?;
+    let sig = params.sig.ok_or(SignalError::InvalidSignature)?;
+    Ok((id, room, exp, sig))
+}
+
 /// `GET` / `HEAD` `/api/files/{id}`.
 pub async fn download(
     State(app): State<Arc<App>>,
@@ -746,18 +778,7 @@ async fn download_inner(
     let session = bearer(headers.get(header::AUTHORIZATION))
         .and_then(|t| app.tokens.verify(t))
         .ok_or(SignalError::Unauthorized)?;
-    let params = UrlParams::parse(query).ok_or(SignalError::InvalidSignature)?;
-    let id = FileId::parse(id).ok_or(SignalError::InvalidSignature)?;
-    let room = params
-        .room
-        .and_then(RoomId::parse)
-        .ok_or(SignalError::InvalidSignature)?;
-    let exp = params
-        .exp
-        .filter(|e| e.len() <= 20 && e.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|e| e.parse::<u64>().ok())
-        .ok_or(SignalError::InvalidSignature)?;
-    let sig = params.sig.ok_or(SignalError::InvalidSignature)?;
+    let (id, room, exp, sig) = signed_url(id, query)?;
     if !files.signer.verify(id, room, exp, sig) {
         return Err(SignalError::InvalidSignature);
     }
@@ -836,6 +857,86 @@ pub async fn sweeper(files: Arc<Files>) {
             .max(now + Duration::from_millis(50));
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
         files.sweep(Instant::now());
+    }
+}
+
+/// What the fuzz targets reach of this module (through `crate::fuzzing`): the production code
+/// paths themselves, without an `App`.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_hooks {
+    use super::*;
+
+    /// An upload that passed every check of the form.
+    pub struct Checked {
+        pub ty: FileType,
+        /// The sanitized name it would be stored under.
+        pub name: String,
+        pub size: usize,
+        pub voice: bool,
+        pub duration_ms: Option<u64>,
+        pub client_id: Option<String>,
+        /// Bytes reserved against the storage budget while it was read.
+        pub reserved: u64,
+    }
+
+    /// A store in memory with these limits (generous rate limits: the form is what is fuzzed).
+    pub fn files(max_size: u64, storage_budget: u64, max_voice_ms: u64) -> Files {
+        let registry = prometheus::Registry::new();
+        Files::new(
+            FileSettings {
+                max_size,
+                ttl: Duration::from_secs(60),
+                uploads_per_min: 1000,
+                bytes_per_hour: 1 << 30,
+                storage_budget,
+                dir: None,
+                max_voice_ms,
+                key: b"fuzz".to_vec(),
+            },
+            FileMetrics::register(&registry),
+        )
+        .expect("an in-memory store needs no directory")
+    }
+
+    /// Bytes stored plus reserved by uploads in flight.
+    pub fn used(files: &Files) -> u64 {
+        files.used.load(Ordering::Acquire)
+    }
+
+    /// The upload handler's reading and checking of a body: [`Files::read_checked_form`] and the
+    /// sanitized name, as `upload` does before storing.
+    pub async fn upload_form(
+        files: &Files,
+        headers: &HeaderMap,
+        body: &mut BodyDataStream,
+    ) -> Result<Checked, SignalError> {
+        let mut reservation = Reservation { files, bytes: 0 };
+        let mut category = None;
+        let (form, ty) = files
+            .read_checked_form(headers, body, &mut reservation, &mut category)
+            .await?;
+        Ok(Checked {
+            ty,
+            name: sanitize_name(&form.name, &ty),
+            size: form.bytes.len(),
+            voice: form.voice,
+            duration_ms: form.duration_ms,
+            client_id: form.client_id,
+            reserved: reservation.bytes,
+        })
+    }
+
+    /// The download URL's query: `room`, `exp`, `sig` (`None` when a parameter repeats).
+    pub fn url_query(query: &str) -> Option<[Option<&str>; 3]> {
+        UrlParams::parse(query).map(|p| [p.room, p.exp, p.sig])
+    }
+
+    /// The download URL's path id and query read into what its signature covers.
+    pub fn signed_url<'a>(
+        id: &str,
+        query: &'a str,
+    ) -> Result<(FileId, RoomId, u64, &'a str), SignalError> {
+        super::signed_url(id, query)
     }
 }
 

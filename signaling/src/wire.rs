@@ -289,12 +289,16 @@ fn interests(payload: Option<&Value>) -> Result<Vec<String>, SignalError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for tag in list {
-        let tag = tag.as_str().ok_or(SignalError::InvalidInterests)?.trim();
+        // Lowercased before the checks: lowercasing can lengthen a tag ('İ' becomes "i̇").
+        let tag = tag
+            .as_str()
+            .ok_or(SignalError::InvalidInterests)?
+            .trim()
+            .to_lowercase();
         let chars = tag.chars().count();
         if chars == 0 || chars > MAX_INTEREST_CHARS || tag.chars().any(char::is_control) {
             return Err(SignalError::InvalidInterests);
         }
-        let tag = tag.to_lowercase();
         if !out.contains(&tag) {
             out.push(tag);
         }
@@ -793,6 +797,23 @@ mod tests {
         ] {
             assert_eq!(p(bad), Err(SignalError::InvalidInterests));
         }
+    }
+
+    /// Found by the `signaling_parse` fuzz target: 'İ' lowercases to two characters, so 24 of
+    /// them passed the 24-character check and were kept as 48.
+    #[test]
+    fn interests_are_limited_after_lowercasing() {
+        let p = |v: Value| ClientEvent::parse("match:start", Some(&v));
+        assert_eq!(
+            p(json!({ "interests": ["\u{130}".repeat(24)] })),
+            Err(SignalError::InvalidInterests)
+        );
+        assert_eq!(
+            p(json!({ "interests": ["\u{130}".repeat(12)] })),
+            Ok(ClientEvent::MatchStart {
+                interests: vec!["i\u{307}".repeat(12)]
+            })
+        );
     }
 
     #[test]
