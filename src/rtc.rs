@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::RngCore;
-use tandem_media::{MediaConfig, MediaCore, Protocol, Received, Sample, Transmit};
+use tandem_media::{MediaConfig, MediaCore, MediaOutput, Protocol, Received, Sample, Transmit};
 use tandem_signaling::{MediaCommand, MediaEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -304,7 +304,10 @@ impl Worker {
         };
         let mut next_metrics = Instant::now() + METRICS_EVERY;
         loop {
-            let mut wake = self.core.poll_timeout().min(next_metrics);
+            let mut wake = self
+                .core
+                .poll_timeout()
+                .map_or(next_metrics, |t| t.min(next_metrics));
             if !self.to_hub.is_empty() {
                 // Retry the hub soon.
                 wake = wake.min(Instant::now() + HUB_RETRY);
@@ -340,7 +343,7 @@ impl Worker {
             }
             let now = Instant::now();
             beat.beat(now);
-            if self.core.poll_timeout() <= now {
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
             }
             self.flush(&mut socket);
@@ -366,7 +369,7 @@ impl Worker {
         let now = Instant::now();
         if self
             .core
-            .handle_receive(now, Protocol::Udp, source, destination, data)
+            .handle_receive(Protocol::Udp, source, destination, data, now)
             == Received::Handled
         {
             return;
@@ -402,7 +405,7 @@ impl Worker {
                     // Handed-over datagrams are never handed on again.
                     let _ =
                         self.core
-                            .handle_receive(now, d.proto, d.source, d.destination, &d.data);
+                            .handle_receive(d.proto, d.source, d.destination, &d.data, now);
                 }
             }
             WorkerMsg::TcpOpen { remote, frames } => {
@@ -418,30 +421,32 @@ impl Worker {
 
     /// Sends what the core wants sent and passes its events to the hub.
     fn flush(&mut self, socket: &mut BatchSocket) {
-        while let Some(t) = self.core.poll_transmit() {
-            match t.proto {
-                Protocol::Udp => self.out.push(t),
-                Protocol::Tcp => {
-                    if let Some(conn) = self.tcp.get(&t.destination) {
-                        let _ = conn.try_send(t.contents.to_vec());
+        // Events (answers, candidates, connection changes) must reach the hub in order and
+        // are not to be lost to a moment of saturation: what does not fit waits, bounded, for
+        // the next turn; the worker never blocks on the hub.
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                MediaOutput::Transmit(t) => match t.proto {
+                    Protocol::Udp => self.out.push(t),
+                    Protocol::Tcp => {
+                        if let Some(conn) = self.tcp.get(&t.destination) {
+                            let _ = conn.try_send(t.contents.to_vec());
+                        }
                     }
+                    _ => {}
+                },
+                MediaOutput::Event(ev) => {
+                    if self.to_hub.len() >= MAX_PENDING_EVENTS {
+                        tracing::warn!("signaling hub saturated; oldest media event dropped");
+                        self.to_hub.pop_front();
+                    }
+                    self.to_hub.push_back(ev);
                 }
-                _ => {}
             }
         }
         if !self.out.is_empty() {
             socket.send_all(&self.out, |t| (t.destination, &t.contents[..]));
             self.out.clear();
-        }
-        // Events (answers, candidates, connection changes) must reach the hub in order and
-        // are not to be lost to a moment of saturation: what does not fit waits here, bounded,
-        // for the next turn; the worker never blocks on the hub.
-        while let Some(ev) = self.core.poll_event() {
-            if self.to_hub.len() >= MAX_PENDING_EVENTS {
-                tracing::warn!("signaling hub saturated; oldest media event dropped");
-                self.to_hub.pop_front();
-            }
-            self.to_hub.push_back(ev);
         }
         while let Some(ev) = self.to_hub.pop_front() {
             if let Err(Command::Media(ev)) = self.hub.try_command(Command::Media(ev)) {

@@ -27,7 +27,7 @@ use anyhow::Context;
 use rand::RngCore;
 use tandem_turn::{
     channel_data_header, channel_data_padding, frame_len, rest_credentials, BindError,
-    ClientSocket, Command, Counters, Family, PeerToClient, RelayPort, Server, Transport,
+    ClientSocket, Counters, Family, Output, PeerToClient, RelayPort, Server, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -397,10 +397,10 @@ fn core_for(s: &TurnSettings, host: Vec<IpAddr>, workers: usize) -> anyhow::Resu
     };
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
-    let unix = SystemTime::now()
+    let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Server::new(cfg, seed, Instant::now(), unix).map_err(|e| anyhow::anyhow!("TURN core: {e}"))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Server::new(cfg, seed, Instant::now(), unix_ms).map_err(|e| anyhow::anyhow!("TURN core: {e}"))
 }
 
 /// Accepts TCP (or TLS) connections and deals them to the workers in turn. TLS handshakes run
@@ -597,10 +597,10 @@ impl State {
     fn drain(&mut self) {
         let now = Instant::now();
         let mut timer = false;
-        while let Some(cmd) = self.core.poll_command() {
+        while let Some(cmd) = self.core.poll_output() {
             match cmd {
-                Command::SendToClient { to, bytes } => self.send_to_client(to, bytes),
-                Command::CreateAllocation { port, family, user } => {
+                Output::SendToClient { to, bytes } => self.send_to_client(to, bytes),
+                Output::CreateAllocation { port, family, user } => {
                     let result = if self.quota.acquire(&user) {
                         let bound = self.bind_relay(port, family, user.clone());
                         if bound.is_err() {
@@ -613,7 +613,7 @@ impl State {
                     self.core.handle_allocation_bound(port, result, now);
                     timer = true;
                 }
-                Command::FreeAllocation { port } => {
+                Output::FreeAllocation { port } => {
                     if let Some(relay) = self.relays.remove(&port.0) {
                         relay.task.abort();
                         self.quota.release(&relay.user);

@@ -25,7 +25,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tandem_fuzz::media_ops as op;
 use tandem_fuzz::Reader;
-use tandem_media::{MediaConfig, MediaCore, Transmit};
+use tandem_media::{MediaConfig, MediaCore, MediaOutput, Transmit};
 use tandem_signaling::{CallId, MediaCommand, MediaEvent, RoomId, SessionId};
 
 const SERVER_UDP: &str = "127.0.0.1:7882";
@@ -328,13 +328,16 @@ impl Harness {
         }
         self.core.handle_timeout(self.now);
         let next = self.core.poll_timeout();
-        assert!(next > self.now, "the core asks to be woken in the past");
+        assert!(
+            next.is_some_and(|t| t > self.now),
+            "the core asks to be woken in the past"
+        );
         self.pump();
     }
 
     fn to_core(&mut self, data: &[u8], proto: Protocol, source: SocketAddr, dest: SocketAddr) {
         self.core
-            .handle_receive(self.now, proto, source, dest, data);
+            .handle_receive(proto, source, dest, data, self.now);
     }
 
     fn to_client(&mut self, t: &Transmit) {
@@ -392,16 +395,17 @@ impl Harness {
                     }
                 }
             }
-            while let Some(t) = self.core.poll_transmit() {
+            while let Some(out) = self.core.poll_output() {
                 busy = true;
-                if self.down.len() == MAX_IN_FLIGHT {
-                    self.down.pop_front();
+                match out {
+                    MediaOutput::Transmit(t) => {
+                        if self.down.len() == MAX_IN_FLIGHT {
+                            self.down.pop_front();
+                        }
+                        self.down.push_back(t);
+                    }
+                    MediaOutput::Event(e) => self.on_event(e),
                 }
-                self.down.push_back(t);
-            }
-            while let Some(e) = self.core.poll_event() {
-                busy = true;
-                self.on_event(e);
             }
             if !busy {
                 return;

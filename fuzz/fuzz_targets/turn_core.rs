@@ -33,7 +33,7 @@ use tandem_turn::stun_rs::{
     MessageEncoderBuilder, MessageMethod, StunAttribute, StunMessageBuilder, TransactionId,
 };
 use tandem_turn::{
-    rest_credentials, BindError, ClientSocket, Command, Config, RelayPort, Server, Transport,
+    rest_credentials, BindError, ClientSocket, Config, Output, RelayPort, Server, Transport,
 };
 
 const SECRET: &[u8] = b"fuzz-secret";
@@ -421,9 +421,9 @@ impl Harness {
 
     fn drain(&mut self) {
         let decoder = MessageDecoderBuilder::default().build();
-        while let Some(cmd) = self.server.poll_command() {
+        while let Some(cmd) = self.server.poll_output() {
             match cmd {
-                Command::SendToClient { to, bytes } => {
+                Output::SendToClient { to, bytes } => {
                     let c = self
                         .clients
                         .iter()
@@ -439,7 +439,7 @@ impl Harness {
                         self.nonces[c] = Some(n.as_str().to_owned());
                     }
                 }
-                Command::CreateAllocation { port, .. } => {
+                Output::CreateAllocation { port, .. } => {
                     if debug() {
                         eprintln!("create allocation {port:?}");
                     }
@@ -449,7 +449,7 @@ impl Harness {
                         self.ports.push(port);
                     }
                 }
-                Command::FreeAllocation { port } => {
+                Output::FreeAllocation { port } => {
                     self.binding.retain(|p| *p != port);
                 }
             }
@@ -483,7 +483,7 @@ fuzz_target!(|data: &[u8]| {
     let max_allocations = cfg.max_allocations;
     let now = Instant::now();
     let mut h = Harness {
-        server: Server::new(cfg, [9; 32], now, UNIX0).expect("valid config"),
+        server: Server::new(cfg, [9; 32], now, UNIX0 * 1000).expect("valid config"),
         max_allocations,
         now,
         clients: clients(),

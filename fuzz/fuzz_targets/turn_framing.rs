@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let t0 = Instant::now();
-    let mut server = Server::new(cfg, [3; 32], t0, 1_700_000_000).expect("valid config");
+    let mut server = Server::new(cfg, [3; 32], t0, 1_700_000_000_000).expect("valid config");
     let client = ClientSocket {
         addr: "192.0.2.1:40000".parse().expect("address"),
         transport: Transport::Tcp,
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         if let Some((_, _, range)) = server.handle_client_input(frame, client, t0) {
             assert!(range.start <= range.end && range.end <= frame.len());
         }
-        while server.poll_command().is_some() {}
+        while server.poll_output().is_some() {}
     }
 
     // The helpers the shell frames peer data with.

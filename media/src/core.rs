@@ -79,6 +79,15 @@ impl Default for MediaConfig {
     }
 }
 
+/// What the core asks the shell to do, from [`MediaCore::poll_output`].
+#[derive(Debug)]
+pub enum MediaOutput {
+    /// Send this datagram (UDP, or one RFC 4571 frame on an ICE-TCP connection).
+    Transmit(Transmit),
+    /// Tell the signaling core.
+    Event(MediaEvent),
+}
+
 /// What became of a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
@@ -223,11 +232,11 @@ impl MediaCore {
     /// A datagram (or one RFC 4571 frame of an ICE-TCP stream) from `source`.
     pub fn handle_receive(
         &mut self,
-        now: Instant,
         proto: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
+        now: Instant,
     ) -> Received {
         let now = self.advance(now);
         let Ok(contents) = data.try_into() else {
@@ -323,27 +332,27 @@ impl MediaCore {
         self.flush(now);
     }
 
-    /// The next datagram to send. Packets forwarded by the inputs since the last call are
-    /// sent by their receivers' peers first, so a batch of inputs costs one drive per receiver.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// What the inputs so far asked for: every datagram to send first, then the events for
+    /// the signaling core. Packets forwarded by the inputs since the last call are sent by
+    /// their receivers' peers first, so a batch of inputs costs one drive per receiver.
+    pub fn poll_output(&mut self) -> Option<MediaOutput> {
         if !self.dirty.is_empty() {
             self.flush(self.last_now);
         }
-        self.transmits.pop_front()
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(MediaOutput::Transmit(t));
+        }
+        self.events.pop_front().map(MediaOutput::Event)
     }
 
-    /// The next event for the signaling core.
-    pub fn poll_event(&mut self) -> Option<MediaEvent> {
-        self.events.pop_front()
-    }
-
-    /// When [`MediaCore::handle_timeout`] should next be called.
-    pub fn poll_timeout(&self) -> Instant {
+    /// When [`MediaCore::handle_timeout`] should next be called (always soon: the core sweeps
+    /// its calls' deadlines every 250 ms).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.next_sweep;
         if let Some(Reverse((at, _))) = self.timers.peek() {
             t = t.min(*at);
         }
-        t
+        Some(t)
     }
 
     // --- commands -------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 //! One [`str0m::Rtc`] per guest in a call, all multiplexed on the shell's UDP (and ICE-TCP)
 //! sockets. The core never touches a socket or a clock: the shell feeds datagrams with
 //! [`MediaCore::handle_receive`], commands from the signaling core with
-//! [`MediaCore::handle_command`] and time with [`MediaCore::handle_timeout`], then drains
-//! [`MediaCore::poll_transmit`], [`MediaCore::poll_event`] and [`MediaCore::poll_timeout`].
+//! [`MediaCore::handle_command`] and time with [`MediaCore::handle_timeout`] (every input takes
+//! `now` last), then drains [`MediaCore::poll_output`] (datagrams, then events) and asks
+//! [`MediaCore::poll_timeout`] — the vocabulary of the signaling and TURN cores too.
 //!
 //! Forwarding runs str0m in RTP mode: an incoming packet's payload (an `Arc<[u8]>`, never
 //! copied) is written to each subscriber's send stream with its sequence number and timestamp
@@ -17,7 +18,7 @@ mod error;
 mod peer;
 mod stats;
 
-pub use crate::core::{MediaConfig, MediaCore, Received};
+pub use crate::core::{MediaConfig, MediaCore, MediaOutput, Received};
 pub use crate::error::MediaError;
 pub use crate::stats::{Direction, MediaCounters, Sample, KINDS};
 

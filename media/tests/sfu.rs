@@ -375,7 +375,7 @@ fn close_removes_peers() {
     let stun = stun_binding_request("00abcdefabcdefab:zzzz");
     assert_eq!(
         sim.core
-            .handle_receive(now, Protocol::Udp, addr(ADDR_A), server_addr(), &stun),
+            .handle_receive(Protocol::Udp, addr(ADDR_A), server_addr(), &stun, now),
         Received::Unknown
     );
     // Closing again, or closing an unknown call, is harmless.
@@ -735,7 +735,7 @@ fn random_datagrams_do_not_panic() {
             let mut sim = sim.borrow_mut();
             for (src, proto, d) in datagrams {
                 let now = sim.now;
-                let _ = sim.core.handle_receive(now, proto, src, server_addr(), &d);
+                let _ = sim.core.handle_receive(proto, src, server_addr(), &d, now);
                 let _ = tandem_media::stun_worker(&d);
             }
             sim.tick();
@@ -1108,14 +1108,14 @@ fn a_stun_spray_from_1000_ports_is_capped_at_20_remote_candidates() {
     for port in 0..1000u16 {
         let source: std::net::SocketAddr = format!("127.0.0.1:{}", 50_000 + port).parse().unwrap();
         sim.core.handle_receive(
-            sim.now,
             str0m::net::Protocol::Udp,
             source,
             server_addr(),
             &check,
+            sim.now,
         );
-        while let Some(t) = sim.core.poll_transmit() {
-            if t.destination == source {
+        while let Some(out) = sim.core.poll_output() {
+            if matches!(out, tandem_media::MediaOutput::Transmit(t) if t.destination == source) {
                 answered += 1;
             }
         }

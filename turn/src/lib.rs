@@ -48,33 +48,33 @@
 //! # The API
 //!
 //! ```text
-//! Server::new(cfg, seed, now, unix_now_secs)
+//! Server::new(cfg, seed, now, unix_now_ms)
 //! handle_client_input(bytes, from: ClientSocket, now) -> Option<(RelayPort, peer, Range)>
 //! handle_peer_input(bytes, port: RelayPort, peer, now) -> Option<PeerToClient>
 //! handle_allocation_bound(port, Ok(()) | Err(BindError), now)
 //! handle_grant_revoked(grant, at, now)             // a call ended: its credentials stop at `at`
 //! handle_client_disconnected(client, now)          // TCP/TLS connection closed
 //! handle_timeout(now); poll_timeout() -> Option<Instant>
-//! poll_command() -> Option<Command>                // SendToClient, CreateAllocation, FreeAllocation
+//! poll_output() -> Option<Output>                  // SendToClient, CreateAllocation, FreeAllocation
 //! counters(), allocations(), pending_allocations(), allocation_of(client)
 //! frame_len(stream_buf) -> Result<Option<usize>, TurnError>
 //! channel_data_header(channel, len), channel_data_padding(len), rest_credentials(..)
 //! ```
 //!
 //! Wall time (for REST username expiry and nonces) is derived as
-//! `unix_now_secs + (now - the Instant given to new)`.
+//! `unix_now_ms + (now - the Instant given to new)` (milliseconds, as in the signaling core).
 //!
 //! # Two-phase Allocate
 //!
 //! An authenticated, admissible Allocate reserves a random free port of `port_range` (picked
-//! with the seeded RNG; even if EVEN-PORT asks) and emits [`Command::CreateAllocation`] with
+//! with the seeded RNG; even if EVEN-PORT asks) and emits [`Output::CreateAllocation`] with
 //! the user. The shell checks the user's quota across cores, binds a UDP socket on that port
 //! and reports with [`Server::handle_allocation_bound`] (`Err(BindError::UserQuota)` is 486):
 //! on `Ok` the allocation exists and the success
 //! response (XOR-RELAYED-ADDRESS with the configured public relay address, LIFETIME,
 //! XOR-MAPPED-ADDRESS) is queued; on `Err` another port is tried, up to `bind_attempts`
 //! ports, then 508. A bind not reported within `bind_timeout` fails with 508 too (and a
-//! [`Command::FreeAllocation`] is emitted in case the socket shows up late). Retransmissions
+//! [`Output::FreeAllocation`] is emitted in case the socket shows up late). Retransmissions
 //! of the Allocate are ignored while the bind is under way and answered again afterwards.
 //!
 //! # Fast paths
@@ -85,7 +85,7 @@
 //!   [`PeerToClient`] and the shell writes [`channel_data_header`] in front of the datagram it
 //!   read (keep 4 bytes of headroom in the receive buffer) plus
 //!   [`channel_data_padding`] zero bytes on TCP/TLS. Without a channel a Data indication is
-//!   queued as a [`Command::SendToClient`].
+//!   queued as a [`Output::SendToClient`].
 //!
 //! These paths are O(1) hash lookups (client 5-tuple → allocation, relay port → allocation,
 //! channel number / peer within it) with no allocation and no logging per packet. Send and
@@ -97,7 +97,7 @@
 //! - Feed every client datagram / framed stream message to `handle_client_input` (split
 //!   TCP/TLS streams with [`frame_len`], closing the connection on `Err`), and every datagram
 //!   of a relay socket to `handle_peer_input` with that socket's port.
-//! - After each call, drain `poll_command` and act on it; call `handle_timeout` at
+//! - After each call, drain `poll_output` and act on it; call `handle_timeout` at
 //!   `poll_timeout`.
 //! - Execute CreateAllocation / FreeAllocation (bind / close relay sockets) and report binds.
 //! - Report closed TCP/TLS connections with `handle_client_disconnected`.
@@ -133,7 +133,7 @@ pub use crate::framing::{
 };
 pub use crate::server::Server;
 pub use crate::types::{
-    BindError, ClientSocket, Command, Counters, Direction, Family, PeerToClient, RelayKind,
+    BindError, ClientSocket, Counters, Direction, Family, Output, PeerToClient, RelayKind,
     RelayPort, Traffic, Transport,
 };
 

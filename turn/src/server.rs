@@ -31,7 +31,7 @@ use crate::framing::{
     parse_channel_data, CHANNEL_MAX, CHANNEL_MIN, MAGIC_COOKIE, MAX_MESSAGE_LEN, STUN_HEADER_LEN,
 };
 use crate::types::{
-    BindError, ClientSocket, Command, Counters, Direction, Family, PeerToClient, RelayKind,
+    BindError, ClientSocket, Counters, Direction, Family, Output, PeerToClient, RelayKind,
     RelayPort, Transport,
 };
 
@@ -39,7 +39,7 @@ use crate::types::{
 const DATA_ATTR: u16 = 0x0013;
 /// IANA protocol number of UDP, the only REQUESTED-TRANSPORT supported.
 const PROTO_UDP: u8 = 17;
-/// Commands queued at most before SendToClient ones are dropped (the shell drains after each
+/// Outputs queued at most before SendToClient ones are dropped (the shell drains after each
 /// input, so this is only reached by a shell bug).
 const MAX_QUEUED_COMMANDS: usize = 4096;
 /// Random picks before the port search falls back to a scan.
@@ -228,7 +228,8 @@ pub struct Server {
     decoder: MessageDecoder,
     encoder: MessageEncoder,
     start: Instant,
-    unix_start: u64,
+    /// Milliseconds since the Unix epoch at `start`.
+    unix_start_ms: u64,
     allocations: HashMap<RelayPort, Allocation>,
     pending: HashMap<RelayPort, Pending>,
     /// Allocation or pending Allocate of each client 5-tuple.
@@ -242,7 +243,7 @@ pub struct Server {
     /// Unauthenticated answers per UDP source: the GCRA's theoretical arrival time.
     unauth: HashMap<SourceKey, Instant>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    commands: VecDeque<Command>,
+    commands: VecDeque<Output>,
     counters: Counters,
     /// The latest `now` of any input (responses are sent within an input's handling).
     now: Instant,
@@ -265,14 +266,15 @@ impl SourceKey {
 }
 
 impl Server {
-    /// A server with no allocations. `now` and `unix_now_secs` are the same moment on the
-    /// monotonic and the wall clock: wall time later is `unix_now_secs + (now' - now)`.
+    /// A server with no allocations. `now` and `unix_now_ms` (milliseconds since the Unix
+    /// epoch, the wall-clock unit of every tandem core) are the same moment on the monotonic
+    /// and the wall clock: wall time later is `unix_now_ms + (now' - now)`.
     /// `rng_seed` drives port picks, transaction ids and the nonce key.
     pub fn new(
         cfg: Config,
         rng_seed: [u8; 32],
         now: Instant,
-        unix_now_secs: u64,
+        unix_now_ms: u64,
     ) -> Result<Server, TurnError> {
         cfg.validate()?;
         let mut rng = ChaCha8Rng::from_seed(rng_seed);
@@ -294,7 +296,7 @@ impl Server {
             decoder: MessageDecoderBuilder::default().build(),
             encoder: MessageEncoderBuilder::default().build(),
             start: now,
-            unix_start: unix_now_secs,
+            unix_start_ms: unix_now_ms,
             allocations: HashMap::new(),
             pending: HashMap::new(),
             by_client: HashMap::new(),
@@ -348,8 +350,8 @@ impl Server {
             .filter(|p| self.allocations.contains_key(p))
     }
 
-    /// The next command for the shell.
-    pub fn poll_command(&mut self) -> Option<Command> {
+    /// The next thing the shell must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
         self.commands.pop_front()
     }
 
@@ -359,8 +361,10 @@ impl Server {
     }
 
     fn wall_secs(&self, now: Instant) -> u64 {
-        self.unix_start
-            .saturating_add(now.saturating_duration_since(self.start).as_secs())
+        let elapsed = now.saturating_duration_since(self.start).as_millis();
+        self.unix_start_ms
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+            / 1000
     }
 
     // ---------------------------------------------------------------- client input
@@ -401,7 +405,7 @@ impl Server {
         } else if let Some(p) = self.pending.remove(&port) {
             self.by_client.remove(&client);
             self.release_user(&p.auth.user);
-            self.push_command(Command::FreeAllocation { port });
+            self.push_command(Output::FreeAllocation { port });
         }
     }
 
@@ -637,7 +641,7 @@ impl Server {
                     RelayKind::Indication,
                     bytes.len(),
                 );
-                self.push_command(Command::SendToClient {
+                self.push_command(Output::SendToClient {
                     to: client,
                     bytes: out,
                 });
@@ -880,14 +884,14 @@ impl Server {
         self.timers.push(Reverse((deadline, Timer::Pending(port))));
         let user = self.pending[&port].auth.user.clone();
         self.commands
-            .push_back(Command::CreateAllocation { port, family, user });
+            .push_back(Output::CreateAllocation { port, family, user });
     }
 
-    /// The shell's answer to [`Command::CreateAllocation`]: `Ok` once the relay socket is
+    /// The shell's answer to [`Output::CreateAllocation`]: `Ok` once the relay socket is
     /// bound (the Allocate succeeds); [`BindError::PortUnavailable`] if the bind failed
     /// (another port is tried, up to `bind_attempts`, then 508);
     /// [`BindError::UserQuota`] if the user is over its quota across cores (486). A port the
-    /// core no longer waits for (timed out, client gone) gets a [`Command::FreeAllocation`]
+    /// core no longer waits for (timed out, client gone) gets a [`Output::FreeAllocation`]
     /// back.
     pub fn handle_allocation_bound(
         &mut self,
@@ -898,7 +902,7 @@ impl Server {
         self.now = self.now.max(now);
         let Some(mut p) = self.pending.remove(&port) else {
             if result.is_ok() && !self.allocations.contains_key(&port) {
-                self.push_command(Command::FreeAllocation { port });
+                self.push_command(Output::FreeAllocation { port });
             }
             return;
         };
@@ -930,7 +934,7 @@ impl Server {
                     self.pending.insert(next, p);
                     self.timers.push(Reverse((deadline, Timer::Pending(next))));
                     let user = self.pending[&next].auth.user.clone();
-                    self.commands.push_back(Command::CreateAllocation {
+                    self.commands.push_back(Output::CreateAllocation {
                         port: next,
                         family,
                         user,
@@ -1286,7 +1290,7 @@ impl Server {
         self.counters.bind_failures += 1;
         self.counters.quota_capacity += 1;
         // The shell may still bind it: make sure the socket goes.
-        self.push_command(Command::FreeAllocation { port });
+        self.push_command(Output::FreeAllocation { port });
         let tid = TransactionId::from(p.tid);
         let req = Req {
             from: p.client,
@@ -1331,7 +1335,7 @@ impl Server {
         if let Some(alloc) = self.allocations.remove(&port) {
             self.by_client.remove(&alloc.client);
             self.release_user(&alloc.user);
-            self.push_command(Command::FreeAllocation { port });
+            self.push_command(Output::FreeAllocation { port });
         }
     }
 
@@ -1402,8 +1406,8 @@ impl Server {
         true
     }
 
-    fn push_command(&mut self, cmd: Command) {
-        if matches!(cmd, Command::SendToClient { .. }) && self.commands.len() >= MAX_QUEUED_COMMANDS
+    fn push_command(&mut self, cmd: Output) {
+        if matches!(cmd, Output::SendToClient { .. }) && self.commands.len() >= MAX_QUEUED_COMMANDS
         {
             self.counters.queue_full_dropped += 1;
             return;
@@ -1454,7 +1458,7 @@ impl Server {
         // Every attribute here is small and well-formed; failure would be a codec bug, and
         // then the client simply retransmits.
         if let Some(bytes) = self.encode(&msg, RESPONSE_BUF) {
-            self.push_command(Command::SendToClient {
+            self.push_command(Output::SendToClient {
                 to: req.from,
                 bytes,
             });

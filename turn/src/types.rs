@@ -58,9 +58,9 @@ impl Family {
     }
 }
 
-/// What the shell must do; drained with [`crate::Server::poll_command`].
+/// What the shell must do; drained with [`crate::Server::poll_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub enum Output {
     /// Send a STUN message (a response or a Data indication) to a client, on the listener /
     /// connection it came from.
     SendToClient { to: ClientSocket, bytes: Vec<u8> },
@@ -76,7 +76,7 @@ pub enum Command {
     FreeAllocation { port: RelayPort },
 }
 
-/// Why the shell could not carry out a [`Command::CreateAllocation`].
+/// Why the shell could not carry out a [`Output::CreateAllocation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindError {
     /// The port could not be bound: another one is tried (up to `bind_attempts`), then 508.

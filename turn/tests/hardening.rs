@@ -10,7 +10,7 @@ use common::*;
 use tandem_turn::stun_rs::attributes::turn::EvenPort;
 use tandem_turn::stun_rs::methods::BINDING;
 use tandem_turn::stun_rs::MessageClass;
-use tandem_turn::{rest_credentials, BindError, Command, Config};
+use tandem_turn::{rest_credentials, BindError, Config, Output};
 
 /// tandem's default: no open relay, the media address is the one peer.
 fn strict() -> Config {
@@ -107,7 +107,7 @@ fn allocate_for_grant(
     if let [m] = &msgs[..] {
         return Err(error_code(m).unwrap_or(0));
     }
-    let [Command::CreateAllocation { port, .. }] = other[..] else {
+    let [Output::CreateAllocation { port, .. }] = other[..] else {
         panic!("{other:?}")
     };
     h.server.handle_allocation_bound(port, Ok(()), h.now);
@@ -136,10 +136,10 @@ fn a_revoked_grant_ends_its_allocations_at_the_deadline_and_refuses_its_credenti
     h.advance(Duration::from_secs(31));
     let freed = h.commands();
     assert!(
-        freed.contains(&Command::FreeAllocation { port }),
+        freed.contains(&Output::FreeAllocation { port }),
         "{freed:?}"
     );
-    assert!(!freed.contains(&Command::FreeAllocation { port: other }));
+    assert!(!freed.contains(&Output::FreeAllocation { port: other }));
     assert_eq!(h.server.allocations(), 1);
     assert_eq!(h.server.counters().allocations_revoked, 1);
     // New Allocates with the old grant's credentials: 401.
@@ -183,7 +183,7 @@ fn a_quota_kept_across_cores_refuses_with_486() {
     let first = h.one(&allocate_req(tid(1), None, vec![]), from);
     let creds = Creds::rest("alice", UNIX0 + 3600, &nonce_of(&first).unwrap());
     let (_, other) = h.exchange(&allocate_req(tid(2), Some(&creds), vec![]), from);
-    let [Command::CreateAllocation { port, ref user, .. }] = other[..] else {
+    let [Output::CreateAllocation { port, ref user, .. }] = other[..] else {
         panic!("{other:?}")
     };
     assert_eq!(&**user, "alice");

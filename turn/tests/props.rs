@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use common::*;
 use proptest::prelude::*;
 use tandem_turn::stun_rs::attributes::turn::{Data, XorPeerAddress};
-use tandem_turn::{frame_len, ClientSocket, Command, RelayPort, Transport};
+use tandem_turn::{frame_len, ClientSocket, Output, RelayPort, Transport};
 
 fn transport() -> impl Strategy<Value = Transport> {
     prop_oneof![
@@ -84,7 +84,7 @@ proptest! {
             prop_assert!(range.end <= bytes.len());
         }
         for c in h.commands() {
-            if let Command::SendToClient { bytes, .. } = c {
+            if let Output::SendToClient { bytes, .. } = c {
                 decode(&bytes); // whatever we send decodes
             }
         }
@@ -160,7 +160,7 @@ fn huge_stun_messages_never_panic() {
             b.resize(20 + body, 0xAB);
             let _ = h.server.handle_client_input(&b, from, h.now);
             for c in h.commands() {
-                if let Command::SendToClient { bytes, .. } = c {
+                if let Output::SendToClient { bytes, .. } = c {
                     decode(&bytes);
                 }
             }

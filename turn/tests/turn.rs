@@ -16,7 +16,7 @@ use tandem_turn::stun_rs::attributes::turn::{
 use tandem_turn::stun_rs::methods::{BINDING, DATA};
 use tandem_turn::stun_rs::{AddressFamily, MessageClass};
 use tandem_turn::{
-    channel_data_header, frame_len, BindError, Command, Direction, Family, PeerToClient, RelayKind,
+    channel_data_header, frame_len, BindError, Direction, Family, Output, PeerToClient, RelayKind,
     RelayPort, Transport,
 };
 
@@ -63,7 +63,7 @@ fn allocate_flow_401_then_success() {
     let creds = Creds::rest("alice", UNIX0 + 3600, &nonce_of(&first).unwrap());
     let (msgs, other) = h.exchange(&allocate_req(tid(2), Some(&creds), vec![]), from);
     assert!(msgs.is_empty());
-    let [Command::CreateAllocation {
+    let [Output::CreateAllocation {
         port,
         family: Family::V4,
         ref user,
@@ -78,7 +78,7 @@ fn allocate_flow_401_then_success() {
 
     h.server.handle_allocation_bound(port, Ok(()), h.now);
     let cmds = h.commands();
-    let [Command::SendToClient { to, bytes }] = &cmds[..] else {
+    let [Output::SendToClient { to, bytes }] = &cmds[..] else {
         panic!("{cmds:?}")
     };
     assert_eq!(*to, from);
@@ -134,7 +134,7 @@ fn lifetime_is_clamped() {
         &allocate_req(tid(2), Some(&creds), vec![LifeTime::new(5000).into()]),
         from,
     );
-    let [Command::CreateAllocation { port, .. }] = other[..] else {
+    let [Output::CreateAllocation { port, .. }] = other[..] else {
         panic!()
     };
     h.server.handle_allocation_bound(port, Ok(()), h.now);
@@ -162,7 +162,7 @@ fn refresh_extends_and_expiry_frees() {
     assert!(h.server.poll_timeout().is_some());
     h.advance(Duration::from_secs(1));
     assert_eq!(h.server.allocations(), 0);
-    assert_eq!(h.commands(), vec![Command::FreeAllocation { port }]);
+    assert_eq!(h.commands(), vec![Output::FreeAllocation { port }]);
     let c = h.server.counters();
     assert_eq!((c.allocations_expired, c.allocations_active), (1, 0));
     // The 5-tuple is free again: Refresh is now 437.
@@ -174,7 +174,7 @@ fn refresh_extends_and_expiry_frees() {
 fn raw_response(h: &mut Harness, req: &[u8], from: tandem_turn::ClientSocket) -> Vec<u8> {
     assert!(h.server.handle_client_input(req, from, h.now).is_none());
     let cmds = h.commands();
-    let [Command::SendToClient { bytes, .. }] = &cmds[..] else {
+    let [Output::SendToClient { bytes, .. }] = &cmds[..] else {
         panic!("{cmds:?}")
     };
     bytes.clone()
@@ -192,7 +192,7 @@ fn refresh_lifetime_zero_deletes() {
     let (msgs, other) = h.split(from);
     assert_eq!(msgs[0].class(), MessageClass::SuccessResponse);
     assert_eq!(lifetime_of(&msgs[0]), Some(0));
-    assert_eq!(other, vec![Command::FreeAllocation { port }]);
+    assert_eq!(other, vec![Output::FreeAllocation { port }]);
     assert_eq!(h.server.allocations(), 0);
     assert_eq!(h.server.counters().allocations_deleted, 1);
     // A new allocation may be made on the same 5-tuple.
@@ -250,7 +250,7 @@ fn wrong_password_and_expired_username_get_401() {
     // Valid credentials that expire while the allocation lives: refreshes get 401.
     let creds = Creds::rest("alice", UNIX0 + 100, &nonce);
     let (_, other) = h.exchange(&allocate_req(tid(5), Some(&creds), vec![]), from);
-    let [Command::CreateAllocation { port, .. }] = other[..] else {
+    let [Output::CreateAllocation { port, .. }] = other[..] else {
         panic!("{other:?}")
     };
     h.server.handle_allocation_bound(port, Ok(()), h.now);
@@ -332,7 +332,7 @@ fn requested_transport_must_be_udp() {
     // The hand-made request is accepted with UDP, so the 442 was about the transport.
     let (msgs, other) = h.exchange(&allocate_with_transport(&creds, 17), from);
     assert!(msgs.is_empty());
-    assert!(matches!(other[..], [Command::CreateAllocation { .. }]));
+    assert!(matches!(other[..], [Output::CreateAllocation { .. }]));
     // Missing REQUESTED-TRANSPORT: 400.
     let from = sock("198.51.100.7:4001");
     let first = h.one(&allocate_req(tid(1), None, vec![]), from);
@@ -383,7 +383,7 @@ fn ipv6_allocation_needs_a_relay_address() {
     let first = h.one(&allocate_req(tid(1), None, vec![]), from);
     let creds = Creds::rest("alice", UNIX0 + 3600, &nonce_of(&first).unwrap());
     let (_, other) = h.exchange(&allocate_req(tid(2), Some(&creds), vec![v6.into()]), from);
-    let [Command::CreateAllocation {
+    let [Output::CreateAllocation {
         port,
         family: Family::V6,
         ..
@@ -413,7 +413,7 @@ fn even_port_is_honoured() {
             &allocate_req(tid(2), Some(&creds), vec![EvenPort::new(false).into()]),
             from,
         );
-        let [Command::CreateAllocation { port, .. }] = other[..] else {
+        let [Output::CreateAllocation { port, .. }] = other[..] else {
             panic!()
         };
         assert_eq!(port.0 % 2, 0);
@@ -797,7 +797,7 @@ fn bind_failures_retry_other_ports_then_508() {
     let first = h.one(&allocate_req(tid(1), None, vec![]), from);
     let creds = Creds::rest("alice", UNIX0 + 3600, &nonce_of(&first).unwrap());
     let (_, other) = h.exchange(&allocate_req(tid(2), Some(&creds), vec![]), from);
-    let [Command::CreateAllocation { mut port, .. }] = other[..] else {
+    let [Output::CreateAllocation { mut port, .. }] = other[..] else {
         panic!()
     };
     let mut tried = vec![port];
@@ -805,7 +805,7 @@ fn bind_failures_retry_other_ports_then_508() {
         h.server
             .handle_allocation_bound(port, Err(BindError::PortUnavailable), h.now);
         let cmds = h.commands();
-        let [Command::CreateAllocation { port: next, .. }] = cmds[..] else {
+        let [Output::CreateAllocation { port: next, .. }] = cmds[..] else {
             panic!("{cmds:?}")
         };
         assert!(!tried.contains(&next));
@@ -832,7 +832,7 @@ fn bind_timeout_is_508_and_frees_the_port() {
     let first = h.one(&allocate_req(tid(1), None, vec![]), from);
     let creds = Creds::rest("alice", UNIX0 + 3600, &nonce_of(&first).unwrap());
     let (_, other) = h.exchange(&allocate_req(tid(2), Some(&creds), vec![]), from);
-    let [Command::CreateAllocation { port, .. }] = other[..] else {
+    let [Output::CreateAllocation { port, .. }] = other[..] else {
         panic!()
     };
     assert_eq!(
@@ -842,10 +842,10 @@ fn bind_timeout_is_508_and_frees_the_port() {
     h.advance(Duration::from_secs(5));
     let (msgs, other) = h.split(from);
     assert_eq!(error_code(&msgs[0]), Some(508));
-    assert_eq!(other, vec![Command::FreeAllocation { port }]);
+    assert_eq!(other, vec![Output::FreeAllocation { port }]);
     // A late bind report is answered with another FreeAllocation.
     h.server.handle_allocation_bound(port, Ok(()), h.now);
-    assert_eq!(h.commands(), vec![Command::FreeAllocation { port }]);
+    assert_eq!(h.commands(), vec![Output::FreeAllocation { port }]);
     assert_eq!(h.server.allocations(), 0);
 }
 
@@ -910,7 +910,7 @@ fn tcp_stream_frames_and_disconnect() {
     assert_eq!(t.packets, 2);
     // The connection closes: the allocation goes.
     h.server.handle_client_disconnected(from, h.now);
-    assert_eq!(h.commands(), vec![Command::FreeAllocation { port }]);
+    assert_eq!(h.commands(), vec![Output::FreeAllocation { port }]);
     assert_eq!(h.server.allocations(), 0);
 }
 
@@ -985,7 +985,7 @@ fn oversized_peer_datagrams_do_not_panic() {
         );
         let cmds = h.commands();
         assert_eq!(cmds.len(), usize::from(sent), "{len}");
-        if let [Command::SendToClient { bytes, .. }] = &cmds[..] {
+        if let [Output::SendToClient { bytes, .. }] = &cmds[..] {
             assert!(bytes.len() <= 65_535);
             let msg = decode(bytes);
             assert_eq!(

@@ -16,7 +16,7 @@ use str0m::media::{
 };
 use str0m::net::{Receive, Transmit};
 use str0m::{Candidate, Event, Input, Output, Rtc};
-use tandem_media::{MediaConfig, MediaCore, Received};
+use tandem_media::{MediaConfig, MediaCore, MediaOutput, Received};
 use tandem_signaling::{CallId, MediaCommand, MediaEvent, RoomId, SessionId};
 
 pub const SERVER: &str = "127.0.0.1:7882";
@@ -387,7 +387,7 @@ impl Sim {
     /// Advances the clock by one step, fires due timers and moves every datagram.
     pub fn tick(&mut self) {
         self.now += self.step;
-        if self.now >= self.core.poll_timeout() {
+        if self.core.poll_timeout().is_some_and(|t| self.now >= t) {
             let t = std::time::Instant::now();
             self.core.handle_timeout(self.now);
             self.core_time += t.elapsed();
@@ -436,12 +436,18 @@ impl Sim {
                     }
                 }
             }
+            let mut events = Vec::new();
             loop {
                 let started = std::time::Instant::now();
-                let polled = self.core.poll_transmit();
+                let polled = self.core.poll_output();
                 self.core_time += started.elapsed();
-                let Some(t) = polled else {
-                    break;
+                let t = match polled {
+                    None => break,
+                    Some(MediaOutput::Event(e)) => {
+                        events.push(e);
+                        continue;
+                    }
+                    Some(MediaOutput::Transmit(t)) => t,
                 };
                 sent = true;
                 let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else {
@@ -454,10 +460,6 @@ impl Sim {
                     self.wire
                         .push_back(InFlight::new(self.now + self.latency, Leg::Down(i), t));
                 }
-            }
-            let mut events = Vec::new();
-            while let Some(e) = self.core.poll_event() {
-                events.push(e);
             }
             let due = self.wire.front().is_some_and(|p| p.at <= self.now);
             if !sent && !due && events.is_empty() {
@@ -484,11 +486,11 @@ impl Sim {
                 );
                 let started = std::time::Instant::now();
                 let r = self.core.handle_receive(
-                    self.now,
                     t.proto,
                     t.source,
                     t.destination,
                     &t.contents,
+                    self.now,
                 );
                 self.core_time += started.elapsed();
                 match r {

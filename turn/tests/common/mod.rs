@@ -16,7 +16,7 @@ use tandem_turn::stun_rs::{
     MessageDecoderBuilder, MessageEncoderBuilder, MessageMethod, StunAttribute, StunMessage,
     StunMessageBuilder, TransactionId,
 };
-use tandem_turn::{rest_credentials, ClientSocket, Command, Config, RelayPort, Server, Transport};
+use tandem_turn::{rest_credentials, ClientSocket, Config, Output, RelayPort, Server, Transport};
 
 pub const SECRET: &[u8] = b"test-secret";
 pub const REALM: &str = "tandem.test";
@@ -64,7 +64,7 @@ pub struct Harness {
 impl Harness {
     pub fn new(cfg: Config) -> Harness {
         let t0 = Instant::now();
-        let server = Server::new(cfg, [42; 32], t0, UNIX0).unwrap();
+        let server = Server::new(cfg, [42; 32], t0, UNIX0 * 1000).unwrap();
         Harness {
             server,
             t0,
@@ -77,8 +77,8 @@ impl Harness {
         self.server.handle_timeout(self.now);
     }
 
-    pub fn commands(&mut self) -> Vec<Command> {
-        std::iter::from_fn(|| self.server.poll_command()).collect()
+    pub fn commands(&mut self) -> Vec<Output> {
+        std::iter::from_fn(|| self.server.poll_output()).collect()
     }
 
     /// Sends `bytes` and returns the responses to `from` (decoded), plus other commands.
@@ -86,18 +86,18 @@ impl Harness {
         &mut self,
         bytes: &[u8],
         from: ClientSocket,
-    ) -> (Vec<StunMessage>, Vec<Command>) {
+    ) -> (Vec<StunMessage>, Vec<Output>) {
         let out = self.server.handle_client_input(bytes, from, self.now);
         assert!(out.is_none(), "a request produced relay output");
         self.split(from)
     }
 
-    pub fn split(&mut self, to: ClientSocket) -> (Vec<StunMessage>, Vec<Command>) {
+    pub fn split(&mut self, to: ClientSocket) -> (Vec<StunMessage>, Vec<Output>) {
         let mut msgs = Vec::new();
         let mut other = Vec::new();
         for c in self.commands() {
             match c {
-                Command::SendToClient { to: t, bytes } if t == to => msgs.push(decode(&bytes)),
+                Output::SendToClient { to: t, bytes } if t == to => msgs.push(decode(&bytes)),
                 c => other.push(c),
             }
         }
@@ -288,7 +288,7 @@ pub fn allocate(h: &mut Harness, from: ClientSocket, session: &str) -> (Creds, R
     let creds = Creds::rest(session, UNIX0 + 86_400, &nonce_of(&first).unwrap());
     let (msgs, other) = h.exchange(&allocate_req(tid(2), Some(&creds), vec![]), from);
     assert!(msgs.is_empty(), "{msgs:?}");
-    let [Command::CreateAllocation { port, .. }] = other[..] else {
+    let [Output::CreateAllocation { port, .. }] = other[..] else {
         panic!("expected CreateAllocation, got {other:?}");
     };
     h.server.handle_allocation_bound(port, Ok(()), h.now);
