@@ -4,7 +4,12 @@
 #   - chat: tandem-load connects --guests sockets, pairs them, sends --rate messages/s with
 #     receipts, then disconnects them all (so every round is also a reconnect storm);
 #   - calls: tandem-media-load opens --calls audio calls, streams, and closes them;
-#   - TURN: coturn's turnutils_uclient makes allocations and relays through tandem to an echo peer.
+#   - TURN: coturn's turnutils_uclient makes allocations (two per client) and relays through
+#     tandem to an echo peer.
+# A guest's session lives as long as its token (2 h by default) even after its sockets are gone,
+# so that it can come back; the soak runs tandem with --token-ttl-secs 300 so that the sessions
+# of finished rounds end, and their number levels off, within the run (TURN allocations that
+# coturn's client leaves behind end with their 10-minute lifetime).
 # After each round it records the server's RSS, open descriptors and the size of every core
 # table (tandem_core_entries{core,table}, plus the guests/sockets/peers/allocations gauges).
 # It fails unless every round delivered every message it sent (sent = received, none refused)
@@ -30,19 +35,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ -z "${TANDEM_SOAK_IN_NETNS:-}" ]; then
+if [ -z "${SOAK_IN_NETNS:-}" ]; then
   cargo build --release -p tandem -p tandem-media-load --bin tandem --bin tandem-load --bin tandem-media-load
   if ! command -v turnutils_uclient >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn
   fi
-  exec env TANDEM_SOAK_IN_NETNS=1 unshare -n sh -c 'ip link set lo up && exec "$0" "$@"' "$0" \
+  exec env SOAK_IN_NETNS=1 unshare -n sh -c 'ip link set lo up && exec "$0" "$@"' "$0" \
     --minutes "$minutes" --guests "$guests" --rate "$rate" --calls "$calls" --round-secs "$round"
 fi
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=target/soak
 mkdir -p "$out"
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 port=18190 turn_port=18478 peer_port=18480 rtc_port=18882
 secret=soak-turn-secret-0123456789abcdef
 
@@ -59,7 +64,7 @@ trap cleanup EXIT
   --max-connections-per-ip 100000 --max-http-connections-per-ip 100000 \
   --max-sessions-per-ip 1000000 --socket-handshakes-per-min 1000000 \
   --chat-messages-per-sec 50 --match-per-sec 100 --match-burst 100 --events-per-sec 100 \
-  --memory-budget-mb 4096 >"$out/server.log" 2>&1 &
+  --memory-budget-mb 4096 --token-ttl-secs 300 >"$out/server.log" 2>&1 &
 server=$!
 pids+=("$server")
 for _ in $(seq 100); do
@@ -84,7 +89,7 @@ for line in sys.stdin:
     if line.startswith("#") or not line.strip():
         continue
     name, _, value = line.rpartition(" ")
-    if name.startswith(keep):
+    if name.startswith(keep) and "_total" not in name:
         vals[name] = float(value)
 print(json.dumps(vals, sort_keys=True))
 ' | sed "s/^/$(date +%s) $rss $fds /"
@@ -100,7 +105,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     --duration "${round}s" --warmup 2s --json >"$out/media-$n.json" 2>"$out/media-$n.log" &
   media=$!
   pids+=("$media")
-  ( turnutils_uclient -c -W "$secret" -u "soak$n" -e 127.0.0.1 -r "$peer_port" -n 200 -m 10 \
+  ( turnutils_uclient -c -W "$secret" -u "soak$n" -e 127.0.0.1 -r "$peer_port" -n 200 -m 4 \
       -l 200 -p "$turn_port" 127.0.0.1 >"$out/turn-$n.log" 2>&1 || true ) &
   turn=$!
   pids+=("$turn")
@@ -120,6 +125,7 @@ def load(p):
     except Exception:
         return {}
 chat, media = load(chat_path), load(media_path)
+media = media.get("tandem") or media
 turn = open(turn_path).read()
 m = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", turn)
 t, rss, fds, gauges = line.split(" ", 3)
@@ -155,8 +161,10 @@ for r in rounds:
         fail(f"round {r['round']}: calls connected {m.get('pairs_connected')} of {m.get('pairs')}")
 series = {"rss_kb": [r["rss_kb"] for r in rounds], "fds": [r["fds"] for r in rounds]}
 for r in rounds:
-    for k, v in r["gauges"].items():
-        series.setdefault(k, [])
+    for k in r["gauges"]:
+        # Counters only grow: levelling off is for gauges.
+        if "_total" not in k:
+            series.setdefault(k, [])
 for k in list(series):
     if k not in ("rss_kb", "fds"):
         series[k] = [r["gauges"].get(k, 0.0) for r in rounds]

@@ -796,3 +796,63 @@ fn session_handshake_and_heartbeat_settings() {
         assert!(message.contains(key), "{flag} {value}: {message}");
     }
 }
+
+#[test]
+fn connection_hardening_settings() {
+    let c = ok(&[], &[]);
+    assert_eq!(c.max_http_connections_per_ip, 128);
+    assert_eq!(c.max_stream_connections_per_ip, 32);
+    assert_eq!(
+        (c.http_header_timeout_secs, c.http_body_timeout_secs),
+        (10, 30)
+    );
+    assert!(c.trusted_proxy.is_empty());
+    assert_eq!(c.metrics_bind, None);
+    let c = ok(
+        &[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "fd00::/8",
+            "--metrics-bind",
+            "127.0.0.1:9100",
+            "--max-http-connections-per-ip",
+            "7",
+        ],
+        &[],
+    );
+    assert_eq!(c.trusted_proxy.len(), 2);
+    assert_eq!(c.metrics_bind, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(c.max_http_connections_per_ip, 7);
+    for (args, key) in [
+        (
+            &["--max-http-connections-per-ip", "0"][..],
+            "max_http_connections_per_ip",
+        ),
+        (
+            &["--max-stream-connections-per-ip", "0"][..],
+            "max_stream_connections_per_ip",
+        ),
+        (
+            &["--http-header-timeout-secs", "0"][..],
+            "http_header_timeout_secs",
+        ),
+        (
+            &["--http-body-timeout-secs", "3601"][..],
+            "http_body_timeout_secs",
+        ),
+        (
+            &[
+                "--bind",
+                "127.0.0.1:9100",
+                "--metrics-bind",
+                "127.0.0.1:9100",
+            ][..],
+            "metrics_bind",
+        ),
+        (&["--trusted-proxy", "not-a-cidr"][..], "--trusted-proxy"),
+    ] {
+        let message = err(args, &[]);
+        assert!(message.contains(key), "{args:?}: {message}");
+    }
+}
