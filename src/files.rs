@@ -867,6 +867,7 @@ pub(crate) mod fuzz_hooks {
     use super::*;
 
     /// An upload that passed every check of the form.
+    #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Checked {
         pub ty: FileType,
         /// The sanitized name it would be stored under.

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue};
-use tandem_signaling::files::FileType;
 use tandem_signaling::{FileId, RoomId, SignalError};
 
 use crate::files::fuzz_hooks;
@@ -48,18 +47,7 @@ pub struct UploadRequest {
 }
 
 /// An upload the checks accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upload {
-    pub ty: FileType,
-    /// The sanitized name it would be stored under.
-    pub name: String,
-    pub size: usize,
-    pub voice: bool,
-    pub duration_ms: Option<u64>,
-    pub client_id: Option<String>,
-    /// Bytes reserved against the storage budget while it was read.
-    pub reserved: u64,
-}
+pub use crate::files::fuzz_hooks::Checked as Upload;
 
 thread_local! {
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
@@ -114,13 +102,5 @@ pub fn multipart_upload(limits: UploadLimits, req: UploadRequest) -> Result<Uplo
         0,
         "an upload's reservation was not given back to the storage budget"
     );
-    result.map(|c| Upload {
-        ty: c.ty,
-        name: c.name,
-        size: c.size,
-        voice: c.voice,
-        duration_ms: c.duration_ms,
-        client_id: c.client_id,
-        reserved: c.reserved,
-    })
+    result
 }

@@ -6,32 +6,7 @@
 // can live on its own address.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { serverFor, freePort, api, createGuest, assertHttpError, sleep } from './harness.mjs';
-
-/** A raw TCP connection to the server; `closed` resolves (with the bytes read) when it ends. */
-function rawConn(port) {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port });
-    let data = '';
-    let closedAt = null;
-    const closed = new Promise((res) => {
-      sock.on('close', () => { closedAt = Date.now(); res(data); });
-    });
-    sock.on('data', (d) => { data += d; });
-    sock.on('error', () => {});
-    sock.once('connect', () => resolve({ sock, closed, isClosed: () => closedAt !== null, data: () => data }));
-    sock.once('error', reject);
-  });
-}
-
-/** Resolves true if `p` settles within `ms`, false otherwise. */
-async function within(p, ms) {
-  let timer;
-  const r = await Promise.race([p.then(() => true), new Promise((res) => { timer = setTimeout(() => res(false), ms); })]);
-  clearTimeout(timer);
-  return r;
-}
+import { serverFor, freePort, api, createGuest, assertHttpError, sleep, rawConn, within } from './harness.mjs';
 
 test('slowloris: headers trickled byte by byte are cut off at the header timeout; an idle keep-alive connection too', async (t) => {
   const server = await serverFor(t, ['--http-header-timeout-secs', '2']);

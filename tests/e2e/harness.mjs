@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
+import { createServer, connect as netConnect } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -548,4 +548,32 @@ export async function leaveQuietly(socket) {
   } catch {
     // not connected or no ack
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP (the hardening tests play an attacker with a plain socket)
+
+/** A raw TCP connection to 127.0.0.1:`port`; `closed` resolves (with the bytes read) when it
+ * ends, `isClosed()` and `data()` tell how it stands. */
+export function rawConn(port) {
+  return new Promise((resolve, reject) => {
+    const sock = netConnect({ host: '127.0.0.1', port });
+    let data = '';
+    let closedAt = null;
+    const closed = new Promise((res) => {
+      sock.on('close', () => { closedAt = Date.now(); res(data); });
+    });
+    sock.on('data', (d) => { data += d; });
+    sock.on('error', () => {});
+    sock.once('connect', () => resolve({ sock, closed, isClosed: () => closedAt !== null, data: () => data }));
+    sock.once('error', reject);
+  });
+}
+
+/** Resolves true if `p` settles within `ms`, false otherwise. */
+export async function within(p, ms) {
+  let timer;
+  const r = await Promise.race([p.then(() => true), new Promise((res) => { timer = setTimeout(() => res(false), ms); })]);
+  clearTimeout(timer);
+  return r;
 }

@@ -5,29 +5,8 @@
 // handshakes are pending (the handshakes run off the relay threads).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { spawn } from 'node:child_process';
-import { serverFor, freePort, freeUdpPort, api, sleep } from './harness.mjs';
-
-/** A raw TCP connection; `closed` resolves when the server closes it. */
-function rawConn(port) {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port });
-    let closedAt = null;
-    const closed = new Promise((res) => sock.on('close', () => { closedAt = Date.now(); res(); }));
-    sock.on('data', () => {});
-    sock.on('error', () => {});
-    sock.once('connect', () => resolve({ sock, closed, isClosed: () => closedAt !== null }));
-    sock.once('error', reject);
-  });
-}
-
-async function within(p, ms) {
-  let timer;
-  const r = await Promise.race([p.then(() => true), new Promise((res) => { timer = setTimeout(() => res(false), ms); })]);
-  clearTimeout(timer);
-  return r;
-}
+import { serverFor, freePort, freeUdpPort, api, sleep, rawConn, within } from './harness.mjs';
 
 async function metric(url, re) {
   const text = (await api(url, '/metrics')).text;
