@@ -7,9 +7,10 @@
 #   - TURN: coturn's turnutils_uclient makes allocations (two per client) and relays through
 #     tandem to an echo peer.
 # A guest's session lives as long as its token (2 h by default) even after its sockets are gone,
-# so that it can come back; the soak runs tandem with --token-ttl-secs 300 so that the sessions
-# of finished rounds end, and their number levels off, within the run (TURN allocations that
-# coturn's client leaves behind end with their 10-minute lifetime).
+# so that it can come back, and an ended call's TURN grant is remembered as long as its
+# credentials could be used (1 h by default); the soak runs tandem with --token-ttl-secs 300 and
+# --turn-credential-ttl-secs 300 so that both level off within the run (TURN allocations that
+# coturn's client leaves behind end with their 10-minute lifetime: run at least 15 minutes).
 # After each round it records the server's RSS, open descriptors and the size of every core
 # table (tandem_core_entries{core,table}, plus the guests/sockets/peers/allocations gauges).
 # It fails unless every round delivered every message it sent (sent = received, none refused)
@@ -64,7 +65,8 @@ trap cleanup EXIT
   --max-connections-per-ip 100000 --max-http-connections-per-ip 100000 \
   --max-sessions-per-ip 1000000 --socket-handshakes-per-min 1000000 \
   --chat-messages-per-sec 50 --match-per-sec 100 --match-burst 100 --events-per-sec 100 \
-  --memory-budget-mb 4096 --token-ttl-secs 300 >"$out/server.log" 2>&1 &
+  --memory-budget-mb 4096 --token-ttl-secs 300 --turn-credential-ttl-secs 300 \
+  >"$out/server.log" 2>&1 &
 server=$!
 pids+=("$server")
 for _ in $(seq 100); do
