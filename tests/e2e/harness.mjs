@@ -124,6 +124,18 @@ const liveServers = new Set();
  * @returns {Promise<{url: string, port: number, pid: number, rtcUdpPort: number|null, secret: string, proc: import('node:child_process').ChildProcess, args: string[], output: () => string, stop: () => Promise<void>}>}
  */
 export async function startServer(extraArgs = [], opts = {}) {
+  // freePort() closes the port it found before tandem binds it: another process (a client's
+  // ephemeral port, in a suite that opens thousands) may take it in between. Try a new one.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startServerOnce(extraArgs, opts);
+    } catch (err) {
+      if (attempt >= 4 || !/Address already in use/.test(String(err && err.message))) throw err;
+    }
+  }
+}
+
+async function startServerOnce(extraArgs = [], opts = {}) {
   const { media = false } = opts;
   const bin = process.env.TANDEM_BIN;
   if (!bin) throw new Error('TANDEM_BIN is not set: point it at the tandem binary (cargo build --bin tandem)');
