@@ -2,9 +2,10 @@
 //! TCP and TLS listeners, one UDP relay socket per allocation, and the timer, around the sans-I/O
 //! [`tandem_turn::Server`].
 //!
-//! Each of `--turn-udp-workers` threads runs a current-thread runtime that owns one TURN core and
-//! every socket of the allocations it made, so relaying a packet never takes a lock or crosses a
-//! thread: the kernel hashes a client's datagrams to one worker's socket by address, and a TCP or
+//! Each of `--turn-udp-workers` threads runs a current-thread runtime with one loop (a
+//! [`Worker`], like the media workers in `rtc.rs`) that owns one TURN core and every socket of
+//! the allocations it made, and waits on all of them at once, so relaying a packet never takes a
+//! lock, crosses a task or a thread: the kernel hashes a client's datagrams to one worker's socket by address, and a TCP or
 //! TLS connection is handed to one worker when accepted. The total allocation quota is counted
 //! per worker; allocations per guest are counted across workers ([`UserQuota`], taken once per
 //! Allocate, never per packet).
@@ -14,24 +15,28 @@
 //! address of the host itself is refused. Credentials are minted per call and revoked a minute
 //! after the call ends (`TurnAccess::revoke`), which every worker hears on its control channel.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::RngCore;
 use tandem_turn::{
     channel_data_header, channel_data_padding, frame_len, rest_credentials, BindError,
     ClientSocket, Counters, Family, Output, PeerToClient, RelayPort, Server, Transport,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 
@@ -460,37 +465,153 @@ async fn accept_loop(
     }
 }
 
-/// One worker's state, shared by its tasks on one thread.
-struct State {
-    core: Server,
-    quota: Arc<UserQuota>,
-    udp: Rc<UdpSocket>,
-    relays: HashMap<u16, Relay>,
-    streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    bind_ip_v4: IpAddr,
-    bind_ip_v6: IpAddr,
-    timer: Rc<Notify>,
-    me: std::rc::Weak<RefCell<State>>,
-}
-
-struct Relay {
-    socket: Rc<UdpSocket>,
-    task: AbortHandle,
-    /// The guest whose [`UserQuota`] it holds.
-    user: Box<str>,
-}
-
 /// What a worker is fed besides its sockets.
 struct Channels {
     inbox: mpsc::Receiver<Incoming>,
     control: mpsc::Receiver<Control>,
 }
 
-type Shared = Rc<RefCell<State>>;
+/// Anything a TCP or TLS client's bytes come through.
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
-/// One TURN worker's loop, until the shutdown. Its own tasks (the client socket, the timer, the
-/// metrics and heartbeat) are watched: if one ends, the worker panics, and the supervisor
-/// reports it (a task that died would otherwise leave a worker that silently stopped serving).
+/// One TURN worker: the only owner of its core and of every socket its allocations and
+/// clients use. One loop waits for all of them at once (the client UDP socket, the relay
+/// sockets and TCP/TLS readers in [`Worker::waits`], new connections, control messages and the
+/// core's next deadline), handles what is ready, and carries out what the core asks; nothing
+/// is shared with another task, so no packet takes a lock or crosses a channel.
+struct Worker {
+    index: usize,
+    core: Server,
+    quota: Arc<UserQuota>,
+    udp: UdpSocket,
+    relays: HashMap<u16, Relay>,
+    /// Each TCP/TLS client's writer.
+    streams: HashMap<SocketAddr, Writer>,
+    bind_ip_v4: IpAddr,
+    bind_ip_v6: IpAddr,
+    /// Relay sockets and TCP/TLS readers waiting for bytes; only those woken are polled.
+    waits: FuturesUnordered<Wait>,
+    /// Receive buffer for the client UDP socket and relay sockets, with room in front for a
+    /// ChannelData header.
+    buf: Vec<u8>,
+    metrics: TurnMetrics,
+    last: Counters,
+    last_sizes: [(&'static str, usize); 7],
+}
+
+struct Relay {
+    socket: Rc<RelaySocket>,
+    /// The guest whose [`UserQuota`] it holds.
+    user: Box<str>,
+}
+
+/// A TCP/TLS client's write side: frames go to its writer task, which is aborted when the
+/// client is closed.
+struct Writer {
+    frames: mpsc::Sender<Vec<u8>>,
+    task: AbortHandle,
+}
+
+/// An allocation's relay socket, with what it takes to stop waiting for it when the
+/// allocation ends (its wait would otherwise hold the port until a datagram came).
+struct RelaySocket {
+    socket: UdpSocket,
+    closed: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl RelaySocket {
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A TCP or TLS client's read side, between reads owned by the worker and during one by
+/// its [`Wait`].
+struct StreamReader {
+    client: ClientSocket,
+    rd: ReadHalf<Box<dyn Io>>,
+    /// Grows up to the largest frame (a 64 KiB message, or ChannelData with its header and
+    /// padding) only when a frame needs it.
+    buf: Vec<u8>,
+    filled: usize,
+    /// When the frame under way must be complete.
+    frame_deadline: Option<tokio::time::Instant>,
+    /// The deadline of the read under way (the frame's, or the idle limit).
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Its place under the listener's caps, given back when the reader is dropped.
+    _admission: Admission,
+}
+
+/// One thing the worker waits for.
+enum Wait {
+    /// A relay socket becoming readable.
+    Relay { port: u16, relay: Rc<RelaySocket> },
+    /// One read of a TCP/TLS client, within its deadline.
+    Stream(Option<Box<StreamReader>>),
+}
+
+/// What a [`Wait`] ends with.
+enum Ready {
+    Relay {
+        port: u16,
+        relay: Rc<RelaySocket>,
+    },
+    RelayClosed,
+    /// The reader with the bytes it read (`None`: the client closed, failed or timed out).
+    Stream(Box<StreamReader>, Option<usize>),
+}
+
+impl Future for Wait {
+    type Output = Ready;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Ready> {
+        match self.get_mut() {
+            Wait::Relay { port, relay } => {
+                if relay.closed.get() {
+                    return Poll::Ready(Ready::RelayClosed);
+                }
+                match relay.socket.poll_recv_ready(cx) {
+                    Poll::Ready(_) => Poll::Ready(Ready::Relay {
+                        port: *port,
+                        relay: relay.clone(),
+                    }),
+                    Poll::Pending => {
+                        relay.waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                }
+            }
+            Wait::Stream(slot) => {
+                let Some(r) = slot.as_mut() else {
+                    // Polled again after it finished: FuturesUnordered never does this.
+                    return Poll::Pending;
+                };
+                let r = &mut **r;
+                let mut read = ReadBuf::new(&mut r.buf[r.filled..]);
+                let n = match Pin::new(&mut r.rd).poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) if !read.filled().is_empty() => Some(read.filled().len()),
+                    // End of stream or an error.
+                    Poll::Ready(_) => None,
+                    Poll::Pending => match r.sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => None,
+                        Poll::Pending => return Poll::Pending,
+                    },
+                };
+                let Some(reader) = slot.take() else {
+                    return Poll::Pending;
+                };
+                Poll::Ready(Ready::Stream(reader, n))
+            }
+        }
+    }
+}
+
+/// One TURN worker's loop, until the shutdown.
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     index: usize,
@@ -500,103 +621,292 @@ async fn worker(
     metrics: TurnMetrics,
     quota: Arc<UserQuota>,
     beat: Beat,
-    mut stop: Stop,
+    stop: Stop,
 ) {
-    let Channels {
-        mut inbox,
-        mut control,
-    } = channels;
     let udp = match UdpSocket::from_std(udp) {
-        Ok(s) => Rc::new(s),
+        Ok(s) => s,
         Err(e) => {
+            // Supervised: the process learns this worker is gone.
             tracing::error!(error = %e, worker = index, "TURN UDP socket unusable");
             return;
         }
     };
-    let state = Rc::new_cyclic(|me| {
-        RefCell::new(State {
-            core,
-            quota,
-            udp: udp.clone(),
-            relays: HashMap::new(),
-            streams: HashMap::new(),
-            bind_ip_v4: Ipv4Addr::UNSPECIFIED.into(),
-            bind_ip_v6: Ipv6Addr::UNSPECIFIED.into(),
-            timer: Rc::new(Notify::new()),
-            me: me.clone(),
-        })
-    });
-    let mut essential = tokio::task::JoinSet::new();
-    essential.spawn_local(timer_loop(state.clone()));
-    essential.spawn_local(metrics_loop(state.clone(), metrics, beat));
-    essential.spawn_local(client_udp_loop(state.clone(), udp));
-    loop {
-        let msg = tokio::select! {
-            biased;
-            () = stop.wait() => return,
-            ended = essential.join_next() => {
-                panic!("TURN worker {index}: an essential task ended: {ended:?}");
-            }
-            msg = inbox.recv() => msg,
-            ctl = control.recv() => {
-                match ctl {
+    let worker = Worker {
+        index,
+        core,
+        quota,
+        udp,
+        relays: HashMap::new(),
+        streams: HashMap::new(),
+        bind_ip_v4: Ipv4Addr::UNSPECIFIED.into(),
+        bind_ip_v6: Ipv6Addr::UNSPECIFIED.into(),
+        waits: FuturesUnordered::new(),
+        buf: vec![0u8; HEADROOM + MAX_DATAGRAM],
+        metrics,
+        last: Counters::default(),
+        last_sizes: Default::default(),
+    };
+    worker.serve(channels, beat, stop).await;
+}
+
+impl Worker {
+    async fn serve(mut self, channels: Channels, beat: Beat, mut stop: Stop) {
+        let Channels {
+            mut inbox,
+            mut control,
+        } = channels;
+        let mut next_metrics = Instant::now() + METRICS_EVERY;
+        loop {
+            let wake = self
+                .core
+                .poll_timeout()
+                .map_or(next_metrics, |t| t.min(next_metrics));
+            let deadline = tokio::time::Instant::from_std(wake);
+            // Not biased: a busy client socket must not starve the relay sockets, or the
+            // other way round.
+            tokio::select! {
+                () = stop.wait() => return,
+                ctl = control.recv() => match ctl {
                     Some(Control::Revoke { grant, at }) => {
-                        let mut st = state.borrow_mut();
-                        st.core.handle_grant_revoked(&grant, at, Instant::now());
-                        st.drain();
-                        st.timer.notify_one();
+                        self.core.handle_grant_revoked(&grant, at, Instant::now());
                     }
                     None => return,
+                },
+                r = self.udp.readable() => {
+                    if r.is_ok() {
+                        self.read_client_udp();
+                    }
                 }
-                continue;
+                Some(ready) = self.waits.next(), if !self.waits.is_empty() => {
+                    self.on_ready(ready);
+                }
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.on_incoming(msg),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => {}
             }
-        };
-        let Some(msg) = msg else { return };
-        match msg {
+            let now = Instant::now();
+            beat.beat(now);
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.drain();
+            if now >= next_metrics {
+                next_metrics = now + METRICS_EVERY;
+                self.report();
+            }
+        }
+    }
+
+    /// TURN messages and ChannelData from UDP clients.
+    fn read_client_udp(&mut self) {
+        for _ in 0..RECV_BATCH {
+            let (n, from) = match self.udp.try_recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let client = ClientSocket {
+                addr: from,
+                transport: Transport::Udp,
+            };
+            let data = &self.buf[..n];
+            if let Some((port, peer, range)) =
+                self.core.handle_client_input(data, client, Instant::now())
+            {
+                if let (Some(payload), Some(relay)) = (data.get(range), self.relays.get(&port.0)) {
+                    let _ = relay.socket.socket.try_send_to(payload, peer);
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, ready: Ready) {
+        match ready {
+            Ready::Relay { port, relay } => {
+                if relay.closed.get() {
+                    return;
+                }
+                self.read_relay(RelayPort(port), &relay);
+                // Wait for its next datagrams.
+                self.waits.push(Wait::Relay { port, relay });
+            }
+            Ready::RelayClosed => {}
+            Ready::Stream(reader, Some(n)) => self.on_stream_bytes(reader, n),
+            Ready::Stream(reader, None) => self.close_stream(reader.client),
+        }
+    }
+
+    /// One allocation's relay socket: datagrams from peers go back to the client.
+    fn read_relay(&mut self, port: RelayPort, relay: &RelaySocket) {
+        for _ in 0..RECV_BATCH {
+            let (n, peer) = match relay.socket.try_recv_from(&mut self.buf[HEADROOM..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let hit = self.core.handle_peer_input(
+                &self.buf[HEADROOM..HEADROOM + n],
+                port,
+                peer,
+                Instant::now(),
+            );
+            let Some(PeerToClient { client, channel }) = hit else {
+                continue;
+            };
+            let Some(header) = channel_data_header(channel, n) else {
+                continue;
+            };
+            self.buf[..HEADROOM].copy_from_slice(&header);
+            let frame = &self.buf[..HEADROOM + n];
+            match client.transport {
+                Transport::Udp => {
+                    let _ = self.udp.try_send_to(frame, client.addr);
+                }
+                Transport::Tcp | Transport::Tls => {
+                    if let Some(w) = self.streams.get(&client.addr) {
+                        let mut v = Vec::with_capacity(frame.len() + 3);
+                        v.extend_from_slice(frame);
+                        v.resize(frame.len() + channel_data_padding(n), 0);
+                        let _ = w.frames.try_send(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A TCP or TLS client handed over by the acceptor: its writer runs as its own task, its
+    /// reads are waited for here.
+    fn on_incoming(&mut self, msg: Incoming) {
+        if self.streams.len() >= MAX_STREAMS {
+            return;
+        }
+        let (io, remote, admission, transport): (Box<dyn Io>, _, _, _) = match msg {
             Incoming::Tcp {
                 stream,
                 remote,
                 admission,
             } => {
-                if state.borrow().streams.len() >= MAX_STREAMS {
-                    continue;
-                }
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                    continue;
+                    return;
                 };
-                let state = state.clone();
-                tokio::task::spawn_local(async move {
-                    serve_stream(state, stream, remote, Transport::Tcp).await;
-                    drop(admission);
-                });
+                (Box::new(stream), remote, admission, Transport::Tcp)
             }
             Incoming::Tls {
                 mut stream,
                 remote,
                 admission,
             } => {
-                if state.borrow().streams.len() >= MAX_STREAMS {
-                    continue;
-                }
                 // Onto this worker's reactor.
                 if stream.get_mut().0.attach().is_err() {
-                    continue;
+                    return;
                 }
-                let state = state.clone();
-                tokio::task::spawn_local(async move {
-                    serve_stream(state, stream, remote, Transport::Tls).await;
-                    drop(admission);
-                });
+                (stream, remote, admission, Transport::Tls)
             }
+        };
+        let (rd, mut wr) = tokio::io::split(io);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        let task = tokio::task::spawn_local(async move {
+            while let Some(frame) = rx.recv().await {
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        })
+        .abort_handle();
+        if let Some(old) = self.streams.insert(remote, Writer { frames: tx, task }) {
+            old.task.abort();
         }
+        let reader = Box::new(StreamReader {
+            client: ClientSocket {
+                addr: remote,
+                transport,
+            },
+            rd,
+            buf: vec![0u8; STREAM_BUF],
+            filled: 0,
+            frame_deadline: None,
+            sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            _admission: admission,
+        });
+        self.arm_stream(reader);
     }
-}
 
-impl State {
+    /// Waits for the client's next bytes: the frame under way must complete by its deadline,
+    /// otherwise the client must send something within its idle limit.
+    fn arm_stream(&mut self, mut reader: Box<StreamReader>) {
+        let deadline = reader.frame_deadline.unwrap_or_else(|| {
+            let idle = if self.core.allocation_of(&reader.client).is_some() {
+                IDLE_WITH_ALLOCATION
+            } else {
+                IDLE_TIMEOUT
+            };
+            tokio::time::Instant::now() + idle
+        });
+        reader.sleep.as_mut().reset(deadline);
+        self.waits.push(Wait::Stream(Some(reader)));
+    }
+
+    /// Splits what a TCP/TLS client sent into TURN messages and ChannelData frames.
+    fn on_stream_bytes(&mut self, mut reader: Box<StreamReader>, n: usize) {
+        let r = &mut *reader;
+        r.filled += n;
+        let client = r.client;
+        let mut start = 0usize;
+        let mut need = 0usize;
+        loop {
+            let len = match frame_len(&r.buf[start..r.filled]) {
+                Ok(Some(len)) if start + len <= r.filled => len,
+                // A frame that could never fit: not a client worth reading further.
+                Ok(Some(len)) if len > MAX_DATAGRAM + 8 => return self.close_stream(client),
+                Ok(Some(len)) => {
+                    need = len;
+                    break;
+                }
+                Ok(None) => break,
+                // Not TURN: nothing on this connection can be understood any more.
+                Err(_) => return self.close_stream(client),
+            };
+            let frame = &r.buf[start..start + len];
+            if let Some((port, peer, range)) =
+                self.core.handle_client_input(frame, client, Instant::now())
+            {
+                if let (Some(payload), Some(relay)) = (frame.get(range), self.relays.get(&port.0)) {
+                    let _ = relay.socket.socket.try_send_to(payload, peer);
+                }
+            }
+            start += len;
+        }
+        r.buf.copy_within(start..r.filled, 0);
+        r.filled -= start;
+        if need > r.buf.len() {
+            r.buf.resize(need, 0);
+        }
+        r.frame_deadline = match (r.filled, r.frame_deadline) {
+            (0, _) => None,
+            // A frame has begun: its clock runs from its first byte, not from each read.
+            (_, None) => Some(tokio::time::Instant::now() + FRAME_TIMEOUT),
+            // The old frame ended and a new one began within this read.
+            (_, Some(_)) if start > 0 => Some(tokio::time::Instant::now() + FRAME_TIMEOUT),
+            (_, d) => d,
+        };
+        self.arm_stream(reader);
+    }
+
+    /// The client is gone (or no longer worth serving): its allocation ends with it.
+    /// (Its reader, and with it the client's place under the caps, is dropped by the caller.)
+    fn close_stream(&mut self, client: ClientSocket) {
+        if let Some(w) = self.streams.remove(&client.addr) {
+            w.task.abort();
+        }
+        self.core.handle_client_disconnected(client, Instant::now());
+    }
+
     /// Carries out everything the core asked for.
     fn drain(&mut self) {
         let now = Instant::now();
-        let mut timer = false;
         while let Some(cmd) = self.core.poll_output() {
             match cmd {
                 Output::SendToClient { to, bytes } => self.send_to_client(to, bytes),
@@ -611,20 +921,14 @@ impl State {
                         Err(BindError::UserQuota)
                     };
                     self.core.handle_allocation_bound(port, result, now);
-                    timer = true;
                 }
                 Output::FreeAllocation { port } => {
                     if let Some(relay) = self.relays.remove(&port.0) {
-                        relay.task.abort();
+                        relay.socket.close();
                         self.quota.release(&relay.user);
                     }
-                    timer = true;
                 }
             }
-        }
-        // A new allocation or permission may bring the next deadline forward.
-        if timer {
-            self.timer.notify_one();
         }
     }
 
@@ -634,8 +938,8 @@ impl State {
                 let _ = self.udp.try_send_to(&bytes, to.addr);
             }
             Transport::Tcp | Transport::Tls => {
-                if let Some(tx) = self.streams.get(&to.addr) {
-                    let _ = tx.try_send(bytes);
+                if let Some(w) = self.streams.get(&to.addr) {
+                    let _ = w.frames.try_send(bytes);
                 }
             }
         }
@@ -658,230 +962,34 @@ impl State {
             })
             .and_then(UdpSocket::from_std);
         let socket = match socket {
-            Ok(s) => Rc::new(s),
+            Ok(socket) => Rc::new(RelaySocket {
+                socket,
+                closed: Cell::new(false),
+                waker: Cell::new(None),
+            }),
             Err(e) => {
-                tracing::debug!(port = port.0, error = %e, "TURN relay port unavailable");
+                tracing::debug!(port = port.0, error = %e, worker = self.index, "TURN relay port unavailable");
                 return Err(BindError::PortUnavailable);
             }
         };
-        let Some(me) = self.me.upgrade() else {
-            return Err(BindError::PortUnavailable);
-        };
-        let task = tokio::task::spawn_local(relay_loop(me, port, socket.clone())).abort_handle();
-        if let Some(old) = self.relays.insert(port.0, Relay { socket, task, user }) {
-            old.task.abort();
+        self.waits.push(Wait::Relay {
+            port: port.0,
+            relay: socket.clone(),
+        });
+        if let Some(old) = self.relays.insert(port.0, Relay { socket, user }) {
+            old.socket.close();
             self.quota.release(&old.user);
         }
         Ok(())
     }
 
-    /// Client → peer: `bytes[range]` leaves from the allocation's relay socket.
-    fn relay_out(&self, port: RelayPort, peer: SocketAddr, payload: &[u8]) {
-        if let Some(relay) = self.relays.get(&port.0) {
-            let _ = relay.socket.try_send_to(payload, peer);
-        }
-    }
-}
-
-/// The client-facing UDP socket: TURN messages and ChannelData from clients.
-async fn client_udp_loop(state: Shared, udp: Rc<UdpSocket>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        if udp.readable().await.is_err() {
-            return;
-        }
-        let mut st = state.borrow_mut();
-        for _ in 0..RECV_BATCH {
-            let (n, from) = match udp.try_recv_from(&mut buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => continue,
-            };
-            let client = ClientSocket {
-                addr: from,
-                transport: Transport::Udp,
-            };
-            let data = &buf[..n];
-            if let Some((port, peer, range)) =
-                st.core.handle_client_input(data, client, Instant::now())
-            {
-                if let Some(payload) = data.get(range) {
-                    st.relay_out(port, peer, payload);
-                }
-            }
-        }
-        st.drain();
-    }
-}
-
-/// One allocation's relay socket: datagrams from peers go back to the client.
-async fn relay_loop(state: Shared, port: RelayPort, socket: Rc<UdpSocket>) {
-    let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        let mut st = state.borrow_mut();
-        for _ in 0..RECV_BATCH {
-            let (n, peer) = match socket.try_recv_from(&mut buf[HEADROOM..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => continue,
-            };
-            let hit =
-                st.core
-                    .handle_peer_input(&buf[HEADROOM..HEADROOM + n], port, peer, Instant::now());
-            if let Some(PeerToClient { client, channel }) = hit {
-                let Some(header) = channel_data_header(channel, n) else {
-                    continue;
-                };
-                buf[..HEADROOM].copy_from_slice(&header);
-                let frame = &buf[..HEADROOM + n];
-                match client.transport {
-                    Transport::Udp => {
-                        let _ = st.udp.try_send_to(frame, client.addr);
-                    }
-                    Transport::Tcp | Transport::Tls => {
-                        let mut v = Vec::with_capacity(frame.len() + 3);
-                        v.extend_from_slice(frame);
-                        v.resize(frame.len() + channel_data_padding(n), 0);
-                        st.send_to_client(client, v);
-                    }
-                }
-            }
-        }
-        st.drain();
-    }
-}
-
-async fn timer_loop(state: Shared) {
-    let notify = state.borrow().timer.clone();
-    loop {
-        let next = state.borrow().core.poll_timeout();
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = sleep => {
-                let mut st = state.borrow_mut();
-                st.core.handle_timeout(Instant::now());
-                st.drain();
-            }
-            () = notify.notified() => {}
-        }
-    }
-}
-
-/// A TCP or TLS client: the stream is split into TURN messages and ChannelData frames.
-async fn serve_stream<S>(state: Shared, stream: S, remote: SocketAddr, transport: Transport)
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let client = ClientSocket {
-        addr: remote,
-        transport,
-    };
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-    state.borrow_mut().streams.insert(remote, tx);
-    let writer = tokio::task::spawn_local(async move {
-        while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-    // Grows up to the largest frame (a 64 KiB message, or ChannelData with its header and
-    // padding) only when a frame needs it.
-    let mut buf = vec![0u8; STREAM_BUF];
-    let mut filled = 0usize;
-    // When the frame under way must be complete.
-    let mut frame_deadline: Option<tokio::time::Instant> = None;
-    'read: loop {
-        let deadline = frame_deadline.unwrap_or_else(|| {
-            let has_allocation = state.borrow().core.allocation_of(&client).is_some();
-            let idle = if has_allocation {
-                IDLE_WITH_ALLOCATION
-            } else {
-                IDLE_TIMEOUT
-            };
-            tokio::time::Instant::now() + idle
-        });
-        let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf[filled..])).await {
-            Ok(Ok(0) | Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => n,
-        };
-        filled += n;
-        let mut start = 0usize;
-        let mut st = state.borrow_mut();
-        let mut need = 0usize;
-        loop {
-            let len = match frame_len(&buf[start..filled]) {
-                Ok(Some(len)) if start + len <= filled => len,
-                // A frame that could never fit: not a client worth reading further.
-                Ok(Some(len)) if len > MAX_DATAGRAM + 8 => break 'read,
-                Ok(Some(len)) => {
-                    need = len;
-                    break;
-                }
-                Ok(None) => break,
-                // Not TURN: nothing on this connection can be understood any more.
-                Err(_) => break 'read,
-            };
-            let frame = &buf[start..start + len];
-            if let Some((port, peer, range)) =
-                st.core.handle_client_input(frame, client, Instant::now())
-            {
-                if let Some(payload) = frame.get(range) {
-                    st.relay_out(port, peer, payload);
-                }
-            }
-            start += len;
-        }
-        st.drain();
-        drop(st);
-        buf.copy_within(start..filled, 0);
-        filled -= start;
-        if need > buf.len() {
-            buf.resize(need, 0);
-        }
-        frame_deadline = match (filled, frame_deadline) {
-            (0, _) => None,
-            // A frame has begun: its clock runs from its first byte, not from each read.
-            (_, None) => Some(tokio::time::Instant::now() + FRAME_TIMEOUT),
-            // The old frame ended and a new one began within this read.
-            (_, Some(_)) if start > 0 => Some(tokio::time::Instant::now() + FRAME_TIMEOUT),
-            (_, d) => d,
-        };
-    }
-    let mut st = state.borrow_mut();
-    st.streams.remove(&remote);
-    st.core.handle_client_disconnected(client, Instant::now());
-    st.drain();
-    drop(st);
-    writer.abort();
-}
-
-/// Counters to metrics, and the worker's heartbeat (this runs on the worker's thread, so a
-/// thread stuck anywhere stops beating).
-async fn metrics_loop(state: Shared, metrics: TurnMetrics, beat: Beat) {
-    let mut last = Counters::default();
-    let mut last_sizes: [(&'static str, usize); 7] = Default::default();
-    let mut tick = tokio::time::interval(METRICS_EVERY);
-    loop {
-        tick.tick().await;
-        beat.beat(Instant::now());
-        let (now, sizes) = {
-            let st = state.borrow();
-            (st.core.counters(), st.core.sizes())
-        };
-        metrics.apply(&last, &now);
-        last = now;
-        metrics.sizes.apply("turn", &last_sizes, &sizes);
-        last_sizes = sizes;
+    /// Counters and table sizes to metrics.
+    fn report(&mut self) {
+        let now = self.core.counters();
+        self.metrics.apply(&self.last, &now);
+        self.last = now;
+        let sizes = self.core.sizes();
+        self.metrics.sizes.apply("turn", &self.last_sizes, &sizes);
+        self.last_sizes = sizes;
     }
 }

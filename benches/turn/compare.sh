@@ -7,6 +7,10 @@
 #
 #   benches/turn/compare.sh [--quick]        (needs root, coturn and openssl; builds tandem --release)
 #
+# TANDEM_BASELINE=<path to another tandem binary> adds it as a third server ("baseline", e.g. a
+# build of an earlier commit) to compare two versions of tandem in the same sitting;
+# TURN_BENCH_SERVERS="tandem baseline" picks the servers.
+#
 # Loads (uclient sends one message per client every 20 ms, so N clients = 50·N msg/s each way):
 #   udp-172   500 clients × 172 B   = 25k msg/s,  34 Mbit/s each way
 #   udp-240   500 clients × 1200 B  = 25k msg/s, 240 Mbit/s each way
@@ -36,12 +40,16 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
 start_tandem() {
-  target/release/tandem --bind 127.0.0.1:18080 --node-ip 127.0.0.1 --rtc-udp-port 0 --rtc-tcp-port 0 \
+  "${TANDEM_UNDER_TEST:-target/release/tandem}" --bind 127.0.0.1:18080 --node-ip 127.0.0.1 --rtc-udp-port 0 --rtc-tcp-port 0 \
     --turn-port 3478 --turn-tls-port 5349 --turn-secret "$SECRET" --turn-allow-loopback-peers \
     --turn-cert "$WORK/cert.pem" --turn-key "$WORK/key.pem" \
     --turn-max-allocations-per-user 100000 --turn-max-allocations 100000 --log-level warn \
     >"$WORK/server.log" 2>&1 &
   echo $!
+}
+
+start_baseline() {
+  TANDEM_UNDER_TEST="$TANDEM_BASELINE" start_tandem
 }
 
 start_coturn() {
@@ -84,7 +92,9 @@ fi
 
 echo "| load | sent | echoed | lost | server CPU | CPU per second of load |"
 echo "|---|---|---|---|---|---|"
-for server in tandem coturn; do
+servers="tandem coturn"
+[ -n "${TANDEM_BASELINE:-}" ] && servers="tandem baseline coturn"
+for server in ${TURN_BENCH_SERVERS:-$servers}; do
   for load in "${loads[@]}"; do
     # shellcheck disable=SC2086
     set -- $load

@@ -16,7 +16,7 @@ import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
 import {
   serverFor, freePort, freeUdpPort, createGuest, api, sleep, pair, emitAck, assertOk, waitFor,
-  assertHttpError,
+  assertHttpError, processStats,
 } from './harness.mjs';
 
 const UCLIENT = '/usr/bin/turnutils_uclient';
@@ -291,6 +291,39 @@ test('wrong and expired credentials are refused (401) and counted', async (t) =>
   ], 30_000);
   assert.equal(totals(expired.out).received, 0, expired.out.slice(-2000));
   await metricAtLeast(server.url, 'tandem_turn_auth_failures_total{reason="unknown_user"}', 1);
+});
+
+test('relay sockets close with their allocations: TCP clients that leave leave no descriptor behind', async (t) => {
+  const { server, turnPort } = await turnServer(t, [
+    '--turn-allow-loopback-peers', '--turn-max-allocations-per-user', '20',
+  ]);
+  const before = processStats(server.pid).fds;
+  // Ten TCP clients, each with an allocation (a relay socket) and peer traffic; when each
+  // connection closes, its allocation ends and the relay socket must be closed with it, even
+  // though no datagram will ever arrive on it again.
+  const CLIENTS = 10;
+  const r = await uclient([
+    '-t', '-c', '-W', SECRET, '-u', 'leaver', '-e', '127.0.0.1', '-r', String(peerPort),
+    '-n', '20', '-m', String(CLIENTS), '-p', String(turnPort), '127.0.0.1',
+  ]);
+  const tot = totals(r.out);
+  assert.equal(tot.sent, 20 * CLIENTS, r.out.slice(-2000));
+  await metricAtLeast(server.url, 'tandem_turn_allocations_total{event="created"}', CLIENTS);
+  let fds = 0;
+  for (let i = 0; i < 40; i++) {
+    fds = processStats(server.pid).fds;
+    if (fds <= before) break;
+    await sleep(250);
+  }
+  assert.ok(fds <= before, `descriptors: ${before} before the clients, ${fds} after they left`);
+  // The core's table is exported once per second.
+  const key = 'tandem_core_entries{core="turn",table="allocations"}';
+  let left = -1;
+  for (let i = 0; i < 20 && left !== 0; i++) {
+    left = (await scrape(server.url)).get(key);
+    if (left !== 0) await sleep(250);
+  }
+  assert.equal(left, 0, 'allocations left in the core');
 });
 
 test('the per-guest allocation quota holds across TURN threads (486)', async (t) => {
