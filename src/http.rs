@@ -387,7 +387,8 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Ready to take traffic: not draining, the signaling hub answers, every media and TURN worker
-/// beat within the last 3 s. 503 with the reasons otherwise.
+/// beat within the last 3 s, and (with `--redis-url`) the last heartbeat reached Redis. 503
+/// with the reasons otherwise.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let mut reasons: Vec<String> = Vec::new();
     if app.draining.load(Ordering::Relaxed) {
@@ -396,6 +397,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     let hub = tokio::time::timeout(std::time::Duration::from_secs(1), app.hub.stats()).await;
     if !matches!(hub, Ok(Ok(_))) {
         reasons.push("the signaling hub does not answer".to_owned());
+    }
+    if let Some(Err(why)) = app.cluster.as_ref().map(|c| c.readiness()) {
+        reasons.push(why);
     }
     if let Err(stale) = app.supervisor.readiness() {
         reasons.extend(

@@ -2,6 +2,7 @@
 
 mod accept;
 mod auth;
+mod cluster;
 mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -59,6 +60,8 @@ pub struct App {
     next_conn: AtomicU64,
     /// Worker threads and background tasks, for `/readyz` and the shutdown.
     supervisor: Arc<supervise::Supervisor>,
+    /// The nodes sharing one Redis (`--redis-url`); `None` for a single node.
+    cluster: Option<cluster::Cluster>,
 }
 
 fn core_config(c: &Config) -> CoreConfig {
@@ -159,6 +162,13 @@ pub async fn run(
     let conn_metrics = metrics::ConnMetrics::register(&registry);
     let supervisor = supervise::Supervisor::new(metrics::worker_panics(&registry));
     let core_sizes = metrics::CoreSizes::register(&registry);
+    // Redis first: a node that cannot reach it must not start (nor bind anything).
+    let cluster = match cfg.redis()? {
+        Some(target) => {
+            Some(cluster::Cluster::connect(&target, cfg.node_name.as_deref(), &registry).await?)
+        }
+        None => None,
+    };
     let open_files = raise_open_files_limit();
     conn_metrics
         .open_files_limit
@@ -260,6 +270,7 @@ pub async fn run(
         draining: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
         supervisor: supervisor.clone(),
+        cluster: cluster.clone(),
     });
     sio::setup(&io, app.clone());
     supervisor.spawn_task("housekeeping", housekeeping(app.clone()));
@@ -288,7 +299,24 @@ pub async fn run(
             }
         });
     }
-    tracing::info!(%addr, dev = cfg.dev, "tandem listening");
+    if let Some(cluster) = &cluster {
+        cluster
+            .join(
+                &supervisor,
+                cluster::Membership {
+                    http: cluster::advertised_http(addr, node_ip),
+                    media: media_addr,
+                    load: node_load(app.signaling_metrics.clone()),
+                },
+            )
+            .await?;
+    }
+    tracing::info!(
+        %addr,
+        dev = cfg.dev,
+        node_name = cluster.as_ref().map_or("", |c| c.node_name()),
+        "tandem listening"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = serve::serve(
@@ -311,6 +339,10 @@ pub async fn run(
     let grace = cfg.shutdown_grace();
     let drain = async move {
         shutdown.await;
+        // Out of the registry first, so that no other node sends anything here any more.
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
         tracing::info!("shutting down: refusing new work, closing sockets");
         app.draining.store(true, Ordering::Relaxed);
         let _ = io.emit("server:shutdown", &serde_json::json!({})).await;
@@ -337,6 +369,23 @@ pub async fn run(
     supervisor.shutdown(grace).await;
     tracing::info!("bye");
     Ok(())
+}
+
+/// Reads this node's load for the cluster registry from the signaling gauges.
+fn node_load(m: metrics::SignalingMetrics) -> Box<dyn Fn() -> cluster::NodeLoad + Send + Sync> {
+    Box::new(move || {
+        let sum = |vec: &prometheus::IntGaugeVec, labels: &[&str]| -> u64 {
+            labels
+                .iter()
+                .map(|l| vec.with_label_values(&[l]).get().max(0) as u64)
+                .sum()
+        };
+        cluster::NodeLoad {
+            sockets: m.sockets_connected.get().max(0) as u64,
+            guests: sum(&m.guests, &["searching", "in_chat", "online", "idle"]),
+            calls: sum(&m.calls, &["ringing", "connecting", "connected"]),
+        }
+    })
 }
 
 /// Raises the soft limit on open files to the hard limit (every socket, TURN relay and

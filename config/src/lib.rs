@@ -27,9 +27,11 @@ use clap::Parser;
 pub use ipnet::IpNet;
 
 mod error;
+mod redis;
 mod validate;
 
 pub use error::ConfigError;
+pub use redis::{RedisHost, RedisTarget, RedisUrl, DEFAULT_REDIS_PORT};
 
 /// A string that must never end up in logs: `Debug` and `Display` print
 /// `[redacted]`. Call [`Secret::expose`] where the real value is needed.
@@ -495,6 +497,19 @@ settings! {
     shutdown_grace_secs: req u64 = 10;
         shown "10", env "TANDEM_SHUTDOWN_GRACE_SECS", arg(value_name = "SECS");
 
+    /// Redis shared by the nodes of a cluster: `redis://host:port[/db]`,
+    /// `rediss://` for TLS, `redis+cluster://host:port,host:port…` (or the flag
+    /// repeated) for a Redis Cluster; a password goes in the URL
+    /// (`redis://:password@host`). Needs --jwt-secret and --turn-secret, the same
+    /// on every node. Unset: one node, state in memory
+    redis_url: req Vec<RedisUrl> = Vec::new();
+        shown "none (in memory)", env "TANDEM_REDIS_URL", arg(value_name = "URL");
+
+    /// This node's name in logs and metrics (letters, digits, `.`, `_`, `-`; at
+    /// most 64)
+    node_name: opt String = None;
+        shown "the host name and a short id", env "TANDEM_NODE_NAME", arg(value_name = "NAME");
+
     /// Address put in the media ICE candidates browsers connect to; default:
     /// the address of the interface that routes to the Internet (no packet is
     /// sent), else 127.0.0.1
@@ -772,6 +787,16 @@ impl Config {
         self.memory_budget_mb.saturating_mul(1024 * 1024)
     }
 
+    /// Where the cluster's Redis is (`None`: one node, state in memory). Every
+    /// `--redis-url` value together; [`load`] has checked them.
+    pub fn redis(&self) -> Result<Option<RedisTarget>, ConfigError> {
+        redis::target(&self.redis_url).map_err(|message| ConfigError::Invalid {
+            key: "redis_url",
+            message,
+            origin: None,
+        })
+    }
+
     /// Whether any browser origin may connect (`allowed_origin` holds `*`).
     pub fn allows_any_origin(&self) -> bool {
         self.allowed_origin.iter().any(|origin| origin == "*")
@@ -879,7 +904,7 @@ fn env_layer(env: &[(String, String)]) -> Result<Layer, ConfigError> {
                 message: error::clap_reason(
                     &err,
                     value,
-                    field.key == "jwt_secret" || field.key == "turn_secret",
+                    matches!(field.key, "jwt_secret" | "turn_secret" | "redis_url"),
                 ),
             },
         )?;
@@ -894,10 +919,17 @@ fn read_file(path: &Path) -> Result<Layer, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
+    let mut table: toml::Table = toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
         path: path.to_owned(),
         message: err.to_string().trim_end().to_owned(),
     })?;
+    // `redis_url = "redis://…"` names one server (or one cluster URL); a list names a
+    // cluster's seed nodes, like the flag repeated.
+    if let Some(value) = table.get_mut("redis_url") {
+        if value.is_str() {
+            *value = toml::Value::Array(vec![value.clone()]);
+        }
+    }
     Layer::from_table(table, path)
 }
 
@@ -910,6 +942,9 @@ fn normalize(config: &mut Config) {
         .map(|origin| origin.trim().to_ascii_lowercase())
         .filter(|origin| !origin.is_empty())
         .collect();
+    if let Some(name) = &mut config.node_name {
+        *name = name.trim().to_owned();
+    }
     config.log_level = config.log_level.trim().to_owned();
 }
 

@@ -856,3 +856,141 @@ fn connection_hardening_settings() {
         assert!(message.contains(key), "{args:?}: {message}");
     }
 }
+
+const TURN_SECRET: &str = "0123456789abcdef-turn";
+
+#[test]
+fn redis_is_off_by_default() {
+    let c = ok(&[], &[]);
+    assert!(c.redis_url.is_empty());
+    assert!(c.redis().unwrap().is_none());
+    assert!(c.node_name.is_none());
+}
+
+#[test]
+fn redis_url_from_flag_env_and_file() {
+    let secrets = ["--jwt-secret", GOOD_SECRET, "--turn-secret", TURN_SECRET];
+    let c = ok(
+        &[&["--redis-url", "redis://127.0.0.1:6390/1"], &secrets[..]].concat(),
+        &[],
+    );
+    let t = c.redis().unwrap().unwrap();
+    assert!(!t.cluster && !t.tls);
+    assert_eq!(t.hosts[0].to_string(), "127.0.0.1:6390");
+    assert_eq!(t.db, 1);
+
+    let c = ok(
+        &secrets,
+        &[("TANDEM_REDIS_URL", "redis+cluster://a:7000,b:7001")],
+    );
+    let t = c.redis().unwrap().unwrap();
+    assert!(t.cluster);
+    assert_eq!(t.hosts.len(), 2);
+
+    // The flag repeated: a cluster's seed nodes.
+    let c = ok(
+        &[
+            &[
+                "--redis-url",
+                "rediss://a:7000",
+                "--redis-url",
+                "rediss://b:7000",
+            ],
+            &secrets[..],
+        ]
+        .concat(),
+        &[],
+    );
+    let t = c.redis().unwrap().unwrap();
+    assert!(t.cluster && t.tls);
+
+    // TOML: a string, or a list of seed nodes.
+    let file = toml_file(&format!(
+        "redis_url = \"redis://:pw@r:6379\"\njwt_secret = \"{GOOD_SECRET}\"\nturn_secret = \"{TURN_SECRET}\"\n"
+    ));
+    let c = ok(&["--config", &path_of(&file)], &[]);
+    assert!(!c.redis().unwrap().unwrap().cluster);
+    let file = toml_file(&format!(
+        "redis_url = [\"redis://a:1\", \"redis://b:2\"]\njwt_secret = \"{GOOD_SECRET}\"\nturn_secret = \"{TURN_SECRET}\"\n"
+    ));
+    let c = ok(&["--config", &path_of(&file)], &[]);
+    assert!(c.redis().unwrap().unwrap().cluster);
+}
+
+#[test]
+fn redis_needs_shared_secrets() {
+    let message = err(&["--redis-url", "redis://127.0.0.1:6379"], &[]);
+    assert!(
+        message.contains("--jwt-secret") && message.contains("--turn-secret"),
+        "{message}"
+    );
+    assert!(message.contains("--redis-url"), "names the flag: {message}");
+    let message = err(
+        &[
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--jwt-secret",
+            GOOD_SECRET,
+        ],
+        &[],
+    );
+    assert!(
+        message.contains("--turn-secret") && !message.contains("--jwt-secret"),
+        "{message}"
+    );
+    // Without TURN, only the token key must be shared.
+    ok(
+        &[
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--jwt-secret",
+            GOOD_SECRET,
+            "--turn-enabled=false",
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn redis_passwords_stay_out_of_messages_and_debug() {
+    let secrets = ["--jwt-secret", GOOD_SECRET, "--turn-secret", TURN_SECRET];
+    let c = ok(
+        &[
+            &["--redis-url", "redis://admin:hunter2hunter2@r:6379/0"],
+            &secrets[..],
+        ]
+        .concat(),
+        &[],
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("admin:[redacted]@r:6379"), "{shown}");
+    let target = c.redis().unwrap().unwrap();
+    assert!(!target.to_string().contains("hunter2"));
+    assert!(!format!("{target:?}").contains("hunter2"));
+    for bad in ["redis://u:hunter2@bad host", "redis://u:hunter2@h:99999"] {
+        let message = err(&[&["--redis-url", bad], &secrets[..]].concat(), &[]);
+        assert!(message.contains("redis_url"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let message = err(&secrets, &[("TANDEM_REDIS_URL", bad)]);
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+    let message = err(&[&["--redis-url", "http://h"], &secrets[..]].concat(), &[]);
+    assert!(message.contains("scheme"), "{message}");
+}
+
+#[test]
+fn node_name() {
+    assert_eq!(
+        ok(&["--node-name", "edge-1.eu"], &[]).node_name.as_deref(),
+        Some("edge-1.eu")
+    );
+    assert_eq!(
+        ok(&[], &[("TANDEM_NODE_NAME", "n2")]).node_name.as_deref(),
+        Some("n2")
+    );
+    for bad in ["", "has space", "naïve", &"x".repeat(65)] {
+        let message = err(&["--node-name", bad], &[]);
+        assert!(message.contains("node_name"), "{bad:?}: {message}");
+    }
+}

@@ -179,6 +179,8 @@ pub(crate) fn check(
 
     check_origins(&config.allowed_origin).map_err(|m| fail("allowed_origin", m))?;
 
+    check_cluster(config, &fail)?;
+
     check_turn(config, &fail)?;
 
     let level = &config.log_level;
@@ -198,6 +200,53 @@ pub(crate) fn check(
         ));
     }
 
+    Ok(())
+}
+
+/// Longest `--node-name`.
+const MAX_NODE_NAME: usize = 64;
+
+/// `--redis-url` (its form, and the secrets every node must share) and `--node-name`.
+fn check_cluster(
+    config: &Config,
+    fail: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(name) = &config.node_name {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_NODE_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(fail(
+                "node_name",
+                format!("node_name must be 1 to {MAX_NODE_NAME} letters, digits, `.`, `_` or `-`"),
+            ));
+        }
+    }
+    let target = crate::redis::target(&config.redis_url).map_err(|m| fail("redis_url", m))?;
+    if target.is_none() {
+        return Ok(());
+    }
+    // A random key made at start differs on every node: a token or TURN credential minted on
+    // one would be refused by the others.
+    let mut missing = Vec::new();
+    if config.jwt_secret.is_none() {
+        missing.push("--jwt-secret (TANDEM_JWT_SECRET)");
+    }
+    if config.turn_enabled && config.turn_secret.is_none() {
+        missing.push("--turn-secret (TANDEM_TURN_SECRET)");
+    }
+    if !missing.is_empty() {
+        return Err(fail(
+            "redis_url",
+            format!(
+                "with redis_url set, every node must sign tokens and TURN credentials with the \
+                 same keys, so give {} the same value on every node",
+                missing.join(" and ")
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -1,0 +1,362 @@
+//! The shell side of running many tandem nodes on one Redis (`--redis-url`): the connection
+//! to Redis and the node registry. [`Cluster`] is the one handle the rest of the shell uses
+//! (the bus and global matching will hang off it too); without `--redis-url` there is none and
+//! nothing here runs.
+//!
+//! - [`Cluster::connect`] reaches Redis at start (or the process refuses to start).
+//! - [`Cluster::join`] publishes this node in the registry and keeps it there with a
+//!   heartbeat; while Redis is lost the node serves on alone, retries with a back-off and
+//!   registers again when Redis returns.
+//! - [`Cluster::leave`] takes it out first thing on a graceful shutdown.
+//! - [`Cluster::nodes`] is the live view; [`Cluster::readiness`] feeds `/readyz`.
+
+mod conn;
+mod registry;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus::Registry;
+use rand::RngCore;
+use tandem_config::RedisTarget;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::ClusterMetrics;
+use crate::supervise::Supervisor;
+pub use conn::Fault;
+use conn::{Command, Redis, COMMAND_TIMEOUT};
+#[allow(unused_imports)] // the registry's vocabulary, for the next cluster-wide parts
+pub use registry::{Node, NodeInfo, NodeLoad, HEARTBEAT_INTERVAL, NODE_TTL};
+
+/// Shortest wait before retrying a lost Redis; doubled up to [`HEARTBEAT_INTERVAL`].
+const RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// The cluster handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Redis,
+    /// Random, made at start: several nodes may share a host (and an IP).
+    id: String,
+    name: String,
+    /// The target without its password, for logs.
+    target: String,
+    metrics: ClusterMetrics,
+    /// The last heartbeat reached Redis.
+    up: AtomicBool,
+    /// Why the last heartbeat failed (a fixed label), for `/readyz`.
+    fault: Mutex<Option<&'static str>>,
+    /// The live nodes as last read.
+    view: watch::Sender<Arc<[Node]>>,
+    /// Set by [`Cluster::join`]: asks the heartbeat task to leave.
+    leave: OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
+}
+
+/// What [`Cluster::join`] publishes besides the load.
+pub struct Membership {
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    /// Reads the node's load (cheap: called once per heartbeat).
+    pub load: Box<dyn Fn() -> NodeLoad + Send + Sync>,
+}
+
+impl Cluster {
+    /// Connects to Redis and registers the cluster metrics (`node_name`: `--node-name`, or the
+    /// host name and a short id). Fails with a clear message when Redis cannot be reached.
+    pub async fn connect(
+        target: &RedisTarget,
+        node_name: Option<&str>,
+        registry: &Registry,
+    ) -> anyhow::Result<Cluster> {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let name = match node_name {
+            Some(name) => name.to_owned(),
+            None => default_name(&id),
+        };
+        let metrics = ClusterMetrics::register(registry, &name);
+        let redis = Redis::connect(target, metrics.clone()).await?;
+        let (view, _) = watch::channel(Arc::from(Vec::new()));
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                redis,
+                id,
+                name,
+                target: target.to_string(),
+                metrics,
+                up: AtomicBool::new(true),
+                fault: Mutex::new(None),
+                view,
+                leave: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// This node's name (`--node-name` or the default).
+    pub fn node_name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Registers this node (the first heartbeat must reach Redis, else an error) and starts
+    /// the heartbeat task under `supervisor`.
+    pub async fn join(&self, supervisor: &Supervisor, me: Membership) -> anyhow::Result<()> {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let heart = Heart {
+            cluster: self.clone(),
+            me,
+            started_ms,
+        };
+        heart.beat().await.map_err(|f| {
+            anyhow::anyhow!("cannot register in Redis at {}: {f}", self.inner.target)
+        })?;
+        let nodes = self.nodes();
+        tracing::info!(
+            node_id = %self.inner.id,
+            node_name = %self.inner.name,
+            redis = %self.inner.target,
+            nodes = nodes.len(),
+            "joined the cluster"
+        );
+        let (tx, rx) = mpsc::channel(1);
+        if self.inner.leave.set(tx).is_err() {
+            anyhow::bail!("this node joined the cluster twice");
+        }
+        supervisor.spawn_task("cluster-registry", heart.run(rx));
+        Ok(())
+    }
+
+    /// Takes this node out of the registry and stops its heartbeat (the first step of a
+    /// graceful shutdown). Bounded: if Redis does not answer, the entry expires by itself.
+    pub async fn leave(&self) {
+        let Some(tx) = self.inner.leave.get() else {
+            return;
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        if tx.send(done_tx).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT + Duration::from_secs(1), done_rx).await;
+    }
+
+    /// The live nodes (this one included) as last read, sorted by id; refreshed every
+    /// heartbeat.
+    #[allow(dead_code)] // the bus and global matching (next steps) read it
+    pub fn nodes(&self) -> Arc<[Node]> {
+        self.inner.view.borrow().clone()
+    }
+
+    /// Changes of [`Cluster::nodes`].
+    #[allow(dead_code)] // the bus and global matching (next steps) read it
+    pub fn watch_nodes(&self) -> watch::Receiver<Arc<[Node]>> {
+        self.inner.view.subscribe()
+    }
+
+    /// `Ok` while the last heartbeat reached Redis; else why not (for `/readyz`, without
+    /// addresses).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.inner.up.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let kind = self
+            .inner
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or("other");
+        Err(format!("redis is unreachable ({kind})"))
+    }
+
+    /// Records a heartbeat's outcome; logs the transitions only.
+    fn mark(&self, result: &Result<(), Fault>) {
+        let inner = &self.inner;
+        match result {
+            Ok(()) => {
+                *inner.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                inner.metrics.redis_up.set(1);
+                if !inner.up.swap(true, Ordering::Relaxed) {
+                    inner.metrics.rejoins.inc();
+                    tracing::info!(
+                        node_id = %inner.id,
+                        redis = %inner.target,
+                        nodes = inner.view.borrow().len(),
+                        "Redis is reachable again; this node is registered again"
+                    );
+                }
+            }
+            Err(fault) => {
+                *inner.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault.kind);
+                inner.metrics.redis_up.set(0);
+                if inner.up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        node_id = %inner.id,
+                        redis = %inner.target,
+                        error = %fault,
+                        "Redis is unreachable; serving on alone and retrying"
+                    );
+                } else {
+                    tracing::debug!(error = %fault, "Redis still unreachable");
+                }
+            }
+        }
+    }
+
+    /// Publishes a new view, logging nodes that came and went.
+    fn publish(&self, nodes: Vec<Node>) {
+        let inner = &self.inner;
+        inner.metrics.nodes.set(nodes.len() as i64);
+        let old = inner.view.borrow().clone();
+        let same = old.len() == nodes.len() && old.iter().zip(&nodes).all(|(a, b)| a.id == b.id);
+        if !same {
+            for n in nodes.iter().filter(|n| !old.iter().any(|o| o.id == n.id)) {
+                if n.id != inner.id {
+                    tracing::info!(peer_id = %n.id, peer_name = %n.info.name, "node joined the cluster");
+                }
+            }
+            for o in old.iter().filter(|o| !nodes.iter().any(|n| n.id == o.id)) {
+                tracing::info!(peer_id = %o.id, peer_name = %o.info.name, "node left the cluster");
+            }
+        }
+        inner.view.send_replace(Arc::from(nodes));
+    }
+}
+
+/// The heartbeat task's state.
+struct Heart {
+    cluster: Cluster,
+    me: Membership,
+    started_ms: u64,
+}
+
+impl Heart {
+    /// Writes this node's entry and reads the live ones.
+    async fn beat(&self) -> Result<(), Fault> {
+        let inner = &self.cluster.inner;
+        let entry = NodeInfo {
+            name: inner.name.clone(),
+            http: self.me.http,
+            media: self.me.media,
+            load: (self.me.load)(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms: self.started_ms,
+        };
+        let entry = serde_json::to_string(&entry)
+            .map_err(|e| Fault::response(format!("cannot encode this node's entry: {e}")))?;
+        let invocation = registry::beat(&inner.id, &entry);
+        let result = async {
+            let reply: Vec<String> = inner.redis.invoke(Command::Heartbeat, &invocation).await?;
+            let (nodes, skipped) = registry::parse_view(&reply).map_err(Fault::response)?;
+            if skipped > 0 {
+                let fault = Fault::response(format!("{skipped} unreadable registry entries"));
+                inner.redis.count(&fault);
+                tracing::debug!(skipped, "unreadable registry entries skipped");
+            }
+            self.cluster.publish(nodes);
+            Ok(())
+        }
+        .await;
+        self.cluster.mark(&result);
+        result
+    }
+
+    /// Beats every [`HEARTBEAT_INTERVAL`] (sooner, backing off, while Redis is lost) until
+    /// asked to leave; then removes the entry and waits to be stopped.
+    async fn run(self, mut leave: mpsc::Receiver<oneshot::Sender<()>>) {
+        let mut delay = HEARTBEAT_INTERVAL;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                Some(done) = leave.recv() => {
+                    self.leave().await;
+                    let _ = done.send(());
+                    // Beating again would put the entry back; the supervisor ends this task.
+                    std::future::pending::<()>().await;
+                }
+            }
+            delay = match self.beat().await {
+                Ok(()) => HEARTBEAT_INTERVAL,
+                Err(_) if delay >= HEARTBEAT_INTERVAL => RETRY_MIN,
+                Err(_) => (delay * 2).min(HEARTBEAT_INTERVAL),
+            };
+        }
+    }
+
+    async fn leave(&self) {
+        let inner = &self.cluster.inner;
+        let invocation = registry::leave(&inner.id);
+        match inner.redis.invoke::<i64>(Command::Leave, &invocation).await {
+            Ok(_) => tracing::info!(node_id = %inner.id, "left the cluster registry"),
+            Err(fault) => tracing::warn!(
+                node_id = %inner.id,
+                error = %fault,
+                "could not leave the cluster registry; the entry expires within {} s",
+                NODE_TTL.as_secs()
+            ),
+        }
+    }
+}
+
+/// The host name (only letters, digits, `.`, `_`, `-` kept) and the id's first six characters.
+fn default_name(id: &str) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(57)
+        .collect();
+    let short: String = id.chars().take(6).collect();
+    if host.is_empty() {
+        format!("node-{short}")
+    } else {
+        format!("{host}-{short}")
+    }
+}
+
+/// The address other nodes reach this one's HTTP at: the bound address, or `--node-ip` with
+/// its port when bound to every interface.
+pub fn advertised_http(bound: SocketAddr, node_ip: std::net::IpAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::new(node_ip, bound.port())
+    } else {
+        bound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_valid_node_names() {
+        let name = default_name("0123456789abcdef");
+        assert!(name.ends_with("-012345"), "{name}");
+        assert!(name.len() <= 64);
+        assert!(name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+    }
+
+    #[test]
+    fn the_advertised_http_address_is_reachable() {
+        let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            advertised_http("0.0.0.0:8080".parse().unwrap(), ip),
+            "10.1.2.3:8080".parse().unwrap()
+        );
+        assert_eq!(
+            advertised_http("127.0.0.1:9000".parse().unwrap(), ip),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+    }
+}
