@@ -33,6 +33,16 @@ if { ! command -v turnutils_uclient >/dev/null 2>&1 || ! command -v openssl >/de
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn openssl
 fi
 
+# The cluster tests (tests/e2e/cluster.test.mjs) start their own Debian redis-server on a free
+# port inside the suite's network namespace (never a system service).
+if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+fi
+if ! redis-server --version; then
+  echo "redis-server is missing or does not run: the cluster tests need it (apt-get install redis-server)" >&2
+  exit 1
+fi
+
 # The web client (web/): the page embedded in the binary is web/dist, committed so that running
 # needs no Node. It must be exactly what web/src builds; if not, rebuild and commit it
 # (`npm run build --prefix web`).

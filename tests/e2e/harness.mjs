@@ -194,6 +194,8 @@ async function startServerOnce(extraArgs = [], opts = {}) {
   });
 
   const url = `http://127.0.0.1:${port}`;
+  // The token key in force (a test may pass its own, e.g. the one a cluster shares).
+  const jwtSecret = flags.get('--jwt-secret')?.[0] ?? secret;
   const sockets = new Set();
   let stopped = false;
   const rtcUdpPort = flags.has('--rtc-udp-port') ? Number(flags.get('--rtc-udp-port')[0]) : null;
@@ -202,7 +204,7 @@ async function startServerOnce(extraArgs = [], opts = {}) {
     port,
     pid: proc.pid,
     rtcUdpPort,
-    secret,
+    secret: jwtSecret,
     proc,
     args,
     sockets,
@@ -258,6 +260,235 @@ export async function serverFor(t, extraArgs = [], opts = {}) {
   t.after(() => server.stop());
   return server;
 }
+
+/**
+ * Runs tandem with exactly `args` (nothing added) until it exits by itself, for tests of start
+ * refusals. Resolves with `{ code, signal, output }`; a process still running after `timeoutMs`
+ * is killed (by its PID) and the promise rejects.
+ */
+export function runToExit(args, timeoutMs = 15_000) {
+  const bin = process.env.TANDEM_BIN;
+  if (!bin) throw new Error('TANDEM_BIN is not set: point it at the tandem binary (cargo build --bin tandem)');
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_')));
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let output = '';
+  const keep = (chunk) => {
+    output += chunk.toString();
+    if (output.length > 64_000) output = output.slice(-32_000);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`tandem still running after ${timeoutMs} ms; args: ${args.join(' ')}\n${output}`));
+    }, timeoutMs);
+    proc.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    proc.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, output });
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis (the cluster tests): Debian's redis-server, one per test, on a free loopback port
+
+const REDIS_SERVER = process.env.TANDEM_E2E_REDIS_SERVER || 'redis-server';
+const liveRedis = new Set();
+
+/**
+ * Sends one command to the Redis at 127.0.0.1:`port` over a fresh connection and resolves with
+ * its reply (strings, numbers, arrays, null; an error reply rejects). A tiny RESP client, so
+ * that the tests can look at the registry the nodes keep.
+ */
+export function redisCommand(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const sock = netConnect({ host: '127.0.0.1', port });
+    let buf = Buffer.alloc(0);
+    const done = (err, value) => {
+      clearTimeout(timer);
+      sock.destroy();
+      if (err) reject(err);
+      else resolve(value);
+    };
+    const timer = setTimeout(() => done(new Error(`redis ${args[0]}: no reply within 2000 ms`)), 2000);
+    sock.on('error', (err) => done(err));
+    sock.on('connect', () => {
+      const parts = [`*${args.length}\r\n`];
+      for (const a of args) {
+        const b = Buffer.from(String(a));
+        parts.push(`$${b.length}\r\n`, b, '\r\n');
+      }
+      sock.write(Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)))));
+    });
+    sock.on('data', (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      let parsed;
+      try {
+        parsed = parseResp(buf, 0);
+      } catch (err) {
+        done(err);
+        return;
+      }
+      if (parsed === null) return; // incomplete
+      const [value] = parsed;
+      if (value instanceof Error) done(value);
+      else done(null, value);
+    });
+  });
+}
+
+// Parses one RESP2 value at `at`: [value, next offset], or null when more bytes are needed.
+function parseResp(buf, at) {
+  const eol = buf.indexOf('\r\n', at);
+  if (eol < 0) return null;
+  const type = String.fromCharCode(buf[at]);
+  const line = buf.toString('utf8', at + 1, eol);
+  const next = eol + 2;
+  switch (type) {
+    case '+': return [line, next];
+    case '-': return [new Error(line), next];
+    case ':': return [Number(line), next];
+    case '$': {
+      const len = Number(line);
+      if (len < 0) return [null, next];
+      if (buf.length < next + len + 2) return null;
+      return [buf.toString('utf8', next, next + len), next + len + 2];
+    }
+    case '*': {
+      const n = Number(line);
+      if (n < 0) return [null, next];
+      const out = [];
+      let pos = next;
+      for (let i = 0; i < n; i++) {
+        const item = parseResp(buf, pos);
+        if (item === null) return null;
+        out.push(item[0]);
+        pos = item[1];
+      }
+      return [out, pos];
+    }
+    default: throw new Error(`not a RESP reply: ${JSON.stringify(line)}`);
+  }
+}
+
+/**
+ * Starts `redis-server` on a free loopback port (or `opts.port`, e.g. to start it again where
+ * it was), without persistence, and resolves once it answers PING. `stop()` ends it by its PID
+ * (SIGTERM, then SIGKILL after 3 s); `kill()` sends SIGKILL.
+ * @returns {Promise<{port: number, url: string, pid: number, command: (...args: any[]) => Promise<any>, output: () => string, stop: () => Promise<void>, kill: () => Promise<void>}>}
+ */
+export async function startRedis(opts = {}) {
+  const port = opts.port ?? await freePort();
+  const proc = spawn(REDIS_SERVER, [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (chunk) => {
+    if (process.env.TANDEM_E2E_LOG) process.stderr.write(chunk);
+    log += chunk.toString();
+    if (log.length > 32_000) log = log.slice(-16_000);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    proc.once('exit', (code, signal) => { exited = { code, signal }; resolve(exited); });
+    proc.once('error', (err) => { exited = { code: null, signal: null, error: err }; resolve(exited); });
+  });
+  const end = async (signal) => {
+    liveRedis.delete(redis);
+    if (exited === null) {
+      proc.kill(signal);
+      const killer = setTimeout(() => { if (exited === null) proc.kill('SIGKILL'); }, 3000);
+      await exitPromise;
+      clearTimeout(killer);
+    }
+  };
+  const redis = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    pid: proc.pid,
+    // The tandem nodes clusterFor started on it (stopped before it by redisFor).
+    nodes: [],
+    proc,
+    command: (...args) => redisCommand(port, ...args),
+    output: () => log,
+    stop: () => end('SIGTERM'),
+    kill: () => end('SIGKILL'),
+  };
+  liveRedis.add(redis);
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  for (;;) {
+    if (exited !== null) {
+      liveRedis.delete(redis);
+      throw new Error(`redis-server exited during startup (${JSON.stringify(exited)}); is Debian's redis-server installed?\n${log}`);
+    }
+    try {
+      if ((await redisCommand(port, 'PING')) === 'PONG') break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await redis.kill();
+      throw new Error(`redis-server did not answer PING within ${STARTUP_TIMEOUT_MS} ms\n${log}`);
+    }
+    await sleep(50);
+  }
+  return redis;
+}
+
+/**
+ * Starts a redis-server and stops it when the test `t` ends: after the nodes `clusterFor`
+ * started on it (all at once), so that they leave the registry while Redis is still there.
+ */
+export async function redisFor(t, opts = {}) {
+  const redis = await startRedis(opts);
+  t.after(async () => {
+    await Promise.all(redis.nodes.map((node) => node.stop()));
+    await redis.stop();
+  });
+  return redis;
+}
+
+/**
+ * Starts `n` tandem nodes sharing `redis` (the same token key and TURN secret, each on its own
+ * ports, named `<prefix>1`…), in parallel, each stopped when `t` ends (or before `redis` stops,
+ * if it came from redisFor). `opts.args` are added to
+ * every node's flags; `opts.media` as for startServer. Resolves with
+ * `{ nodes, jwtSecret, turnSecret }` (nodes in order; `node.name` is its --node-name).
+ */
+export async function clusterFor(t, redis, n, opts = {}) {
+  const { args = [], media = false, prefix = 'node-' } = opts;
+  const jwtSecret = `cluster-${hex(40)}`;
+  const turnSecret = `turn-${hex(32)}`;
+  const nodes = await Promise.all(Array.from({ length: n }, async (_, i) => {
+    const name = `${prefix}${i + 1}`;
+    const server = await serverFor(t, [
+      '--redis-url', redis.url, '--jwt-secret', jwtSecret, '--turn-secret', turnSecret,
+      '--node-name', name, ...args,
+    ], { media });
+    server.name = name;
+    redis.nodes.push(server);
+    return server;
+  }));
+  return { nodes, jwtSecret, turnSecret };
+}
+
+// Safety net for redis-servers too.
+process.once('exit', () => {
+  for (const r of liveRedis) {
+    try {
+      r.proc.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
 
 /**
  * A process's resident memory and open descriptors, from /proc (Linux):

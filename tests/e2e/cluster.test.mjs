@@ -1,0 +1,265 @@
+// Many nodes on one Redis (--redis-url), the shell side: the start checks, the node registry
+// (every node sees every other, a killed one goes within 10 s, a drained one leaves first),
+// and Redis lost and back (/readyz 503 then 200, the node registers again). Each test starts
+// its own redis-server on a free loopback port and stops it (and its nodes) by PID.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  api, clusterFor, createGuest, freePort, guestSocket, redisFor, runToExit, serverFor, sleep,
+  startRedis, waitFor,
+} from './harness.mjs';
+
+const NODES_KEY = 'tandem:{cluster}:nodes';
+const INFO_KEY = 'tandem:{cluster}:node-info';
+
+/** The value of an unlabelled metric (or one with exactly `labels`), or null. */
+async function metric(url, name, labels = '') {
+  const text = (await api(url, '/metrics')).text;
+  const escaped = `${name}${labels}`.replace(/[{}"=]/g, (c) => `\\${c}`);
+  const m = new RegExp(`^${escaped} (\\S+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : null;
+}
+
+/** Every `tandem_redis_errors_total` series added up. */
+async function errorCount(url) {
+  const text = (await api(url, '/metrics')).text;
+  return [...text.matchAll(/^tandem_redis_errors_total\{kind="\w+"\} (\d+)$/gm)]
+    .reduce((sum, m) => sum + Number(m[1]), 0);
+}
+
+/** Polls `probe` every `everyMs` until it returns a truthy value; resolves with it and the time taken. */
+async function until(what, probe, timeoutMs = 10_000, everyMs = 100) {
+  const started = Date.now();
+  let last;
+  for (;;) {
+    try {
+      last = await probe();
+    } catch (err) {
+      last = err;
+    }
+    if (last && !(last instanceof Error)) return { value: last, ms: Date.now() - started };
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`${what}: not within ${timeoutMs} ms (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    }
+    await sleep(everyMs);
+  }
+}
+
+/** The registry as kept in Redis: Map id -> entry, with `beat` (the sorted set's score). */
+async function registry(redis) {
+  const flat = await redis.command('HGETALL', INFO_KEY);
+  const beats = await redis.command('ZRANGE', NODES_KEY, '0', '-1', 'WITHSCORES');
+  const scores = new Map();
+  for (let i = 0; i < beats.length; i += 2) scores.set(beats[i], Number(beats[i + 1]));
+  const out = new Map();
+  for (let i = 0; i < flat.length; i += 2) {
+    out.set(flat[i], { ...JSON.parse(flat[i + 1]), beat: scores.get(flat[i]) });
+  }
+  return out;
+}
+
+/** The registry id of the node named `name`. */
+async function idOf(redis, name) {
+  const { value } = await until(`node ${name} in the registry`, async () => {
+    for (const [id, entry] of await registry(redis)) if (entry.name === name) return id;
+    return null;
+  });
+  return value;
+}
+
+/** Waits until every node in `nodes` counts `n` live nodes; resolves with the time it took. */
+async function allSee(nodes, n, timeoutMs = 10_000) {
+  const { ms } = await until(`every node counts ${n} nodes`, async () => {
+    const counts = await Promise.all(nodes.map((s) => metric(s.url, 'tandem_cluster_nodes')));
+    return counts.every((c) => c === n) ? counts : null;
+  }, timeoutMs);
+  return ms;
+}
+
+/** Minimal flags for a tandem that refuses to start (no port of the host's defaults taken). */
+async function refusalArgs() {
+  return [
+    '--bind', `127.0.0.1:${await freePort()}`, '--node-ip', '127.0.0.1', '--rtc-udp-port', '0',
+    '--rtc-tcp-port', '0', '--turn-port', '0', '--turn-tls-port', '0', '--log-level', 'warn',
+  ];
+}
+
+test('with --redis-url, start is refused (exit 2, one sentence) unless --jwt-secret and --turn-secret are given', async () => {
+  const url = `redis://127.0.0.1:${await freePort()}`;
+  const none = await runToExit([...(await refusalArgs()), '--redis-url', url]);
+  assert.equal(none.code, 2, none.output);
+  const line = none.output.trim();
+  assert.equal(line.split('\n').length, 1, `one line: ${line}`);
+  assert.match(line, /^tandem: with redis_url set, every node must sign tokens and TURN credentials with the same keys/);
+  assert.match(line, /--jwt-secret/);
+  assert.match(line, /--turn-secret/);
+
+  const jwtOnly = await runToExit([
+    ...(await refusalArgs()), '--redis-url', url, '--jwt-secret', 'j'.repeat(40),
+  ]);
+  assert.equal(jwtOnly.code, 2, jwtOnly.output);
+  assert.match(jwtOnly.output, /--turn-secret/);
+  assert.doesNotMatch(jwtOnly.output, /--jwt-secret/);
+
+  // The same through the environment, and a malformed URL whose password is never echoed.
+  const bad = await runToExit([
+    ...(await refusalArgs()), '--redis-url', 'redis://admin:hunter2hunter2@bad host:1',
+    '--jwt-secret', 'j'.repeat(40), '--turn-secret', 't'.repeat(20),
+  ]);
+  assert.equal(bad.code, 2, bad.output);
+  assert.match(bad.output, /redis_url is invalid/);
+  assert.doesNotMatch(bad.output, /hunter2/);
+});
+
+test('Redis unreachable at start: tandem refuses to start with a clear message and no password in it', async () => {
+  const port = await freePort(); // nothing listens there
+  const started = Date.now();
+  const run = await runToExit([
+    ...(await refusalArgs()), '--redis-url', `redis://:hunter2hunter2@127.0.0.1:${port}/0`,
+    '--jwt-secret', 'j'.repeat(40), '--turn-secret', 't'.repeat(20),
+  ]);
+  assert.notEqual(run.code, 0, run.output);
+  assert.equal(run.signal, null);
+  assert.ok(Date.now() - started < 10_000, 'refused within 10 s');
+  assert.match(run.output, new RegExp(`cannot reach Redis at redis://:\\[redacted\\]@127\\.0\\.0\\.1:${port}/0`));
+  assert.match(run.output, /refused/i);
+  assert.doesNotMatch(run.output, /hunter2/);
+  assert.doesNotMatch(run.output, /tandem listening/);
+});
+
+test('three nodes on one Redis: each counts all three; the registry holds their addresses, names and load', async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { media: true });
+  const ms = await allSee(nodes, 3);
+  t.diagnostic(`all three see three after ${ms} ms`);
+  for (const node of nodes) {
+    const ready = await api(node.url, '/readyz');
+    assert.equal(ready.status, 200, ready.text);
+    assert.equal(await metric(node.url, 'tandem_redis_up'), 1);
+    assert.ok(await metric(node.url, 'tandem_redis_command_seconds_count', '{command="heartbeat"}') >= 1);
+    assert.equal(await metric(node.url, 'tandem_cluster_node_info', `{node="${node.name}"}`), 1);
+  }
+  // A guest on node 2 shows in its load.
+  const guest = await guestSocket(nodes[1].url);
+  const reg = await until('node 2 publishes its socket', async () => {
+    const r = await registry(redis);
+    return [...r.values()].some((e) => e.name === nodes[1].name && e.load.sockets === 1) ? r : null;
+  });
+  guest.socket.close();
+  const entries = [...reg.value.entries()];
+  assert.equal(entries.length, 3);
+  const ids = entries.map(([id]) => id);
+  assert.equal(new Set(ids).size, 3, 'distinct ids');
+  for (const id of ids) assert.match(id, /^[0-9a-f]{32}$/, 'a random id, not an address');
+  for (const node of nodes) {
+    const [, entry] = entries.find(([, e]) => e.name === node.name);
+    assert.equal(entry.http, `127.0.0.1:${node.port}`);
+    assert.equal(entry.media, `127.0.0.1:${node.rtcUdpPort}`);
+    assert.equal(typeof entry.version, 'string');
+    assert.ok(entry.started_ms > 0);
+    for (const k of ['sockets', 'guests', 'calls']) assert.equal(typeof entry.load[k], 'number');
+    assert.ok(entry.beat > 0);
+  }
+  // Both keys expire on their own once no node beats any more.
+  for (const key of [NODES_KEY, INFO_KEY]) {
+    const ttl = await redis.command('PTTL', key);
+    assert.ok(ttl > 0 && ttl <= 60_000, `${key} PTTL ${ttl}`);
+  }
+  // Nothing else lives under the prefix.
+  const keys = await redis.command('KEYS', 'tandem:*');
+  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY].sort());
+});
+
+test('a node killed with SIGKILL disappears from the others\' view within 10 s', async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3);
+  await allSee(nodes, 3);
+  const victim = nodes[2];
+  const victimId = await idOf(redis, victim.name);
+  const exited = new Promise((resolve) => victim.proc.once('exit', resolve));
+  victim.proc.kill('SIGKILL');
+  await exited;
+  const killedAt = Date.now();
+  await allSee(nodes.slice(0, 2), 2, 10_000);
+  const ms = Date.now() - killedAt;
+  t.diagnostic(`gone from both views after ${ms} ms`);
+  assert.ok(ms < 10_000, `gone after ${ms} ms`);
+  assert.equal(await redis.command('ZSCORE', NODES_KEY, victimId), null);
+  assert.equal(await redis.command('HEXISTS', INFO_KEY, victimId), 0);
+});
+
+test('a node sent SIGTERM leaves the registry first: gone before its guests hear server:shutdown, and before it exits', async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 2, { args: ['--shutdown-grace-secs', '5'] });
+  await allSee(nodes, 2);
+  const [stays, drains] = nodes;
+  const id = await idOf(redis, drains.name);
+  const { socket } = await guestSocket(drains.url);
+  // The moment the notice arrives, the entry must already be gone (it left before telling).
+  const atNotice = waitFor(socket, 'server:shutdown', 5000).then(() => redis.command('ZSCORE', NODES_KEY, id));
+  let exitedAt = null;
+  const exited = new Promise((resolve) => drains.proc.once('exit', (code, signal) => {
+    exitedAt = Date.now();
+    resolve({ code, signal });
+  }));
+  drains.proc.kill('SIGTERM');
+  let goneAt = null;
+  while (goneAt === null && exitedAt === null) {
+    if ((await redis.command('ZSCORE', NODES_KEY, id)) === null) goneAt = Date.now();
+    else await sleep(5);
+  }
+  assert.ok(goneAt !== null, 'the entry was still there when the process exited');
+  assert.equal(await atNotice, null, 'still registered when server:shutdown arrived');
+  assert.equal(await redis.command('HEXISTS', INFO_KEY, id), 0);
+  const { code, signal } = await exited;
+  assert.equal(signal, null);
+  assert.equal(code, 0, drains.output());
+  assert.ok(goneAt <= exitedAt);
+  // The other node's view follows at its next heartbeat.
+  await allSee([stays], 1, 5000);
+});
+
+test('Redis stopped and started again: /readyz 503 with the reason, the node keeps serving, then 200 and registered again', async (t) => {
+  const first = await startRedis();
+  const port = first.port;
+  let current = first;
+  t.after(() => current.stop());
+  const { nodes } = await clusterFor(t, first, 2);
+  await allSee(nodes, 2);
+  await first.kill();
+
+  for (const node of nodes) {
+    const { value: res } = await until('/readyz 503', async () => {
+      const r = await api(node.url, '/readyz');
+      return r.status === 503 ? r : null;
+    });
+    assert.equal(res.body.status, 'not_ready');
+    assert.ok(res.body.reasons.some((r) => /^redis is unreachable \(\w+\)$/.test(r)), JSON.stringify(res.body));
+    assert.ok(!res.body.reasons.some((r) => r.includes(String(port))), 'no address in /readyz');
+    assert.equal(await metric(node.url, 'tandem_redis_up'), 0);
+    // Serving on alone: health, new guests, sockets.
+    assert.equal((await api(node.url, '/healthz')).status, 200);
+    const guest = await createGuest(node.url);
+    assert.equal(typeof guest.token, 'string');
+  }
+  const errors = await errorCount(nodes[0].url);
+  assert.ok(errors >= 1, `Redis errors counted: ${errors}`);
+
+  current = await startRedis({ port }); // empty: every entry must be written again
+  for (const node of nodes) {
+    const { ms } = await until('/readyz 200 again', async () => (await api(node.url, '/readyz')).status === 200);
+    t.diagnostic(`${node.name} ready again after ${ms} ms`);
+    assert.equal(await metric(node.url, 'tandem_redis_up'), 1);
+    assert.ok(await metric(node.url, 'tandem_cluster_rejoins_total') >= 1);
+  }
+  await allSee(nodes, 2);
+  const names = [...(await registry(current)).values()].map((e) => e.name).sort();
+  assert.deepEqual(names, nodes.map((n) => n.name).sort());
+});
+
+test('without --redis-url nothing of the cluster runs: no cluster or Redis metrics', async (t) => {
+  const server = await serverFor(t);
+  const text = (await api(server.url, '/metrics')).text;
+  assert.doesNotMatch(text, /^tandem_(cluster|redis)_/m);
+  assert.deepEqual((await api(server.url, '/readyz')).body, { status: 'ready' });
+});
