@@ -1,8 +1,7 @@
 //! The signaling state machine: sessions, presence, matching, rooms, chat, typing, stats and
 //! per-guest limits. Sans-I/O: every input carries `now`, every effect is an [`Output`] to poll.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,12 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::call::{CallStates, MediaCommand, MediaEvent};
+use crate::config::CoreConfig;
 use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
+use crate::output::{CloseReason, Outbox, Output, Target};
+use crate::stats::{Broadcast, Counters};
+use crate::timers::{Timer, Timers};
 use crate::wire::*;
 use crate::SignalError;
 
@@ -26,122 +29,6 @@ const MAX_BLOCKS_PER_GUEST: usize = 1024;
 /// How often the core re-checks the active-guest count on its own.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The core's tunables. `Default` matches the documented defaults.
-#[derive(Debug, Clone)]
-pub struct CoreConfig {
-    pub token_ttl: Duration,
-    pub grace_period: Duration,
-    pub repair_cooldown: Duration,
-    pub typing_timeout: Duration,
-    /// Partner messages kept for a guest until one of its sockets acknowledges them (queued
-    /// while it is away, or handed out and not yet acknowledged); past it the sender is refused
-    /// with `partner_away_queue_full`.
-    pub away_queue_max: usize,
-    pub max_sockets_per_guest: usize,
-    pub max_sessions: usize,
-    /// Open sessions per [`ClientKey`]; a creation past it is refused with `too_many_sessions`.
-    pub max_sessions_per_ip: usize,
-    /// A guest that has connected no socket this long after its creation is removed.
-    pub connect_timeout: Duration,
-    pub chat_messages_per_sec: u32,
-    pub match_per_sec: u32,
-    pub match_burst: u32,
-    pub typing_per_sec: u32,
-    pub events_per_sec: u32,
-    /// `webrtc:ice-candidate` events one guest may send per second (also the burst).
-    pub ice_candidates_per_sec: u32,
-    pub flood_refusals: u32,
-    pub flood_window: Duration,
-    pub stats_interval: Duration,
-    pub active_window: Duration,
-    /// How long a call rings before it ends with `timeout`.
-    pub ring_timeout: Duration,
-}
-
-impl Default for CoreConfig {
-    fn default() -> Self {
-        Self {
-            token_ttl: Duration::from_secs(7200),
-            grace_period: Duration::from_secs(30),
-            repair_cooldown: Duration::from_secs(300),
-            typing_timeout: Duration::from_secs(5),
-            away_queue_max: 100,
-            max_sockets_per_guest: 10,
-            max_sessions: 100_000,
-            max_sessions_per_ip: 20,
-            connect_timeout: Duration::from_secs(60),
-            chat_messages_per_sec: 10,
-            match_per_sec: 1,
-            match_burst: 3,
-            typing_per_sec: 2,
-            events_per_sec: 10,
-            ice_candidates_per_sec: 50,
-            flood_refusals: 50,
-            flood_window: Duration::from_secs(10),
-            stats_interval: Duration::from_secs(1),
-            active_window: Duration::from_secs(300),
-            ring_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Where an emitted event goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// Every socket of one guest.
-    Guest(SessionId),
-    /// One socket.
-    Conn(ConnId),
-    /// Every connected socket.
-    All,
-}
-
-/// Why the core asks the shell to close a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Sustained rate-limit refusals.
-    Flood,
-    /// The session expired.
-    SessionExpired,
-}
-
-/// An effect for the shell to carry out, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    Emit {
-        to: Target,
-        event: ServerEvent,
-    },
-    /// A partner message for every socket of `to`, each asked for an ack: on an ack call
-    /// [`Core::handle_delivered`]. Until then the core keeps the message and hands it out again
-    /// (same id) to each new socket of `to` ([`Output::Redeliver`]), or to all of them when `to`
-    /// returns from being away.
-    Deliver {
-        to: SessionId,
-        message: ChatMessage,
-    },
-    /// A partner message not yet acknowledged, for one newly connected socket of its receiver
-    /// (whose other sockets already got it); ack handling as for [`Output::Deliver`].
-    Redeliver {
-        conn: ConnId,
-        message: ChatMessage,
-    },
-    Close {
-        conn: ConnId,
-        reason: CloseReason,
-    },
-    /// A command for the media server; results come back through [`Core::handle_media`].
-    Media(MediaCommand),
-    /// A call's setup time: from the accept until both sides' media first connected. Once per
-    /// call, for a histogram.
-    CallSetup(Duration),
-    /// A chat ended: everything kept for it outside the core (its shared files) goes.
-    RoomClosed(RoomId),
-    /// A call ended (ringing or accepted, for any reason): what was handed out for it (TURN
-    /// credentials) stops working.
-    CallEnded(CallId),
-}
-
 /// What `POST /api/guest` and refresh return, before the shell signs a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestInfo {
@@ -149,26 +36,6 @@ pub struct GuestInfo {
     pub username: String,
     /// Milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
-}
-
-/// Monotonic counters for metrics; the shell turns deltas into Prometheus counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub guests_created: u64,
-    pub matches: u64,
-    pub chats_ended: [u64; 4],
-    pub messages_relayed: u64,
-    pub receipts_delivered: u64,
-    pub receipts_read: u64,
-    pub floods_closed: u64,
-    pub sessions_expired: u64,
-    /// Sessions removed because no socket connected within `connect_timeout`.
-    pub sessions_reaped: u64,
-    pub calls_requested: u64,
-    pub calls_accepted: u64,
-    /// Calls ended, indexed by [`CallEndReason`] (see [`CallEndReason::ALL`]). A call that ends
-    /// with its chat counts as `partner_left`.
-    pub calls_ended: [u64; 5],
 }
 
 type Limiter =
@@ -270,19 +137,6 @@ impl Room {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    Typing(SessionId, u64),
-    Grace(SessionId, u64),
-    Expiry(SessionId),
-    /// The deadline for a guest's first socket.
-    Unconnected(SessionId),
-    Unblock(SessionId, SessionId),
-    /// A call's ring timeout (the call id doubles as its generation).
-    Ring(RoomId, CallId),
-    Sweep,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Block {
     Until(Instant),
@@ -305,11 +159,9 @@ pub struct Core {
     queue: BTreeMap<u64, SessionId>,
     next_seq: u64,
     blocks: HashMap<(SessionId, SessionId), Block>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    outputs: VecDeque<Output>,
-    stats_due: Option<Instant>,
-    stats_sent_at: Option<Instant>,
-    stats_sent: Option<Stats>,
+    timers: Timers,
+    out: Outbox,
+    broadcast: Broadcast,
     counters: Counters,
     /// Every live call's room.
     calls: HashMap<CallId, RoomId>,
@@ -326,7 +178,7 @@ impl Core {
     /// `now` and `unix_ms` anchor the wall clock used for message timestamps and expiries.
     pub fn new(cfg: CoreConfig, seed: [u8; 32], now: Instant, unix_ms: u64) -> Self {
         let mut core = Self {
-            cfg,
+            cfg: cfg.clone(),
             rng: ChaCha20Rng::from_seed(seed),
             epoch: now,
             epoch_unix_ms: unix_ms,
@@ -338,17 +190,14 @@ impl Core {
             queue: BTreeMap::new(),
             next_seq: 0,
             blocks: HashMap::new(),
-            timers: BinaryHeap::new(),
-            outputs: VecDeque::new(),
-            stats_due: None,
-            stats_sent_at: None,
-            stats_sent: None,
+            timers: Timers::default(),
+            out: Outbox::default(),
+            broadcast: Broadcast::new(cfg.stats_interval),
             counters: Counters::default(),
             calls: HashMap::new(),
             last_call: 0,
         };
-        core.timers
-            .push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
+        core.timers.schedule(now + SWEEP_INTERVAL, Timer::Sweep);
         core
     }
 
@@ -416,9 +265,8 @@ impl Core {
         if let Some(key) = client {
             *self.per_client.entry(key).or_insert(0) += 1;
         }
-        self.timers.push(Reverse((expires_at, Timer::Expiry(id))));
-        self.timers
-            .push(Reverse((connect_by, Timer::Unconnected(id))));
+        self.timers.schedule(expires_at, Timer::Expiry(id));
+        self.timers.schedule(connect_by, Timer::Unconnected(id));
         self.counters.guests_created += 1;
         self.stats_changed(now);
         Ok(GuestInfo {
@@ -437,7 +285,7 @@ impl Core {
         s.expires_at = now + ttl;
         s.last_active = now;
         let username = s.username.clone();
-        self.timers.push(Reverse((now + ttl, Timer::Expiry(id))));
+        self.timers.schedule(now + ttl, Timer::Expiry(id));
         // `last_active` moved: the active count may have changed.
         self.stats_changed(now);
         Ok(GuestInfo {
@@ -496,14 +344,14 @@ impl Core {
                 );
             }
             for message in self.sessions[&id].unacked.iter().cloned() {
-                self.outputs.push_back(Output::Deliver { to: id, message });
+                self.out.push(Output::Deliver { to: id, message });
             }
             if matches!(self.sessions[&id].state, State::Searching { .. }) {
                 self.try_match(id, now);
             }
         } else {
             for message in self.sessions[&id].unacked.iter().cloned() {
-                self.outputs.push_back(Output::Redeliver { conn, message });
+                self.out.push(Output::Redeliver { conn, message });
             }
         }
         self.stats_changed(now);
@@ -524,10 +372,8 @@ impl Core {
             return;
         }
         let gen = s.presence_gen;
-        self.timers.push(Reverse((
-            now + self.cfg.grace_period,
-            Timer::Grace(id, gen),
-        )));
+        self.timers
+            .schedule(now + self.cfg.grace_period, Timer::Grace(id, gen));
         self.stop_typing(id);
         if let Some((room, partner)) = self.room_of(id) {
             self.emit(
@@ -572,7 +418,7 @@ impl Core {
             if s.flood.1 >= self.cfg.flood_refusals {
                 s.flood = (now, 0);
                 self.counters.floods_closed += 1;
-                self.outputs.push_back(Output::Close {
+                self.out.push(Output::Close {
                     conn,
                     reason: CloseReason::Flood,
                 });
@@ -648,8 +494,7 @@ impl Core {
                 let s = self.sessions.get_mut(&id).expect("session looked up above");
                 s.typing_gen += 1;
                 s.typing = Some((until, s.typing_gen));
-                self.timers
-                    .push(Reverse((until, Timer::Typing(id, s.typing_gen))));
+                self.timers.schedule(until, Timer::Typing(id, s.typing_gen));
                 self.emit(
                     Target::Guest(partner),
                     ServerEvent::TypingStart(RoomRef { room_id: room }),
@@ -681,7 +526,7 @@ impl Core {
             }
             ClientEvent::WebrtcOffer { sdp } => {
                 let (call, _) = self.accepted_call_of(id)?;
-                self.outputs.push_back(Output::Media(MediaCommand::Offer {
+                self.out.push(Output::Media(MediaCommand::Offer {
                     call,
                     guest: id,
                     sdp,
@@ -700,7 +545,7 @@ impl Core {
                     return Err(SignalError::InvalidSdp);
                 }
                 c.offer_pending[side] = false;
-                self.outputs.push_back(Output::Media(MediaCommand::Answer {
+                self.out.push(Output::Media(MediaCommand::Answer {
                     call,
                     guest: id,
                     sdp,
@@ -714,14 +559,13 @@ impl Core {
             } => {
                 let (call, _) = self.accepted_call_of(id)?;
                 if !candidate.is_empty() {
-                    self.outputs
-                        .push_back(Output::Media(MediaCommand::Candidate {
-                            call,
-                            guest: id,
-                            candidate,
-                            sdp_mid,
-                            sdp_mline_index,
-                        }));
+                    self.out.push(Output::Media(MediaCommand::Candidate {
+                        call,
+                        guest: id,
+                        candidate,
+                        sdp_mid,
+                        sdp_mline_index,
+                    }));
                 }
                 Ok(Ack::Ok)
             }
@@ -794,7 +638,7 @@ impl Core {
                 if c.connected == [true, true] && !c.setup_reported {
                     c.setup_reported = true;
                     let took = now.saturating_duration_since(accepted_at);
-                    self.outputs.push_back(Output::CallSetup(took));
+                    self.out.push(Output::CallSetup(took));
                 }
             }
             MediaEvent::Disconnected { .. } => {
@@ -850,19 +694,12 @@ impl Core {
     /// Advances time: typing expiry, grace periods, session expiry, cooldowns, stats.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some(timer) = self.timers.pop_due(now) {
             self.fire(timer, now);
         }
-        if self.stats_due.is_some_and(|due| due <= now) {
-            self.stats_due = None;
+        if self.broadcast.take_due(now) {
             let stats = self.stats(now);
-            if self.stats_sent != Some(stats) {
-                self.stats_sent = Some(stats);
-                self.stats_sent_at = Some(now);
+            if self.broadcast.publish(stats, now) {
                 self.emit(Target::All, ServerEvent::Stats(stats));
             }
         }
@@ -871,13 +708,12 @@ impl Core {
     // ---- outputs ------------------------------------------------------------------------
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.out.pop()
     }
 
     /// When `handle_timeout` next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
-        match (timer, self.stats_due) {
+        match (self.timers.next(), self.broadcast.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -969,17 +805,11 @@ impl Core {
     }
 
     fn emit(&mut self, to: Target, event: ServerEvent) {
-        self.outputs.push_back(Output::Emit { to, event });
+        self.out.emit(to, event);
     }
 
     fn stats_changed(&mut self, now: Instant) {
-        if self.stats_due.is_none() {
-            let due = match self.stats_sent_at {
-                Some(at) => (at + self.cfg.stats_interval).max(now),
-                None => now,
-            };
-            self.stats_due = Some(due);
-        }
+        self.broadcast.changed(now);
     }
 
     /// The chat `id` is in and its partner, if any.
@@ -994,7 +824,7 @@ impl Core {
             ("queue", self.queue.len()),
             ("blocks", self.blocks.len()),
             ("timers", self.timers.len()),
-            ("outputs", self.outputs.len()),
+            ("outputs", self.out.len()),
             ("calls", self.calls.len()),
         ]
     }
@@ -1229,7 +1059,7 @@ impl Core {
             return;
         };
         let other = room.other(actor);
-        self.outputs.push_back(Output::RoomClosed(room_id));
+        self.out.push(Output::RoomClosed(room_id));
         if let Some(call) = room.call.take() {
             // A guest removed because its grace ran out has no socket to tell.
             let actor_gone = reason == EndReason::Disconnected
@@ -1283,8 +1113,7 @@ impl Core {
             Block::Forever
         } else {
             let until = now + self.cfg.repair_cooldown;
-            self.timers
-                .push(Reverse((until, Timer::Unblock(actor, other))));
+            self.timers.schedule(until, Timer::Unblock(actor, other));
             Block::Until(until)
         };
         let key = pair(actor, other);
@@ -1363,7 +1192,7 @@ impl Core {
             p.unacked.push_back(message);
         } else {
             p.unacked.push_back(message.clone());
-            self.outputs.push_back(Output::Deliver {
+            self.out.push(Output::Deliver {
                 to: partner,
                 message,
             });
@@ -1395,10 +1224,8 @@ impl Core {
             setup_reported: false,
         });
         self.calls.insert(call, room_id);
-        self.timers.push(Reverse((
-            now + self.cfg.ring_timeout,
-            Timer::Ring(room_id, call),
-        )));
+        self.timers
+            .schedule(now + self.cfg.ring_timeout, Timer::Ring(room_id, call));
         self.counters.calls_requested += 1;
         self.emit(
             Target::Guest(partner),
@@ -1417,7 +1244,7 @@ impl Core {
         c.accepted_at = Some(now);
         let (guests, video) = (c.guests, c.video);
         self.counters.calls_accepted += 1;
-        self.outputs.push_back(Output::Media(MediaCommand::Open {
+        self.out.push(Output::Media(MediaCommand::Open {
             call,
             room: room_id,
             guests,
@@ -1484,10 +1311,10 @@ impl Core {
             }
         }
         if call.accepted_at.is_some() {
-            self.outputs
-                .push_back(Output::Media(MediaCommand::Close { call: call.id }));
+            self.out
+                .push(Output::Media(MediaCommand::Close { call: call.id }));
         }
-        self.outputs.push_back(Output::CallEnded(call.id));
+        self.out.push(Output::CallEnded(call.id));
         self.counters.calls_ended[counted as usize] += 1;
     }
 
@@ -1563,9 +1390,12 @@ impl Core {
                 }
             }
             Timer::Sweep => {
-                self.timers
-                    .push(Reverse((now + SWEEP_INTERVAL, Timer::Sweep)));
-                if self.stats_sent.is_some_and(|sent| sent != self.stats(now)) {
+                self.timers.schedule(now + SWEEP_INTERVAL, Timer::Sweep);
+                if self
+                    .broadcast
+                    .last_sent()
+                    .is_some_and(|sent| sent != self.stats(now))
+                {
                     self.stats_changed(now);
                 }
             }
@@ -1593,7 +1423,7 @@ impl Core {
         }
         for conn in s.conns {
             self.conns.remove(&conn);
-            self.outputs.push_back(Output::Close {
+            self.out.push(Output::Close {
                 conn,
                 reason: CloseReason::SessionExpired,
             });

@@ -7,16 +7,20 @@
 //! tests drive time by hand.
 
 pub mod call;
+mod config;
 mod core;
 mod error;
 pub mod files;
 pub mod ids;
+mod output;
+mod stats;
+mod timers;
 pub mod wire;
 
-pub use crate::core::{
-    valid_username, CloseReason, Core, CoreConfig, Counters, GuestInfo, Output, Target,
-    RECENT_MESSAGES,
-};
+pub use crate::config::CoreConfig;
+pub use crate::core::{valid_username, Core, GuestInfo, RECENT_MESSAGES};
+pub use crate::output::{CloseReason, Output, Target};
+pub use crate::stats::Counters;
 pub use call::{CallStates, MediaCommand, MediaEvent};
 pub use error::SignalError;
 pub use ids::{CallId, ClientKey, ConnId, FileId, MessageId, RoomId, SessionId};

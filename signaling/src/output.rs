@@ -1,0 +1,90 @@
+//! What the core asks the shell to do ([`Output`]), and the queue the shell drains.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::call::MediaCommand;
+use crate::ids::{CallId, ConnId, RoomId, SessionId};
+use crate::wire::{ChatMessage, ServerEvent};
+
+/// Where an emitted event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Every socket of one guest.
+    Guest(SessionId),
+    /// One socket.
+    Conn(ConnId),
+    /// Every connected socket.
+    All,
+}
+
+/// Why the core asks the shell to close a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Sustained rate-limit refusals.
+    Flood,
+    /// The session expired.
+    SessionExpired,
+}
+
+/// An effect for the shell to carry out, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Emit {
+        to: Target,
+        event: ServerEvent,
+    },
+    /// A partner message for every socket of `to`, each asked for an ack: on an ack call
+    /// [`crate::Core::handle_delivered`]. Until then the core keeps the message and hands it out
+    /// again (same id) to each new socket of `to` ([`Output::Redeliver`]), or to all of them
+    /// when `to` returns from being away.
+    Deliver {
+        to: SessionId,
+        message: ChatMessage,
+    },
+    /// A partner message not yet acknowledged, for one newly connected socket of its receiver
+    /// (whose other sockets already got it); ack handling as for [`Output::Deliver`].
+    Redeliver {
+        conn: ConnId,
+        message: ChatMessage,
+    },
+    Close {
+        conn: ConnId,
+        reason: CloseReason,
+    },
+    /// A command for the media server; results come back through
+    /// [`crate::Core::handle_media`].
+    Media(MediaCommand),
+    /// A call's setup time: from the accept until both sides' media first connected. Once per
+    /// call, for a histogram.
+    CallSetup(Duration),
+    /// A chat ended: everything kept for it outside the core (its shared files) goes.
+    RoomClosed(RoomId),
+    /// A call ended (ringing or accepted, for any reason): what was handed out for it (TURN
+    /// credentials) stops working.
+    CallEnded(CallId),
+}
+
+/// The outputs not yet polled, in order.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    queue: VecDeque<Output>,
+}
+
+impl Outbox {
+    pub(crate) fn push(&mut self, out: Output) {
+        self.queue.push_back(out);
+    }
+
+    pub(crate) fn emit(&mut self, to: Target, event: ServerEvent) {
+        self.queue.push_back(Output::Emit { to, event });
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Output> {
+        self.queue.pop_front()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
