@@ -1,7 +1,7 @@
 //! The signaling state machine: sessions, presence, matching, rooms, chat, typing, stats and
 //! per-guest limits. Sans-I/O: every input carries `now`, every effect is an [`Output`] to poll.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use crate::call::{CallStates, MediaCommand, MediaEvent};
 use crate::config::CoreConfig;
 use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
+use crate::matchmaker::{Entry, Matchmaker, Pair, MAX_BLOCKS_PER_GUEST};
 use crate::output::{CloseReason, Outbox, Output, Target};
 use crate::stats::{Broadcast, Counters};
 use crate::timers::{Timer, Timers};
@@ -24,8 +25,6 @@ use crate::SignalError;
 
 /// Recent messages remembered per room, for receipts.
 pub const RECENT_MESSAGES: usize = 256;
-/// Reports remembered per guest (the oldest is forgotten past this).
-const MAX_BLOCKS_PER_GUEST: usize = 1024;
 /// How often the core re-checks the active-guest count on its own.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -52,8 +51,11 @@ struct Limiters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Online,
-    Searching { seq: u64, interests: Vec<String> },
-    InChat { room: RoomId },
+    /// In the match queue.
+    Searching,
+    InChat {
+        room: RoomId,
+    },
 }
 
 struct Session {
@@ -75,7 +77,6 @@ struct Session {
     /// Partner messages this guest has not acknowledged, in order: queued while it was away,
     /// or handed out and not acked yet. At most `away_queue_max`; emptied when the chat ends.
     unacked: VecDeque<ChatMessage>,
-    blocks: Vec<SessionId>,
 }
 
 impl Session {
@@ -137,12 +138,6 @@ impl Room {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Block {
-    Until(Instant),
-    Forever,
-}
-
 /// The signaling state machine.
 pub struct Core {
     cfg: CoreConfig,
@@ -155,10 +150,7 @@ pub struct Core {
     per_client: HashMap<ClientKey, usize>,
     conns: HashMap<ConnId, SessionId>,
     rooms: HashMap<RoomId, Room>,
-    /// Searching guests by the order they started waiting.
-    queue: BTreeMap<u64, SessionId>,
-    next_seq: u64,
-    blocks: HashMap<(SessionId, SessionId), Block>,
+    matchmaker: Matchmaker,
     timers: Timers,
     out: Outbox,
     broadcast: Broadcast,
@@ -187,9 +179,7 @@ impl Core {
             per_client: HashMap::new(),
             conns: HashMap::new(),
             rooms: HashMap::new(),
-            queue: BTreeMap::new(),
-            next_seq: 0,
-            blocks: HashMap::new(),
+            matchmaker: Matchmaker::new(cfg.repair_cooldown, MAX_BLOCKS_PER_GUEST),
             timers: Timers::default(),
             out: Outbox::default(),
             broadcast: Broadcast::new(cfg.stats_interval),
@@ -259,7 +249,6 @@ impl Core {
                 limits,
                 flood: (now, 0),
                 unacked: VecDeque::new(),
-                blocks: Vec::new(),
             },
         );
         if let Some(key) = client {
@@ -346,8 +335,8 @@ impl Core {
             for message in self.sessions[&id].unacked.iter().cloned() {
                 self.out.push(Output::Deliver { to: id, message });
             }
-            if matches!(self.sessions[&id].state, State::Searching { .. }) {
-                self.try_match(id, now);
+            if let Some(pair) = self.matchmaker.set_present(id, now) {
+                self.pair_up(pair, now);
             }
         } else {
             for message in self.sessions[&id].unacked.iter().cloned() {
@@ -374,6 +363,7 @@ impl Core {
         let gen = s.presence_gen;
         self.timers
             .schedule(now + self.cfg.grace_period, Timer::Grace(id, gen));
+        self.matchmaker.set_away(id);
         self.stop_typing(id);
         if let Some((room, partner)) = self.room_of(id) {
             self.emit(
@@ -731,7 +721,7 @@ impl Core {
                 u64::from(now.duration_since(s.last_active) < self.cfg.active_window);
             match s.state {
                 State::Online => {}
-                State::Searching { .. } => st.available_users += 1,
+                State::Searching => st.available_users += 1,
                 State::InChat { .. } => st.connected_users += 1,
             }
         }
@@ -821,8 +811,8 @@ impl Core {
             ("client_addresses", self.per_client.len()),
             ("connections", self.conns.len()),
             ("rooms", self.rooms.len()),
-            ("queue", self.queue.len()),
-            ("blocks", self.blocks.len()),
+            ("queue", self.matchmaker.len()),
+            ("blocks", self.matchmaker.blocks_len()),
             ("timers", self.timers.len()),
             ("outputs", self.out.len()),
             ("calls", self.calls.len()),
@@ -873,7 +863,7 @@ impl Core {
         let s = &self.sessions[&id];
         let (state, room) = match &s.state {
             State::Online => (GuestState::Online, None),
-            State::Searching { .. } => (GuestState::Searching, None),
+            State::Searching => (GuestState::Searching, None),
             State::InChat { room } => {
                 let partner = self.rooms[room].other(id);
                 let username = self
@@ -912,25 +902,30 @@ impl Core {
         interests: Vec<String>,
         now: Instant,
     ) -> Result<Ack, SignalError> {
-        let s = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(SignalError::Unauthorized)?;
+        let s = self.sessions.get(&id).ok_or(SignalError::Unauthorized)?;
         match s.state {
             State::Online => {}
-            State::Searching { .. } => return Err(SignalError::AlreadySearching),
+            State::Searching => return Err(SignalError::AlreadySearching),
             State::InChat { .. } => return Err(SignalError::AlreadyInChat),
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        s.state = State::Searching { seq, interests };
-        self.queue.insert(seq, id);
+        let present = !s.conns.is_empty();
+        let entry = Entry {
+            id,
+            interests,
+            present,
+        };
+        let pair = self.matchmaker.enqueue(entry, now)?;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.state = State::Searching;
+        }
         self.emit(Target::Guest(id), ServerEvent::Searching(Empty {}));
         self.stats_changed(now);
-        let state = if self.try_match(id, now) {
-            GuestState::InChat
-        } else {
-            GuestState::Searching
+        let state = match pair {
+            Some(pair) => {
+                self.pair_up(pair, now);
+                GuestState::InChat
+            }
+            None => GuestState::Searching,
         };
         Ok(Ack::State(state))
     }
@@ -940,68 +935,17 @@ impl Core {
             .sessions
             .get_mut(&id)
             .ok_or(SignalError::Unauthorized)?;
-        let State::Searching { seq, .. } = s.state else {
+        if s.state != State::Searching {
             return Err(SignalError::NotSearching);
-        };
+        }
         s.state = State::Online;
-        self.queue.remove(&seq);
+        self.matchmaker.cancel(id);
         self.stats_changed(now);
         Ok(Ack::State(GuestState::Online))
     }
 
-    fn blocked(&self, a: SessionId, b: SessionId, now: Instant) -> bool {
-        match self.blocks.get(&pair(a, b)) {
-            Some(Block::Forever) => true,
-            Some(Block::Until(t)) => *t > now,
-            None => false,
-        }
-    }
-
-    /// Pairs `id` (searching, connected) with the best waiting partner, if any.
-    fn try_match(&mut self, id: SessionId, now: Instant) -> bool {
-        let Some(me) = self.sessions.get(&id) else {
-            return false;
-        };
-        let State::Searching {
-            interests: mine, ..
-        } = &me.state
-        else {
-            return false;
-        };
-        if me.conns.is_empty() {
-            return false;
-        }
-        let mut first: Option<SessionId> = None;
-        let mut shared: Option<SessionId> = None;
-        for &other in self.queue.values() {
-            if other == id || self.blocked(id, other, now) {
-                continue;
-            }
-            let Some(o) = self.sessions.get(&other) else {
-                continue;
-            };
-            if o.conns.is_empty() {
-                continue;
-            }
-            first.get_or_insert(other);
-            if mine.is_empty() {
-                break;
-            }
-            if let State::Searching { interests, .. } = &o.state {
-                if interests.iter().any(|t| mine.contains(t)) {
-                    shared = Some(other);
-                    break;
-                }
-            }
-        }
-        let Some(partner) = shared.or(first) else {
-            return false;
-        };
-        self.pair_up(id, partner, now);
-        true
-    }
-
-    fn pair_up(&mut self, a: SessionId, b: SessionId, now: Instant) {
+    /// Opens a room for two guests the matchmaker paired.
+    fn pair_up(&mut self, [a, b]: Pair, now: Instant) {
         let room_id = loop {
             let r = RoomId::from_raw(self.random_u128());
             if !self.rooms.contains_key(&r) {
@@ -1009,11 +953,9 @@ impl Core {
             }
         };
         for id in [a, b] {
-            let s = self.sessions.get_mut(&id).expect("both guests are live");
-            if let State::Searching { seq, .. } = s.state {
-                self.queue.remove(&seq);
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.state = State::InChat { room: room_id };
             }
-            s.state = State::InChat { room: room_id };
         }
         self.rooms.insert(
             room_id,
@@ -1109,31 +1051,9 @@ impl Core {
             };
             self.emit(Target::Guest(id), ServerEvent::Message(message));
         }
-        let block = if reason == EndReason::Reported {
-            Block::Forever
-        } else {
-            let until = now + self.cfg.repair_cooldown;
+        let reported = reason == EndReason::Reported;
+        if let Some(until) = self.matchmaker.ended(actor, other, reported, now) {
             self.timers.schedule(until, Timer::Unblock(actor, other));
-            Block::Until(until)
-        };
-        let key = pair(actor, other);
-        if self.blocks.get(&key) != Some(&Block::Forever)
-            && self.blocks.insert(key, block).is_none()
-        {
-            for (me, them) in [(actor, other), (other, actor)] {
-                if let Some(s) = self.sessions.get_mut(&me) {
-                    s.blocks.push(them);
-                    if s.blocks.len() > MAX_BLOCKS_PER_GUEST {
-                        let oldest = s.blocks.remove(0);
-                        self.blocks.remove(&pair(me, oldest));
-                        // Forget it on the other side too, or a stale entry there would
-                        // later evict a newer block between the same two guests.
-                        if let Some(o) = self.sessions.get_mut(&oldest) {
-                            o.blocks.retain(|x| *x != me);
-                        }
-                    }
-                }
-            }
         }
         self.counters.chats_ended[reason as usize] += 1;
         self.stats_changed(now);
@@ -1339,7 +1259,7 @@ impl Core {
                 }
                 match s.state {
                     State::InChat { room } => self.end_chat(room, id, EndReason::Disconnected, now),
-                    State::Searching { .. } => {
+                    State::Searching => {
                         let _ = self.match_cancel(id, now);
                     }
                     State::Online => {}
@@ -1363,20 +1283,13 @@ impl Core {
                 }
             }
             Timer::Unblock(a, b) => {
-                let key = pair(a, b);
-                if let Some(Block::Until(t)) = self.blocks.get(&key) {
-                    if *t <= now {
-                        self.blocks.remove(&key);
-                        for (me, them) in [(a, b), (b, a)] {
-                            if let Some(s) = self.sessions.get_mut(&me) {
-                                s.blocks.retain(|x| *x != them);
-                            }
-                        }
-                        // Two guests who were only waiting for each other can pair now.
-                        for id in [a, b] {
-                            self.try_match(id, now);
-                        }
-                    }
+                for pair in self
+                    .matchmaker
+                    .cooldown_over(a, b, now)
+                    .into_iter()
+                    .flatten()
+                {
+                    self.pair_up(pair, now);
                 }
             }
             Timer::Ring(room_id, call) => {
@@ -1405,7 +1318,7 @@ impl Core {
     fn remove_session(&mut self, id: SessionId, now: Instant) {
         match self.sessions.get(&id).map(|s| s.state.clone()) {
             Some(State::InChat { room }) => self.end_chat(room, id, EndReason::Disconnected, now),
-            Some(State::Searching { .. }) => {
+            Some(State::Searching) => {
                 let _ = self.match_cancel(id, now);
             }
             _ => {}
@@ -1428,21 +1341,8 @@ impl Core {
                 reason: CloseReason::SessionExpired,
             });
         }
-        for other in s.blocks {
-            self.blocks.remove(&pair(id, other));
-            if let Some(o) = self.sessions.get_mut(&other) {
-                o.blocks.retain(|x| *x != id);
-            }
-        }
+        self.matchmaker.forget(id);
         self.stats_changed(now);
-    }
-}
-
-fn pair(a: SessionId, b: SessionId) -> (SessionId, SessionId) {
-    if a < b {
-        (a, b)
-    } else {
-        (b, a)
     }
 }
 

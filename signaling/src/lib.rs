@@ -12,6 +12,7 @@ mod core;
 mod error;
 pub mod files;
 pub mod ids;
+mod matchmaker;
 mod output;
 mod stats;
 mod timers;
