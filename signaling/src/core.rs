@@ -12,7 +12,7 @@ use governor::{Quota, RateLimiter};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::call::{CallStates, MediaCommand, MediaEvent};
+use crate::call::{CallStates, Calls, MediaEvent};
 use crate::config::CoreConfig;
 use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
@@ -94,38 +94,6 @@ struct Recent {
 struct Room {
     guests: [SessionId; 2],
     recent: VecDeque<Recent>,
-    /// At most one call per room.
-    call: Option<Call>,
-}
-
-/// A call between the two guests of a room. Sides are indexed 0 = caller, 1 = callee.
-struct Call {
-    id: CallId,
-    guests: [SessionId; 2],
-    video: bool,
-    /// When the callee accepted; `None` while ringing.
-    accepted_at: Option<Instant>,
-    /// Per side: the media server reports this side connected.
-    connected: [bool; 2],
-    /// Per side: a server offer waits for this side's `webrtc:answer`.
-    offer_pending: [bool; 2],
-    /// `Output::CallSetup` was emitted.
-    setup_reported: bool,
-}
-
-impl Call {
-    fn side(&self, id: SessionId) -> Option<usize> {
-        self.guests.iter().position(|g| *g == id)
-    }
-
-    fn state_of(&self, side: usize) -> CallState {
-        match (self.accepted_at, side) {
-            (None, 0) => CallState::Calling,
-            (None, _) => CallState::Ringing,
-            (Some(_), _) if self.connected[side] => CallState::Connected,
-            (Some(_), _) => CallState::Connecting,
-        }
-    }
 }
 
 impl Room {
@@ -155,10 +123,7 @@ pub struct Core {
     out: Outbox,
     broadcast: Broadcast,
     counters: Counters,
-    /// Every live call's room.
-    calls: HashMap<CallId, RoomId>,
-    /// The last call id handed out.
-    last_call: u64,
+    calls: Calls,
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -184,8 +149,7 @@ impl Core {
             out: Outbox::default(),
             broadcast: Broadcast::new(cfg.stats_interval),
             counters: Counters::default(),
-            calls: HashMap::new(),
-            last_call: 0,
+            calls: Calls::default(),
         };
         core.timers.schedule(now + SWEEP_INTERVAL, Timer::Sweep);
         core
@@ -497,66 +461,29 @@ impl Core {
                 Ok(Ack::Ok)
             }
             ClientEvent::CallRequest { video } => self.call_request(id, video, now),
-            ClientEvent::CallAccept => self.call_accept(id, now),
+            ClientEvent::CallAccept => {
+                let (room, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                self.calls.accept(room, id, now, &mut self.out)?;
+                self.counters.calls_accepted += 1;
+                Ok(Ack::Room { room_id: room })
+            }
             ClientEvent::CallReject => {
-                let (room_id, call) = self.ringing_for_callee(id)?;
-                self.end_call(room_id, call, CallEndReason::Rejected);
+                let (room, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                let call = self.calls.ringing_for(room, id)?;
+                self.end_call(room, call, CallEndReason::Rejected);
                 Ok(Ack::Ok)
             }
             ClientEvent::CallEnd => {
-                let (room_id, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
-                let call = self
-                    .rooms
-                    .get(&room_id)
-                    .and_then(|r| r.call.as_ref())
-                    .map(|c| c.id)
-                    .ok_or(SignalError::NoCall)?;
-                self.end_call(room_id, call, CallEndReason::Hangup);
+                let (room, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                let call = self.calls.current(room).ok_or(SignalError::NoCall)?;
+                self.end_call(room, call, CallEndReason::Hangup);
                 Ok(Ack::Ok)
             }
-            ClientEvent::WebrtcOffer { sdp } => {
-                let (call, _) = self.accepted_call_of(id)?;
-                self.out.push(Output::Media(MediaCommand::Offer {
-                    call,
-                    guest: id,
-                    sdp,
-                }));
-                Ok(Ack::Ok)
-            }
-            ClientEvent::WebrtcAnswer { sdp } => {
-                let (call, room_id) = self.accepted_call_of(id)?;
-                let c = self
-                    .rooms
-                    .get_mut(&room_id)
-                    .and_then(|r| r.call.as_mut())
-                    .ok_or(SignalError::NoCall)?;
-                let side = c.side(id).ok_or(SignalError::NoCall)?;
-                if !c.offer_pending[side] {
-                    return Err(SignalError::InvalidSdp);
-                }
-                c.offer_pending[side] = false;
-                self.out.push(Output::Media(MediaCommand::Answer {
-                    call,
-                    guest: id,
-                    sdp,
-                }));
-                Ok(Ack::Ok)
-            }
-            ClientEvent::WebrtcCandidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-            } => {
-                let (call, _) = self.accepted_call_of(id)?;
-                if !candidate.is_empty() {
-                    self.out.push(Output::Media(MediaCommand::Candidate {
-                        call,
-                        guest: id,
-                        candidate,
-                        sdp_mid,
-                        sdp_mline_index,
-                    }));
-                }
+            event @ (ClientEvent::WebrtcOffer { .. }
+            | ClientEvent::WebrtcAnswer { .. }
+            | ClientEvent::WebrtcCandidate { .. }) => {
+                let (room, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                self.calls.webrtc(room, id, event, &mut self.out)?;
                 Ok(Ack::Ok)
             }
         }
@@ -566,82 +493,10 @@ impl Core {
     /// not in that call, are ignored.
     pub fn handle_media(&mut self, event: MediaEvent, now: Instant) {
         self.tick(now);
-        let (call, guest) = match &event {
-            MediaEvent::Answer { call, guest, .. }
-            | MediaEvent::Offer { call, guest, .. }
-            | MediaEvent::Candidate { call, guest, .. }
-            | MediaEvent::OfferRejected { call, guest, .. }
-            | MediaEvent::Connected { call, guest }
-            | MediaEvent::Disconnected { call, guest }
-            | MediaEvent::Failed { call, guest } => (*call, *guest),
-        };
-        let Some(&room_id) = self.calls.get(&call) else {
-            return;
-        };
-        let Some(c) = self
-            .rooms
-            .get_mut(&room_id)
-            .and_then(|r| r.call.as_mut())
-            .filter(|c| c.id == call)
-        else {
-            return;
-        };
-        let (Some(side), Some(accepted_at)) = (c.side(guest), c.accepted_at) else {
-            return;
-        };
-        let to = Target::Guest(guest);
-        match event {
-            MediaEvent::Answer { sdp, .. } => {
-                self.emit(to, ServerEvent::WebrtcAnswer(Sdp { sdp }));
-            }
-            MediaEvent::Offer { sdp, .. } => {
-                c.offer_pending[side] = true;
-                self.emit(to, ServerEvent::WebrtcOffer(Sdp { sdp }));
-            }
-            MediaEvent::Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                ..
-            } => {
-                self.emit(
-                    to,
-                    ServerEvent::WebrtcCandidate(IceCandidate {
-                        candidate,
-                        sdp_mid,
-                        sdp_mline_index,
-                    }),
-                );
-            }
-            MediaEvent::OfferRejected { message, .. } => {
-                self.emit(
-                    to,
-                    ServerEvent::Error(ErrorEvent {
-                        code: SignalError::InvalidSdp.code(),
-                        message,
-                        event: "webrtc:offer",
-                    }),
-                );
-            }
-            MediaEvent::Connected { .. } => {
-                c.connected[side] = true;
-                if c.connected == [true, true] && !c.setup_reported {
-                    c.setup_reported = true;
-                    let took = now.saturating_duration_since(accepted_at);
-                    self.out.push(Output::CallSetup(took));
-                }
-            }
-            MediaEvent::Disconnected { .. } => {
-                c.connected[side] = false;
-            }
-            MediaEvent::Failed { .. } => {
-                let away = self.sessions.get(&guest).is_none_or(|s| s.conns.is_empty());
-                if away {
-                    c.connected[side] = false;
-                } else {
-                    self.end_call(room_id, call, CallEndReason::Failed);
-                }
-            }
+        let guest = event.target().1;
+        let away = self.sessions.get(&guest).is_none_or(|s| s.conns.is_empty());
+        if let Some((room, call)) = self.calls.media(event, away, now, &mut self.out) {
+            self.end_call(room, call, CallEndReason::Failed);
         }
     }
 
@@ -734,18 +589,7 @@ impl Core {
 
     /// How many calls are ringing, connecting and connected (for a gauge).
     pub fn call_states(&self) -> CallStates {
-        let mut st = CallStates::default();
-        for room in self.calls.values() {
-            let Some(c) = self.rooms.get(room).and_then(|r| r.call.as_ref()) else {
-                continue;
-            };
-            match c.accepted_at {
-                None => st.ringing += 1,
-                Some(_) if c.connected == [true, true] => st.connected += 1,
-                Some(_) => st.connecting += 1,
-            }
-        }
-        st
+        self.calls.states()
     }
 
     /// The session's current id, if it lives (for the shell's refresh/auth checks).
@@ -826,8 +670,7 @@ impl Core {
     /// The call (ringing or accepted) `id` is in, if any.
     pub fn call_of(&self, id: SessionId) -> Option<CallId> {
         let (room_id, _) = self.room_of(id)?;
-        let call = self.rooms.get(&room_id)?.call.as_ref()?;
-        call.side(id).map(|_| call.id)
+        self.calls.call_of(room_id, id)
     }
 
     /// Posts a shared file (or voice note) from `id` into its chat `room` as a `file` (`voice`)
@@ -871,13 +714,7 @@ impl Core {
                     .get(&partner)
                     .map(|p| p.username.clone())
                     .unwrap_or_default();
-                let call = self.rooms[room].call.as_ref().and_then(|c| {
-                    let side = c.side(id)?;
-                    Some(CallInfo {
-                        state: c.state_of(side),
-                        video: c.video,
-                    })
-                });
+                let call = self.calls.info_for(*room, id);
                 (
                     GuestState::InChat,
                     Some(RoomInfo {
@@ -962,7 +799,6 @@ impl Core {
             Room {
                 guests: [a, b],
                 recent: VecDeque::new(),
-                call: None,
             },
         );
         for (me, other) in [(a, b), (b, a)] {
@@ -997,22 +833,19 @@ impl Core {
 
     fn end_chat(&mut self, room_id: RoomId, actor: SessionId, reason: EndReason, now: Instant) {
         self.stop_typing(actor);
-        let Some(mut room) = self.rooms.remove(&room_id) else {
+        let Some(room) = self.rooms.remove(&room_id) else {
             return;
         };
         let other = room.other(actor);
         self.out.push(Output::RoomClosed(room_id));
-        if let Some(call) = room.call.take() {
-            // A guest removed because its grace ran out has no socket to tell.
-            let actor_gone = reason == EndReason::Disconnected
-                && self.sessions.get(&actor).is_none_or(|s| s.conns.is_empty());
-            let mine = (!actor_gone).then_some(CallEndReason::Hangup);
-            self.call_over(
-                room_id,
-                call,
-                CallEndReason::PartnerLeft,
-                [(actor, mine), (other, Some(CallEndReason::PartnerLeft))],
-            );
+        // A guest removed because its grace ran out has no socket to tell.
+        let actor_gone = reason == EndReason::Disconnected
+            && self.sessions.get(&actor).is_none_or(|s| s.conns.is_empty());
+        if self
+            .calls
+            .end_room(room_id, [actor, other], !actor_gone, &mut self.out)
+        {
+            self.counters.calls_ended[CallEndReason::PartnerLeft as usize] += 1;
         }
         for id in room.guests {
             if let Some(s) = self.sessions.get_mut(&id) {
@@ -1127,115 +960,21 @@ impl Core {
         video: bool,
         now: Instant,
     ) -> Result<Ack, SignalError> {
-        let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
-        let room = self.rooms.get_mut(&room_id).ok_or(SignalError::NotInChat)?;
-        if room.call.is_some() {
-            return Err(SignalError::CallInProgress);
-        }
-        self.last_call += 1;
-        let call = CallId(self.last_call);
-        room.call = Some(Call {
-            id: call,
-            guests: [id, partner],
-            video,
-            accepted_at: None,
-            connected: [false; 2],
-            offer_pending: [false; 2],
-            setup_reported: false,
-        });
-        self.calls.insert(call, room_id);
+        let (room, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+        let call = self
+            .calls
+            .request(room, [id, partner], video, &mut self.out)?;
         self.timers
-            .schedule(now + self.cfg.ring_timeout, Timer::Ring(room_id, call));
+            .schedule(now + self.cfg.ring_timeout, Timer::Ring(room, call));
         self.counters.calls_requested += 1;
-        self.emit(
-            Target::Guest(partner),
-            ServerEvent::CallIncoming(CallIncoming { room_id, video }),
-        );
-        Ok(Ack::Room { room_id })
-    }
-
-    fn call_accept(&mut self, id: SessionId, now: Instant) -> Result<Ack, SignalError> {
-        let (room_id, call) = self.ringing_for_callee(id)?;
-        let c = self
-            .rooms
-            .get_mut(&room_id)
-            .and_then(|r| r.call.as_mut())
-            .ok_or(SignalError::NoCall)?;
-        c.accepted_at = Some(now);
-        let (guests, video) = (c.guests, c.video);
-        self.counters.calls_accepted += 1;
-        self.out.push(Output::Media(MediaCommand::Open {
-            call,
-            room: room_id,
-            guests,
-            video,
-        }));
-        for g in guests {
-            self.emit(
-                Target::Guest(g),
-                ServerEvent::CallAccepted(RoomRef { room_id }),
-            );
-        }
-        Ok(Ack::Room { room_id })
-    }
-
-    /// The ringing call of `id`'s room, if `id` is its callee.
-    fn ringing_for_callee(&self, id: SessionId) -> Result<(RoomId, CallId), SignalError> {
-        let (room_id, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
-        match self.rooms.get(&room_id).and_then(|r| r.call.as_ref()) {
-            Some(c) if c.accepted_at.is_none() && c.guests[1] == id => Ok((room_id, c.id)),
-            _ => Err(SignalError::NoCall),
-        }
-    }
-
-    /// The accepted call of `id`'s room.
-    fn accepted_call_of(&self, id: SessionId) -> Result<(CallId, RoomId), SignalError> {
-        let (room_id, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
-        match self.rooms.get(&room_id).and_then(|r| r.call.as_ref()) {
-            Some(c) if c.accepted_at.is_some() && c.side(id).is_some() => Ok((c.id, room_id)),
-            _ => Err(SignalError::NoCall),
-        }
+        Ok(Ack::Room { room_id: room })
     }
 
     /// Ends the room's call `call` (if it is still the current one), telling both guests why.
-    fn end_call(&mut self, room_id: RoomId, call: CallId, reason: CallEndReason) {
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        if room.call.as_ref().is_none_or(|c| c.id != call) {
-            return;
+    fn end_call(&mut self, room: RoomId, call: CallId, reason: CallEndReason) {
+        if self.calls.end(room, call, reason, &mut self.out) {
+            self.counters.calls_ended[reason as usize] += 1;
         }
-        let Some(c) = room.call.take() else {
-            return;
-        };
-        let notify = c.guests.map(|g| (g, Some(reason)));
-        self.call_over(room_id, c, reason, notify);
-    }
-
-    /// Bookkeeping for a call taken out of its room: `call:ended` to each guest with a reason,
-    /// the media session closed if the call had been accepted, the counter for `counted`.
-    fn call_over(
-        &mut self,
-        room_id: RoomId,
-        call: Call,
-        counted: CallEndReason,
-        notify: [(SessionId, Option<CallEndReason>); 2],
-    ) {
-        self.calls.remove(&call.id);
-        for (g, reason) in notify {
-            if let Some(reason) = reason {
-                self.emit(
-                    Target::Guest(g),
-                    ServerEvent::CallEnded(CallEnded { room_id, reason }),
-                );
-            }
-        }
-        if call.accepted_at.is_some() {
-            self.out
-                .push(Output::Media(MediaCommand::Close { call: call.id }));
-        }
-        self.out.push(Output::CallEnded(call.id));
-        self.counters.calls_ended[counted as usize] += 1;
     }
 
     fn fire(&mut self, timer: Timer, now: Instant) {
@@ -1293,12 +1032,7 @@ impl Core {
                 }
             }
             Timer::Ring(room_id, call) => {
-                let ringing = self
-                    .rooms
-                    .get(&room_id)
-                    .and_then(|r| r.call.as_ref())
-                    .is_some_and(|c| c.id == call && c.accepted_at.is_none());
-                if ringing {
+                if self.calls.is_ringing(room_id, call) {
                     self.end_call(room_id, call, CallEndReason::Timeout);
                 }
             }
