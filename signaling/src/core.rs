@@ -1,7 +1,7 @@
 //! The signaling state machine: sessions, presence, matching, rooms, chat, typing, stats and
 //! per-guest limits. Sans-I/O: every input carries `now`, every effect is an [`Output`] to poll.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,12 @@ use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
 use crate::matchmaker::{Entry, Matchmaker, Pair, MAX_BLOCKS_PER_GUEST};
 use crate::output::{CloseReason, Outbox, Output, Target};
+use crate::rooms::{announce_end, Rooms};
 use crate::stats::{Broadcast, Counters};
 use crate::timers::{Timer, Timers};
 use crate::wire::*;
 use crate::SignalError;
 
-/// Recent messages remembered per room, for receipts.
-pub const RECENT_MESSAGES: usize = 256;
 /// How often the core re-checks the active-guest count on its own.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -70,39 +69,14 @@ struct Session {
     last_active: Instant,
     /// Bumped on every connect; a grace timer only fires for its own generation.
     presence_gen: u64,
-    typing: Option<(Instant, u64)>,
-    typing_gen: u64,
     limits: Limiters,
     flood: (Instant, u32),
-    /// Partner messages this guest has not acknowledged, in order: queued while it was away,
-    /// or handed out and not acked yet. At most `away_queue_max`; emptied when the chat ends.
-    unacked: VecDeque<ChatMessage>,
 }
 
 impl Session {
     /// Not expired, and not past the deadline for its first socket.
     fn alive(&self, now: Instant) -> bool {
         self.expires_at > now && self.connect_by.is_none_or(|t| t > now)
-    }
-}
-
-struct Recent {
-    id: MessageId,
-    from: SessionId,
-}
-
-struct Room {
-    guests: [SessionId; 2],
-    recent: VecDeque<Recent>,
-}
-
-impl Room {
-    fn other(&self, me: SessionId) -> SessionId {
-        if self.guests[0] == me {
-            self.guests[1]
-        } else {
-            self.guests[0]
-        }
     }
 }
 
@@ -117,7 +91,7 @@ pub struct Core {
     /// Open sessions per client address (only keys with at least one).
     per_client: HashMap<ClientKey, usize>,
     conns: HashMap<ConnId, SessionId>,
-    rooms: HashMap<RoomId, Room>,
+    rooms: Rooms,
     matchmaker: Matchmaker,
     timers: Timers,
     out: Outbox,
@@ -143,7 +117,7 @@ impl Core {
             sessions: HashMap::new(),
             per_client: HashMap::new(),
             conns: HashMap::new(),
-            rooms: HashMap::new(),
+            rooms: Rooms::new(cfg.away_queue_max),
             matchmaker: Matchmaker::new(cfg.repair_cooldown, MAX_BLOCKS_PER_GUEST),
             timers: Timers::default(),
             out: Outbox::default(),
@@ -208,11 +182,8 @@ impl Core {
                 state: State::Online,
                 last_active: now,
                 presence_gen: 0,
-                typing: None,
-                typing_gen: 0,
                 limits,
                 flood: (now, 0),
-                unacked: VecDeque::new(),
             },
         );
         if let Some(key) = client {
@@ -286,26 +257,18 @@ impl Core {
         self.emit(Target::Conn(conn), ServerEvent::Established(established));
         let stats = self.stats(now);
         self.emit(Target::Conn(conn), ServerEvent::Stats(stats));
+        let chat = self.room_of(id);
         if returning {
-            if let Some((room, partner)) = self.room_of(id) {
-                self.emit(
-                    Target::Guest(partner),
-                    ServerEvent::Presence(PresenceChange {
-                        room_id: room,
-                        status: Presence::Online,
-                    }),
-                );
-            }
-            for message in self.sessions[&id].unacked.iter().cloned() {
-                self.out.push(Output::Deliver { to: id, message });
+            if let Some((room, _)) = chat {
+                let out = &mut self.out;
+                self.rooms.tell_presence(room, id, Presence::Online, out);
+                self.rooms.hand_out(room, id, None, out);
             }
             if let Some(pair) = self.matchmaker.set_present(id, now) {
                 self.pair_up(pair, now);
             }
-        } else {
-            for message in self.sessions[&id].unacked.iter().cloned() {
-                self.out.push(Output::Redeliver { conn, message });
-            }
+        } else if let Some((room, _)) = chat {
+            self.rooms.hand_out(room, id, Some(conn), &mut self.out);
         }
         self.stats_changed(now);
         Ok(())
@@ -329,14 +292,9 @@ impl Core {
             .schedule(now + self.cfg.grace_period, Timer::Grace(id, gen));
         self.matchmaker.set_away(id);
         self.stop_typing(id);
-        if let Some((room, partner)) = self.room_of(id) {
-            self.emit(
-                Target::Guest(partner),
-                ServerEvent::Presence(PresenceChange {
-                    room_id: room,
-                    status: Presence::Away,
-                }),
-            );
+        if let Some((room, _)) = self.room_of(id) {
+            let out = &mut self.out;
+            self.rooms.tell_presence(room, id, Presence::Away, out);
         }
         self.stats_changed(now);
     }
@@ -412,47 +370,18 @@ impl Core {
                 )
                 .map(|(id, timestamp)| Ack::Sent { id, timestamp }),
             ClientEvent::ChatRead { id: msg } => {
-                let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
-                let room = &self.rooms[&room_id];
-                if !room
-                    .recent
-                    .iter()
-                    .rev()
-                    .any(|r| r.id == msg && r.from == partner)
-                {
-                    return Err(SignalError::UnknownMessage);
-                }
-                // Read up to `msg` means received up to it: messages still waiting for their
-                // ack are delivered now, so that `delivered` never comes after `read`.
-                let s = self.sessions.get_mut(&id).expect("session looked up above");
-                if let Some(at) = s.unacked.iter().position(|m| m.id == msg) {
-                    let acked: Vec<MessageId> = s.unacked.drain(..=at).map(|m| m.id).collect();
-                    for m in acked {
-                        self.counters.receipts_delivered += 1;
-                        self.emit(
-                            Target::Guest(partner),
-                            ServerEvent::Delivered(MessageRef { id: m }),
-                        );
-                    }
-                }
+                let (room, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                let delivered = self.rooms.read(room, id, msg, &mut self.out)?;
+                self.counters.receipts_delivered += delivered;
                 self.counters.receipts_read += 1;
-                self.emit(
-                    Target::Guest(partner),
-                    ServerEvent::Read(MessageRef { id: msg }),
-                );
                 Ok(Ack::Ok)
             }
             ClientEvent::TypingStart => {
-                let (room, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
-                let until = now + self.cfg.typing_timeout;
-                let s = self.sessions.get_mut(&id).expect("session looked up above");
-                s.typing_gen += 1;
-                s.typing = Some((until, s.typing_gen));
-                self.timers.schedule(until, Timer::Typing(id, s.typing_gen));
-                self.emit(
-                    Target::Guest(partner),
-                    ServerEvent::TypingStart(RoomRef { room_id: room }),
-                );
+                let (room, _) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+                if let Some(gen) = self.rooms.start_typing(room, id, &mut self.out) {
+                    let until = now + self.cfg.typing_timeout;
+                    self.timers.schedule(until, Timer::Typing(id, gen));
+                }
                 Ok(Ack::Ok)
             }
             ClientEvent::TypingStop => {
@@ -504,28 +433,8 @@ impl Core {
     /// kept, and its sender gets `chat:message:delivered` (once, however many sockets ack it).
     pub fn handle_delivered(&mut self, room: RoomId, msg: MessageId, now: Instant) {
         self.tick(now);
-        let Some(r) = self.rooms.get(&room) else {
-            return;
-        };
-        let [a, b] = r.guests;
-        for (receiver, sender) in [(a, b), (b, a)] {
-            let Some(s) = self.sessions.get_mut(&receiver) else {
-                continue;
-            };
-            let Some(i) = s
-                .unacked
-                .iter()
-                .position(|m| m.id == msg && m.room_id == room)
-            else {
-                continue;
-            };
-            s.unacked.remove(i);
+        if self.rooms.delivered(room, msg, &mut self.out) {
             self.counters.receipts_delivered += 1;
-            self.emit(
-                Target::Guest(sender),
-                ServerEvent::Delivered(MessageRef { id: msg }),
-            );
-            return;
         }
     }
 
@@ -697,7 +606,7 @@ impl Core {
 
     fn room_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
         match self.sessions.get(&id)?.state {
-            State::InChat { room } => self.rooms.get(&room).map(|r| (room, r.other(id))),
+            State::InChat { room } => self.rooms.partner(room, id).map(|p| (room, p)),
             _ => None,
         }
     }
@@ -707,22 +616,15 @@ impl Core {
         let (state, room) = match &s.state {
             State::Online => (GuestState::Online, None),
             State::Searching => (GuestState::Searching, None),
-            State::InChat { room } => {
-                let partner = self.rooms[room].other(id);
-                let username = self
-                    .sessions
-                    .get(&partner)
-                    .map(|p| p.username.clone())
-                    .unwrap_or_default();
-                let call = self.calls.info_for(*room, id);
-                (
-                    GuestState::InChat,
-                    Some(RoomInfo {
-                        room_id: *room,
-                        partner: Partner { username },
-                        call,
-                    }),
-                )
+            State::InChat { .. } => {
+                let room = self.room_of(id).map(|(room, partner)| RoomInfo {
+                    room_id: room,
+                    partner: Partner {
+                        username: self.username(partner),
+                    },
+                    call: self.calls.info_for(room, id),
+                });
+                (GuestState::InChat, room)
             }
         };
         Established {
@@ -731,6 +633,13 @@ impl Core {
             state,
             room,
         }
+    }
+
+    fn username(&self, id: SessionId) -> String {
+        self.sessions
+            .get(&id)
+            .map(|s| s.username.clone())
+            .unwrap_or_default()
     }
 
     fn match_start(
@@ -785,7 +694,7 @@ impl Core {
     fn pair_up(&mut self, [a, b]: Pair, now: Instant) {
         let room_id = loop {
             let r = RoomId::from_raw(self.random_u128());
-            if !self.rooms.contains_key(&r) {
+            if !self.rooms.contains(r) {
                 break r;
             }
         };
@@ -794,49 +703,23 @@ impl Core {
                 s.state = State::InChat { room: room_id };
             }
         }
-        self.rooms.insert(
-            room_id,
-            Room {
-                guests: [a, b],
-                recent: VecDeque::new(),
-            },
-        );
-        for (me, other) in [(a, b), (b, a)] {
-            let username = self.sessions[&other].username.clone();
-            self.emit(
-                Target::Guest(me),
-                ServerEvent::Found(RoomInfo {
-                    room_id,
-                    partner: Partner { username },
-                    call: None,
-                }),
-            );
-        }
+        let names = [self.username(a), self.username(b)];
+        self.rooms.open(room_id, [a, b], names, &mut self.out);
         self.counters.matches += 1;
         self.stats_changed(now);
     }
 
     fn stop_typing(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        if s.typing.take().is_none() {
-            return;
-        }
-        if let Some((room, partner)) = self.room_of(id) {
-            self.emit(
-                Target::Guest(partner),
-                ServerEvent::TypingStop(RoomRef { room_id: room }),
-            );
+        if let Some((room, _)) = self.room_of(id) {
+            self.rooms.stop_typing(room, id, &mut self.out);
         }
     }
 
     fn end_chat(&mut self, room_id: RoomId, actor: SessionId, reason: EndReason, now: Instant) {
         self.stop_typing(actor);
-        let Some(room) = self.rooms.remove(&room_id) else {
+        let Some([actor, other]) = self.rooms.close(room_id, actor) else {
             return;
         };
-        let other = room.other(actor);
         self.out.push(Output::RoomClosed(room_id));
         // A guest removed because its grace ran out has no socket to tell.
         let actor_gone = reason == EndReason::Disconnected
@@ -847,43 +730,21 @@ impl Core {
         {
             self.counters.calls_ended[CallEndReason::PartnerLeft as usize] += 1;
         }
-        for id in room.guests {
+        for id in [actor, other] {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.state = State::Online;
-                s.typing = None;
-                s.unacked.clear();
             }
         }
-        let (mine, theirs) = match reason {
-            EndReason::Left => ("You left the chat.", "Stranger has left the chat."),
-            EndReason::Skipped => (
-                "You skipped to the next stranger.",
-                "Stranger has skipped to someone else.",
-            ),
-            EndReason::Reported => (
-                "You reported the stranger. You won't be matched again.",
-                "Stranger has ended the chat.",
-            ),
-            EndReason::Disconnected => (
-                "You were disconnected from the chat.",
-                "Stranger has disconnected.",
-            ),
-        };
-        for (id, text) in [(actor, mine), (other, theirs)] {
-            self.emit(
-                Target::Guest(id),
-                ServerEvent::Ended(Ended { room_id, reason }),
-            );
-            let message = ChatMessage {
-                id: MessageId::from_raw(self.rng.next_u64()),
-                room_id,
-                kind: MessageType::System,
-                content: Content::Text(text.to_owned()),
-                timestamp: self.unix_ms(now),
-                from: Sender::System,
-            };
-            self.emit(Target::Guest(id), ServerEvent::Message(message));
-        }
+        let ids = [(); 2].map(|()| MessageId::from_raw(self.rng.next_u64()));
+        let timestamp = self.unix_ms(now);
+        announce_end(
+            room_id,
+            [actor, other],
+            reason,
+            ids,
+            timestamp,
+            &mut self.out,
+        );
         let reported = reason == EndReason::Reported;
         if let Some(until) = self.matchmaker.ended(actor, other, reported, now) {
             self.timers.schedule(until, Timer::Unblock(actor, other));
@@ -902,54 +763,22 @@ impl Core {
         content: Content,
         now: Instant,
     ) -> Result<(MessageId, u64), SignalError> {
-        let (room_id, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
+        let (room, partner) = self.room_of(id).ok_or(SignalError::NotInChat)?;
         let p = self.sessions.get(&partner).ok_or(SignalError::NotInChat)?;
         let away = p.conns.is_empty();
-        // Messages the partner has not acknowledged count, away or not: a partner whose
-        // connection died unnoticed holds them too.
-        if p.unacked.len() >= self.cfg.away_queue_max {
-            return Err(SignalError::PartnerAwayQueueFull);
-        }
+        self.rooms.check_room_for(room, partner)?;
         self.stop_typing(id);
         let msg_id = MessageId::from_raw(self.rng.next_u64());
         let timestamp = self.unix_ms(now);
-        let room = self.rooms.get_mut(&room_id).expect("room_of found it");
-        if room.recent.len() == RECENT_MESSAGES {
-            room.recent.pop_front();
-        }
-        room.recent.push_back(Recent {
-            id: msg_id,
-            from: id,
-        });
         let message = ChatMessage {
             id: msg_id,
-            room_id,
+            room_id: room,
             kind,
             content,
             timestamp,
             from: Sender::Partner,
         };
-        self.emit(
-            Target::Guest(id),
-            ServerEvent::Sent(Sent {
-                client_id,
-                id: msg_id,
-                timestamp,
-            }),
-        );
-        let p = self
-            .sessions
-            .get_mut(&partner)
-            .expect("partner looked up above");
-        if away {
-            p.unacked.push_back(message);
-        } else {
-            p.unacked.push_back(message.clone());
-            self.out.push(Output::Deliver {
-                to: partner,
-                message,
-            });
-        }
+        self.rooms.post(id, client_id, message, away, &mut self.out);
         self.counters.messages_relayed += 1;
         Ok((msg_id, timestamp))
     }
@@ -980,12 +809,10 @@ impl Core {
     fn fire(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Typing(id, gen) => {
-                let due = self
-                    .sessions
-                    .get(&id)
-                    .and_then(|s| s.typing)
-                    .is_some_and(|(_, g)| g == gen);
-                if due {
+                let on = self
+                    .room_of(id)
+                    .is_some_and(|(room, _)| self.rooms.is_typing(room, id, gen));
+                if on {
                     self.stop_typing(id);
                 }
             }

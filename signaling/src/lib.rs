@@ -14,13 +14,15 @@ pub mod files;
 pub mod ids;
 mod matchmaker;
 mod output;
+mod rooms;
 mod stats;
 mod timers;
 pub mod wire;
 
 pub use crate::config::CoreConfig;
-pub use crate::core::{valid_username, Core, GuestInfo, RECENT_MESSAGES};
+pub use crate::core::{valid_username, Core, GuestInfo};
 pub use crate::output::{CloseReason, Output, Target};
+pub use crate::rooms::RECENT_MESSAGES;
 pub use crate::stats::Counters;
 pub use call::{CallStates, MediaCommand, MediaEvent};
 pub use error::SignalError;
