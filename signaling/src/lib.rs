@@ -5,6 +5,10 @@
 //! (socket emits, deliveries, closes, and [`MediaCommand`]s for the media server);
 //! [`Core::poll_timeout`] says when to call `handle_timeout` next. Same inputs, same outputs:
 //! tests drive time by hand.
+//!
+//! [`Core`] dispatches over parts that each own one kind of state: `sessions` (guests,
+//! sockets, presence, limits), `matchmaker` (the match queue and blocks), `rooms` (chat),
+//! `call` (calls), `stats` (counters and the live statistics' broadcast).
 
 pub mod call;
 mod config;
@@ -15,14 +19,16 @@ pub mod ids;
 mod matchmaker;
 mod output;
 mod rooms;
+mod sessions;
 mod stats;
 mod timers;
 pub mod wire;
 
 pub use crate::config::CoreConfig;
-pub use crate::core::{valid_username, Core, GuestInfo};
+pub use crate::core::Core;
 pub use crate::output::{CloseReason, Output, Target};
 pub use crate::rooms::RECENT_MESSAGES;
+pub use crate::sessions::{valid_username, GuestInfo};
 pub use crate::stats::Counters;
 pub use call::{CallStates, MediaCommand, MediaEvent};
 pub use error::SignalError;
