@@ -5,8 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  api, clusterFor, createGuest, freePort, guestSocket, redisFor, runToExit, serverFor, sleep,
-  startRedis, waitFor,
+  api, clusterFor, createGuest, freePort, guestSocket, redisClusterFor, redisFor, runToExit,
+  serverFor, sleep, startRedis, waitFor,
 } from './harness.mjs';
 
 const NODES_KEY = 'tandem:{cluster}:nodes';
@@ -255,6 +255,29 @@ test('Redis stopped and started again: /readyz 503 with the reason, the node kee
   await allSee(nodes, 2);
   const names = [...(await registry(current)).values()].map((e) => e.name).sort();
   assert.deepEqual(names, nodes.map((n) => n.name).sort());
+});
+
+test('a Redis Cluster (three masters): nodes reach it through redis+cluster:// or the flag repeated, and see each other', async (t) => {
+  const rc = await redisClusterFor(t, 3);
+  const { nodes } = await clusterFor(t, rc, 2, {
+    redisArgs: (i) => (i === 0
+      ? ['--redis-url', rc.url]
+      : rc.ports.flatMap((p) => ['--redis-url', `redis://127.0.0.1:${p}`])),
+  });
+  await allSee(nodes, 2);
+  // Both keys hash to one slot (the script touches both), on the master that owns it.
+  const slot = await rc.servers[0].command('CLUSTER', 'KEYSLOT', NODES_KEY);
+  assert.equal(await rc.servers[0].command('CLUSTER', 'KEYSLOT', INFO_KEY), slot);
+  const owner = rc.owner(slot);
+  assert.equal(await owner.command('ZCARD', NODES_KEY), 2);
+  const names = [...(await registry(owner)).values()].map((e) => e.name).sort();
+  assert.deepEqual(names, nodes.map((n) => n.name).sort());
+  for (const node of nodes) assert.equal((await api(node.url, '/readyz')).status, 200);
+  // A drained node leaves it too.
+  const id = await idOf(owner, nodes[1].name);
+  await nodes[1].stop();
+  assert.equal(await owner.command('ZSCORE', NODES_KEY, id), null);
+  await allSee([nodes[0]], 1, 5000);
 });
 
 test('without --redis-url nothing of the cluster runs: no cluster or Redis metrics', async (t) => {

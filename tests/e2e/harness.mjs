@@ -8,7 +8,9 @@ import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { createServer, connect as netConnect } from 'node:net';
 import { createSocket } from 'node:dgram';
-import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
@@ -42,7 +44,7 @@ const DEFAULT_FLAGS = {
 };
 
 // Flags that may be given several times; their values are appended, never replaced.
-const REPEATABLE = new Set(['--allowed-origin', '--turn-relay-ip', '--turn-allow-peer', '--turn-deny-peer']);
+const REPEATABLE = new Set(['--allowed-origin', '--turn-relay-ip', '--turn-allow-peer', '--turn-deny-peer', '--redis-url']);
 
 const STARTUP_TIMEOUT_MS = 15_000;
 
@@ -384,8 +386,11 @@ function parseResp(buf, at) {
  */
 export async function startRedis(opts = {}) {
   const port = opts.port ?? await freePort();
+  // Its own working directory (a cluster node writes its nodes.conf there), removed at the end.
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-redis-'));
   const proc = spawn(REDIS_SERVER, [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--dir', dir, ...(opts.args ?? []),
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const keep = (chunk) => {
@@ -408,6 +413,7 @@ export async function startRedis(opts = {}) {
       await exitPromise;
       clearTimeout(killer);
     }
+    rmSync(dir, { recursive: true, force: true });
   };
   const redis = {
     port,
@@ -464,12 +470,14 @@ export async function redisFor(t, opts = {}) {
  */
 export async function clusterFor(t, redis, n, opts = {}) {
   const { args = [], media = false, prefix = 'node-' } = opts;
+  // opts.redisArgs(i): the Redis flags of node i (default: `--redis-url <redis.url>`).
+  const redisArgs = opts.redisArgs ?? (() => ['--redis-url', redis.url]);
   const jwtSecret = `cluster-${hex(40)}`;
   const turnSecret = `turn-${hex(32)}`;
   const nodes = await Promise.all(Array.from({ length: n }, async (_, i) => {
     const name = `${prefix}${i + 1}`;
     const server = await serverFor(t, [
-      '--redis-url', redis.url, '--jwt-secret', jwtSecret, '--turn-secret', turnSecret,
+      ...redisArgs(i), '--jwt-secret', jwtSecret, '--turn-secret', turnSecret,
       '--node-name', name, ...args,
     ], { media });
     server.name = name;
@@ -477,6 +485,69 @@ export async function clusterFor(t, redis, n, opts = {}) {
     return server;
   }));
   return { nodes, jwtSecret, turnSecret };
+}
+
+/** A free TCP port P on 127.0.0.1 in 20000-29999 whose cluster bus port P + 10000 is free too. */
+async function freeClusterPort() {
+  const probe = (port) => new Promise((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + Math.floor(Math.random() * 10000);
+    if ((await probe(port)) && (await probe(port + 10000))) return port;
+  }
+  throw new Error('no free port pair for a Redis Cluster node');
+}
+
+/**
+ * Starts a Redis Cluster of `n` masters (no replicas) on loopback, each slot range assigned with
+ * CLUSTER ADDSLOTSRANGE and the nodes joined with CLUSTER MEET, and resolves once every node
+ * says `cluster_state:ok`. Stopped (every server, by PID) when `t` ends, after the tandem nodes
+ * listed in its `nodes`. `url` is the `redis+cluster://` form with every node as a seed.
+ */
+export async function redisClusterFor(t, n = 3) {
+  const servers = [];
+  const cluster = {
+    servers,
+    nodes: [],
+    url: '',
+    ports: [],
+    // The server that owns `slot`.
+    owner: (slot) => servers[Math.min(n - 1, Math.floor(slot / Math.ceil(16384 / n)))],
+  };
+  t.after(async () => {
+    await Promise.all(cluster.nodes.map((node) => node.stop()));
+    await Promise.all(servers.map((r) => r.stop()));
+  });
+  for (let i = 0; i < n; i++) {
+    const port = await freeClusterPort();
+    servers.push(await startRedis({
+      port,
+      args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'],
+    }));
+  }
+  const per = Math.ceil(16384 / n);
+  for (let i = 0; i < n; i++) {
+    const from = i * per;
+    const to = Math.min(16383, (i + 1) * per - 1);
+    assert.equal(await servers[i].command('CLUSTER', 'ADDSLOTSRANGE', from, to), 'OK');
+  }
+  for (const other of servers.slice(1)) {
+    assert.equal(await servers[0].command('CLUSTER', 'MEET', '127.0.0.1', other.port), 'OK');
+  }
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  for (;;) {
+    const infos = await Promise.all(servers.map((r) => r.command('CLUSTER', 'INFO')));
+    if (infos.every((info) => /cluster_state:ok/.test(info) && /cluster_known_nodes:(\d+)/.exec(info)?.[1] === String(n))) break;
+    if (Date.now() > deadline) throw new Error(`the Redis Cluster did not form within ${STARTUP_TIMEOUT_MS} ms: ${infos.join(' | ')}`);
+    await sleep(100);
+  }
+  cluster.ports = servers.map((r) => r.port);
+  cluster.url = `redis+cluster://${cluster.ports.map((p) => `127.0.0.1:${p}`).join(',')}`;
+  return cluster;
 }
 
 // Safety net for redis-servers too.
