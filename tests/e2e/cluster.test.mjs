@@ -4,6 +4,10 @@
 // its own redis-server on a free loopback port and stops it (and its nodes) by PID.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   api, clusterFor, createGuest, freePort, guestSocket, redisClusterFor, redisFor, runToExit,
   serverFor, sleep, startRedis, waitFor,
@@ -278,6 +282,45 @@ test('a Redis Cluster (three masters): nodes reach it through redis+cluster:// o
   await nodes[1].stop();
   assert.equal(await owner.command('ZSCORE', NODES_KEY, id), null);
   await allSee([nodes[0]], 1, 5000);
+});
+
+/** A CA (`ca.pem`) and a server certificate it signed for IP 127.0.0.1 (`srv.pem`, `srv.key`),
+ * made with openssl in a temporary directory removed when `t` ends; `other.pem` is an unrelated CA. */
+function certificates(t) {
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-tls-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const openssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=tandem e2e CA');
+  openssl('req', '-x509', ...ec, '-keyout', 'other.key', '-out', 'other.pem', '-days', '1', '-subj', '/CN=another CA');
+  openssl('req', ...ec, '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=127.0.0.1');
+  writeFileSync(join(dir, 'ext'), 'subjectAltName=IP:127.0.0.1\n');
+  openssl('x509', '-req', '-in', 'srv.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
+    '-out', 'srv.pem', '-days', '1', '-extfile', 'ext');
+  return { ca: join(dir, 'ca.pem'), other: join(dir, 'other.pem'), cert: join(dir, 'srv.pem'), key: join(dir, 'srv.key') };
+}
+
+test('rediss:// speaks TLS: the server certificate is checked against the trusted roots (SSL_CERT_FILE here)', async (t) => {
+  const certs = certificates(t);
+  const redis = await redisFor(t, { tls: { cert: certs.cert, key: certs.key } });
+  const secrets = ['--jwt-secret', 'j'.repeat(40), '--turn-secret', 't'.repeat(20)];
+  // Signed by a CA this node does not trust: refused, and the message says why.
+  const untrusted = await runToExit(
+    [...(await refusalArgs()), '--redis-url', redis.tlsUrl, ...secrets],
+    15_000,
+    { SSL_CERT_FILE: certs.other },
+  );
+  assert.notEqual(untrusted.code, 0, untrusted.output);
+  assert.match(untrusted.output, new RegExp(`cannot reach Redis at rediss://127\\.0\\.0\\.1:${redis.tlsPort}/0: .*certificate`, 'i'));
+  // Trusted: the node registers over TLS.
+  const { nodes } = await clusterFor(t, redis, 1, {
+    redisArgs: () => ['--redis-url', redis.tlsUrl],
+    env: { SSL_CERT_FILE: certs.ca },
+  });
+  await allSee(nodes, 1);
+  assert.equal((await api(nodes[0].url, '/readyz')).status, 200);
+  const names = [...(await registry(redis)).values()].map((e) => e.name);
+  assert.deepEqual(names, [nodes[0].name]);
 });
 
 test('without --redis-url nothing of the cluster runs: no cluster or Redis metrics', async (t) => {

@@ -123,6 +123,7 @@ const liveServers = new Set();
  * opts.media (default false): also pass the media flags (`--node-ip 127.0.0.1 --rtc-udp-port
  * <free UDP port> --rtc-tcp-port 0 --rtc-udp-workers 1 --ice-candidates-per-sec 1000`) for the
  * call tests; `server.rtcUdpPort` is that port. `server.pid` is the process id (for /proc, see processStats).
+ * opts.env: variables added to its environment (not TANDEM_* ones: settings are flags here).
  * @returns {Promise<{url: string, port: number, pid: number, rtcUdpPort: number|null, secret: string, proc: import('node:child_process').ChildProcess, args: string[], output: () => string, stop: () => Promise<void>}>}
  */
 export async function startServer(extraArgs = [], opts = {}) {
@@ -168,7 +169,10 @@ async function startServerOnce(extraArgs = [], opts = {}) {
   const verbose = !!process.env.TANDEM_E2E_LOG;
   // tandem reads TANDEM_* variables as settings and refuses unknown ones (TANDEM_BIN is ours):
   // the server is configured by flags only.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_')));
+  const env = {
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_'))),
+    ...(opts.env ?? {}),
+  };
   // opts.ulimitNofile: run under `ulimit -n N` (the shell execs tandem, so the PID is tandem's).
   const proc = opts.ulimitNofile
     ? spawn('sh', ['-c', `ulimit -n ${Number(opts.ulimitNofile)} && exec "$0" "$@"`, bin, ...args], {
@@ -265,13 +269,16 @@ export async function serverFor(t, extraArgs = [], opts = {}) {
 
 /**
  * Runs tandem with exactly `args` (nothing added) until it exits by itself, for tests of start
- * refusals. Resolves with `{ code, signal, output }`; a process still running after `timeoutMs`
- * is killed (by its PID) and the promise rejects.
+ * refusals (`extraEnv` added to its environment). Resolves with `{ code, signal, output }`; a
+ * process still running after `timeoutMs` is killed (by its PID) and the promise rejects.
  */
-export function runToExit(args, timeoutMs = 15_000) {
+export function runToExit(args, timeoutMs = 15_000, extraEnv = {}) {
   const bin = process.env.TANDEM_BIN;
   if (!bin) throw new Error('TANDEM_BIN is not set: point it at the tandem binary (cargo build --bin tandem)');
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_')));
+  const env = {
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TANDEM_'))),
+    ...extraEnv,
+  };
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let output = '';
   const keep = (chunk) => {
@@ -386,11 +393,16 @@ function parseResp(buf, at) {
  */
 export async function startRedis(opts = {}) {
   const port = opts.port ?? await freePort();
+  // opts.tls = { cert, key } (PEM files): also TLS on a port of its own (`tlsUrl`, rediss://).
+  const tlsPort = opts.tls ? await freePort() : null;
+  const tlsArgs = opts.tls
+    ? ['--tls-port', String(tlsPort), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-auth-clients', 'no']
+    : [];
   // Its own working directory (a cluster node writes its nodes.conf there), removed at the end.
   const dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-redis-'));
   const proc = spawn(REDIS_SERVER, [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--dir', dir, ...(opts.args ?? []),
+    '--dir', dir, ...tlsArgs, ...(opts.args ?? []),
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const keep = (chunk) => {
@@ -418,6 +430,8 @@ export async function startRedis(opts = {}) {
   const redis = {
     port,
     url: `redis://127.0.0.1:${port}`,
+    tlsUrl: tlsPort ? `rediss://127.0.0.1:${tlsPort}` : null,
+    tlsPort,
     pid: proc.pid,
     // The tandem nodes clusterFor started on it (stopped before it by redisFor).
     nodes: [],
@@ -465,7 +479,7 @@ export async function redisFor(t, opts = {}) {
  * Starts `n` tandem nodes sharing `redis` (the same token key and TURN secret, each on its own
  * ports, named `<prefix>1`…), in parallel, each stopped when `t` ends (or before `redis` stops,
  * if it came from redisFor). `opts.args` are added to
- * every node's flags; `opts.media` as for startServer. Resolves with
+ * every node's flags; `opts.media` and `opts.env` as for startServer. Resolves with
  * `{ nodes, jwtSecret, turnSecret }` (nodes in order; `node.name` is its --node-name).
  */
 export async function clusterFor(t, redis, n, opts = {}) {
@@ -479,7 +493,7 @@ export async function clusterFor(t, redis, n, opts = {}) {
     const server = await serverFor(t, [
       ...redisArgs(i), '--jwt-secret', jwtSecret, '--turn-secret', turnSecret,
       '--node-name', name, ...args,
-    ], { media });
+    ], { media, env: opts.env });
     server.name = name;
     redis.nodes.push(server);
     return server;
