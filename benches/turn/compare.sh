@@ -7,7 +7,7 @@
 #
 #   benches/turn/compare.sh [--quick]        (needs root, coturn and openssl; builds tandem --release)
 #
-# TANDEM_BASELINE=<path to another tandem binary> adds it as a third server ("baseline", e.g. a
+# TURN_BENCH_BASELINE=<path to another tandem binary> adds it as a third server ("baseline", e.g. a
 # build of an earlier commit) to compare two versions of tandem in the same sitting;
 # TURN_BENCH_SERVERS="tandem baseline" picks the servers.
 #
@@ -40,16 +40,18 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
 start_tandem() {
-  "${TANDEM_UNDER_TEST:-target/release/tandem}" --bind 127.0.0.1:18080 --node-ip 127.0.0.1 --rtc-udp-port 0 --rtc-tcp-port 0 \
+  "${TURN_BENCH_BIN:-target/release/tandem}" --bind 127.0.0.1:18080 --node-ip 127.0.0.1 --rtc-udp-port 0 --rtc-tcp-port 0 \
     --turn-port 3478 --turn-tls-port 5349 --turn-secret "$SECRET" --turn-allow-loopback-peers \
     --turn-cert "$WORK/cert.pem" --turn-key "$WORK/key.pem" \
     --turn-max-allocations-per-user 100000 --turn-max-allocations 100000 --log-level warn \
+    --max-stream-connections-per-ip 100000 \
     >"$WORK/server.log" 2>&1 &
   echo $!
 }
 
 start_baseline() {
-  TANDEM_UNDER_TEST="$TANDEM_BASELINE" start_tandem
+  # (Not TANDEM_*: tandem reads those as settings and refuses unknown ones.)
+  TURN_BENCH_BIN="$TURN_BENCH_BASELINE" start_tandem
 }
 
 start_coturn() {
@@ -93,7 +95,7 @@ fi
 echo "| load | sent | echoed | lost | server CPU | CPU per second of load |"
 echo "|---|---|---|---|---|---|"
 servers="tandem coturn"
-[ -n "${TANDEM_BASELINE:-}" ] && servers="tandem baseline coturn"
+[ -n "${TURN_BENCH_BASELINE:-}" ] && servers="tandem baseline coturn"
 for server in ${TURN_BENCH_SERVERS:-$servers}; do
   for load in "${loads[@]}"; do
     # shellcheck disable=SC2086

@@ -56,6 +56,14 @@ test('ICE-TCP and TURN TCP/TLS streams are capped per client address', async (t)
   const tcp = [];
   for (let i = 0; i < 3; i++) tcp.push(await rawConn(shared.turnPort));
   all.push(...tcp);
+  // The TCP and TLS ports are accepted by separate loops: before the TLS stream comes, make
+  // sure the server has taken the three TCP streams (each answers a Binding), or on a busy box
+  // the TLS stream could be accepted first and a TCP one refused instead.
+  for (const c of tcp) {
+    c.sock.write(stunHeader(0));
+    for (let i = 0; i < 100 && c.data().length === 0; i++) await sleep(50);
+    assert.ok(c.data().length > 0, 'a TCP stream was answered');
+  }
   const tls = await rawConn(shared.tlsPort);
   all.push(tls);
   assert.ok(await within(tls.closed, 3000), 'a TLS stream past the shared cap was kept');
