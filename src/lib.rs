@@ -2,7 +2,9 @@
 
 mod accept;
 mod auth;
-mod cluster;
+/// Public only for the Redis integration tests (tests/redis.rs); not an API.
+#[doc(hidden)]
+pub mod cluster;
 mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -898,7 +898,18 @@ impl FileMetrics {
 }
 
 /// The Redis commands the cluster shell sends, as the `command` label (a fixed set).
-pub const REDIS_COMMANDS: &[&str] = &["ping", "heartbeat", "leave"];
+pub const REDIS_COMMANDS: &[&str] = &[
+    "ping",
+    "heartbeat",
+    "leave",
+    "match_enqueue",
+    "match_cancel",
+    "match_away",
+    "match_end",
+    "match_cooldown_over",
+    "match_drop_node",
+    "match_len",
+];
 
 /// Why a Redis command failed, as the `kind` label (a fixed set).
 pub const REDIS_ERROR_KINDS: &[&str] = &[

@@ -35,6 +35,14 @@ pub enum Command {
     Ping,
     Heartbeat,
     Leave,
+    /// The global matchmaker's script, by operation.
+    MatchEnqueue,
+    MatchCancel,
+    MatchAway,
+    MatchEnd,
+    MatchCooldownOver,
+    MatchDropNode,
+    MatchLen,
 }
 
 impl Command {
@@ -43,6 +51,13 @@ impl Command {
             Command::Ping => "ping",
             Command::Heartbeat => "heartbeat",
             Command::Leave => "leave",
+            Command::MatchEnqueue => "match_enqueue",
+            Command::MatchCancel => "match_cancel",
+            Command::MatchAway => "match_away",
+            Command::MatchEnd => "match_end",
+            Command::MatchCooldownOver => "match_cooldown_over",
+            Command::MatchDropNode => "match_drop_node",
+            Command::MatchLen => "match_len",
         }
     }
 }
@@ -84,7 +99,7 @@ impl Fault {
 }
 
 /// The fixed label of a client error (see [`crate::metrics::REDIS_ERROR_KINDS`]).
-fn error_kind(e: &RedisError) -> &'static str {
+pub fn error_kind(e: &RedisError) -> &'static str {
     if e.is_timeout() {
         "timeout"
     } else if e.is_connection_refusal() {
@@ -257,13 +272,81 @@ impl Redis {
     }
 }
 
+/// A RESP3 connection whose pushes (pub/sub messages, disconnections) go to a handler: the
+/// bus's own (see `bus.rs`).
+#[derive(Clone)]
+pub enum Resp3 {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Opens a RESP3 connection to `target` whose pushes go to `push` (called on the connection's
+/// reading task: it must not block). A single server's connection reconnects and resubscribes
+/// by itself; so does a Cluster's.
+pub async fn connect_resp3(
+    target: &RedisTarget,
+    push: impl redis::aio::AsyncPushSender,
+) -> Result<Resp3, RedisError> {
+    if target.tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let urls: Vec<String> = target
+        .connection_urls()
+        .iter()
+        .map(|url| url.expose().to_owned())
+        .collect();
+    if target.cluster {
+        let client = ClusterClientBuilder::new(urls)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(RECONNECT_RETRIES as u32)
+            .min_retry_wait(RECONNECT_MIN_DELAY.as_millis() as u64)
+            .max_retry_wait(RECONNECT_MAX_DELAY.as_millis() as u64)
+            .build()?;
+        Ok(Resp3::Cluster(client.get_async_connection().await?))
+    } else {
+        let url = urls.into_iter().next().unwrap_or_default();
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+        let redis_info = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis_info);
+        let client = redis::Client::open(info)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY)
+            .set_push_sender(push)
+            .set_automatic_resubscription();
+        Ok(Resp3::Single(
+            ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_label_is_in_the_fixed_sets() {
-        for c in [Command::Ping, Command::Heartbeat, Command::Leave] {
+        for c in [
+            Command::Ping,
+            Command::Heartbeat,
+            Command::Leave,
+            Command::MatchEnqueue,
+            Command::MatchCancel,
+            Command::MatchAway,
+            Command::MatchEnd,
+            Command::MatchCooldownOver,
+            Command::MatchDropNode,
+            Command::MatchLen,
+        ] {
             assert!(crate::metrics::REDIS_COMMANDS.contains(&c.label()));
         }
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));

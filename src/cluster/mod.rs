@@ -10,7 +10,9 @@
 //! - [`Cluster::leave`] takes it out first thing on a graceful shutdown.
 //! - [`Cluster::nodes`] is the live view; [`Cluster::readiness`] feeds `/readyz`.
 
+pub mod bus;
 mod conn;
+pub mod matchmaker;
 mod registry;
 
 use std::net::SocketAddr;
@@ -19,14 +21,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::Registry;
-use rand::RngCore;
 use tandem_config::RedisTarget;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::ClusterMetrics;
 use crate::supervise::Supervisor;
+pub use bus::{Bus, BusError, BusKind, BusMetrics, BusSettings, Incoming, NodeId};
 pub use conn::Fault;
 use conn::{Command, Redis, COMMAND_TIMEOUT};
+pub use matchmaker::{MatchError, MatchMetrics, MatchSettings, Matchmaker, PairBlock, Paired};
 #[allow(unused_imports)] // the registry's vocabulary, for the next cluster-wide parts
 pub use registry::{Node, NodeInfo, NodeLoad, HEARTBEAT_INTERVAL, NODE_TTL};
 
@@ -43,6 +46,12 @@ struct Inner {
     redis: Redis,
     /// Random, made at start: several nodes may share a host (and an IP).
     id: String,
+    /// The same id, as the bus and the matchmaker name nodes.
+    node: NodeId,
+    /// Where Redis is (the bus opens a connection of its own).
+    redis_target: RedisTarget,
+    bus_metrics: BusMetrics,
+    match_metrics: MatchMetrics,
     name: String,
     /// The target without its password, for logs.
     target: String,
@@ -73,20 +82,25 @@ impl Cluster {
         node_name: Option<&str>,
         registry: &Registry,
     ) -> anyhow::Result<Cluster> {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let node = NodeId::random();
+        let id = node.to_string();
         let name = match node_name {
             Some(name) => name.to_owned(),
             None => default_name(&id),
         };
         let metrics = ClusterMetrics::register(registry, &name);
+        let bus_metrics = BusMetrics::register(registry)?;
+        let match_metrics = MatchMetrics::register(registry)?;
         let redis = Redis::connect(target, metrics.clone()).await?;
         let (view, _) = watch::channel(Arc::from(Vec::new()));
         Ok(Cluster {
             inner: Arc::new(Inner {
                 redis,
                 id,
+                node,
+                redis_target: target.clone(),
+                bus_metrics,
+                match_metrics,
                 name,
                 target: target.to_string(),
                 metrics,
@@ -103,9 +117,38 @@ impl Cluster {
         &self.inner.name
     }
 
+    /// This node's id (random, made at start).
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// Starts this node's end of the bus (a Redis connection of its own, subscribed to this
+    /// node's channel). Call once.
+    pub async fn bus(
+        &self,
+        settings: BusSettings,
+    ) -> anyhow::Result<(Bus, tokio::sync::mpsc::Receiver<Incoming>)> {
+        Bus::connect(
+            &self.inner.redis_target,
+            self.inner.node,
+            settings,
+            self.inner.bus_metrics.clone(),
+        )
+        .await
+    }
+
+    /// The cluster's match queue, through this node's Redis connection.
+    pub fn matchmaker(&self, settings: MatchSettings) -> Matchmaker {
+        Matchmaker::new(
+            self.inner.redis.clone(),
+            settings,
+            self.inner.match_metrics.clone(),
+        )
+    }
+
     /// Registers this node (the first heartbeat must reach Redis, else an error) and starts
     /// the heartbeat task under `supervisor`.
-    pub async fn join(&self, supervisor: &Supervisor, me: Membership) -> anyhow::Result<()> {
+    pub(crate) async fn join(&self, supervisor: &Supervisor, me: Membership) -> anyhow::Result<()> {
         let started_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
