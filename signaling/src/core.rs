@@ -455,12 +455,13 @@ impl Core {
         interests: Vec<String>,
         now: Instant,
     ) -> Result<Ack, SignalError> {
-        match self.sessions.state(id).ok_or(SignalError::Unauthorized)? {
+        let s = self.sessions.get(id).ok_or(SignalError::Unauthorized)?;
+        match s.state {
             State::Online => {}
             State::Searching => return Err(SignalError::AlreadySearching),
             State::InChat(_) => return Err(SignalError::AlreadyInChat),
         }
-        let present = !self.sessions.is_away(id);
+        let present = !s.away();
         let entry = Entry {
             id,
             interests,
@@ -499,10 +500,7 @@ impl Core {
                 break r;
             }
         };
-        for id in [a, b] {
-            self.sessions.set_state(id, State::InChat(room));
-        }
-        let names = [self.username(a), self.username(b)];
+        let names = [a, b].map(|id| self.sessions.enter_chat(id, room));
         self.rooms.open(room, [a, b], names, &mut self.out);
         self.counters.matches += 1;
         self.broadcast.changed(now);
@@ -571,7 +569,7 @@ impl Core {
             .ok_or(SignalError::NotInChat)?
             .away();
         self.rooms.check_room_for(room, partner)?;
-        self.stop_typing(id);
+        self.rooms.stop_typing(room, id, &mut self.out);
         let msg_id = MessageId::from_raw(self.rng.next_u64());
         let timestamp = self.unix_ms(now);
         let message = ChatMessage {

@@ -97,22 +97,31 @@ impl Matchmaker {
         entry: Entry,
         now: Instant,
     ) -> Result<Option<Pair>, SignalError> {
-        if self.place.contains_key(&entry.id) {
+        let Entry {
+            id,
+            interests,
+            present,
+        } = entry;
+        if self.place.contains_key(&id) {
             return Err(SignalError::AlreadySearching);
+        }
+        // Paired at once, it never waits (it would be last in the queue, and skipped by its
+        // own search).
+        if present {
+            if let Some(partner) = self.best_partner(id, &interests, now) {
+                return Ok(self.take(partner).map(|partner| [id, partner]));
+            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.place.insert(entry.id, seq);
-        let id = entry.id;
-        self.queue.insert(
-            seq,
-            Waiting {
-                id,
-                interests: entry.interests,
-                present: entry.present,
-            },
-        );
-        Ok(self.try_pair(id, now))
+        self.place.insert(id, seq);
+        let waiting = Waiting {
+            id,
+            interests,
+            present,
+        };
+        self.queue.insert(seq, waiting);
+        Ok(None)
     }
 
     /// Takes `id` out of the queue; false if it was not queued.
@@ -251,36 +260,44 @@ impl Matchmaker {
         }
     }
 
-    /// Pairs the queued, present guest `id` with the best waiting partner, if any: the
-    /// longest-waiting present guest it may be paired with, preferring one sharing an interest.
+    /// Pairs the queued, present guest `id` with its best waiting partner, if any.
     fn try_pair(&mut self, id: SessionId, now: Instant) -> Option<Pair> {
         let seq = *self.place.get(&id)?;
         let me = self.queue.get(&seq)?;
         if !me.present {
             return None;
         }
-        let mine = &me.interests;
-        let mut first: Option<u64> = None;
-        let mut shared: Option<u64> = None;
-        for (&s, other) in &self.queue {
-            if s == seq || !other.present || self.is_blocked(id, other.id, now) {
-                continue;
-            }
-            first.get_or_insert(s);
-            if mine.is_empty() {
-                break;
-            }
-            if other.interests.iter().any(|t| mine.contains(t)) {
-                shared = Some(s);
-                break;
-            }
-        }
-        let partner_seq = shared.or(first)?;
-        let partner = self.queue.remove(&partner_seq)?.id;
-        self.place.remove(&partner);
+        let partner = self.best_partner(id, &me.interests, now)?;
+        let partner = self.take(partner)?;
         self.queue.remove(&seq);
         self.place.remove(&id);
         Some([id, partner])
+    }
+
+    /// The place of the best partner for `id` with interests `mine`: the longest-waiting
+    /// present guest it may be paired with, preferring one sharing an interest.
+    fn best_partner(&self, id: SessionId, mine: &[String], now: Instant) -> Option<u64> {
+        let mut first: Option<u64> = None;
+        for (&seq, other) in &self.queue {
+            if other.id == id || !other.present || self.is_blocked(id, other.id, now) {
+                continue;
+            }
+            if mine.is_empty() {
+                return Some(seq);
+            }
+            first.get_or_insert(seq);
+            if other.interests.iter().any(|t| mine.contains(t)) {
+                return Some(seq);
+            }
+        }
+        first
+    }
+
+    /// Takes the guest at `seq` out of the queue.
+    fn take(&mut self, seq: u64) -> Option<SessionId> {
+        let id = self.queue.remove(&seq)?.id;
+        self.place.remove(&id);
+        Some(id)
     }
 }
 

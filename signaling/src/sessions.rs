@@ -295,6 +295,17 @@ impl Sessions {
         }
     }
 
+    /// Puts the guest in chat `room`: its username, for its partner's `chat:found`.
+    pub(crate) fn enter_chat(&mut self, id: SessionId, room: RoomId) -> String {
+        match self.sessions.get_mut(&id) {
+            Some(s) => {
+                s.state = State::InChat(room);
+                s.username.clone()
+            }
+            None => String::new(),
+        }
+    }
+
     /// Without a socket (or gone).
     pub(crate) fn is_away(&self, id: SessionId) -> bool {
         self.sessions.get(&id).is_none_or(Session::away)
