@@ -764,7 +764,7 @@ impl Core {
                         c.homes.insert(sid, (from, room));
                         c.remote_rooms.insert(room, from);
                     }
-                    self.counters.matches += 1;
+                    // Counted once, by the home.
                     self.broadcast.changed(now);
                 }
             }
@@ -1335,6 +1335,19 @@ impl Core {
     }
 
     fn remove_session(&mut self, id: SessionId, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            // Gone from here while its chat lives elsewhere: for the home it is away (its
+            // grace period ends the chat).
+            if let Some((home, room)) = c.homes.remove(&id) {
+                c.remote_rooms.remove(&room);
+                self.sessions.set_state(id, State::Online);
+                let msg = ClusterMsg::Detach {
+                    sid: id,
+                    conn: ConnId(0),
+                };
+                self.out.push(Output::Bus { to: home, msg });
+            }
+        }
         match self.sessions.state(id) {
             Some(State::InChat(room)) => self.end_chat(room, id, EndReason::Disconnected, now),
             Some(State::Searching) => {

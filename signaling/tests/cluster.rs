@@ -618,3 +618,27 @@ fn a_bus_outage_refuses_cross_node_events_instead_of_losing_them() {
     .unwrap();
     assert_eq!(sim.names(b.id), ["chat:message"]);
 }
+
+#[test]
+fn a_session_that_expires_on_its_node_ends_its_chat_at_the_home() {
+    let mut sim = Sim::new(2);
+    let a = sim.guest(0, "Ann");
+    sim.advance(secs(600));
+    let b = sim.guest(1, "Bob");
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    assert!(sim.cores[1].chat_of(a.id).is_some());
+    sim.seen.clear();
+    // a's token lifetime (2 h) ends on node 0; the home sees it away, then gone.
+    sim.advance(secs(7200 - 600 + 1));
+    assert!(!sim.cores[0].session_alive(a.id, sim.now));
+    assert_eq!(sim.names(b.id), ["partner:presence"]);
+    sim.advance(secs(31));
+    assert_eq!(
+        sim.names(b.id),
+        ["partner:presence", "chat:ended", "chat:message"]
+    );
+    assert!(sim.cores[1].chat_of(b.id).is_none());
+    // The home forgot the visitor.
+    assert_eq!(sim.cores[1].sizes()[0], ("sessions", 1));
+}
