@@ -455,6 +455,12 @@ impl HubTask {
                 },
                 Output::CallSetup(took) => self.metrics.call_setup.observe(took.as_secs_f64()),
                 Output::RoomClosed(room) => self.files.delete_room(room),
+                // Only a clustered core (CoreConfig::node) emits these; the hub does not run
+                // one yet (issue 14: the wiring is next).
+                Output::Bus { .. }
+                | Output::Match(_)
+                | Output::Ack { .. }
+                | Output::Relay { .. } => {}
                 Output::CallEnded(call) => {
                     if let Some(turn) = &self.turn {
                         turn.revoke(&call.to_string());

@@ -88,6 +88,7 @@ fn core_config(c: &Config) -> CoreConfig {
         stats_interval: c.stats_interval(),
         active_window: c.active_window(),
         ring_timeout: c.call_ring_timeout(),
+        ..CoreConfig::default()
     }
 }
 

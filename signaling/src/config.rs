@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::ids::NodeId;
+
 /// The core's tunables. `Default` matches the documented defaults.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -32,6 +34,12 @@ pub struct CoreConfig {
     pub active_window: Duration,
     /// How long a call rings before it ends with `timeout`.
     pub ring_timeout: Duration,
+    /// This node's id in a cluster; `None` (the default): one node alone, the in-memory
+    /// matchmaker pairs inside the core and nothing goes to the bus.
+    pub node: Option<NodeId>,
+    /// How long a client event forwarded to another node waits for its ack before it is
+    /// refused with `service_unavailable`.
+    pub bus_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -57,6 +65,8 @@ impl Default for CoreConfig {
             stats_interval: Duration::from_secs(1),
             active_window: Duration::from_secs(300),
             ring_timeout: Duration::from_secs(30),
+            node: None,
+            bus_timeout: Duration::from_secs(2),
         }
     }
 }

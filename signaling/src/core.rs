@@ -10,12 +10,15 @@
 //! The core turns inputs into calls on the parts, schedules what they say is due on its one
 //! timer heap ([`Timers`]), and emits the outputs.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use serde_json::Value;
 
 use crate::call::{CallStates, Calls, MediaEvent};
+use crate::cluster::{AckResult, ClusterMsg, MatchAnswer, MatchRequest, NodeId};
 use crate::config::CoreConfig;
 use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
@@ -31,6 +34,87 @@ use crate::SignalError;
 /// How often the core re-checks the active-guest count on its own.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Remote connections are numbered from here (the shell numbers its sockets from 0).
+const REMOTE_CONN_BASE: u64 = 1 << 63;
+
+/// Forwarded events waiting for their ack, at most (past it: `service_unavailable`).
+const MAX_PENDING: usize = 65_536;
+
+/// A clustered core's view of the other nodes (absent on a single node).
+#[derive(Default)]
+struct Cluster {
+    node: Option<NodeId>,
+    /// Home side: each remote connection (one per guest and node) → that guest and node.
+    remote: HashMap<ConnId, (SessionId, NodeId)>,
+    /// Home side: the remote connections of each guest.
+    remote_of: HashMap<SessionId, Vec<(NodeId, ConnId)>>,
+    /// Home side: sessions held here only for a room (a partner from `node`).
+    visitors: HashMap<SessionId, NodeId>,
+    next_remote: u64,
+    /// The remote socket the current input came from, for what is aimed at one socket.
+    ctx: Option<(NodeId, ConnId)>,
+    /// Guest's-node side: local guests whose chat is homed at another node.
+    homes: HashMap<SessionId, (NodeId, RoomId)>,
+    /// Guest's-node side: those chats' homes.
+    remote_rooms: HashMap<RoomId, NodeId>,
+    /// Forwarded events: bus request id → (socket, the shell's request id).
+    pending: HashMap<u64, (ConnId, u64)>,
+    next_req: u64,
+    /// Guests whose chat ended here during this input: released once it is routed.
+    releasing: Vec<(SessionId, RoomId)>,
+}
+
+impl Cluster {
+    /// The remote connection of `id` on `node`, made if new (and whether it is).
+    fn remote_conn(&mut self, id: SessionId, node: NodeId) -> (ConnId, bool) {
+        let conns = self.remote_of.entry(id).or_default();
+        if let Some((_, c)) = conns.iter().find(|(n, _)| *n == node) {
+            return (*c, false);
+        }
+        self.next_remote += 1;
+        let conn = ConnId(REMOTE_CONN_BASE | self.next_remote);
+        conns.push((node, conn));
+        self.remote.insert(conn, (id, node));
+        (conn, true)
+    }
+
+    fn drop_remote(&mut self, conn: ConnId) {
+        if let Some((id, _)) = self.remote.remove(&conn) {
+            if let Some(conns) = self.remote_of.get_mut(&id) {
+                conns.retain(|(_, c)| *c != conn);
+                if conns.is_empty() {
+                    self.remote_of.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The one socket a reply to the current remote input is for, if on `node`.
+    fn ctx_conn(&self, node: NodeId) -> Option<ConnId> {
+        self.ctx.filter(|(n, _)| *n == node).map(|(_, c)| c)
+    }
+}
+
+fn relay(sid: SessionId, conn: Option<ConnId>, event: &ServerEvent) -> ClusterMsg {
+    ClusterMsg::Emit {
+        sid,
+        conn,
+        name: event.name().to_owned(),
+        payload: serde_json::to_value(event).unwrap_or(Value::Null),
+        ack: None,
+    }
+}
+
+fn relay_message(sid: SessionId, conn: Option<ConnId>, message: &ChatMessage) -> ClusterMsg {
+    ClusterMsg::Emit {
+        sid,
+        conn,
+        name: "chat:message".to_owned(),
+        payload: serde_json::to_value(message).unwrap_or(Value::Null),
+        ack: Some((message.room_id, message.id)),
+    }
+}
+
 /// The signaling state machine.
 pub struct Core {
     cfg: CoreConfig,
@@ -45,6 +129,8 @@ pub struct Core {
     broadcast: Broadcast,
     timers: Timers,
     out: Outbox,
+    /// `Some` in a cluster (`cfg.node` set).
+    cluster: Option<Box<Cluster>>,
 }
 
 impl Core {
@@ -65,6 +151,12 @@ impl Core {
             broadcast: Broadcast::new(cfg.stats_interval),
             timers,
             out: Outbox::default(),
+            cluster: cfg.node.map(|node| {
+                Box::new(Cluster {
+                    node: Some(node),
+                    ..Cluster::default()
+                })
+            }),
             cfg,
         }
     }
@@ -143,8 +235,22 @@ impl Core {
         conn: ConnId,
         now: Instant,
     ) -> Result<(), SignalError> {
+        let start = self.out.len();
         self.admit(id, now)?;
         let returning = self.sessions.attach(id, conn, now)?;
+        if let Some(home) = self.home_of(id) {
+            // Its chat lives on another node: that node answers.
+            let msg = ClusterMsg::Attach { sid: id, conn };
+            self.out.push(Output::Bus { to: home, msg });
+        } else {
+            self.connected(id, conn, returning, now);
+        }
+        self.route(start);
+        Ok(())
+    }
+
+    /// After socket `conn` of `id` was attached (`returning`: it had none).
+    fn connected(&mut self, id: SessionId, conn: ConnId, returning: bool, now: Instant) {
         if let Some(established) = self.established(id) {
             self.out
                 .emit(Target::Conn(conn), ServerEvent::Established(established));
@@ -158,26 +264,49 @@ impl Core {
                 self.rooms.tell_presence(room, id, Presence::Online, out);
                 self.rooms.hand_out(room, id, None, out);
             }
-            if let Some(pair) = self.matchmaker.set_present(id, now) {
+            if self.cluster.is_some() {
+                if self.sessions.state(id) == Some(State::Searching) {
+                    let away = false;
+                    self.out
+                        .push(Output::Match(MatchRequest::Away { sid: id, away }));
+                }
+            } else if let Some(pair) = self.matchmaker.set_present(id, now) {
                 self.open_room(pair, now);
             }
         } else if let Some((room, _)) = chat {
             self.rooms.hand_out(room, id, Some(conn), &mut self.out);
         }
         self.broadcast.changed(now);
-        Ok(())
     }
 
     /// A socket closed (for any reason). Unknown connections are ignored.
     pub fn disconnect(&mut self, conn: ConnId, now: Instant) {
+        let start = self.out.len();
         self.sessions.tick(now);
+        self.disconnected(conn, now);
+        self.route(start);
+    }
+
+    fn disconnected(&mut self, conn: ConnId, now: Instant) {
         let Some((id, gen)) = self.sessions.detach(conn) else {
             return;
         };
+        if let Some(home) = self.home_of(id) {
+            // Its last socket here: the home keeps the grace period.
+            let msg = ClusterMsg::Detach { sid: id, conn };
+            self.out.push(Output::Bus { to: home, msg });
+            return;
+        }
         // Its last socket: the guest is away.
         let grace_end = now + self.cfg.grace_period;
         self.timers.schedule(grace_end, Timer::Grace(id, gen));
-        self.matchmaker.set_away(id);
+        if self.cluster.is_none() {
+            self.matchmaker.set_away(id);
+        } else if self.sessions.state(id) == Some(State::Searching) {
+            let away = true;
+            self.out
+                .push(Output::Match(MatchRequest::Away { sid: id, away }));
+        }
         self.stop_typing(id);
         if let Some((room, _)) = self.chat_of(id) {
             let out = &mut self.out;
@@ -194,11 +323,110 @@ impl Core {
         event: ClientEvent,
         now: Instant,
     ) -> Result<Ack, SignalError> {
+        let start = self.out.len();
         self.sessions.tick(now);
+        let result = self.local_event(conn, event, now);
+        self.route(start);
+        result
+    }
+
+    /// One client event from socket `conn`, as [`Core::handle_event`], for a shell that may be
+    /// in a cluster: an event of a guest whose chat lives on another node is forwarded there
+    /// (`Ok(None)`; its ack comes as [`Output::Ack`] with `req`, or `service_unavailable` if
+    /// that node does not answer within `bus_timeout`). `name` and `payload` are as received.
+    pub fn handle_client_event(
+        &mut self,
+        conn: ConnId,
+        req: u64,
+        name: &str,
+        payload: Option<&Value>,
+        now: Instant,
+    ) -> Result<Option<Ack>, SignalError> {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        let result = self.client_event(conn, req, name, payload, now);
+        self.route(start);
+        result
+    }
+
+    fn client_event(
+        &mut self,
+        conn: ConnId,
+        req: u64,
+        name: &str,
+        payload: Option<&Value>,
+        now: Instant,
+    ) -> Result<Option<Ack>, SignalError> {
+        let event = ClientEvent::parse(name, payload)?;
         let id = self
             .sessions
             .guest_of(conn)
             .ok_or(SignalError::Unauthorized)?;
+        let Some(home) = self.home_of(id) else {
+            return self.local_event(conn, event, now).map(Some);
+        };
+        self.throttle(conn, id, event.kind(), now)?;
+        let Some(c) = self.cluster.as_mut() else {
+            return Err(SignalError::ServiceUnavailable);
+        };
+        if c.pending.len() >= MAX_PENDING {
+            return Err(SignalError::ServiceUnavailable);
+        }
+        c.next_req += 1;
+        let bus_req = c.next_req;
+        c.pending.insert(bus_req, (conn, req));
+        let deadline = now + self.cfg.bus_timeout;
+        self.timers.schedule(deadline, Timer::Request(bus_req));
+        let msg = ClusterMsg::Event {
+            sid: id,
+            conn,
+            req: bus_req,
+            name: name.to_owned(),
+            payload: payload.cloned(),
+        };
+        self.out.push(Output::Bus { to: home, msg });
+        Ok(None)
+    }
+
+    /// Charges one event to `id`'s limits; a flood closes socket `conn`.
+    fn throttle(
+        &mut self,
+        conn: ConnId,
+        id: SessionId,
+        kind: EventKind,
+        now: Instant,
+    ) -> Result<(), SignalError> {
+        match self.sessions.throttle(id, kind, now)? {
+            Throttle::Refused { flood } => {
+                if flood {
+                    self.counters.floods_closed += 1;
+                    let reason = CloseReason::Flood;
+                    self.out.push(Output::Close { conn, reason });
+                }
+                Err(SignalError::RateLimited)
+            }
+            Throttle::Pass { woke: true } => {
+                self.broadcast.changed(now);
+                Ok(())
+            }
+            Throttle::Pass { woke: false } => Ok(()),
+        }
+    }
+
+    fn local_event(
+        &mut self,
+        conn: ConnId,
+        event: ClientEvent,
+        now: Instant,
+    ) -> Result<Ack, SignalError> {
+        let id = self
+            .sessions
+            .guest_of(conn)
+            .ok_or(SignalError::Unauthorized)?;
+        if self.home_of(id).is_some() {
+            // Only `handle_client_event` forwards (it has a request id for the ack).
+            return Err(SignalError::ServiceUnavailable);
+        }
         match self.sessions.throttle(id, event.kind(), now)? {
             Throttle::Refused { flood } => {
                 if flood {
@@ -211,6 +439,16 @@ impl Core {
             Throttle::Pass { woke: true } => self.broadcast.changed(now),
             Throttle::Pass { woke: false } => {}
         }
+        self.dispatch(id, event, now)
+    }
+
+    /// A client event of guest `id` that passed its limits.
+    fn dispatch(
+        &mut self,
+        id: SessionId,
+        event: ClientEvent,
+        now: Instant,
+    ) -> Result<Ack, SignalError> {
         match event {
             ClientEvent::MatchStart { interests } => self.match_start(id, interests, now),
             ClientEvent::MatchCancel => self.match_cancel(id, now),
@@ -278,17 +516,34 @@ impl Core {
     /// A report from the media server. Events for a call that is over, or for a guest who is
     /// not in that call, are ignored.
     pub fn handle_media(&mut self, event: MediaEvent, now: Instant) {
+        let start = self.out.len();
         self.sessions.tick(now);
         let away = self.sessions.is_away(event.target().1);
         if let Some((room, call)) = self.calls.media(event, away, now, &mut self.out) {
             self.end_call(room, call, CallEndReason::Failed);
         }
+        self.route(start);
     }
 
     /// A socket of the receiver acknowledged message `msg` of `room`: the message is no longer
     /// kept, and its sender gets `chat:message:delivered` (once, however many sockets ack it).
     pub fn handle_delivered(&mut self, room: RoomId, msg: MessageId, now: Instant) {
+        let start = self.out.len();
         self.sessions.tick(now);
+        self.delivered(room, msg);
+        self.route(start);
+    }
+
+    fn delivered(&mut self, room: RoomId, msg: MessageId) {
+        let home = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.remote_rooms.get(&room));
+        if let Some(&home) = home {
+            let msg = ClusterMsg::Delivered { room, msg };
+            self.out.push(Output::Bus { to: home, msg });
+            return;
+        }
         if self.rooms.delivered(room, msg, &mut self.out) {
             self.counters.receipts_delivered += 1;
         }
@@ -303,6 +558,12 @@ impl Core {
 
     /// Advances time: typing expiry, grace periods, session expiry, cooldowns, stats.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let start = self.out.len();
+        self.timeout(now);
+        self.route(start);
+    }
+
+    fn timeout(&mut self, now: Instant) {
         self.sessions.tick(now);
         while let Some(timer) = self.timers.pop_due(now) {
             self.fire(timer, now);
@@ -402,10 +663,365 @@ impl Core {
         } else {
             MessageType::File
         };
-        self.post_message(id, client_id, kind, Content::File(Box::new(file)), now)
+        let start = self.out.len();
+        let posted = self.post_message(id, client_id, kind, Content::File(Box::new(file)), now);
+        self.route(start);
+        posted
+    }
+
+    // ---- cluster inputs -----------------------------------------------------------------
+
+    /// A message from node `from`'s core (decoded from the bus).
+    pub fn handle_bus(&mut self, from: NodeId, msg: ClusterMsg, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        if self.cluster.is_some() {
+            self.bus(from, msg, now);
+        }
+        self.route(start);
+    }
+
+    /// The bus refused (or lost) `msg` for node `to`: a forwarded event is refused to its
+    /// client with `service_unavailable` now instead of at its deadline.
+    pub fn handle_bus_failed(&mut self, _to: NodeId, msg: &ClusterMsg, now: Instant) {
+        self.sessions.tick(now);
+        if let ClusterMsg::Event { req, .. } = msg {
+            self.fail_request(*req);
+        }
+    }
+
+    /// An answer of the cluster's matchmaker for a guest of this node.
+    pub fn handle_match(&mut self, answer: MatchAnswer, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        if self.cluster.is_some() {
+            self.matched(answer, now);
+        }
+        self.route(start);
     }
 
     // ---- internals ----------------------------------------------------------------------
+
+    /// The node a local guest's chat lives on, when not this one.
+    fn home_of(&self, id: SessionId) -> Option<NodeId> {
+        let c = self.cluster.as_ref()?;
+        c.homes.get(&id).map(|(node, _)| *node)
+    }
+
+    fn bus(&mut self, from: NodeId, msg: ClusterMsg, now: Instant) {
+        match msg {
+            ClusterMsg::Attach { sid, conn } => self.remote_attach(from, sid, conn, now),
+            ClusterMsg::Detach { sid, .. } => {
+                let conn = self.cluster.as_ref().and_then(|c| {
+                    let conns = c.remote_of.get(&sid)?;
+                    conns.iter().find(|(n, _)| *n == from).map(|(_, c)| *c)
+                });
+                if let Some(conn) = conn {
+                    self.disconnected(conn, now);
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.drop_remote(conn);
+                    }
+                }
+            }
+            ClusterMsg::Event {
+                sid,
+                conn,
+                req,
+                name,
+                payload,
+            } => {
+                let result = self.remote_event(from, sid, conn, &name, payload.as_ref(), now);
+                let msg = ClusterMsg::Ack { req, result };
+                self.out.push(Output::Bus { to: from, msg });
+            }
+            ClusterMsg::Ack { req, result } => self.remote_ack(req, result, now),
+            ClusterMsg::Emit {
+                sid,
+                conn,
+                name,
+                payload,
+                ack,
+            } => {
+                let to = conn.map_or(Target::Guest(sid), Target::Conn);
+                self.out.push(Output::Relay {
+                    to,
+                    name,
+                    payload,
+                    ack,
+                });
+            }
+            ClusterMsg::Delivered { room, msg } => {
+                if self.rooms.delivered(room, msg, &mut self.out) {
+                    self.counters.receipts_delivered += 1;
+                }
+            }
+            ClusterMsg::Paired { sid, room, .. } => {
+                // Stale (the guest is gone, or no longer searching): its new home finds it
+                // away and ends the chat after the grace period.
+                if self.sessions.state(sid) == Some(State::Searching) {
+                    self.sessions.set_state(sid, State::InChat(room));
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.homes.insert(sid, (from, room));
+                        c.remote_rooms.insert(room, from);
+                    }
+                    // Counted once, by the home.
+                    self.broadcast.changed(now);
+                }
+            }
+            ClusterMsg::Released { sid, room } => self.release_local(sid, room, now),
+            ClusterMsg::Shutdown => {}
+        }
+    }
+
+    /// A socket of `sid` on `from` connected: as [`Core::connect`] for a local one.
+    fn remote_attach(&mut self, from: NodeId, sid: SessionId, rconn: ConnId, now: Instant) {
+        if !matches!(self.sessions.state(sid), Some(State::InChat(_))) {
+            return;
+        }
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        c.ctx = Some((from, rconn));
+        let (conn, new) = c.remote_conn(sid, from);
+        let returning = if new {
+            match self.sessions.attach(sid, conn, now) {
+                Ok(returning) => returning,
+                Err(_) => return,
+            }
+        } else {
+            false
+        };
+        self.connected(sid, conn, returning, now);
+    }
+
+    /// A client event of `sid`'s socket `rconn` on `from`: the ack for it.
+    fn remote_event(
+        &mut self,
+        from: NodeId,
+        sid: SessionId,
+        rconn: ConnId,
+        name: &str,
+        payload: Option<&Value>,
+        now: Instant,
+    ) -> AckResult {
+        let refuse = |e: SignalError| AckResult::Err(e.code().to_owned());
+        let attached = self.cluster.as_ref().is_some_and(|c| {
+            c.remote_of
+                .get(&sid)
+                .is_some_and(|conns| conns.iter().any(|(n, _)| *n == from))
+        });
+        if !attached {
+            return refuse(SignalError::NotInChat);
+        }
+        let event = match ClientEvent::parse(name, payload) {
+            Ok(event) => event,
+            Err(e) => return refuse(e),
+        };
+        if let Some(c) = self.cluster.as_mut() {
+            c.ctx = Some((from, rconn));
+        }
+        if let ClientEvent::MatchNext { interests } = event {
+            // The chat ends here; the search is the guest's node's to start.
+            return match self.chat(sid) {
+                Ok((room, _)) => {
+                    self.end_chat(room, sid, EndReason::Skipped, now);
+                    AckResult::Next(interests)
+                }
+                Err(e) => refuse(e),
+            };
+        }
+        match self.dispatch(sid, event, now) {
+            Ok(ack) => AckResult::Ok(serde_json::to_value(ack).unwrap_or(Value::Null)),
+            Err(e) => refuse(e),
+        }
+    }
+
+    /// The ack of a forwarded event.
+    fn remote_ack(&mut self, bus_req: u64, result: AckResult, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some((conn, req)) = c.pending.remove(&bus_req) else {
+            return;
+        };
+        let result = match result {
+            AckResult::Ok(ack) => Ok(ack),
+            AckResult::Err(code) => {
+                Err(SignalError::from_code(&code).unwrap_or(SignalError::ServiceUnavailable))
+            }
+            AckResult::Next(interests) => match self.sessions.guest_of(conn) {
+                Some(id) => {
+                    if let Some((_, room)) = self.cluster.as_ref().and_then(|c| c.homes.get(&id)) {
+                        let room = *room;
+                        self.release_local(id, room, now);
+                    }
+                    self.match_start(id, interests, now)
+                        .map(|ack| serde_json::to_value(ack).unwrap_or(Value::Null))
+                }
+                None => Err(SignalError::Unauthorized),
+            },
+        };
+        self.out.push(Output::Ack { conn, req, result });
+    }
+
+    /// A forwarded event's ack will not come: refused with `service_unavailable`.
+    fn fail_request(&mut self, bus_req: u64) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if let Some((conn, req)) = c.pending.remove(&bus_req) {
+            let result = Err(SignalError::ServiceUnavailable);
+            self.out.push(Output::Ack { conn, req, result });
+        }
+    }
+
+    /// `id`'s chat `room` at another node ended: the guest is this node's again.
+    fn release_local(&mut self, id: SessionId, room: RoomId, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        c.remote_rooms.remove(&room);
+        if c.homes.get(&id).is_some_and(|(_, r)| *r == room) {
+            c.homes.remove(&id);
+            if self.sessions.state(id) == Some(State::InChat(room)) {
+                self.sessions.set_state(id, State::Online);
+            }
+            self.broadcast.changed(now);
+        }
+    }
+
+    fn matched(&mut self, answer: MatchAnswer, now: Instant) {
+        match answer {
+            MatchAnswer::Paired {
+                seeker,
+                partner,
+                partner_name,
+                partner_node,
+            } => {
+                if self.sessions.state(seeker) != Some(State::Searching) {
+                    return;
+                }
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
+                if c.node == Some(partner_node) {
+                    if self.sessions.state(partner) == Some(State::Searching) {
+                        self.open_room([seeker, partner], now);
+                    }
+                    return;
+                }
+                // The partner is on another node: this core is the room's home.
+                if !self.sessions.contains(partner) {
+                    self.sessions.insert(partner, partner_name, None, now);
+                    c.visitors.insert(partner, partner_node);
+                }
+                let (conn, new) = c.remote_conn(partner, partner_node);
+                if new && self.sessions.attach(partner, conn, now).is_err() {
+                    return;
+                }
+                let room = self.fresh_room();
+                let msg = ClusterMsg::Paired {
+                    sid: partner,
+                    partner: seeker,
+                    partner_name: self.username(seeker),
+                    room,
+                };
+                self.out.push(Output::Bus {
+                    to: partner_node,
+                    msg,
+                });
+                self.open_room_as(room, [seeker, partner], now);
+            }
+            MatchAnswer::Refused { sid, error: _ } => {
+                if self.sessions.state(sid) == Some(State::Searching) {
+                    self.sessions.set_state(sid, State::Online);
+                    self.broadcast.changed(now);
+                }
+            }
+        }
+    }
+
+    /// Rewrites this input's outputs (from `start` on) for the cluster: what is for a guest
+    /// with remote connections goes to their nodes over the bus; then releases the guests
+    /// whose chat ended here. Nothing on a single node.
+    fn route(&mut self, start: usize) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let outputs = self.out.take_from(start);
+        for out in outputs {
+            match out {
+                Output::Emit {
+                    to: Target::Guest(id),
+                    event,
+                } if c.remote_of.contains_key(&id) => {
+                    for (node, _) in c.remote_of.get(&id).into_iter().flatten() {
+                        let msg = relay(id, None, &event);
+                        self.out.push(Output::Bus { to: *node, msg });
+                    }
+                    let conns = self.sessions.conns(id);
+                    if conns.iter().any(|conn| !c.remote.contains_key(conn)) {
+                        self.out.push(Output::Emit {
+                            to: Target::Guest(id),
+                            event,
+                        });
+                    }
+                }
+                Output::Deliver { to, message } if c.remote_of.contains_key(&to) => {
+                    for (node, _) in c.remote_of.get(&to).into_iter().flatten() {
+                        let msg = relay_message(to, None, &message);
+                        self.out.push(Output::Bus { to: *node, msg });
+                    }
+                    let conns = self.sessions.conns(to);
+                    if conns.iter().any(|conn| !c.remote.contains_key(conn)) {
+                        self.out.push(Output::Deliver { to, message });
+                    }
+                }
+                Output::Emit {
+                    to: Target::Conn(conn),
+                    event,
+                } if c.remote.contains_key(&conn) => {
+                    if let Some(&(id, node)) = c.remote.get(&conn) {
+                        let msg = relay(id, c.ctx_conn(node), &event);
+                        self.out.push(Output::Bus { to: node, msg });
+                    }
+                }
+                Output::Redeliver { conn, message } if c.remote.contains_key(&conn) => {
+                    if let Some(&(id, node)) = c.remote.get(&conn) {
+                        let msg = relay_message(id, c.ctx_conn(node), &message);
+                        self.out.push(Output::Bus { to: node, msg });
+                    }
+                }
+                // Its own node closes a flooding socket.
+                Output::Close { conn, .. } if c.remote.contains_key(&conn) => {}
+                out => self.out.push(out),
+            }
+        }
+        c.ctx = None;
+        for (id, room) in std::mem::take(&mut c.releasing) {
+            let mut nodes: Vec<NodeId> = c
+                .remote_of
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .map(|(n, _)| *n)
+                .collect();
+            nodes.extend(c.visitors.get(&id));
+            nodes.sort();
+            nodes.dedup();
+            for node in nodes {
+                let msg = ClusterMsg::Released { sid: id, room };
+                self.out.push(Output::Bus { to: node, msg });
+            }
+            for (_, conn) in c.remote_of.remove(&id).unwrap_or_default() {
+                c.remote.remove(&conn);
+                self.sessions.detach(conn);
+            }
+            if c.visitors.remove(&id).is_some() && self.sessions.conns(id).is_empty() {
+                self.sessions.remove(id);
+            }
+        }
+    }
 
     fn random_u128(&mut self) -> u128 {
         let mut b = [0u8; 16];
@@ -462,6 +1078,20 @@ impl Core {
             State::InChat(_) => return Err(SignalError::AlreadyInChat),
         }
         let present = !s.away();
+        if self.cluster.is_some() {
+            let username = s.username.clone();
+            self.sessions.set_state(id, State::Searching);
+            self.out
+                .emit(Target::Guest(id), ServerEvent::Searching(Empty {}));
+            self.out.push(Output::Match(MatchRequest::Enqueue {
+                sid: id,
+                username,
+                interests,
+                present,
+            }));
+            self.broadcast.changed(now);
+            return Ok(Ack::State(GuestState::Searching));
+        }
         let entry = Entry {
             id,
             interests,
@@ -487,19 +1117,32 @@ impl Core {
             return Err(SignalError::NotSearching);
         }
         self.sessions.set_state(id, State::Online);
-        self.matchmaker.cancel(id);
+        if self.cluster.is_some() {
+            self.out
+                .push(Output::Match(MatchRequest::Cancel { sid: id }));
+        } else {
+            self.matchmaker.cancel(id);
+        }
         self.broadcast.changed(now);
         Ok(Ack::State(GuestState::Online))
     }
 
     /// Opens a room for two guests the matchmaker paired.
-    fn open_room(&mut self, [a, b]: Pair, now: Instant) {
-        let room = loop {
+    fn open_room(&mut self, pair: Pair, now: Instant) {
+        let room = self.fresh_room();
+        self.open_room_as(room, pair, now);
+    }
+
+    fn fresh_room(&mut self) -> RoomId {
+        loop {
             let r = RoomId::from_raw(self.random_u128());
             if !self.rooms.contains(r) {
                 break r;
             }
-        };
+        }
+    }
+
+    fn open_room_as(&mut self, room: RoomId, [a, b]: Pair, now: Instant) {
         let names = [a, b].map(|id| self.sessions.enter_chat(id, room));
         self.rooms.open(room, [a, b], names, &mut self.out);
         self.counters.matches += 1;
@@ -545,7 +1188,28 @@ impl Core {
         let timestamp = self.unix_ms(now);
         announce_end(room, [actor, other], reason, ids, timestamp, &mut self.out);
         let reported = reason == EndReason::Reported;
-        if let Some(until) = self.matchmaker.ended(actor, other, reported, now) {
+        if let Some(c) = self.cluster.as_mut() {
+            let ttl = if reported {
+                self.cfg.token_ttl
+            } else {
+                self.cfg.repair_cooldown
+            };
+            self.out.push(Output::Match(MatchRequest::RecordEnd {
+                a: actor,
+                b: other,
+                blocked: reported,
+                ttl,
+            }));
+            if !reported {
+                let until = now + ttl;
+                self.timers.schedule(until, Timer::Unblock(actor, other));
+            }
+            for id in [actor, other] {
+                if c.remote_of.contains_key(&id) || c.visitors.contains_key(&id) {
+                    c.releasing.push((id, room));
+                }
+            }
+        } else if let Some(until) = self.matchmaker.ended(actor, other, reported, now) {
             self.timers.schedule(until, Timer::Unblock(actor, other));
         }
         self.counters.chats_ended[reason as usize] += 1;
@@ -637,6 +1301,11 @@ impl Core {
                     self.counters.sessions_reaped += 1;
                 }
             }
+            Timer::Unblock(a, b) if self.cluster.is_some() => {
+                let req = MatchRequest::CooldownOver { a, b };
+                self.out.push(Output::Match(req));
+            }
+            Timer::Request(req) => self.fail_request(req),
             Timer::Unblock(a, b) => {
                 for pair in self
                     .matchmaker
@@ -666,6 +1335,19 @@ impl Core {
     }
 
     fn remove_session(&mut self, id: SessionId, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            // Gone from here while its chat lives elsewhere: for the home it is away (its
+            // grace period ends the chat).
+            if let Some((home, room)) = c.homes.remove(&id) {
+                c.remote_rooms.remove(&room);
+                self.sessions.set_state(id, State::Online);
+                let msg = ClusterMsg::Detach {
+                    sid: id,
+                    conn: ConnId(0),
+                };
+                self.out.push(Output::Bus { to: home, msg });
+            }
+        }
         match self.sessions.state(id) {
             Some(State::InChat(room)) => self.end_chat(room, id, EndReason::Disconnected, now),
             Some(State::Searching) => {

@@ -64,6 +64,8 @@ pub enum SignalError {
     NotFound,
     #[error("Too many guest sessions are open from your network; try again later.")]
     TooManySessions,
+    #[error("Another server this needs cannot be reached right now; try again.")]
+    ServiceUnavailable,
 }
 
 impl SignalError {
@@ -99,11 +101,17 @@ impl SignalError {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::TooManySessions => "too_many_sessions",
+            Self::ServiceUnavailable => "service_unavailable",
         }
     }
 
+    /// The variant of a wire code (`None` for a code this build does not know).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.code() == code)
+    }
+
     /// Every variant, for metrics label pre-registration and docs checks.
-    pub const ALL: [SignalError; 29] = [
+    pub const ALL: [SignalError; 30] = [
         Self::Unauthorized,
         Self::RateLimited,
         Self::ServerBusy,
@@ -133,6 +141,7 @@ impl SignalError {
         Self::Forbidden,
         Self::NotFound,
         Self::TooManySessions,
+        Self::ServiceUnavailable,
     ];
 }
 
@@ -174,6 +183,7 @@ mod tests {
             SignalError::Forbidden => 26,
             SignalError::NotFound => 27,
             SignalError::TooManySessions => 28,
+            SignalError::ServiceUnavailable => 29,
         };
         for (i, e) in SignalError::ALL.iter().enumerate() {
             assert_eq!(ordinal(*e), i, "{e:?}");

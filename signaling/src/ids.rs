@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident, $raw:ty, $width:literal) => {
@@ -42,6 +42,13 @@ macro_rules! hex_id {
                 s.collect_str(self)
             }
         }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| serde::de::Error::custom("malformed id"))
+            }
+        }
     };
 }
 
@@ -64,6 +71,12 @@ hex_id!(
     32
 );
 hex_id!(
+    /// A node of a cluster (random 128 bits, made at its start).
+    NodeId,
+    u128,
+    32
+);
+hex_id!(
     /// One chat message.
     MessageId,
     u64,
@@ -77,7 +90,7 @@ hex_id!(
 pub struct ClientKey(pub u128);
 
 /// One Socket.IO connection, numbered by the shell.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct ConnId(pub u64);
 
 /// One call between the two guests of a room, numbered by the core from 1. Never on the wire:

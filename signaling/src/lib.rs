@@ -11,6 +11,7 @@
 //! `call` (calls), `stats` (counters and the live statistics' broadcast).
 
 pub mod call;
+pub mod cluster;
 mod config;
 mod core;
 mod error;
@@ -31,6 +32,7 @@ pub use crate::rooms::RECENT_MESSAGES;
 pub use crate::sessions::{valid_username, GuestInfo};
 pub use crate::stats::Counters;
 pub use call::{CallStates, MediaCommand, MediaEvent};
+pub use cluster::{ClusterMsg, MatchAnswer, MatchRequest};
 pub use error::SignalError;
-pub use ids::{CallId, ClientKey, ConnId, FileId, MessageId, RoomId, SessionId};
+pub use ids::{CallId, ClientKey, ConnId, FileId, MessageId, NodeId, RoomId, SessionId};
 pub use wire::{Ack, CallEndReason, CallState, ClientEvent, ServerEvent};

@@ -3,9 +3,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::call::MediaCommand;
-use crate::ids::{CallId, ConnId, RoomId, SessionId};
+use crate::cluster::{ClusterMsg, MatchRequest, NodeId};
+use crate::ids::{CallId, ConnId, MessageId, RoomId, SessionId};
 use crate::wire::{ChatMessage, ServerEvent};
+use crate::SignalError;
 
 /// Where an emitted event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,30 @@ pub enum Output {
     /// A call ended (ringing or accepted, for any reason): what was handed out for it (TURN
     /// credentials) stops working.
     CallEnded(CallId),
+    /// (Cluster only.) A message for another node's core, over the bus.
+    Bus {
+        to: NodeId,
+        msg: ClusterMsg,
+    },
+    /// (Cluster only.) A request for the cluster's matchmaker; its pairs come back through
+    /// [`crate::Core::handle_match`].
+    Match(MatchRequest),
+    /// (Cluster only.) The ack of an event [`crate::Core::handle_client_event`] forwarded to
+    /// the chat's home: the ack's JSON, or the refusal.
+    Ack {
+        conn: ConnId,
+        req: u64,
+        result: Result<Value, SignalError>,
+    },
+    /// (Cluster only.) An event the chat's home emitted for a guest of this node, to write as
+    /// is. With `ack`, a partner message: on a socket's ack call
+    /// [`crate::Core::handle_delivered`] with it.
+    Relay {
+        to: Target,
+        name: String,
+        payload: Value,
+        ack: Option<(RoomId, MessageId)>,
+    },
 }
 
 /// The outputs not yet polled, in order.
@@ -86,5 +114,10 @@ impl Outbox {
 
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Takes the outputs from index `start` on (those of the current input, to route).
+    pub(crate) fn take_from(&mut self, start: usize) -> VecDeque<Output> {
+        self.queue.split_off(start.min(self.queue.len()))
     }
 }

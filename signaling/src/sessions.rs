@@ -306,6 +306,11 @@ impl Sessions {
         }
     }
 
+    /// The sockets of `id` (none if gone).
+    pub(crate) fn conns(&self, id: SessionId) -> &[ConnId] {
+        self.sessions.get(&id).map_or(&[], |s| &s.conns)
+    }
+
     /// Without a socket (or gone).
     pub(crate) fn is_away(&self, id: SessionId) -> bool {
         self.sessions.get(&id).is_none_or(Session::away)

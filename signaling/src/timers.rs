@@ -25,6 +25,8 @@ pub(crate) enum Timer {
     Ring(RoomId, CallId),
     /// The periodic check of the active-guest count.
     Sweep,
+    /// The deadline of a client event forwarded to another node (its bus request id).
+    Request(u64),
 }
 
 #[derive(Default)]

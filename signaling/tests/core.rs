@@ -2867,6 +2867,13 @@ impl Model {
                     prop_assert!(self.open.contains_key(call));
                 }
                 Output::CallSetup(_) => {}
+                // A single-node core never emits these.
+                Output::Bus { .. }
+                | Output::Match(_)
+                | Output::Ack { .. }
+                | Output::Relay { .. } => {
+                    prop_assert!(false, "a cluster output from a single node: {o:?}");
+                }
                 Output::CallEnded(call) => {
                     prop_assert!(self.call_ids_ended.insert(*call), "a call ends once");
                 }

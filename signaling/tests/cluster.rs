@@ -1,0 +1,644 @@
+//! Several cores as one cluster, deterministically: a simulated bus (ordered queues of encoded
+//! `ClusterMsg` bytes between cores, which can be taken down or partitioned), a simulated
+//! global matchmaker (in memory, the single-node rules that matter here: oldest first, never a
+//! pair cooling down or blocked, away guests not paired), and time injected by hand.
+//!
+//! Each guest's client is modelled by what its sockets receive (`seen`), and acks every partner
+//! message at once (as the browser does). Scenarios compare a cross-node chat with the same
+//! script on one core alone.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tandem_signaling::cluster::{MatchAnswer, MatchRequest};
+use tandem_signaling::*;
+
+const UNIX0: u64 = 1_700_000_000_000;
+
+fn cfg(node: Option<NodeId>) -> CoreConfig {
+    CoreConfig {
+        chat_messages_per_sec: 10_000,
+        match_per_sec: 10_000,
+        match_burst: 10_000,
+        typing_per_sec: 10_000,
+        events_per_sec: 10_000,
+        node,
+        ..CoreConfig::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct G {
+    id: SessionId,
+    conn: ConnId,
+    node: usize,
+}
+
+struct Waiting {
+    sid: SessionId,
+    node: usize,
+    username: String,
+    present: bool,
+}
+
+#[derive(Default)]
+struct Matchmaker {
+    queue: Vec<Waiting>,
+    /// (a, b) with a < b → blocked for good (a report) or cooling down.
+    ended: HashMap<(SessionId, SessionId), bool>,
+    requests: Vec<MatchRequest>,
+}
+
+fn pair_key(a: SessionId, b: SessionId) -> (SessionId, SessionId) {
+    if a < b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl Matchmaker {
+    /// The oldest present guest `sid` may be paired with, taken out of the queue.
+    fn take_partner(&mut self, sid: SessionId) -> Option<Waiting> {
+        let i = self.queue.iter().position(|w| {
+            w.sid != sid && w.present && !self.ended.contains_key(&pair_key(sid, w.sid))
+        })?;
+        Some(self.queue.remove(i))
+    }
+}
+
+struct Sim {
+    ids: Vec<NodeId>,
+    cores: Vec<Core>,
+    now: Instant,
+    /// (from, to, encoded message), in send order.
+    bus: VecDeque<(usize, usize, Vec<u8>)>,
+    /// While down every send is refused at once (as the shell's bus does without Redis).
+    down: bool,
+    /// Messages between these (from, to) are accepted and silently lost.
+    cut: HashSet<(usize, usize)>,
+    mm: Matchmaker,
+    seen: HashMap<SessionId, Vec<(String, Value)>>,
+    acks: HashMap<(usize, ConnId, u64), Result<Value, SignalError>>,
+    owners: HashMap<(usize, ConnId), SessionId>,
+    next_conn: u64,
+    next_req: u64,
+}
+
+impl Sim {
+    /// `n` clustered cores, or (with `n == 0`) one core alone.
+    fn new(n: usize) -> Self {
+        let t0 = Instant::now();
+        let (ids, cores): (Vec<_>, Vec<_>) = if n == 0 {
+            let id = NodeId::from_raw(0);
+            vec![(id, Core::new(cfg(None), [7; 32], t0, UNIX0))]
+                .into_iter()
+                .unzip()
+        } else {
+            (0..n)
+                .map(|i| {
+                    let id = NodeId::from_raw(0x1000 + i as u128);
+                    let seed = [i as u8 + 1; 32];
+                    (id, Core::new(cfg(Some(id)), seed, t0, UNIX0))
+                })
+                .unzip()
+        };
+        Sim {
+            ids,
+            cores,
+            now: t0,
+            bus: VecDeque::new(),
+            down: false,
+            cut: HashSet::new(),
+            mm: Matchmaker::default(),
+            seen: HashMap::new(),
+            acks: HashMap::new(),
+            owners: HashMap::new(),
+            next_conn: 1,
+            next_req: 1,
+        }
+    }
+
+    fn node_index(&self, id: NodeId) -> usize {
+        self.ids.iter().position(|n| *n == id).expect("known node")
+    }
+
+    fn guest(&mut self, node: usize, name: &str) -> G {
+        let info = self.cores[node].create_guest(Some(name), self.now).unwrap();
+        let g = G {
+            id: info.session_id,
+            conn: ConnId(0),
+            node,
+        };
+        self.connect(g, node)
+    }
+
+    /// A new socket of `g` on `node`.
+    fn connect(&mut self, g: G, node: usize) -> G {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.owners.insert((node, conn), g.id);
+        self.cores[node].connect(g.id, conn, self.now).unwrap();
+        self.pump();
+        G { conn, node, ..g }
+    }
+
+    fn disconnect(&mut self, g: G) {
+        self.cores[g.node].disconnect(g.conn, self.now);
+        self.pump();
+    }
+
+    /// A client event of `g` and its ack (`Err(ServiceUnavailable)` stands in for "no ack
+    /// yet" too: none came).
+    fn ev(&mut self, g: G, name: &str, payload: Value) -> Result<Value, SignalError> {
+        let req = self.next_req;
+        self.next_req += 1;
+        let payload = (!payload.is_null()).then_some(payload);
+        let now = self.now;
+        let r = self.cores[g.node].handle_client_event(g.conn, req, name, payload.as_ref(), now);
+        self.pump();
+        match r {
+            Ok(Some(ack)) => Ok(serde_json::to_value(ack).unwrap()),
+            Err(e) => Err(e),
+            Ok(None) => self
+                .acks
+                .remove(&(g.node, g.conn, req))
+                .unwrap_or(Err(SignalError::ServiceUnavailable)),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .cores
+                .iter()
+                .filter_map(Core::poll_timeout)
+                .filter(|t| *t <= end)
+                .min();
+            let Some(t) = next else { break };
+            self.now = t.max(self.now);
+            for i in 0..self.cores.len() {
+                self.cores[i].handle_timeout(self.now);
+            }
+            self.pump();
+        }
+        self.now = end;
+        for i in 0..self.cores.len() {
+            self.cores[i].handle_timeout(self.now);
+        }
+        self.pump();
+    }
+
+    fn see(&mut self, id: SessionId, name: &str, payload: Value) {
+        self.seen
+            .entry(id)
+            .or_default()
+            .push((name.to_owned(), payload));
+    }
+
+    /// Carries out every output and bus message until all is quiet.
+    fn pump(&mut self) {
+        loop {
+            let mut busy = false;
+            for i in 0..self.cores.len() {
+                while let Some(out) = self.cores[i].poll_output() {
+                    busy = true;
+                    self.carry(i, out);
+                }
+            }
+            if let Some((from, to, bytes)) = self.bus.pop_front() {
+                busy = true;
+                let msg = ClusterMsg::decode(&bytes).expect("a message a core encoded");
+                let from = self.ids[from];
+                self.cores[to].handle_bus(from, msg, self.now);
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    fn carry(&mut self, node: usize, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Emit { to, event } => {
+                let name = event.name();
+                let payload = serde_json::to_value(&event).unwrap();
+                for id in self.targets(node, to) {
+                    self.see(id, name, payload.clone());
+                }
+            }
+            Output::Deliver { to, message } => {
+                self.see(to, "chat:message", serde_json::to_value(&message).unwrap());
+                self.cores[node].handle_delivered(message.room_id, message.id, now);
+            }
+            Output::Redeliver { conn, message } => {
+                if let Some(&id) = self.owners.get(&(node, conn)) {
+                    self.see(id, "chat:message", serde_json::to_value(&message).unwrap());
+                    self.cores[node].handle_delivered(message.room_id, message.id, now);
+                }
+            }
+            Output::Relay {
+                to,
+                name,
+                payload,
+                ack,
+            } => {
+                for id in self.targets(node, to) {
+                    self.see(id, &name, payload.clone());
+                }
+                if let Some((room, msg)) = ack {
+                    self.cores[node].handle_delivered(room, msg, now);
+                }
+            }
+            Output::Bus { to, msg } => {
+                let to = self.node_index(to);
+                if self.down {
+                    self.cores[node].handle_bus_failed(self.ids[to], &msg, now);
+                } else if !self.cut.contains(&(node, to)) {
+                    self.bus.push_back((node, to, msg.encode()));
+                }
+            }
+            Output::Ack { conn, req, result } => {
+                self.acks.insert((node, conn, req), result);
+            }
+            Output::Match(req) => self.matchmake(node, req),
+            _ => {}
+        }
+    }
+
+    fn targets(&self, node: usize, to: Target) -> Vec<SessionId> {
+        match to {
+            Target::Guest(id) => vec![id],
+            Target::Conn(c) => self.owners.get(&(node, c)).copied().into_iter().collect(),
+            Target::All => vec![],
+        }
+    }
+
+    fn answer(&mut self, node: usize, answer: MatchAnswer) {
+        let now = self.now;
+        self.cores[node].handle_match(answer, now);
+    }
+
+    fn pair(&mut self, seeker: SessionId, seeker_node: usize) -> bool {
+        let Some(w) = self.mm.take_partner(seeker) else {
+            return false;
+        };
+        let answer = MatchAnswer::Paired {
+            seeker,
+            partner: w.sid,
+            partner_name: w.username,
+            partner_node: self.ids[w.node],
+        };
+        self.answer(seeker_node, answer);
+        true
+    }
+
+    fn matchmake(&mut self, node: usize, req: MatchRequest) {
+        self.mm.requests.push(req.clone());
+        match req {
+            MatchRequest::Enqueue {
+                sid,
+                username,
+                present,
+                ..
+            } => {
+                if !(present && self.pair(sid, node)) {
+                    self.mm.queue.push(Waiting {
+                        sid,
+                        node,
+                        username,
+                        present,
+                    });
+                }
+            }
+            MatchRequest::Cancel { sid } => self.mm.queue.retain(|w| w.sid != sid),
+            MatchRequest::Away { sid, away } => {
+                let Some(i) = self.mm.queue.iter().position(|w| w.sid == sid) else {
+                    return;
+                };
+                self.mm.queue[i].present = !away;
+                if !away {
+                    let w = self.mm.queue.remove(i);
+                    if !self.pair(sid, w.node) {
+                        self.mm.queue.insert(i, w);
+                    }
+                }
+            }
+            MatchRequest::RecordEnd { a, b, blocked, .. } => {
+                self.mm.ended.insert(pair_key(a, b), blocked);
+            }
+            MatchRequest::CooldownOver { a, b } => {
+                if self.mm.ended.get(&pair_key(a, b)) == Some(&false) {
+                    self.mm.ended.remove(&pair_key(a, b));
+                }
+                for sid in [a, b] {
+                    if let Some(i) = self.mm.queue.iter().position(|w| w.sid == sid && w.present) {
+                        let w = self.mm.queue.remove(i);
+                        if !self.pair(sid, w.node) {
+                            self.mm.queue.insert(i, w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `id` has seen, without the statistics (per node) and with ids replaced by their
+    /// order of first appearance (each run draws its own).
+    fn transcript(&self, id: SessionId) -> Vec<(String, Value)> {
+        let mut names = HashMap::new();
+        self.seen
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| name != "realtime:stats")
+            .map(|(name, p)| (name.clone(), normalize(p, &mut names)))
+            .collect()
+    }
+
+    fn names(&self, id: SessionId) -> Vec<String> {
+        self.transcript(id).into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+fn normalize(v: &Value, names: &mut HashMap<String, usize>) -> Value {
+    match v {
+        Value::String(s)
+            if (s.len() == 16 || s.len() == 32) && s.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            let n = names.len();
+            json!(format!("id#{}", names.entry(s.clone()).or_insert(n)))
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| normalize(v, names)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), normalize(v, names)))
+                .collect(),
+        ),
+        v => v.clone(),
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// The chat script: match, messages both ways with receipts, typing that expires on the server
+/// and typing a message stops. Run on `a`'s and `b`'s nodes as given.
+fn chat_script(sim: &mut Sim, na: usize, nb: usize) -> (G, G) {
+    let a = sim.guest(na, "Ann");
+    let b = sim.guest(nb, "Bob");
+    assert_eq!(
+        sim.ev(a, "match:start", json!({})),
+        Ok(json!({"ok": true, "state": "searching"}))
+    );
+    sim.advance(secs(1));
+    sim.ev(b, "match:start", json!({})).unwrap();
+    sim.advance(secs(1));
+    let sent = sim
+        .ev(
+            a,
+            "chat:message",
+            json!({"clientId": "c1", "content": "hi"}),
+        )
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    sim.advance(secs(1));
+    assert_eq!(
+        sim.ev(b, "chat:message:read", json!({"id": id})),
+        Ok(json!({"ok": true}))
+    );
+    sim.ev(b, "typing:start", Value::Null).unwrap();
+    sim.advance(secs(6)); // the server stops it after 5 s
+    sim.ev(b, "typing:start", Value::Null).unwrap();
+    sim.advance(secs(1));
+    let sent = sim
+        .ev(
+            b,
+            "chat:message",
+            json!({"clientId": "c2", "content": "yo"}),
+        )
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    sim.ev(a, "chat:message:read", json!({"id": id})).unwrap();
+    sim.advance(secs(1));
+    (a, b)
+}
+
+#[test]
+fn guests_on_two_nodes_chat_as_on_one() {
+    let mut one = Sim::new(0);
+    let (a1, b1) = chat_script(&mut one, 0, 0);
+    let mut two = Sim::new(2);
+    let (a2, b2) = chat_script(&mut two, 0, 1);
+    // b's node ran the pairing: it is the room's home, a is remote there.
+    assert!(two.cores[1].chat_of(a2.id).is_some());
+    assert!(two.cores[0].chat_of(a2.id).is_none());
+    for (g1, g2) in [(a1, a2), (b1, b2)] {
+        assert_eq!(one.transcript(g1.id), two.transcript(g2.id));
+    }
+    assert_eq!(
+        two.names(a2.id),
+        [
+            "connection:established",
+            "match:searching",
+            "match:found",
+            "chat:message:sent",
+            "chat:message:delivered",
+            "chat:message:read",
+            "typing:start",
+            "typing:stop",
+            "typing:start",
+            "typing:stop",
+            "chat:message",
+        ]
+    );
+}
+
+#[test]
+fn a_guest_moves_to_another_node_within_the_grace_period() {
+    let mut sim = Sim::new(2);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    sim.disconnect(a);
+    assert_eq!(sim.names(b.id), ["partner:presence"]);
+    assert_eq!(sim.seen[&b.id][0].1["status"], "away");
+    sim.advance(secs(3));
+    let sent = sim
+        .ev(
+            b,
+            "chat:message",
+            json!({"clientId": "c3", "content": "still there?"}),
+        )
+        .unwrap();
+    sim.advance(secs(10));
+    // Back, through the load balancer, on the room's home node.
+    let a = sim.connect(a, 1);
+    let seen = &sim.seen[&a.id];
+    assert_eq!(seen[0].0, "connection:established");
+    assert_eq!(seen[0].1["state"], "in_chat");
+    assert_eq!(seen[0].1["room"]["partner"]["username"], "Bob");
+    let msg = seen.iter().find(|(n, _)| n == "chat:message").unwrap();
+    assert_eq!(msg.1["id"], sent["id"]);
+    assert_eq!(
+        sim.names(b.id),
+        [
+            "partner:presence",
+            "chat:message:sent",
+            "partner:presence",
+            "chat:message:delivered"
+        ]
+    );
+    assert_eq!(sim.seen[&b.id][2].1["status"], "online");
+    // The grace period passes: the chat goes on.
+    sim.advance(secs(60));
+    assert!(sim.cores[1].chat_of(a.id).is_some());
+    sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "c4", "content": "here"}),
+    )
+    .unwrap();
+    assert_eq!(sim.seen[&b.id].last().unwrap().0, "chat:message");
+}
+
+#[test]
+fn a_guest_returns_to_its_own_node_and_the_home_answers() {
+    let mut sim = Sim::new(2);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.disconnect(a);
+    sim.ev(b, "chat:message", json!({"clientId": "c3", "content": "?"}))
+        .unwrap();
+    sim.seen.clear();
+    let a = sim.connect(a, 0);
+    assert_eq!(sim.names(a.id), ["connection:established", "chat:message"]);
+    assert_eq!(
+        sim.names(b.id),
+        ["partner:presence", "chat:message:delivered"]
+    );
+}
+
+#[test]
+fn leave_next_and_report_end_the_chat_across_nodes() {
+    let mut sim = Sim::new(2);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    // a (remote at the home) leaves.
+    assert_eq!(
+        sim.ev(a, "chat:leave", Value::Null),
+        Ok(json!({"ok": true, "state": "online"}))
+    );
+    assert_eq!(sim.names(a.id), ["chat:ended", "chat:message"]);
+    assert_eq!(sim.names(b.id), ["chat:ended", "chat:message"]);
+    assert!(sim.mm.requests.iter().any(|r| matches!(r,
+        MatchRequest::RecordEnd { a: x, b: y, blocked: false, .. } if *x == a.id && *y == b.id)));
+    assert!(sim.cores[1].chat_of(a.id).is_none());
+    // Both search again: the cooldown keeps them apart.
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    assert_eq!(sim.mm.queue.len(), 2);
+    // A third guest pairs with a (its node is the new room's home): then a skips, and the
+    // search starts again on a's own node.
+    let c = sim.guest(1, "Cy");
+    sim.ev(c, "match:start", json!({})).unwrap();
+    assert!(sim.cores[1].chat_of(c.id).is_some());
+    assert_eq!(
+        sim.ev(a, "match:next", json!({})),
+        Ok(json!({"ok": true, "state": "searching"}))
+    );
+    assert!(sim
+        .mm
+        .requests
+        .iter()
+        .any(|r| matches!(r, MatchRequest::RecordEnd { blocked: false, .. })));
+    // The cooldown with b ends: the two waiting are paired again, across nodes.
+    sim.advance(secs(301));
+    let (_, partner) = sim.cores[0]
+        .chat_of(a.id)
+        .or(sim.cores[1].chat_of(a.id))
+        .unwrap();
+    assert_eq!(partner, b.id);
+    // b reports a: blocked for good.
+    sim.ev(b, "chat:report", json!({"reason": "rude"})).unwrap();
+    assert!(sim
+        .mm
+        .requests
+        .iter()
+        .any(|r| matches!(r, MatchRequest::RecordEnd { blocked: true, .. })));
+    assert!(sim.cores[0].chat_of(a.id).is_none() && sim.cores[1].chat_of(a.id).is_none());
+}
+
+#[test]
+fn a_bus_outage_refuses_cross_node_events_instead_of_losing_them() {
+    let mut sim = Sim::new(2);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    // The bus refuses sends (Redis lost): refused at once.
+    sim.down = true;
+    let r = sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "x", "content": "lost?"}),
+    );
+    assert_eq!(r, Err(SignalError::ServiceUnavailable));
+    assert_eq!(
+        SignalError::ServiceUnavailable.code(),
+        "service_unavailable"
+    );
+    sim.down = false;
+    // A partition: accepted, never answered: refused after the bus timeout.
+    sim.cut.insert((0, 1));
+    let req = sim.next_req;
+    sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "y", "content": "lost?"}),
+    )
+    .unwrap_err();
+    assert!(sim.acks.is_empty());
+    sim.advance(secs(2));
+    assert_eq!(
+        sim.acks.remove(&(0, a.conn, req)),
+        Some(Err(SignalError::ServiceUnavailable))
+    );
+    assert!(sim
+        .seen
+        .get(&b.id)
+        .is_none_or(|s| s.iter().all(|(n, _)| n != "chat:message")));
+    // Healed: the chat goes on.
+    sim.cut.clear();
+    sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "z", "content": "back"}),
+    )
+    .unwrap();
+    assert_eq!(sim.names(b.id), ["chat:message"]);
+}
+
+#[test]
+fn a_session_that_expires_on_its_node_ends_its_chat_at_the_home() {
+    let mut sim = Sim::new(2);
+    let a = sim.guest(0, "Ann");
+    sim.advance(secs(600));
+    let b = sim.guest(1, "Bob");
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    assert!(sim.cores[1].chat_of(a.id).is_some());
+    sim.seen.clear();
+    // a's token lifetime (2 h) ends on node 0; the home sees it away, then gone.
+    sim.advance(secs(7200 - 600 + 1));
+    assert!(!sim.cores[0].session_alive(a.id, sim.now));
+    assert_eq!(sim.names(b.id), ["partner:presence"]);
+    sim.advance(secs(31));
+    assert_eq!(
+        sim.names(b.id),
+        ["partner:presence", "chat:ended", "chat:message"]
+    );
+    assert!(sim.cores[1].chat_of(b.id).is_none());
+    // The home forgot the visitor.
+    assert_eq!(sim.cores[1].sizes()[0], ("sessions", 1));
+}
