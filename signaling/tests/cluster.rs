@@ -14,17 +14,15 @@ use serde_json::{json, Value};
 use tandem_signaling::cluster::{MatchAnswer, MatchRequest};
 use tandem_signaling::*;
 
-const UNIX0: u64 = 1_700_000_000_000;
+// Only the shared config and clock are used here.
+#[allow(dead_code)]
+mod common;
+use common::UNIX0;
 
 fn cfg(node: Option<NodeId>) -> CoreConfig {
     CoreConfig {
-        chat_messages_per_sec: 10_000,
-        match_per_sec: 10_000,
-        match_burst: 10_000,
-        typing_per_sec: 10_000,
-        events_per_sec: 10_000,
         node,
-        ..CoreConfig::default()
+        ..common::loose()
     }
 }
 

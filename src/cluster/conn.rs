@@ -166,37 +166,16 @@ impl Redis {
     /// Connects and checks that Redis answers. Fails with a clear message (the target without
     /// its password, and why) when it cannot be reached within a few seconds.
     pub async fn connect(target: &RedisTarget, metrics: ClusterMetrics) -> anyhow::Result<Redis> {
-        if target.tls {
-            // rustls needs a process-wide crypto provider; tandem builds only `ring` (an error
-            // means one is installed already).
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let urls: Vec<String> = target
-            .connection_urls()
-            .iter()
-            .map(|url| url.expose().to_owned())
-            .collect();
+        let urls = client_urls(target);
         let connecting = async {
             if target.cluster {
-                let client = ClusterClientBuilder::new(urls)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(RECONNECT_RETRIES as u32)
-                    .min_retry_wait(RECONNECT_MIN_DELAY.as_millis() as u64)
-                    .max_retry_wait(RECONNECT_MAX_DELAY.as_millis() as u64)
-                    .build()?;
+                let client = cluster_builder(urls).build()?;
                 Ok::<Conn, RedisError>(Conn::Cluster(client.get_async_connection().await?))
             } else {
                 let url = urls.into_iter().next().unwrap_or_default();
                 let client = redis::Client::open(url)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(RECONNECT_RETRIES)
-                    .set_min_delay(RECONNECT_MIN_DELAY)
-                    .set_max_delay(RECONNECT_MAX_DELAY);
                 Ok(Conn::Single(
-                    ConnectionManager::new_with_config(client, config).await?,
+                    ConnectionManager::new_with_config(client, manager_config()).await?,
                 ))
             }
         };
@@ -287,23 +266,11 @@ pub async fn connect_resp3(
     target: &RedisTarget,
     push: impl redis::aio::AsyncPushSender,
 ) -> Result<Resp3, RedisError> {
-    if target.tls {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let urls: Vec<String> = target
-        .connection_urls()
-        .iter()
-        .map(|url| url.expose().to_owned())
-        .collect();
+    let urls = client_urls(target);
     if target.cluster {
-        let client = ClusterClientBuilder::new(urls)
+        let client = cluster_builder(urls)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push)
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .retries(RECONNECT_RETRIES as u32)
-            .min_retry_wait(RECONNECT_MIN_DELAY.as_millis() as u64)
-            .max_retry_wait(RECONNECT_MAX_DELAY.as_millis() as u64)
             .build()?;
         Ok(Resp3::Cluster(client.get_async_connection().await?))
     } else {
@@ -315,18 +282,47 @@ pub async fn connect_resp3(
             .set_protocol(redis::ProtocolVersion::RESP3);
         let info = info.set_redis_settings(redis_info);
         let client = redis::Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY)
+        let config = manager_config()
             .set_push_sender(push)
             .set_automatic_resubscription();
         Ok(Resp3::Single(
             ConnectionManager::new_with_config(client, config).await?,
         ))
     }
+}
+
+/// The target's URLs, with their secrets, for the client (never logged). With TLS, installs the
+/// process-wide rustls crypto provider first: tandem builds only `ring` (an error means one is
+/// installed already).
+fn client_urls(target: &RedisTarget) -> Vec<String> {
+    if target.tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    target
+        .connection_urls()
+        .iter()
+        .map(|url| url.expose().to_owned())
+        .collect()
+}
+
+/// A Cluster client with tandem's timeouts and reconnection back-off.
+fn cluster_builder(urls: Vec<String>) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(urls)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .retries(RECONNECT_RETRIES as u32)
+        .min_retry_wait(RECONNECT_MIN_DELAY.as_millis() as u64)
+        .max_retry_wait(RECONNECT_MAX_DELAY.as_millis() as u64)
+}
+
+/// A single server's connection manager with tandem's timeouts and reconnection back-off.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(RECONNECT_MIN_DELAY)
+        .set_max_delay(RECONNECT_MAX_DELAY)
 }
 
 #[cfg(test)]
