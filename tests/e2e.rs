@@ -100,7 +100,18 @@ fn run_suite(name: &str, setup: &str, concurrency: u32, files: &[String], env: &
 
     // `sh -c` script run inside the namespace: set up the network, then become the test runner
     // (its arguments follow `sh`'s `$0`).
-    let script = format!("{setup} && exec node --test --test-concurrency={concurrency} \"$@\"");
+    // Besides TAP on stdout, the spec reporter writes to a file whose failure summary (node
+    // prints one at its end) goes into the panic message: the failing assertion and its
+    // diagnostics, not only the test's name, reach the CI log.
+    let summary = root.join(ARTIFACTS).join(format!("{}.spec.txt", name.replace(' ', "-")));
+    let _ = std::fs::create_dir_all(root.join(ARTIFACTS));
+    let _ = std::fs::remove_file(&summary);
+    let script = format!(
+        "{setup} && exec node --test --test-concurrency={concurrency} \
+         --test-reporter=tap --test-reporter-destination=stdout \
+         --test-reporter=spec --test-reporter-destination='{}' \"$@\"",
+        summary.display()
+    );
     // Its own process group: whatever it starts (servers, browsers, test files) is killed with
     // the group below, even if a test process crashed before it could stop its server.
     let mut child = Command::new("unshare")
@@ -122,11 +133,31 @@ fn run_suite(name: &str, setup: &str, concurrency: u32, files: &[String], env: &
         .stderr(std::process::Stdio::null())
         .status();
     let status = status.unwrap_or_else(|err| panic!("waiting for the {name}: {err}"));
-    assert!(
-        status.success(),
-        "the {name} failed ({status}); if node is missing inside the namespace, Node 20+ must be \
-         on PATH"
-    );
+    if !status.success() {
+        panic!(
+            "the {name} failed ({status}); if node is missing inside the namespace, Node 20+ \
+             must be on PATH\n{}",
+            failure_summary(&summary)
+        );
+    }
+}
+
+/// The end of the spec reporter's output from its `failing tests:` summary on (at most 12 KiB),
+/// or a note that there is none.
+fn failure_summary(path: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return format!("(no spec report at {})", path.display());
+    };
+    let from = text.rfind("failing tests:").unwrap_or(0);
+    let mut tail = &text[from..];
+    if tail.len() > 12 * 1024 {
+        let mut cut = tail.len() - 12 * 1024;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = &tail[cut..];
+    }
+    tail.to_owned()
 }
 
 #[test]
