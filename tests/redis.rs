@@ -482,7 +482,7 @@ async fn pair_concurrently(target: &RedisTarget, nodes: usize, guests: usize) {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let r = mm.enqueue(&sid, &[], node_id, true, now_ms()).await;
+            let r = mm.enqueue(&sid, &sid, &[], node_id, true, now_ms()).await;
             (sid, r)
         }));
     }
@@ -492,6 +492,9 @@ async fn pair_concurrently(target: &RedisTarget, nodes: usize, guests: usize) {
         let (sid, r) = t.await.unwrap();
         if let Some(p) = r.expect("enqueue works") {
             assert_eq!(p.seeker, sid);
+            assert_eq!(p.seeker_name, sid, "the seeker's name");
+            assert_eq!(p.partner_name, p.partner_sid, "the partner's name");
+            assert_eq!(node_of[&p.seeker], p.seeker_node, "the seeker's node");
             assert_eq!(
                 node_of[&p.partner_sid], p.partner_node,
                 "the partner's node"
@@ -530,10 +533,14 @@ fn matchmaker_pairs_301_guests_from_3_nodes_exactly_once() {
 }
 
 fn paired(seeker: &str, partner: &str, node: NodeId) -> Option<Paired> {
+    // The tests name each guest by its id, and queue both on one node.
     Some(Paired {
         seeker: seeker.into(),
+        seeker_node: node,
+        seeker_name: seeker.into(),
         partner_sid: partner.into(),
         partner_node: node,
+        partner_name: partner.into(),
     })
 }
 
@@ -554,60 +561,63 @@ fn matchmaker_follows_the_single_node_rules() {
                 m.record_end(a, b, PairBlock::Blocked(hour)).await.unwrap();
             }
             assert_eq!(
-                m.enqueue("g1", &tags(&["chess"]), me, true, now)
+                m.enqueue("g1", "g1", &tags(&["chess"]), me, true, now)
                     .await
                     .unwrap(),
                 None
             );
             assert_eq!(
-                m.enqueue("g2", &tags(&["go", "music"]), me, true, now)
+                m.enqueue("g2", "g2", &tags(&["go", "music"]), me, true, now)
                     .await
                     .unwrap(),
                 None
             );
             assert_eq!(
-                m.enqueue("g3", &tags(&["music"]), me, true, now)
+                m.enqueue("g3", "g3", &tags(&["music"]), me, true, now)
                     .await
                     .unwrap(),
                 None
             );
             assert_eq!(
-                m.enqueue("g4", &tags(&["music", "films"]), me, true, now)
+                m.enqueue("g4", "g4", &tags(&["music", "films"]), me, true, now)
                     .await
                     .unwrap(),
                 paired("g4", "g2", me)
             );
             // Nobody shares "films": the longest-waiting guest.
             assert_eq!(
-                m.enqueue("g5", &tags(&["films"]), me, true, now)
+                m.enqueue("g5", "g5", &tags(&["films"]), me, true, now)
                     .await
                     .unwrap(),
                 paired("g5", "g1", me)
             );
             // Without interests: the oldest, whatever its interests.
             assert_eq!(
-                m.enqueue("g6", &[], me, true, now).await.unwrap(),
+                m.enqueue("g6", "g6", &[], me, true, now).await.unwrap(),
                 paired("g6", "g3", me)
             );
             assert_eq!(m.queued().await.unwrap(), 0);
             flush();
 
             // Queued twice is refused; cancel.
-            m.enqueue("a", &[], me, false, now).await.unwrap();
+            m.enqueue("a", "a", &[], me, false, now).await.unwrap();
             assert!(matches!(
-                m.enqueue("a", &tags(&["x"]), me, true, now).await,
+                m.enqueue("a", "a", &tags(&["x"]), me, true, now).await,
                 Err(MatchError::AlreadySearching)
             ));
             assert!(m.cancel("a").await.unwrap());
             assert!(!m.cancel("a").await.unwrap());
-            assert_eq!(m.enqueue("b", &[], me, true, now).await.unwrap(), None);
+            assert_eq!(m.enqueue("b", "b", &[], me, true, now).await.unwrap(), None);
             assert!(m.cancel("b").await.unwrap());
 
             // Away guests keep their place but are not paired; back, paired at once.
-            m.enqueue("a", &[], me, true, now).await.unwrap();
+            m.enqueue("a", "a", &[], me, true, now).await.unwrap();
             assert_eq!(m.set_away("a", true).await.unwrap(), None);
-            assert_eq!(m.enqueue("b", &[], me, true, now).await.unwrap(), None);
-            assert_eq!(m.enqueue("c", &[], me, false, now).await.unwrap(), None);
+            assert_eq!(m.enqueue("b", "b", &[], me, true, now).await.unwrap(), None);
+            assert_eq!(
+                m.enqueue("c", "c", &[], me, false, now).await.unwrap(),
+                None
+            );
             assert_eq!(m.set_away("a", false).await.unwrap(), paired("a", "b", me));
             assert_eq!(m.set_away("nobody", false).await.unwrap(), None);
             assert_eq!(m.queued().await.unwrap(), 1);
@@ -617,8 +627,8 @@ fn matchmaker_follows_the_single_node_rules() {
             m.record_end("a", "b", PairBlock::Cooldown(Duration::from_millis(300)))
                 .await
                 .unwrap();
-            assert_eq!(m.enqueue("a", &[], me, true, now).await.unwrap(), None);
-            assert_eq!(m.enqueue("b", &[], me, true, now).await.unwrap(), None);
+            assert_eq!(m.enqueue("a", "a", &[], me, true, now).await.unwrap(), None);
+            assert_eq!(m.enqueue("b", "b", &[], me, true, now).await.unwrap(), None);
             tokio::time::sleep(Duration::from_millis(400)).await;
             assert_eq!(
                 m.cooldown_over("a", "b").await.unwrap(),
@@ -628,8 +638,8 @@ fn matchmaker_follows_the_single_node_rules() {
             m.record_end("a", "b", PairBlock::Cooldown(Duration::from_secs(60)))
                 .await
                 .unwrap();
-            m.enqueue("a", &[], me, true, now).await.unwrap();
-            m.enqueue("b", &[], me, true, now).await.unwrap();
+            m.enqueue("a", "a", &[], me, true, now).await.unwrap();
+            m.enqueue("b", "b", &[], me, true, now).await.unwrap();
             assert_eq!(m.cooldown_over("a", "b").await.unwrap(), vec![]);
             flush();
 
@@ -641,12 +651,12 @@ fn matchmaker_follows_the_single_node_rules() {
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
-            m.enqueue("a", &[], me, true, now).await.unwrap();
-            assert_eq!(m.enqueue("b", &[], me, true, now).await.unwrap(), None);
+            m.enqueue("a", "a", &[], me, true, now).await.unwrap();
+            assert_eq!(m.enqueue("b", "b", &[], me, true, now).await.unwrap(), None);
             assert_eq!(m.cooldown_over("a", "b").await.unwrap(), vec![]);
             // …but a third guest pairs with the oldest.
             assert_eq!(
-                m.enqueue("c", &[], me, true, now).await.unwrap(),
+                m.enqueue("c", "c", &[], me, true, now).await.unwrap(),
                 paired("c", "a", me)
             );
             flush();
@@ -654,13 +664,16 @@ fn matchmaker_follows_the_single_node_rules() {
             // A node that left: its entries go, the others stay.
             let other = NodeId::random();
             for sid in ["x1", "x2", "x3"] {
-                m.enqueue(sid, &[], other, false, now).await.unwrap();
+                m.enqueue(sid, sid, &[], other, false, now).await.unwrap();
             }
-            m.enqueue("y1", &[], me, false, now).await.unwrap();
+            m.enqueue("y1", "y1", &[], me, false, now).await.unwrap();
             assert_eq!(m.drop_node(other).await.unwrap(), 3);
             assert_eq!(m.drop_node(other).await.unwrap(), 0);
             assert_eq!(m.queued().await.unwrap(), 1);
-            assert_eq!(m.enqueue("x1", &[], me, true, now).await.unwrap(), None);
+            assert_eq!(
+                m.enqueue("x1", "x1", &[], me, true, now).await.unwrap(),
+                None
+            );
             assert_eq!(
                 m.set_away("y1", false).await.unwrap(),
                 paired("y1", "x1", me)
@@ -669,24 +682,33 @@ fn matchmaker_follows_the_single_node_rules() {
 
             // Bounded: a cap, and a scan of the first entries only.
             let (_, small) = node_with(&t, "n2", MatchSettings { cap: 2, scan: 2 }).await;
-            small.enqueue("a1", &[], me, false, now).await.unwrap();
-            small.enqueue("a2", &[], me, false, now).await.unwrap();
+            small
+                .enqueue("a1", "a1", &[], me, false, now)
+                .await
+                .unwrap();
+            small
+                .enqueue("a2", "a2", &[], me, false, now)
+                .await
+                .unwrap();
             assert!(matches!(
-                small.enqueue("a3", &[], me, false, now).await,
+                small.enqueue("a3", "a3", &[], me, false, now).await,
                 Err(MatchError::QueueFull)
             ));
             let (_, scan2) = node_with(&t, "n3", MatchSettings { cap: 10, scan: 2 }).await;
-            scan2.enqueue("b1", &[], me, true, now).await.unwrap();
+            scan2.enqueue("b1", "b1", &[], me, true, now).await.unwrap();
             // b1 is third in line: a scan of two does not see it (the documented trade-off).
-            assert_eq!(scan2.enqueue("b2", &[], me, true, now).await.unwrap(), None);
+            assert_eq!(
+                scan2.enqueue("b2", "b2", &[], me, true, now).await.unwrap(),
+                None
+            );
             assert!(small.cancel("a1").await.unwrap());
             assert_eq!(
-                scan2.enqueue("b3", &[], me, true, now).await.unwrap(),
+                scan2.enqueue("b3", "b3", &[], me, true, now).await.unwrap(),
                 paired("b3", "b1", me)
             );
             // Bad ids never reach Redis.
             assert!(matches!(
-                m.enqueue("a:b", &[], me, true, now).await,
+                m.enqueue("a:b", "x", &[], me, true, now).await,
                 Err(MatchError::Invalid(_))
             ));
         });
@@ -773,7 +795,7 @@ fn bench_bus_and_matchmaker() {
             for i in 0..4000 {
                 let interests = if i % 3 == 0 { tags(&["music"]) } else { vec![] };
                 let started = Instant::now();
-                m.enqueue(&format!("s{i}"), &interests, me, true, now_ms()).await.unwrap();
+                m.enqueue(&format!("s{i}"), "bench", &interests, me, true, now_ms()).await.unwrap();
                 lat.push(started.elapsed());
             }
             lat.sort();
@@ -784,12 +806,12 @@ fn bench_bus_and_matchmaker() {
             );
             // A long queue of away guests at the head: each enqueue scans `scan` entries.
             for i in 0..2000 {
-                m.enqueue(&format!("w{i}"), &[], me, false, now_ms()).await.unwrap();
+                m.enqueue(&format!("w{i}"), "bench", &[], me, false, now_ms()).await.unwrap();
             }
             let mut lat = Vec::new();
             for i in 0..1000 {
                 let started = Instant::now();
-                m.enqueue(&format!("z{i}"), &tags(&["x"]), me, true, now_ms()).await.unwrap();
+                m.enqueue(&format!("z{i}"), "bench", &tags(&["x"]), me, true, now_ms()).await.unwrap();
                 lat.push(started.elapsed());
             }
             lat.sort();

@@ -78,6 +78,16 @@ pub enum ClusterMsg {
     /// Home → guest's node: `sid`'s chat `room` ended (its end was emitted before); the
     /// session is that node's again.
     Released { sid: SessionId, room: RoomId },
+    /// Any node → the seeker's node: the cluster's matchmaker paired `seeker` (a guest of the
+    /// receiving node) with `partner` of `partner_node`, and the node whose request formed the
+    /// pair holds neither (a cooldown that ended, say): the receiver takes it as its own
+    /// [`MatchAnswer::Paired`].
+    Matched {
+        seeker: SessionId,
+        partner: SessionId,
+        partner_name: String,
+        partner_node: NodeId,
+    },
     /// A draining node → every node: it is leaving.
     Shutdown,
 }
@@ -113,6 +123,7 @@ impl ClusterMsg {
             | Self::Emit { sid, .. }
             | Self::Paired { sid, .. }
             | Self::Released { sid, .. } => Some(*sid),
+            Self::Matched { seeker, .. } => Some(*seeker),
             Self::Ack { .. } | Self::Delivered { .. } | Self::Shutdown => None,
         }
     }
@@ -151,6 +162,14 @@ pub enum MatchRequest {
     CooldownOver {
         a: SessionId,
         b: SessionId,
+    },
+    /// The session mirror: `sid`'s chat is `room` homed at this node (`None`: it has no chat
+    /// any more), kept for `ttl` at most. A node that gets a socket of a guest it does not hold
+    /// reads it ([`crate::Core::adopt`]) to find the chat's home.
+    Home {
+        sid: SessionId,
+        room: Option<RoomId>,
+        ttl: std::time::Duration,
     },
 }
 
@@ -206,6 +225,12 @@ mod tests {
                 partner_name: "b".into(),
                 room,
             },
+            ClusterMsg::Matched {
+                seeker: sid,
+                partner: SessionId::from_raw(8),
+                partner_name: "b".into(),
+                partner_node: NodeId::from_raw(3),
+            },
             ClusterMsg::Shutdown,
         ]
     }
@@ -229,7 +254,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_messages_never_panic(i in 0usize..6, at in any::<usize>(), b in any::<u8>()) {
+        fn mutated_messages_never_panic(i in 0usize..7, at in any::<usize>(), b in any::<u8>()) {
             let mut bytes = samples()[i].encode();
             let at = at % bytes.len();
             bytes[at] = b;

@@ -225,6 +225,66 @@ impl Core {
         self.sessions.admit(id, now)
     }
 
+    /// (Cluster only.) Before [`Core::admit`] on a node that may not hold guest `id`: a guest
+    /// whose token (signed with the cluster's shared key) the shell verified, named `username`
+    /// in it. An unknown guest becomes this node's (no per-address count: it was counted where
+    /// it was made). `home` is what the session mirror says about its chat (`Some(None)`: no
+    /// chat; `None`: the mirror could not be read, nothing changes): a chat homed at another
+    /// node is where its events go from now on; a chat this node believed elsewhere that the
+    /// mirror no longer names is over. On a single node: nothing.
+    pub fn adopt(
+        &mut self,
+        id: SessionId,
+        username: &str,
+        home: Option<Option<(NodeId, RoomId)>>,
+        now: Instant,
+    ) -> Result<(), SignalError> {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        let Some(me) = self.cluster.as_ref().and_then(|c| c.node) else {
+            return Ok(());
+        };
+        if !self.sessions.contains(id) {
+            self.sessions.check_capacity(None)?;
+            let username = valid_username(username).unwrap_or_else(|| "Guest".to_owned());
+            let (expires_at, connect_by) = self.sessions.insert(id, username, None, now);
+            self.timers.schedule(expires_at, Timer::Expiry(id));
+            self.timers.schedule(connect_by, Timer::Unconnected(id));
+            self.broadcast.changed(now);
+        }
+        match home {
+            Some(Some((node, room))) if node != me => {
+                // A chat of this node's own is never overridden (the mirror lags behind it).
+                let local = match self.sessions.state(id) {
+                    Some(State::InChat(r)) => self.rooms.contains(r),
+                    _ => false,
+                };
+                let c = self.cluster.as_mut().expect("checked above: clustered");
+                if !local && c.homes.get(&id) != Some(&(node, room)) {
+                    if let Some((_, old)) = c.homes.insert(id, (node, room)) {
+                        c.remote_rooms.remove(&old);
+                    }
+                    c.remote_rooms.insert(room, node);
+                    if self.sessions.state(id) == Some(State::Searching) {
+                        self.out
+                            .push(Output::Match(MatchRequest::Cancel { sid: id }));
+                    }
+                    self.sessions.set_state(id, State::InChat(room));
+                    self.broadcast.changed(now);
+                }
+            }
+            Some(None) => {
+                if let Some((_, room)) = self.cluster.as_ref().and_then(|c| c.homes.get(&id)) {
+                    let room = *room;
+                    self.release_local(id, room, now);
+                }
+            }
+            _ => {}
+        }
+        self.route(start);
+        Ok(())
+    }
+
     /// A socket of `id` connected. Emits `connection:established` and `realtime:stats` to it,
     /// tells a partner the guest is back, and hands out every partner message the guest has not
     /// acknowledged: queued while it was away, or delivered to sockets that never acked (a
@@ -769,6 +829,20 @@ impl Core {
                 }
             }
             ClusterMsg::Released { sid, room } => self.release_local(sid, room, now),
+            ClusterMsg::Matched {
+                seeker,
+                partner,
+                partner_name,
+                partner_node,
+            } => self.matched(
+                MatchAnswer::Paired {
+                    seeker,
+                    partner,
+                    partner_name,
+                    partner_node,
+                },
+                now,
+            ),
             ClusterMsg::Shutdown => {}
         }
     }
@@ -1145,6 +1219,14 @@ impl Core {
     fn open_room_as(&mut self, room: RoomId, [a, b]: Pair, now: Instant) {
         let names = [a, b].map(|id| self.sessions.enter_chat(id, room));
         self.rooms.open(room, [a, b], names, &mut self.out);
+        if self.cluster.is_some() {
+            for sid in [a, b] {
+                let ttl = self.cfg.token_ttl;
+                let room = Some(room);
+                self.out
+                    .push(Output::Match(MatchRequest::Home { sid, room, ttl }));
+            }
+        }
         self.counters.matches += 1;
         self.broadcast.changed(now);
     }
@@ -1189,6 +1271,11 @@ impl Core {
         announce_end(room, [actor, other], reason, ids, timestamp, &mut self.out);
         let reported = reason == EndReason::Reported;
         if let Some(c) = self.cluster.as_mut() {
+            for sid in [actor, other] {
+                let (room, ttl) = (None, self.cfg.token_ttl);
+                self.out
+                    .push(Output::Match(MatchRequest::Home { sid, room, ttl }));
+            }
             let ttl = if reported {
                 self.cfg.token_ttl
             } else {

@@ -82,6 +82,8 @@ struct Sim {
     owners: HashMap<(usize, ConnId), SessionId>,
     next_conn: u64,
     next_req: u64,
+    /// The session mirror (`MatchRequest::Home`): guest → its chat's home and room.
+    mirror: HashMap<SessionId, (NodeId, RoomId)>,
 }
 
 impl Sim {
@@ -115,6 +117,7 @@ impl Sim {
             owners: HashMap::new(),
             next_conn: 1,
             next_req: 1,
+            mirror: HashMap::new(),
         }
     }
 
@@ -132,11 +135,16 @@ impl Sim {
         self.connect(g, node)
     }
 
-    /// A new socket of `g` on `node`.
+    /// A new socket of `g` on `node` (which adopts the guest first, as the shell does with the
+    /// token's name and the session mirror).
     fn connect(&mut self, g: G, node: usize) -> G {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.owners.insert((node, conn), g.id);
+        let home = Some(self.mirror.get(&g.id).copied());
+        self.cores[node]
+            .adopt(g.id, "Token", home, self.now)
+            .unwrap();
         self.cores[node].connect(g.id, conn, self.now).unwrap();
         self.pump();
         G { conn, node, ..g }
@@ -325,6 +333,14 @@ impl Sim {
                     }
                 }
             }
+            MatchRequest::Home { sid, room, .. } => match room {
+                Some(room) => {
+                    self.mirror.insert(sid, (self.ids[node], room));
+                }
+                None => {
+                    self.mirror.remove(&sid);
+                }
+            },
             MatchRequest::RecordEnd { a, b, blocked, .. } => {
                 self.mm.ended.insert(pair_key(a, b), blocked);
             }
@@ -501,6 +517,55 @@ fn a_guest_moves_to_another_node_within_the_grace_period() {
     )
     .unwrap();
     assert_eq!(sim.seen[&b.id].last().unwrap().0, "chat:message");
+}
+
+#[test]
+fn a_guest_moves_to_a_third_node_that_never_held_it() {
+    let mut sim = Sim::new(3);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.disconnect(a);
+    let sent = sim
+        .ev(b, "chat:message", json!({"clientId": "c3", "content": "?"}))
+        .unwrap();
+    sim.seen.clear();
+    // Node 2 knows the guest only from its token and the mirror.
+    let a = sim.connect(a, 2);
+    let seen = &sim.seen[&a.id];
+    assert_eq!(seen[0].0, "connection:established");
+    assert_eq!(seen[0].1["state"], "in_chat");
+    assert_eq!(seen[0].1["room"]["partner"]["username"], "Bob");
+    let msg = seen.iter().find(|(n, _)| n == "chat:message").unwrap();
+    assert_eq!(msg.1["id"], sent["id"]);
+    assert_eq!(
+        sim.names(b.id),
+        ["partner:presence", "chat:message:delivered"]
+    );
+    // Its events go to the home from the third node.
+    sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "c4", "content": "back"}),
+    )
+    .unwrap();
+    assert_eq!(sim.seen[&b.id].last().unwrap().0, "chat:message");
+    // The chat ends: the mirror forgets it, and so does node 2 (a new search starts there).
+    sim.ev(b, "chat:leave", Value::Null).unwrap();
+    assert!(!sim.mirror.contains_key(&a.id));
+    assert_eq!(
+        sim.ev(a, "match:start", json!({})),
+        Ok(json!({"ok": true, "state": "searching"}))
+    );
+    // The old node still believes the chat lives on: a socket there reads the mirror and is
+    // released (no chat, no forwarding to a home that forgot it).
+    sim.disconnect(a);
+    let back = sim.connect(a, 0);
+    let established = sim.seen[&a.id]
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "connection:established")
+        .unwrap();
+    assert_ne!(established.1["state"], "in_chat");
+    assert!(sim.cores[0].chat_of(back.id).is_none());
 }
 
 #[test]

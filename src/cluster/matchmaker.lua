@@ -5,12 +5,13 @@
 -- KEYS[2] tandem:{mm}:seq     counter of enqueue numbers
 -- and, in the same slot (the {mm} hash tag), keys named here from the guests and nodes:
 --   tandem:{mm}:g:<sid>       hash  i = interests joined by "\n", n = node id,
---                                   t = enqueue time (the node's ms), a = "1" while away
+--                                   t = enqueue time (the node's ms), a = "1" while away,
+--                                   u = the guest's username (its partner's home names it)
 --   tandem:{mm}:node:<node>   set   the node's queued guests (for drop_node)
 --   tandem:{mm}:pair:<a>:<b>  string "cooldown" | "blocked", with the TTL (a < b)
 --
--- Replies are arrays of strings: {"q"} queued / nothing paired, {"p", seeker, partner,
--- partner's node, ...} pairs, {"e", code} refused, {"n"} not queued, {"k", numbers...}.
+-- Replies are arrays of strings: {"q"} queued / nothing paired, {"p", seeker, seeker's node,
+-- seeker's name, partner, partner's node, partner's name, ...} pairs, {"e", code} refused, {"n"} not queued, {"k", numbers...}.
 
 local Q = KEYS[1]
 local SEQ = KEYS[2]
@@ -32,7 +33,7 @@ end
 
 -- The best partner for `sid` (interests `mine`, "\n"-joined) among the first `scan` queued
 -- guests: the oldest present one sharing an interest, else the oldest present one; never
--- itself, never one it is blocked or cooling down with. Returns its sid and node, or nil.
+-- itself, never one it is blocked or cooling down with. Returns its sid, node and name, or nil.
 local function find(sid, mine, scan)
   local tags = {}
   local has = false
@@ -42,57 +43,60 @@ local function find(sid, mine, scan)
       has = true
     end
   end
-  local first, firstnode
+  local first, firstnode, firstname
   for _, c in ipairs(redis.call('ZRANGE', Q, 0, scan - 1)) do
     if c ~= sid then
-      local o = redis.call('HMGET', gkey(c), 'i', 'n', 'a')
+      local o = redis.call('HMGET', gkey(c), 'i', 'n', 'a', 'u')
       if not o[2] then
         -- A queue entry without its hash cannot be paired: drop it.
         redis.call('ZREM', Q, c)
       elseif o[3] ~= '1' and redis.call('EXISTS', pkey(sid, c)) == 0 then
         if not first then
-          first, firstnode = c, o[2]
+          first, firstnode, firstname = c, o[2], o[4] or ''
           if not has then break end
         end
         if has and o[1] and o[1] ~= '' then
           for tag in string.gmatch(o[1], '[^\n]+') do
-            if tags[tag] then return c, o[2] end
+            if tags[tag] then return c, o[2], o[4] or '' end
           end
         end
       end
     end
   end
-  return first, firstnode
+  return first, firstnode, firstname
 end
 
 -- Pairs the queued guest `sid` if it is present and has a partner: both leave the queue.
 local function pair_queued(sid, scan, out)
-  local me = redis.call('HMGET', gkey(sid), 'i', 'n', 'a')
+  local me = redis.call('HMGET', gkey(sid), 'i', 'n', 'a', 'u')
   if not me[2] or me[3] == '1' then return end
-  local p, pn = find(sid, me[1], scan)
+  local p, pn, pu = find(sid, me[1], scan)
   if not p then return end
   remove(p, pn)
   remove(sid, me[2])
   out[#out + 1] = sid
+  out[#out + 1] = me[2]
+  out[#out + 1] = me[4] or ''
   out[#out + 1] = p
   out[#out + 1] = pn
+  out[#out + 1] = pu
 end
 
 if op == 'enqueue' then
-  -- ARGV: sid, interests, node, now ms, queue cap, scan, away ("1"/"0")
-  local sid, interests, node = ARGV[2], ARGV[3], ARGV[4]
+  -- ARGV: sid, interests, node, now ms, queue cap, scan, away ("1"/"0"), username
+  local sid, interests, node, name = ARGV[2], ARGV[3], ARGV[4], ARGV[9]
   local scan = tonumber(ARGV[7])
   if redis.call('EXISTS', gkey(sid)) == 1 then return {'e', 'already_searching'} end
   if ARGV[8] ~= '1' then
-    local p, pn = find(sid, interests, scan)
+    local p, pn, pu = find(sid, interests, scan)
     if p then
       remove(p, pn)
-      return {'p', sid, p, pn}
+      return {'p', sid, node, name, p, pn, pu}
     end
   end
   if redis.call('ZCARD', Q) >= tonumber(ARGV[6]) then return {'e', 'queue_full'} end
   redis.call('ZADD', Q, redis.call('INCR', SEQ), sid)
-  redis.call('HSET', gkey(sid), 'i', interests, 'n', node, 't', ARGV[5], 'a', ARGV[8])
+  redis.call('HSET', gkey(sid), 'i', interests, 'n', node, 't', ARGV[5], 'a', ARGV[8], 'u', name)
   redis.call('SADD', nkey(node), sid)
   return {'q'}
 

@@ -82,10 +82,13 @@ impl MatchMetrics {
 /// A guest paired by a call: its partner and the partner's node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paired {
-    /// The guest whose call found the match.
+    /// The guest whose call found the match, its node and its username.
     pub seeker: String,
+    pub seeker_node: NodeId,
+    pub seeker_name: String,
     pub partner_sid: String,
     pub partner_node: NodeId,
+    pub partner_name: String,
 }
 
 /// Why two guests are not to be paired again, and for how long.
@@ -164,17 +167,20 @@ fn bad(reply: &[String]) -> MatchError {
     )))
 }
 
-/// Reads `{"p", seeker, partner, node, …}` (or `{"q"}`).
+/// Reads `{"p", seeker, its node, its name, partner, its node, its name, …}` (or `{"q"}`).
 fn parse_pairs(reply: &[String]) -> Result<Vec<Paired>, MatchError> {
     match reply.split_first() {
         Some((tag, [])) if tag == "q" => Ok(Vec::new()),
-        Some((tag, rest)) if tag == "p" && !rest.is_empty() && rest.len() % 3 == 0 => rest
-            .chunks_exact(3)
+        Some((tag, rest)) if tag == "p" && !rest.is_empty() && rest.len() % 6 == 0 => rest
+            .chunks_exact(6)
             .map(|t| {
                 Ok(Paired {
                     seeker: t[0].clone(),
-                    partner_sid: t[1].clone(),
-                    partner_node: NodeId::from_hex(&t[2]).ok_or_else(|| bad(reply))?,
+                    seeker_node: NodeId::from_hex(&t[1]).ok_or_else(|| bad(reply))?,
+                    seeker_name: t[2].clone(),
+                    partner_sid: t[3].clone(),
+                    partner_node: NodeId::from_hex(&t[4]).ok_or_else(|| bad(reply))?,
+                    partner_name: t[5].clone(),
                 })
             })
             .collect(),
@@ -214,6 +220,7 @@ impl Matchmaker {
     pub async fn enqueue(
         &self,
         sid: &str,
+        username: &str,
         interests: &[String],
         node: NodeId,
         present: bool,
@@ -233,6 +240,7 @@ impl Matchmaker {
                     self.settings.cap.to_string().as_bytes(),
                     self.settings.scan.to_string().as_bytes(),
                     if present { b"0" } else { b"1" },
+                    username.as_bytes(),
                 ],
             )
             .await?;
@@ -368,13 +376,17 @@ mod tests {
     fn replies_are_read_strictly() {
         let node = NodeId([3; 16]);
         assert_eq!(parse_pairs(&s(&["q"])).unwrap(), vec![]);
-        let pairs = parse_pairs(&s(&["p", "a", "b", &node.to_string()])).unwrap();
+        let n = node.to_string();
+        let pairs = parse_pairs(&s(&["p", "a", &n, "Ann", "b", &n, "Bo"])).unwrap();
         assert_eq!(
             pairs,
             vec![Paired {
                 seeker: "a".into(),
+                seeker_node: node,
+                seeker_name: "Ann".into(),
                 partner_sid: "b".into(),
-                partner_node: node
+                partner_node: node,
+                partner_name: "Bo".into(),
             }]
         );
         assert!(matches!(
@@ -385,7 +397,13 @@ mod tests {
             parse_pairs(&s(&["e", "queue_full"])),
             Err(MatchError::QueueFull)
         ));
-        for bad in [&["p", "a", "b", "nothex"][..], &["p", "a"], &[], &["x"]] {
+        for bad in [
+            &["p", "a", &n, "A", "b", "nothex", "B"][..],
+            &["p", "a", "b", &n],
+            &["p", "a"],
+            &[],
+            &["x"],
+        ] {
             assert!(matches!(parse_pairs(&s(bad)), Err(MatchError::Redis(_))));
         }
     }
