@@ -1,0 +1,552 @@
+// Chat across nodes sharing one Redis (--redis-url): what a guest sees must be exactly what it
+// sees on one node (docs/protocol.md), wherever its HTTP requests and sockets land
+// (docs/cluster.md). Guests on different nodes are paired and chat (receipts, typing and its
+// server-side expiry, leave, 50 messages each way in order); a token minted on one node works on
+// every other (socket, refresh, the connect timeout); a guest moves to a third node within the
+// grace period and gets what it missed; 300 guests on three nodes searching at once are all
+// paired, each exactly once and mutually; Redis stopped mid-chat: a same-node chat goes on, a
+// cross-node message is refused with `service_unavailable` (never accepted and then lost), and
+// after Redis is back messages and new cross-node matches flow again. Each test starts its own
+// redis-server and nodes on free loopback ports and stops them by PID (harness *For(t, …)).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  api, assertOk, assertRefused, clusterFor, connect, createGuest,
+  expectNone, received, redisFor, sleep, startRedis, uname, waitFor, waitForEntry,
+} from './harness.mjs';
+
+const HEX = /^[0-9a-f]+$/;
+// Every wait for an event that crosses nodes (a bus hop or two on loopback: milliseconds when
+// it works; this only bounds how long a failing test hangs).
+const WAIT = 10_000;
+
+/** Emits with an ack callback and resolves with the ack's argument (rejects after `ms`). */
+async function ackOf(socket, event, payload, ms = WAIT) {
+  try {
+    return payload === undefined
+      ? await socket.timeout(ms).emitWithAck(event)
+      : await socket.timeout(ms).emitWithAck(event, payload);
+  } catch (err) {
+    throw new Error(`no ack for "${event}" within ${ms} ms (${err.message})`);
+  }
+}
+
+/** waitFor with a message that says who waited for what, on which node. */
+async function expectEvent(who, socket, event, pred = () => true, ms = WAIT) {
+  try {
+    return await waitFor(socket, event, ms, pred);
+  } catch (err) {
+    throw new Error(`${who}: ${err.message}`);
+  }
+}
+
+/** Polls `probe` until it returns a truthy value; resolves with it and the time taken. */
+async function until(what, probe, timeoutMs = WAIT, everyMs = 100) {
+  const started = Date.now();
+  let last;
+  for (;;) {
+    try {
+      last = await probe();
+    } catch (err) {
+      last = err;
+    }
+    if (last && !(last instanceof Error)) return { value: last, ms: Date.now() - started };
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`${what}: not within ${timeoutMs} ms (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    }
+    await sleep(everyMs);
+  }
+}
+
+/** Runs `fn` over `items`, at most `size` at a time; resolves with the results in order. */
+async function inBatches(items, size, fn) {
+  const out = [];
+  for (let i = 0; i < items.length; i += size) {
+    out.push(...await Promise.all(items.slice(i, i + size).map((item, j) => fn(item, i + j))));
+  }
+  return out;
+}
+
+/** A guest created by POST /api/guest on `node` and connected there (connection:established, online). */
+async function guestOn(node, prefix = 'g', opts = {}) {
+  const guest = await createGuest(node.url, uname(prefix));
+  const socket = await connect(node.url, guest.token, { timeoutMs: WAIT, ...opts });
+  const established = await expectEvent(`${guest.username} on ${node.name}`, socket, 'connection:established');
+  assert.equal(established.sessionId, guest.sessionId, `connection:established on ${node.name}: wrong sessionId`);
+  assert.equal(established.state, 'online', `a new guest on ${node.name} must be online: ${JSON.stringify(established)}`);
+  return { guest, socket, established, node, name: guest.username };
+}
+
+/**
+ * A on `nodeA` starts searching, then B on `nodeB`; both must get match:found with the same
+ * roomId, each naming the other. `opts.a` / `opts.b` go to connect (e.g. `{ autoAck: false }`).
+ */
+async function pairAcross(nodeA, nodeB, opts = {}) {
+  const A = await guestOn(nodeA, 'A', opts.a);
+  const B = await guestOn(nodeB, 'B', opts.b);
+  const ackA = assertOk(await ackOf(A.socket, 'match:start', {}), `match:start of A on ${nodeA.name}`);
+  assert.equal(ackA.state, 'searching', `match:start of A (alone in the queue): ${JSON.stringify(ackA)}`);
+  await expectEvent(`A on ${nodeA.name}`, A.socket, 'match:searching');
+  const ackB = assertOk(await ackOf(B.socket, 'match:start', {}), `match:start of B on ${nodeB.name}`);
+  assert.ok(['searching', 'in_chat'].includes(ackB.state), `match:start of B: state ${JSON.stringify(ackB)}`);
+  const where = `A (${A.name}) on ${nodeA.name} and B (${B.name}) on ${nodeB.name} both searching, alone in the cluster's queue`;
+  const [ra, rb] = await Promise.allSettled([
+    waitFor(A.socket, 'match:found', WAIT),
+    waitFor(B.socket, 'match:found', WAIT),
+  ]);
+  if (ra.status === 'rejected' || rb.status === 'rejected') {
+    const say = (who, r) => (r.status === 'fulfilled' ? `${who} got match:found ${JSON.stringify(r.value)}` : `${who} got none (${r.reason.message})`);
+    throw new Error(`${where}: not paired within ${WAIT} ms: ${say('A', ra)}; ${say('B', rb)}`);
+  }
+  const [fa, fb] = [ra.value, rb.value];
+  assert.equal(typeof fa.roomId, 'string', `match:found roomId: ${JSON.stringify(fa)}`);
+  assert.match(fa.roomId, HEX);
+  assert.equal(fa.roomId, fb.roomId, `A and B must get the same roomId: ${JSON.stringify(fa)} vs ${JSON.stringify(fb)}`);
+  assert.equal(fa.partner?.username, B.name, `A's partner must be B: ${JSON.stringify(fa)}`);
+  assert.equal(fb.partner?.username, A.name, `B's partner must be A: ${JSON.stringify(fb)}`);
+  return { A, B, roomId: fa.roomId };
+}
+
+/**
+ * Calls `attempt` (an ack-returning emit) every `everyMs` until its ack is ok, and resolves with
+ * that ack. Meanwhile only `service_unavailable` refusals are accepted: any other refusal fails
+ * at once.
+ */
+async function retryWhileUnavailable(what, attempt, timeoutMs = 15_000, everyMs = 500) {
+  const started = Date.now();
+  let last;
+  for (;;) {
+    last = await attempt();
+    if (last && last.ok === true) return { value: last, ms: Date.now() - started };
+    assertRefused(last, 'service_unavailable', `${what} (a refusal while Redis comes back)`);
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`${what}: still refused after ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
+    }
+    await sleep(everyMs);
+  }
+}
+
+/** Waits until every node's /readyz answers `status`. */
+async function allReady(nodes, status, timeoutMs = WAIT) {
+  await Promise.all(nodes.map((node) => until(
+    `${node.name} /readyz ${status}`,
+    async () => (await api(node.url, '/readyz')).status === status,
+    timeoutMs,
+  )));
+}
+
+test('guests on two nodes are paired and chat as on one node: receipts, typing and its expiry, leave', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3);
+  // B acknowledges by hand, to see that the delivered receipt follows B's ack.
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1], { b: { autoAck: false } });
+  const a = A.socket;
+  const b = B.socket;
+
+  // A → B: the ack, chat:message:sent, the message, and delivered only after B's ack.
+  const before = Date.now();
+  const ack = assertOk(
+    await ackOf(a, 'chat:message', { clientId: 'across-1', type: 'text', content: '  hello across nodes  ' }),
+    'chat:message from A (node-1) to B (node-2)',
+  );
+  assert.equal(typeof ack.id, 'string', `ack id: ${JSON.stringify(ack)}`);
+  assert.match(ack.id, HEX);
+  assert.equal(typeof ack.timestamp, 'number', `ack timestamp: ${JSON.stringify(ack)}`);
+  assert.ok(Math.abs(ack.timestamp - before) < 60_000, `timestamp ${ack.timestamp} is not ms since the epoch`);
+  assert.deepEqual(
+    await expectEvent('A (sender)', a, 'chat:message:sent'),
+    { clientId: 'across-1', id: ack.id, timestamp: ack.timestamp },
+    'chat:message:sent to the sender',
+  );
+  const entry = await waitForEntry(b, 'chat:message', WAIT, (m) => m.from === 'partner')
+    .catch((err) => { throw new Error(`B on node-2 never got A's message: ${err.message}`); });
+  assert.deepEqual(entry.payload, {
+    id: ack.id, roomId, type: 'text', content: 'hello across nodes', timestamp: ack.timestamp, from: 'partner',
+  }, 'the message as B receives it');
+  const cb = entry.args[entry.args.length - 1];
+  assert.equal(typeof cb, 'function', 'chat:message must reach B on node-2 with an ack callback');
+  await expectNone(a, 'chat:message:delivered', 300);
+  cb();
+  assert.deepEqual(await expectEvent('A after B acknowledged', a, 'chat:message:delivered'), { id: ack.id });
+
+  // B reads it: A gets the read receipt.
+  assertOk(await ackOf(b, 'chat:message:read', { id: ack.id }), 'chat:message:read from B');
+  assert.deepEqual(await expectEvent('A after B read', a, 'chat:message:read'), { id: ack.id });
+
+  // B → A (A acknowledges automatically): B's receipts.
+  const back = assertOk(
+    await ackOf(b, 'chat:message', { clientId: 'across-2', type: 'text', content: 'reply from node 2' }),
+    'chat:message from B (node-2) to A (node-1)',
+  );
+  assert.deepEqual(await expectEvent('B (sender)', b, 'chat:message:sent'), { clientId: 'across-2', id: back.id, timestamp: back.timestamp });
+  const got = await expectEvent('A on node-1', a, 'chat:message', (m) => m.id === back.id);
+  assert.deepEqual(got, { id: back.id, roomId, type: 'text', content: 'reply from node 2', timestamp: back.timestamp, from: 'partner' });
+  assert.deepEqual(await expectEvent('B after A acknowledged', b, 'chat:message:delivered'), { id: back.id });
+  // Nobody gets its own message back, nor the other's receipts.
+  await expectNone(a, 'chat:message', 200, (m) => m.id === ack.id);
+  await expectNone(b, 'chat:message', 0, (m) => m.id === back.id);
+  assert.equal(received(a, 'chat:message:delivered').length, 1, 'A: one delivered receipt, for its one message');
+  assert.equal(received(b, 'chat:message:delivered').length, 1, 'B: one delivered receipt, for its one message');
+
+  // Typing on B reaches A; with no typing:stop from B, tandem stops it itself after about 5 s.
+  assertOk(await ackOf(b, 'typing:start'), 'typing:start from B');
+  const typingAt = Date.now();
+  assert.deepEqual(await expectEvent('A (partner typing)', a, 'typing:start'), { roomId });
+  const stop = await waitForEntry(a, 'typing:stop', 12_000)
+    .catch((err) => { throw new Error(`A never got the automatic typing:stop (B typed once, ~5 s expiry): ${err.message}`); });
+  assert.deepEqual(stop.payload, { roomId });
+  t.diagnostic(`automatic typing:stop on node-1 ${stop.at - typingAt} ms after B's typing:start on node-2`);
+  // Not a timing bound, a sanity check: the stop must be the server's expiry, not an immediate echo.
+  assert.ok(stop.at - typingAt >= 2000, `typing:stop came ${stop.at - typingAt} ms after typing:start: expected tandem's ~5 s expiry`);
+  await expectNone(b, 'typing:start', 0);
+  await expectNone(b, 'typing:stop', 0);
+
+  // B leaves: both get chat:ended `left` and a system message; both are out of the chat.
+  const left = assertOk(await ackOf(b, 'chat:leave'), 'chat:leave from B');
+  assert.equal(left.state, 'online', `chat:leave ack: ${JSON.stringify(left)}`);
+  assert.deepEqual(await expectEvent('A (partner left)', a, 'chat:ended'), { roomId, reason: 'left' });
+  assert.deepEqual(await expectEvent('B (left)', b, 'chat:ended'), { roomId, reason: 'left' });
+  const sysA = await expectEvent('A (system message)', a, 'chat:message', (m) => m.from === 'system');
+  assert.equal(sysA.type, 'system', JSON.stringify(sysA));
+  const sysB = await expectEvent('B (system message)', b, 'chat:message', (m) => m.from === 'system');
+  assert.equal(sysB.type, 'system', JSON.stringify(sysB));
+  assertRefused(await ackOf(a, 'chat:message', { clientId: 'late', type: 'text', content: 'still there?' }), 'not_in_chat', 'A after the chat ended');
+  assertRefused(await ackOf(b, 'chat:leave'), 'not_in_chat', 'B leaving again');
+});
+
+test('cross-node messages keep their order: 50 sent at once each way arrive in order, once each', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3);
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  const N = 50;
+  // Every emit is written to the socket at once, in order; the acks come back as they come.
+  const burst = (socket, tag) => Promise.all(Array.from({ length: N }, (_, i) => ackOf(
+    socket, 'chat:message', { clientId: `${tag}-${i}`, type: 'text', content: `${tag} ${i}` },
+  )));
+  const [acksA, acksB] = await Promise.all([burst(A.socket, 'fromA'), burst(B.socket, 'fromB')]);
+
+  for (const [who, acks, sender, recipient] of [['A (node-1)', acksA, A.socket, B.socket], ['B (node-2)', acksB, B.socket, A.socket]]) {
+    acks.forEach((ack, i) => assertOk(ack, `message ${i} of ${N} from ${who}`));
+    const ids = acks.map((ack) => ack.id);
+    assert.equal(new Set(ids).size, N, `${who}: the ${N} acks must carry distinct ids`);
+    const to = who.startsWith('A') ? 'B' : 'A';
+    const tag = who.startsWith('A') ? 'fromA' : 'fromB';
+    const { ms } = await until(`${to} receives the ${N} messages from ${who}`, () => {
+      const n = received(recipient, 'chat:message', (m) => m.from === 'partner').length;
+      return n >= N ? n : null;
+    }, WAIT, 50).catch((err) => {
+      const n = received(recipient, 'chat:message', (m) => m.from === 'partner').length;
+      throw new Error(`${err.message}; ${to} got ${n} of ${N}`);
+    });
+    t.diagnostic(`${to} had all ${N} messages from ${who} ${ms} ms after the acks`);
+    await sleep(300); // a duplicate would come right behind
+    const got = received(recipient, 'chat:message', (m) => m.from === 'partner');
+    const gotIds = got.map((m) => m.id);
+    const dups = gotIds.filter((id, i) => gotIds.indexOf(id) !== i);
+    assert.deepEqual(dups, [], `${to} got messages from ${who} twice (no reconnect happened): ${dups.join(', ')}`);
+    assert.deepEqual(got.map((m) => m.content), Array.from({ length: N }, (_, i) => `${tag} ${i}`), `${to}: messages from ${who} out of order`);
+    assert.deepEqual(gotIds, ids, `${to}: the messages' ids must be the acks' ids, in order`);
+    for (const m of got) assert.equal(m.roomId, roomId);
+    // The sender: one chat:message:sent and, since the partner acknowledged, one delivered each.
+    await until(`${who} gets ${N} delivered receipts`, () => received(sender, 'chat:message:delivered').length >= N, WAIT, 50)
+      .catch((err) => { throw new Error(`${err.message}; got ${received(sender, 'chat:message:delivered').length}`); });
+    const delivered = received(sender, 'chat:message:delivered').map((d) => d.id);
+    assert.deepEqual([...delivered].sort(), [...ids].sort(), `${who}: exactly one delivered receipt per message`);
+    const sent = received(sender, 'chat:message:sent').map((s) => s.id);
+    assert.deepEqual([...sent].sort(), [...ids].sort(), `${who}: exactly one chat:message:sent per message`);
+  }
+});
+
+test('a token minted on node 1 opens a socket on node 3 and is refreshed on node 2', { timeout: 60_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3);
+  const g = await createGuest(nodes[0].url, uname('Tok'));
+  const s = await connect(nodes[2].url, g.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`a token minted on node-1 was refused on node-3: connect_error ${err.message}`); });
+  const est = await expectEvent('the guest on node-3', s, 'connection:established');
+  assert.equal(est.sessionId, g.sessionId, `connection:established on node-3: ${JSON.stringify(est)}`);
+  assert.equal(est.username, g.username, `connection:established on node-3: ${JSON.stringify(est)}`);
+  assert.equal(est.state, 'online', `connection:established on node-3: ${JSON.stringify(est)}`);
+
+  await sleep(1100); // expiresAt has one-second resolution
+  const res = await api(nodes[1].url, '/api/guest/refresh', { method: 'POST', token: g.token });
+  assert.equal(res.status, 200, `refresh on node-2 of a guest made on node-1 and connected on node-3: ${res.status} ${res.text}`);
+  assert.equal(res.body.sessionId, g.sessionId, 'refresh keeps the sessionId');
+  assert.equal(res.body.username, g.username, 'refresh keeps the username');
+  assert.equal(typeof res.body.token, 'string');
+  assert.notEqual(res.body.token, g.token, 'refresh gives a new token');
+  assert.ok(Date.parse(res.body.expiresAt) > Date.parse(g.expiresAt), `${res.body.expiresAt} is not later than ${g.expiresAt}`);
+
+  // The refreshed token opens a socket on node 1: the same session, still online.
+  const s2 = await connect(nodes[0].url, res.body.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`the token refreshed on node-2 was refused on node-1: connect_error ${err.message}`); });
+  const est2 = await expectEvent('the guest on node-1', s2, 'connection:established');
+  assert.equal(est2.sessionId, g.sessionId);
+  assert.equal(est2.state, 'online');
+  // The first socket is still there and nothing told it to go.
+  assert.ok(s.connected, 'the socket on node-3 was disconnected');
+  await expectNone(s, 'error', 0);
+});
+
+test('a guest made on node 1 that connects on node 3 in time outlives the connect timeout on every node', { timeout: 60_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--guest-connect-timeout-secs', '2'] });
+  const kept = await createGuest(nodes[0].url, uname('Kept'));
+  const s = await connect(nodes[2].url, kept.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`a token minted on node-1 was refused on node-3: connect_error ${err.message}`); });
+  await expectEvent('the guest on node-3', s, 'connection:established');
+  await sleep(3500); // past the 2 s connect timeout of node 1, where it was made
+  for (const node of nodes) {
+    const res = await api(node.url, '/api/guest/refresh', { method: 'POST', token: kept.token });
+    assert.equal(res.status, 200, `refresh on ${node.name} of a guest made on node-1 that connected on node-3 in time: ${res.status} ${res.text}`);
+    assert.equal(res.body.sessionId, kept.sessionId);
+  }
+  assert.ok(s.connected, 'the guest\'s socket on node-3 was closed');
+  await expectNone(s, 'error', 0);
+  const s1 = await connect(nodes[0].url, kept.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`node-1 refused the guest that connected on node-3 in time: connect_error ${err.message}`); });
+  assert.equal((await expectEvent('the guest on node-1', s1, 'connection:established')).sessionId, kept.sessionId);
+  // Once connected, the session lives with or without sockets.
+  s.close();
+  s1.close();
+  await sleep(2500);
+  const res = await api(nodes[1].url, '/api/guest/refresh', { method: 'POST', token: kept.token });
+  assert.equal(res.status, 200, `refresh on node-2 with no socket left anywhere: ${res.status} ${res.text}`);
+  const s2 = await connect(nodes[1].url, kept.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`node-2 refused the guest after its sockets closed: connect_error ${err.message}`); });
+  assert.equal((await expectEvent('the guest on node-2', s2, 'connection:established')).sessionId, kept.sessionId);
+});
+
+test('a guest made on node 1 that connects nowhere is removed after the connect timeout on every node (401, connect_error unauthorized)', { timeout: 60_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--guest-connect-timeout-secs', '2'] });
+  const lost = await createGuest(nodes[0].url, uname('Lost'));
+  // Within the timeout its token works on another node (a refresh does not extend the timeout).
+  const early = await api(nodes[1].url, '/api/guest/refresh', { method: 'POST', token: lost.token });
+  assert.equal(early.status, 200, `refresh on node-2 within the connect timeout: ${early.status} ${early.text}`);
+  await sleep(4000);
+  for (const node of nodes) {
+    for (const token of [lost.token, early.body.token]) {
+      const res = await api(node.url, '/api/guest/refresh', { method: 'POST', token });
+      assert.equal(res.status, 401, `refresh on ${node.name} of a guest made on node-1 that never connected (2 s timeout, 4 s ago): expected 401 unauthorized, got ${res.status} ${res.text}`);
+      assert.equal(res.body?.error?.code, 'unauthorized', res.text);
+    }
+    let err = null;
+    try {
+      await connect(node.url, lost.token, { timeoutMs: WAIT });
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err, `${node.name} accepted a socket of a guest that never connected within the 2 s timeout; expected connect_error unauthorized`);
+    assert.equal(err.message, 'unauthorized', `${node.name}: connect_error for a removed guest`);
+  }
+});
+
+test('a guest that moves to a third node within the grace period keeps its chat and gets what it missed', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--grace-period-secs', '30'] });
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  const b = B.socket;
+
+  // A's socket on node 1 closes (the client closes it).
+  A.socket.disconnect();
+  assert.deepEqual(await expectEvent('B (partner dropped)', b, 'partner:presence'), { roomId, status: 'away' });
+
+  // B writes while A is away: accepted, not delivered yet.
+  const queued = assertOk(
+    await ackOf(b, 'chat:message', { clientId: 'while-away', type: 'text', content: 'sent while you were away' }),
+    'chat:message from B to an away A',
+  );
+  await expectEvent('B (sender)', b, 'chat:message:sent', (x) => x.id === queued.id);
+  await expectNone(b, 'chat:message:delivered', 300);
+
+  // A comes back on node 3 with the same token.
+  const a3 = await connect(nodes[2].url, A.guest.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`A's token was refused on node-3: connect_error ${err.message}`); });
+  const est = await expectEvent('A back on node-3', a3, 'connection:established');
+  assert.equal(est.sessionId, A.guest.sessionId, `connection:established on node-3: ${JSON.stringify(est)}`);
+  assert.equal(est.username, A.name, `connection:established on node-3: ${JSON.stringify(est)}`);
+  assert.equal(est.state, 'in_chat', `A is back within the grace period, still in its chat: ${JSON.stringify(est)}`);
+  assert.deepEqual(est.room, { roomId, partner: { username: B.name } }, `connection:established.room on node-3: ${JSON.stringify(est)}`);
+  assert.deepEqual(
+    await expectEvent('B (partner back)', b, 'partner:presence', (p) => p.status === 'online'),
+    { roomId, status: 'online' },
+  );
+  assert.deepEqual(received(b, 'partner:presence').map((p) => p.status), ['away', 'online'], 'B: presence away, then online, once each');
+
+  // The message B sent meanwhile reaches A on node 3 with its original id; B gets delivered.
+  const missed = await expectEvent('A on node-3 (the message B sent while A was away)', a3, 'chat:message', (m) => m.id === queued.id);
+  assert.deepEqual(missed, {
+    id: queued.id, roomId, type: 'text', content: 'sent while you were away', timestamp: queued.timestamp, from: 'partner',
+  });
+  assert.deepEqual(await expectEvent('B (after A on node-3 acknowledged)', b, 'chat:message:delivered', (x) => x.id === queued.id), { id: queued.id });
+
+  // The chat goes on both ways from node 3.
+  const fromA = assertOk(await ackOf(a3, 'chat:message', { clientId: 'from-3', type: 'text', content: 'hello from node 3' }), 'chat:message from A on node-3');
+  assert.equal((await expectEvent('B', b, 'chat:message', (m) => m.id === fromA.id)).content, 'hello from node 3');
+  await expectEvent('A on node-3 (delivered)', a3, 'chat:message:delivered', (x) => x.id === fromA.id);
+  const fromB = assertOk(await ackOf(b, 'chat:message', { clientId: 'to-3', type: 'text', content: 'welcome to node 3' }), 'chat:message from B to A on node-3');
+  assert.equal((await expectEvent('A on node-3', a3, 'chat:message', (m) => m.id === fromB.id)).content, 'welcome to node 3');
+  await expectEvent('B (delivered)', b, 'chat:message:delivered', (x) => x.id === fromB.id);
+  await sleep(300);
+  assert.equal(received(a3, 'chat:message', (m) => m.id === queued.id).length, 1, 'A on node-3 got the queued message once');
+  assert.equal(received(b, 'chat:message:delivered', (x) => x.id === queued.id).length, 1, 'B got one delivered receipt for the queued message');
+  await expectNone(b, 'chat:ended', 0);
+  await expectNone(a3, 'chat:ended', 0);
+});
+
+test('300 guests on three nodes searching at once: each paired exactly once, partners mutual, nobody left', { timeout: 120_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3);
+  // Odd counts on two nodes: nodes that only paired their own guests would leave one on each.
+  const perNode = [101, 101, 98];
+  const slots = perNode.flatMap((n, i) => Array.from({ length: n }, () => nodes[i]));
+  const started = Date.now();
+  const guests = await inBatches(slots, 50, async (node) => {
+    const guest = await createGuest(node.url, uname('M'));
+    const socket = await connect(node.url, guest.token, { timeoutMs: 20_000 });
+    await expectEvent(`${guest.username} on ${node.name}`, socket, 'connection:established', () => true, 20_000);
+    return { guest, socket, node, name: guest.username };
+  });
+  t.diagnostic(`${guests.length} guests created and connected in ${Date.now() - started} ms`);
+
+  const searchAt = Date.now();
+  const acks = await Promise.all(guests.map((g) => ackOf(g.socket, 'match:start', {}, 20_000)));
+  acks.forEach((ack, i) => {
+    assertOk(ack, `match:start of ${guests[i].name} on ${guests[i].node.name}`);
+    assert.ok(['searching', 'in_chat'].includes(ack.state), `match:start state: ${JSON.stringify(ack)}`);
+  });
+  const results = await Promise.allSettled(guests.map((g) => waitFor(g.socket, 'match:found', 20_000)));
+  const unpaired = guests.filter((_, i) => results[i].status === 'rejected');
+  const byNode = (list) => nodes.map((n) => `${n.name}: ${list.filter((g) => g.node === n).length}`).join(', ');
+  assert.equal(unpaired.length, 0, `${unpaired.length} of ${guests.length} guests got no match:found within 20 s (${byNode(unpaired)})`);
+  t.diagnostic(`all ${guests.length} paired ${Date.now() - searchAt} ms after the searches started`);
+  guests.forEach((g, i) => { g.found = results[i].value; });
+
+  await sleep(1500); // a second match:found would come soon after the first
+  const twice = guests.filter((g) => received(g.socket, 'match:found').length !== 1);
+  assert.deepEqual(twice.map((g) => `${g.name}@${g.node.name}: ${received(g.socket, 'match:found').length}`), [], 'guests that got more than one match:found');
+  const ended = guests.filter((g) => received(g.socket, 'chat:ended').length > 0);
+  assert.deepEqual(ended.map((g) => g.name), [], 'guests whose chat ended (a guest paired twice loses a room)');
+
+  const byName = new Map(guests.map((g) => [g.name, g]));
+  const rooms = new Map();
+  let crossNode = 0;
+  for (const g of guests) {
+    const partner = byName.get(g.found.partner?.username);
+    assert.ok(partner, `${g.name}'s partner ${JSON.stringify(g.found.partner)} is none of the 300 guests`);
+    assert.notEqual(partner, g, `${g.name} was paired with itself`);
+    assert.equal(partner.found.partner?.username, g.name,
+      `not mutual: ${g.name}@${g.node.name} has partner ${partner.name}@${partner.node.name}, whose partner is ${partner.found.partner?.username}`);
+    assert.equal(partner.found.roomId, g.found.roomId, `${g.name} and ${partner.name} got different roomIds`);
+    if (!rooms.has(g.found.roomId)) rooms.set(g.found.roomId, []);
+    rooms.get(g.found.roomId).push(g.name);
+    if (partner.node !== g.node) crossNode++;
+  }
+  assert.equal(rooms.size, guests.length / 2, `${guests.length} guests must make ${guests.length / 2} rooms, got ${rooms.size}`);
+  for (const [roomId, members] of rooms) assert.equal(members.length, 2, `room ${roomId} has ${members.length} guests: ${members.join(', ')}`);
+  t.diagnostic(`${crossNode / 2} of ${rooms.size} pairs span two nodes`);
+});
+
+test('Redis stopped mid-chat: a same-node chat goes on, cross-node messages are refused (service_unavailable), and all flows again once Redis is back', { timeout: 120_000 }, async (t) => {
+  const first = await startRedis();
+  const port = first.port;
+  let current = first;
+  // The nodes first (they leave the registry while some Redis is there), then the Redis running now.
+  t.after(async () => {
+    await Promise.all(first.nodes.map((node) => node.stop()));
+    await current.stop();
+  });
+  const { nodes } = await clusterFor(t, first, 2);
+  // A same-node pair on node 1, then a cross-node pair (node 1 and node 2).
+  const local = await pairAcross(nodes[0], nodes[0]);
+  const cross = await pairAcross(nodes[0], nodes[1]);
+  const [la, lb, ca, cb] = [local.A.socket, local.B.socket, cross.A.socket, cross.B.socket];
+  // Both pairs chat before the outage.
+  for (const [from, to, what] of [[la, lb, 'local'], [ca, cb, 'cross A→B'], [cb, ca, 'cross B→A']]) {
+    const ack = assertOk(await ackOf(from, 'chat:message', { clientId: `pre-${what}`, type: 'text', content: `before the outage ${what}` }), `${what} before the outage`);
+    await expectEvent(`${what}: recipient before the outage`, to, 'chat:message', (m) => m.id === ack.id);
+  }
+
+  await first.kill();
+  await allReady(nodes, 503); // both nodes know Redis is gone
+  t.diagnostic('Redis killed; both nodes answer /readyz 503');
+
+  // The same-node chat goes on, both ways, with receipts.
+  for (let i = 0; i < 3; i++) {
+    for (const [from, to, who] of [[la, lb, 'local A→B'], [lb, la, 'local B→A']]) {
+      const ack = assertOk(
+        await ackOf(from, 'chat:message', { clientId: `out-${who}-${i}`, type: 'text', content: `during the outage ${who} ${i}` }),
+        `${who} on node-1 while Redis is down`,
+      );
+      await expectEvent(`${who}: recipient on node-1 while Redis is down`, to, 'chat:message', (m) => m.id === ack.id);
+      await expectEvent(`${who}: sender on node-1 while Redis is down (delivered)`, from, 'chat:message:delivered', (x) => x.id === ack.id);
+    }
+  }
+
+  // The cross-node pair: each message is either refused with service_unavailable (and then never
+  // arrives) or accepted (and then it must arrive, at the latest once Redis is back).
+  const outcomes = [];
+  for (const [from, to, who] of [[ca, cb, 'cross A(node-1)→B(node-2)'], [cb, ca, 'cross B(node-2)→A(node-1)']]) {
+    const content = `during the outage ${who}`;
+    const ack = await ackOf(from, 'chat:message', { clientId: `out-${outcomes.length}`, type: 'text', content });
+    assert.ok(ack && typeof ack === 'object', `${who}: ack ${JSON.stringify(ack)}`);
+    if (ack.ok === false) assertRefused(ack, 'service_unavailable', `${who} while Redis is down`);
+    else assertOk(ack, `${who} while Redis is down`);
+    outcomes.push({ who, ack, to, from, content });
+    t.diagnostic(`${who} while Redis is down: ${JSON.stringify(ack)}`);
+  }
+  assert.ok(
+    outcomes.some((o) => o.ack.ok === false),
+    `a cross-node chat cannot reach its home without the bus, yet neither direction was refused with service_unavailable: ${outcomes.map((o) => `${o.who}: ${JSON.stringify(o.ack)}`).join('; ')}`,
+  );
+  // The local pair is untouched by the refusals.
+  await expectNone(la, 'chat:ended', 0);
+  await expectNone(ca, 'chat:ended', 0);
+  await expectNone(cb, 'chat:ended', 0);
+
+  // Redis back on the same port (empty).
+  current = await startRedis({ port });
+  const back = Date.now();
+
+  // Cross-node messages flow again within ~10 s (refusals meanwhile must be service_unavailable).
+  for (const [from, to, who] of [[ca, cb, 'cross A→B'], [cb, ca, 'cross B→A']]) {
+    let n = 0;
+    const { value: ack } = await retryWhileUnavailable(
+      `${who}: a chat:message accepted again after Redis came back`,
+      () => ackOf(from, 'chat:message', { clientId: `again-${who}-${n}`, type: 'text', content: `after the outage ${who} ${n++}` }),
+    );
+    await expectEvent(`${who}: recipient after Redis came back`, to, 'chat:message', (m) => m.id === ack.id);
+    await expectEvent(`${who}: sender after Redis came back (delivered)`, from, 'chat:message:delivered', (x) => x.id === ack.id);
+    t.diagnostic(`${who} flows again ${Date.now() - back} ms after Redis restarted`);
+  }
+  // What was refused during the outage never arrives; what was accepted arrives once.
+  for (const o of outcomes) {
+    if (o.ack.ok) {
+      await expectEvent(`${o.who}: a message accepted (ok ack) while Redis was down was never delivered`, o.to, 'chat:message', (m) => m.id === o.ack.id);
+    }
+  }
+  await sleep(300);
+  for (const o of outcomes) {
+    const copies = received(o.to, 'chat:message', (m) => m.content === o.content);
+    if (o.ack.ok) assert.equal(new Set(copies.map((m) => m.id)).size, 1, `${o.who}: the accepted message arrived under ${copies.length} ids`);
+    else assert.equal(copies.length, 0, `${o.who}: refused with service_unavailable, yet it arrived: ${JSON.stringify(copies)}`);
+  }
+
+  // New cross-node matches form again.
+  const E = await guestOn(nodes[0], 'E');
+  const F = await guestOn(nodes[1], 'F');
+  for (const [g, who] of [[E, 'E on node-1'], [F, 'F on node-2']]) {
+    await retryWhileUnavailable(`${who}: match:start accepted after Redis came back`, () => ackOf(g.socket, 'match:start', {}));
+  }
+  const [fe, ff] = await Promise.all([
+    expectEvent('E on node-1 (searching after Redis came back)', E.socket, 'match:found'),
+    expectEvent('F on node-2 (searching after Redis came back)', F.socket, 'match:found'),
+  ]);
+  assert.equal(fe.roomId, ff.roomId, 'E and F must get the same roomId');
+  assert.equal(fe.partner?.username, F.name, `E's partner: ${JSON.stringify(fe)}`);
+  assert.equal(ff.partner?.username, E.name, `F's partner: ${JSON.stringify(ff)}`);
+  t.diagnostic(`a new cross-node pair ${Date.now() - back} ms after Redis restarted`);
+  const hello = assertOk(await ackOf(E.socket, 'chat:message', { clientId: 'ef', type: 'text', content: 'new pair' }), 'E → F');
+  await expectEvent('F (new cross-node pair)', F.socket, 'chat:message', (m) => m.id === hello.id);
+});
