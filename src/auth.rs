@@ -13,6 +13,10 @@ const AUDIENCE: &str = "tandem-guest";
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// The guest's username, so that another node of a cluster can adopt the session
+    /// (absent in tokens of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     iat: u64,
     nbf: u64,
     exp: u64,
@@ -42,13 +46,15 @@ impl Tokens {
         }
     }
 
-    /// Signs a token for `session` that expires at `exp_ms` (ms since the epoch).
-    pub fn issue(&self, session: SessionId, exp_ms: u64) -> anyhow::Result<String> {
+    /// Signs a token for `session` (named `username`) that expires at `exp_ms` (ms since the
+    /// epoch).
+    pub fn issue(&self, session: SessionId, username: &str, exp_ms: u64) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let mut jti = [0u8; 16];
         rand::rng().fill_bytes(&mut jti);
         let claims = Claims {
             sub: session.to_string(),
+            name: Some(username.to_owned()),
             iat: now,
             nbf: now,
             exp: exp_ms / 1000,
@@ -61,11 +67,19 @@ impl Tokens {
 
     /// The session of a valid token; `None` for anything else (never says why to the client).
     pub fn verify(&self, token: &str) -> Option<SessionId> {
+        self.verify_named(token).map(|(id, _, _)| id)
+    }
+
+    /// The session of a valid token, the username it carries (empty if none) and its
+    /// expiry (Unix ms).
+    pub fn verify_named(&self, token: &str) -> Option<(SessionId, String, u64)> {
         let data = decode::<Claims>(token, &self.dec, &self.validation).ok()?;
         if data.claims.jti.is_empty() {
             return None;
         }
-        SessionId::parse(&data.claims.sub)
+        let id = SessionId::parse(&data.claims.sub)?;
+        let exp_ms = data.claims.exp.saturating_mul(1000);
+        Some((id, data.claims.name.unwrap_or_default(), exp_ms))
     }
 }
 
@@ -90,8 +104,12 @@ mod tests {
             .as_secs()
             + 3600)
             * 1000;
-        let tok = t.issue(id, far).unwrap();
+        let tok = t.issue(id, "Ann", far).unwrap();
         assert_eq!(t.verify(&tok), Some(id));
+        assert_eq!(
+            t.verify_named(&tok).map(|(id, name, _)| (id, name)),
+            Some((id, "Ann".to_owned()))
+        );
         let other = Tokens::new(b"another-secret-another-secret-xx");
         assert_eq!(other.verify(&tok), None);
         let past = (SystemTime::now()
@@ -100,7 +118,7 @@ mod tests {
             .as_secs()
             - 10)
             * 1000;
-        assert_eq!(t.verify(&t.issue(id, past).unwrap()), None);
+        assert_eq!(t.verify(&t.issue(id, "Ann", past).unwrap()), None);
         assert_eq!(t.verify("garbage"), None);
         // alg "none" with the same claims
         let mut parts = tok.split('.');

@@ -53,7 +53,9 @@ impl From<SignalError> for ApiError {
             SignalError::RateLimited | SignalError::TooManySessions => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            SignalError::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
+            SignalError::ServerBusy | SignalError::ServiceUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SignalError::NotInChat | SignalError::PartnerAwayQueueFull | SignalError::NoCall => {
                 StatusCode::CONFLICT
             }
@@ -93,7 +95,7 @@ struct TokenResponse {
 fn token_response(app: &App, info: GuestInfo) -> Result<TokenResponse, ApiError> {
     let token = app
         .tokens
-        .issue(info.session_id, info.expires_at_ms)
+        .issue(info.session_id, &info.username, info.expires_at_ms)
         .map_err(|e| {
             tracing::error!(error = %e, "signing a token failed");
             ApiError::new(
@@ -296,6 +298,17 @@ async fn create_guest(
         }
         other => other?,
     };
+    if let Some(cluster) = &app.cluster {
+        // Written before the token is handed out: its socket may connect to any node at once.
+        // Without Redis the guest is this node's alone (its record is written when its socket
+        // connects here once Redis is back).
+        if let Err(f) = cluster
+            .session_new(info.session_id, info.expires_at_ms)
+            .await
+        {
+            tracing::debug!(error = %f, "a guest's shared record could not be written");
+        }
+    }
     Ok((StatusCode::CREATED, Json(token_response(&app, info)?)).into_response())
 }
 
@@ -303,10 +316,53 @@ async fn refresh(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let session = bearer(headers.get(header::AUTHORIZATION))
-        .and_then(|t| app.tokens.verify(t))
+    let (session, username, token_exp_ms) = bearer(headers.get(header::AUTHORIZATION))
+        .and_then(|t| app.tokens.verify_named(t))
         .ok_or(SignalError::Unauthorized)?;
+    if let Some(cluster) = &app.cluster {
+        // The guest may have been made, or be connected, on another node.
+        let (adopt, lost) = match cluster.session_peek(session).await {
+            Ok(Some(record)) => (
+                crate::hub::Adopt {
+                    username,
+                    home: Some(record.home),
+                    lives: Some(record.lives),
+                    held_only: false,
+                },
+                false,
+            ),
+            // Gone, unless this node holds it (made while Redis was lost).
+            Ok(None) => (
+                crate::hub::Adopt {
+                    username,
+                    home: None,
+                    lives: None,
+                    held_only: true,
+                },
+                true,
+            ),
+            Err(_) => (
+                crate::hub::Adopt {
+                    username,
+                    home: None,
+                    lives: None,
+                    held_only: false,
+                },
+                false,
+            ),
+        };
+        app.hub.adopt(session, adopt).await?;
+        if lost {
+            let _ = cluster.session_new(session, token_exp_ms).await;
+        }
+    }
     let info = app.hub.refresh(session).await?;
+    if let Some(cluster) = &app.cluster {
+        // Every node's copy of the session follows the record (see `Core::adopt`).
+        if let Err(f) = cluster.session_extend(session, info.expires_at_ms).await {
+            tracing::warn!(error = %f, "a refresh could not reach the session's shared record");
+        }
+    }
     Ok(Json(token_response(&app, info)?))
 }
 

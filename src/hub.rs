@@ -15,6 +15,7 @@ use futures_util::{FutureExt, StreamExt};
 use rand::RngCore;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::{AckError, SocketIo};
+use tandem_signaling::cluster::{MatchAnswer, MatchRequest};
 use tandem_signaling::files::FileInfo;
 use tandem_signaling::wire::{ChatMessage, ErrorEvent, Refused, Stats};
 use tandem_signaling::{
@@ -23,7 +24,9 @@ use tandem_signaling::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::Incoming;
 use crate::files::Files;
+use crate::link::{Job, Link};
 use crate::metrics::{CoreSizes, SignalingMetrics};
 use crate::rtc::MediaPlane;
 use crate::turn::TurnAccess;
@@ -79,6 +82,14 @@ pub enum Command {
     },
     Admit {
         session: SessionId,
+        /// In a cluster: adopt the guest first ([`Adopt`]).
+        adopt: Option<Adopt>,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
+    /// In a cluster: adopt a guest this node may not hold (before a refresh).
+    Adopt {
+        session: SessionId,
+        adopt: Adopt,
         reply: oneshot::Sender<Result<(), SignalError>>,
     },
     Connect {
@@ -94,6 +105,23 @@ pub enum Command {
         event: ClientEvent,
         reply: Reply,
         received: Instant,
+    },
+    /// In a cluster: a client event as received (the core parses it, or forwards it to the
+    /// chat's home node).
+    RawEvent {
+        conn: ConnId,
+        name: String,
+        payload: Option<serde_json::Value>,
+        reply: Reply,
+        received: Instant,
+    },
+    /// In a cluster: the matchmaker paired a guest of this node, or refused to queue it.
+    Match(MatchAnswer),
+    /// In a cluster: how long a guest's shared record still lives (`None`: gone), the answer
+    /// to the core's `MatchRequest::Expiring`.
+    SessionTtl {
+        session: SessionId,
+        lives: Option<std::time::Duration>,
     },
     /// A socket of the receiver acknowledged a chat message.
     Delivered {
@@ -127,6 +155,18 @@ pub enum Command {
         file: Box<FileInfo>,
         reply: oneshot::Sender<Result<(MessageId, u64), SignalError>>,
     },
+}
+
+/// What a node that may not hold a guest learned about it (see `Core::adopt`): the name its
+/// token carries, and the session mirror's word on its chat (`None`: Redis did not answer).
+pub struct Adopt {
+    pub username: String,
+    pub home: Option<Option<(tandem_signaling::NodeId, RoomId)>>,
+    /// How long the guest's shared record still lives (`None`: unknown).
+    pub lives: Option<std::time::Duration>,
+    /// The record is missing (made while Redis was lost, or gone): only a guest this node
+    /// holds alive is let in.
+    pub held_only: bool,
 }
 
 /// A cheap handle to the hub.
@@ -178,8 +218,22 @@ impl Hub {
             .await?
     }
 
-    pub async fn admit(&self, session: SessionId) -> Result<(), SignalError> {
-        self.ask(|reply| Command::Admit { session, reply }).await?
+    pub async fn admit(&self, session: SessionId, adopt: Option<Adopt>) -> Result<(), SignalError> {
+        self.ask(|reply| Command::Admit {
+            session,
+            adopt,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn adopt(&self, session: SessionId, adopt: Adopt) -> Result<(), SignalError> {
+        self.ask(|reply| Command::Adopt {
+            session,
+            adopt,
+            reply,
+        })
+        .await?
     }
 
     /// The call `session` is in: `no_call` if none, `unauthorized` if the session is gone.
@@ -221,6 +275,7 @@ pub fn spawn(
     metrics: SignalingMetrics,
     sizes: CoreSizes,
     files: Arc<Files>,
+    link: Option<(Link, mpsc::Receiver<Incoming>)>,
 ) -> (Hub, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
     let mut seed = [0u8; 32];
@@ -229,6 +284,14 @@ pub fn spawn(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let mut cfg = cfg;
+    let (link, incoming) = match link {
+        Some((link, incoming)) => {
+            cfg.node = Some(link.node());
+            (Some(link), Some(incoming))
+        }
+        None => (None, None),
+    };
     let core = Core::new(cfg, seed, Instant::now(), unix_ms);
     let hub = Hub { tx: tx.clone() };
     let task = HubTask {
@@ -247,8 +310,11 @@ pub fn spawn(
         sizes,
         last_sizes: Default::default(),
         next_sizes: Instant::now(),
+        link,
+        pending: HashMap::new(),
+        next_req: 0,
     };
-    (hub, tokio::spawn(task.run(rx)))
+    (hub, tokio::spawn(task.run(rx, incoming)))
 }
 
 struct HubTask {
@@ -273,11 +339,23 @@ struct HubTask {
     sizes: CoreSizes,
     last_sizes: [(&'static str, usize); 9],
     next_sizes: Instant,
+    /// In a cluster: the bus and the Redis worker.
+    link: Option<Link>,
+    /// In a cluster: client events forwarded to their chat's home, by request id, until the
+    /// core's `Output::Ack` (it always comes: the ack, or `service_unavailable` at the latest
+    /// after the core's bus timeout).
+    pending: HashMap<u64, (Reply, Option<&'static str>, Instant)>,
+    next_req: u64,
 }
 
 impl HubTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut incoming: Option<mpsc::Receiver<Incoming>>,
+    ) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut from_bus = Vec::with_capacity(BATCH);
         loop {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -288,6 +366,19 @@ impl HubTask {
                     self.metrics.hub_batch.observe(n as f64);
                     for cmd in batch.drain(..) {
                         self.handle(cmd);
+                    }
+                }
+                n = recv_bus(&mut incoming, &mut from_bus) => {
+                    if n == 0 {
+                        // The bus stopped: the node serves on alone.
+                        incoming = None;
+                    }
+                    let now = Instant::now();
+                    for m in from_bus.drain(..) {
+                        if let Some((from, msg)) = crate::link::decode(m) {
+                            self.core.handle_bus(from, msg, now);
+                            self.drain();
+                        }
                     }
                 }
                 _ = sleep_until(deadline) => {}
@@ -335,8 +426,81 @@ impl HubTask {
             Command::Refresh { session, reply } => {
                 let _ = reply.send(self.core.refresh(session, now));
             }
-            Command::Admit { session, reply } => {
-                let _ = reply.send(self.core.admit(session, now));
+            Command::Admit {
+                session,
+                adopt,
+                reply,
+            } => {
+                let adopted = match adopt {
+                    Some(a) if a.held_only => {
+                        if self.core.session_alive(session, now) {
+                            Ok(())
+                        } else {
+                            Err(SignalError::Unauthorized)
+                        }
+                    }
+                    Some(a) => self.core.adopt(session, &a.username, a.home, a.lives, now),
+                    None => Ok(()),
+                };
+                self.drain();
+                let _ = reply.send(adopted.and_then(|()| self.core.admit(session, now)));
+            }
+            Command::Adopt {
+                session,
+                adopt,
+                reply,
+            } if adopt.held_only => {
+                let held = self.core.session_alive(session, now);
+                let _ = reply.send(held.then_some(()).ok_or(SignalError::Unauthorized));
+            }
+            Command::Adopt {
+                session,
+                adopt,
+                reply,
+            } => {
+                let adopted =
+                    self.core
+                        .adopt(session, &adopt.username, adopt.home, adopt.lives, now);
+                self.drain();
+                let _ = reply.send(adopted);
+            }
+            Command::RawEvent {
+                conn,
+                name,
+                payload,
+                reply,
+                received,
+            } => {
+                let label = event_label(&name);
+                self.next_req += 1;
+                let req = self.next_req;
+                let result = self
+                    .core
+                    .handle_client_event(conn, req, &name, payload.as_ref(), now);
+                match result {
+                    Ok(None) => {
+                        // Forwarded: the ack comes as `Output::Ack` (maybe in this drain).
+                        self.pending.insert(req, (reply, label, received));
+                        self.drain();
+                    }
+                    Ok(Some(ack)) => {
+                        self.drain();
+                        if let Reply::Ack(a) = reply {
+                            let _ = a.send(&ack);
+                        }
+                        self.observe(label, received);
+                    }
+                    Err(e) => {
+                        self.drain();
+                        self.metrics.refused(e);
+                        reply.refuse(e);
+                        self.observe(label, received);
+                    }
+                }
+            }
+            Command::Match(answer) => self.core.handle_match(answer, now),
+            Command::SessionTtl { session, lives } => {
+                self.core.handle_session_ttl(session, lives, now)
             }
             Command::Connect {
                 session,
@@ -455,12 +619,63 @@ impl HubTask {
                 },
                 Output::CallSetup(took) => self.metrics.call_setup.observe(took.as_secs_f64()),
                 Output::RoomClosed(room) => self.files.delete_room(room),
-                // Only a clustered core (CoreConfig::node) emits these; the hub does not run
-                // one yet (issue 14: the wiring is next).
-                Output::Bus { .. }
-                | Output::Match(_)
-                | Output::Ack { .. }
-                | Output::Relay { .. } => {}
+                // Only a clustered core (CoreConfig::node) emits these.
+                Output::Bus { to, msg } => {
+                    let sent = match &self.link {
+                        Some(link) => link.send(to, &msg).is_ok(),
+                        None => false,
+                    };
+                    if !sent {
+                        self.core.handle_bus_failed(to, &msg, Instant::now());
+                    }
+                }
+                Output::Match(req) => {
+                    let queued = match &self.link {
+                        Some(link) => link.request(Job::Match(req.clone())).is_ok(),
+                        None => false,
+                    };
+                    if !queued {
+                        tracing::warn!(
+                            "the cluster's request queue is full: a request was dropped"
+                        );
+                        match req {
+                            MatchRequest::Enqueue { sid, .. } => {
+                                let error = SignalError::ServerBusy;
+                                let answer = MatchAnswer::Refused { sid, error };
+                                self.core.handle_match(answer, Instant::now());
+                            }
+                            // Asked again later.
+                            MatchRequest::Expiring { sid } => self.core.handle_session_ttl(
+                                sid,
+                                Some(crate::link::RETRY_LATER),
+                                Instant::now(),
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
+                Output::Ack { req, result, .. } => {
+                    if let Some((reply, label, received)) = self.pending.remove(&req) {
+                        match result {
+                            Ok(ack) => {
+                                if let Reply::Ack(a) = reply {
+                                    let _ = a.send(&ack);
+                                }
+                            }
+                            Err(e) => {
+                                self.metrics.refused(e);
+                                reply.refuse(e);
+                            }
+                        }
+                        self.observe(label, received);
+                    }
+                }
+                Output::Relay {
+                    to,
+                    name,
+                    payload,
+                    ack,
+                } => self.relay(to, &name, &payload, ack),
                 Output::CallEnded(call) => {
                     if let Some(turn) = &self.turn {
                         turn.revoke(&call.to_string());
@@ -486,6 +701,50 @@ impl HubTask {
         }
     }
 
+    fn observe(&self, label: Option<&'static str>, received: Instant) {
+        if let Some(label) = label {
+            self.metrics
+                .event_latency
+                .with_label_values(&[label])
+                .observe(received.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Writes an event the chat's home node emitted for a guest of this node, as is. With
+    /// `ack`, a partner message: every socket is asked for an ack, the first one counts (as
+    /// [`HubTask::deliver`]).
+    fn relay(
+        &self,
+        to: Target,
+        name: &str,
+        payload: &serde_json::Value,
+        ack: Option<(RoomId, MessageId)>,
+    ) {
+        let sockets: Vec<&SocketRef> = match to {
+            Target::Conn(conn) => self
+                .sockets
+                .get(&conn)
+                .map(|(_, s)| s)
+                .into_iter()
+                .collect(),
+            Target::Guest(id) => self.sockets_of(id).collect(),
+            Target::All => Vec::new(),
+        };
+        let Some((room, msg)) = ack else {
+            for s in sockets {
+                let _ = s.emit(name, payload);
+            }
+            return;
+        };
+        let mut streams = Vec::new();
+        for s in sockets {
+            if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>(name, payload) {
+                streams.push(Box::pin(acks));
+            }
+        }
+        self.await_delivery(streams, room, msg);
+    }
+
     /// This node's sockets of one guest.
     fn sockets_of(&self, id: SessionId) -> impl Iterator<Item = &SocketRef> {
         let conns = self.guests.get(&id).map(Vec::as_slice).unwrap_or_default();
@@ -506,13 +765,26 @@ impl HubTask {
                 streams.push(Box::pin(acks));
             }
         }
+        self.await_delivery(streams, message.room_id, message.id);
+    }
+
+    /// The first ack of `streams` (a partner message's emits) makes the delivered receipt.
+    fn await_delivery<S>(&self, streams: Vec<std::pin::Pin<Box<S>>>, room: RoomId, msg: MessageId)
+    where
+        S: futures_util::Stream<
+                Item = (
+                    socketioxide::socket::Sid,
+                    Result<serde_json::Value, AckError>,
+                ),
+            > + Send
+            + 'static,
+    {
         if streams.is_empty() {
             self.metrics.undelivered.inc();
             return;
         }
         let hub = self.feedback.clone();
         let unacked = self.metrics.undelivered.clone();
-        let (room, msg) = (message.room_id, message.id);
         tokio::spawn(async move {
             let mut acks = futures_util::stream::select_all(streams);
             while let Some((_, res)) = acks.next().await {
@@ -548,6 +820,22 @@ impl HubTask {
                 }
             }
         }
+    }
+}
+
+/// A client event's name as a metric label: one of the names clients may send, else `None`.
+fn event_label(name: &str) -> Option<&'static str> {
+    ClientEvent::NAMES.iter().find(|n| **n == name).copied()
+}
+
+/// The next batch of bus messages, or never when there is no bus.
+async fn recv_bus(
+    incoming: &mut Option<mpsc::Receiver<Incoming>>,
+    buf: &mut Vec<Incoming>,
+) -> usize {
+    match incoming {
+        Some(rx) => rx.recv_many(buf, BATCH).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod fuzzing;
 mod http;
 mod hub;
 mod limits;
+mod link;
 mod metrics;
 mod rtc;
 mod serve;
@@ -214,13 +215,36 @@ pub async fn run(
         metrics::FileMetrics::register(&registry),
     )?);
     supervisor.spawn_task("file-sweeper", files::sweeper(files.clone()));
+    // In a cluster: the bus (a Redis connection of its own) and the Redis worker's queue.
+    let link = match &cluster {
+        Some(c) => {
+            let (bus, incoming) = c.bus(cluster::BusSettings::default()).await?;
+            let (link, jobs) = link::Link::new(c, bus);
+            Some((link, incoming, jobs))
+        }
+        None => None,
+    };
+    let (link, jobs) = match link {
+        Some((link, incoming, jobs)) => (Some((link, incoming)), Some(jobs)),
+        None => (None, None),
+    };
+    let worker_link = link.as_ref().map(|(l, _)| l.clone());
     let (hub, hub_task) = hub::spawn(
         core_config(&cfg),
         io.clone(),
         signaling_metrics.clone(),
         core_sizes.clone(),
         files.clone(),
+        link,
     );
+    if let (Some(c), Some(l), Some(jobs)) = (&cluster, worker_link, jobs) {
+        let mm = c.matchmaker(cluster::MatchSettings::default());
+        supervisor.spawn_task(
+            "cluster-worker",
+            link::worker(jobs, l.clone(), c.clone(), mm, hub.clone()),
+        );
+        supervisor.spawn_task("cluster-departures", link::watch_departures(c.clone(), l));
+    }
     let node_ip = cfg.node_ip.unwrap_or_else(rtc::detect_ip);
     let plane = rtc::start(
         &rtc::RtcSettings {

@@ -909,6 +909,8 @@ pub const REDIS_COMMANDS: &[&str] = &[
     "match_cooldown_over",
     "match_drop_node",
     "match_len",
+    "session_get",
+    "session_set",
 ];
 
 /// Why a Redis command failed, as the `kind` label (a fixed set).

@@ -51,6 +51,9 @@ struct Admitted {
 #[derive(Clone)]
 struct ConnCtx {
     conn: ConnId,
+    /// In a cluster: events go to the hub as received (the core parses them, or forwards
+    /// them to the chat's home node).
+    raw: bool,
     hub: Hub,
     metrics: SignalingMetrics,
 }
@@ -111,8 +114,8 @@ async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refu
         .as_ref()
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str);
-    let session = token
-        .and_then(|t| app.tokens.verify(t))
+    let (session, username, token_exp_ms) = token
+        .and_then(|t| app.tokens.verify_named(t))
         .ok_or(Refusal("unauthorized"))?;
     let ip = client_ip(s);
     // Counted now, atomically with the check: connections arriving at once cannot pass the
@@ -123,10 +126,46 @@ async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refu
         )),
         None => None,
     };
+    // In a cluster the guest may have been made, or be in a chat, elsewhere: its shared
+    // record says (gone: refused like an expired token). Without Redis the node serves alone
+    // and trusts the signed token.
+    let mut lost_record = false;
+    let adopt = match &app.cluster {
+        Some(cluster) => Some(match cluster.session_attach(session).await {
+            Ok(Some(record)) => crate::hub::Adopt {
+                username,
+                home: Some(record.home),
+                lives: Some(record.lives),
+                held_only: false,
+            },
+            Ok(None) => {
+                lost_record = true;
+                crate::hub::Adopt {
+                    username,
+                    home: None,
+                    lives: None,
+                    held_only: true,
+                }
+            }
+            Err(_) => crate::hub::Adopt {
+                username,
+                home: None,
+                lives: None,
+                held_only: false,
+            },
+        }),
+        None => None,
+    };
     app.hub
-        .admit(session)
+        .admit(session, adopt)
         .await
         .map_err(|e| Refusal(e.code()))?;
+    if let (true, Some(cluster)) = (lost_record, &app.cluster) {
+        // A guest of this node whose record Redis lost (made during an outage, or Redis
+        // restarted empty): written again so that other nodes know it.
+        let _ = cluster.session_new(session, token_exp_ms).await;
+        let _ = cluster.session_attach(session).await;
+    }
     s.extensions.insert(Admitted { session, ip, slot });
     Ok(())
 }
@@ -143,6 +182,7 @@ fn on_connect(s: SocketRef, app: Arc<App>) {
     tracing::debug!(?ip, transport = ?s.transport_type(), "socket connected");
     s.extensions.insert(ConnCtx {
         conn,
+        raw: app.cluster.is_some(),
         hub: app.hub.clone(),
         metrics: app.signaling_metrics.clone(),
     });
@@ -203,6 +243,20 @@ fn dispatch(s: &Arc<Socket<LocalAdapter>>, v: &mut RawValue, ack_id: Option<i64>
         let Ok(socket) = SocketRef::from_message_parts(s, v, &ack_id);
         Reply::Socket(socket, name.clone())
     };
+    if ctx.raw {
+        let cmd = Command::RawEvent {
+            conn: ctx.conn,
+            name,
+            payload: data.ok(),
+            reply,
+            received,
+        };
+        if let Err(Command::RawEvent { reply, .. }) = ctx.hub.try_command(cmd) {
+            ctx.metrics.refused(SignalError::ServerBusy);
+            reply.refuse(SignalError::ServerBusy);
+        }
+        return;
+    }
     let event = match ClientEvent::parse(&name, data.ok().as_ref()) {
         Ok(event) => event,
         Err(e) => {

@@ -103,7 +103,9 @@ fn run_suite(name: &str, setup: &str, concurrency: u32, files: &[String], env: &
     // Besides TAP on stdout, the spec reporter writes to a file whose failure summary (node
     // prints one at its end) goes into the panic message: the failing assertion and its
     // diagnostics, not only the test's name, reach the CI log.
-    let summary = root.join(ARTIFACTS).join(format!("{}.spec.txt", name.replace(' ', "-")));
+    let summary = root
+        .join(ARTIFACTS)
+        .join(format!("{}.spec.txt", name.replace(' ', "-")));
     let _ = std::fs::create_dir_all(root.join(ARTIFACTS));
     let _ = std::fs::remove_file(&summary);
     let script = format!(

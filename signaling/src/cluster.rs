@@ -163,13 +163,23 @@ pub enum MatchRequest {
         a: SessionId,
         b: SessionId,
     },
-    /// The session mirror: `sid`'s chat is `room` homed at this node (`None`: it has no chat
-    /// any more), kept for `ttl` at most. A node that gets a socket of a guest it does not hold
-    /// reads it ([`crate::Core::adopt`]) to find the chat's home.
+    /// The session's shared record: `sid`'s chat is `room` homed at this node (`None`: it has
+    /// no chat any more). A node that gets a socket of a guest it does not hold reads it
+    /// ([`crate::Core::adopt`]) to find the chat's home.
     Home {
         sid: SessionId,
         room: Option<RoomId>,
         ttl: std::time::Duration,
+    },
+    /// `sid` (made here) had no socket here by its connect deadline: its shared record goes
+    /// unless a socket of it connected on some node.
+    Reap {
+        sid: SessionId,
+    },
+    /// `sid`'s session reached its expiry here: how long does its shared record (refreshed on
+    /// any node) still live? Answered through [`crate::Core::handle_session_ttl`].
+    Expiring {
+        sid: SessionId,
     },
 }
 

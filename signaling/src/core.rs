@@ -40,6 +40,9 @@ const REMOTE_CONN_BASE: u64 = 1 << 63;
 /// Forwarded events waiting for their ack, at most (past it: `service_unavailable`).
 const MAX_PENDING: usize = 65_536;
 
+/// How often partner messages the bus refused are handed out again.
+const BUS_RETRY: Duration = Duration::from_secs(1);
+
 /// A clustered core's view of the other nodes (absent on a single node).
 #[derive(Default)]
 struct Cluster {
@@ -62,6 +65,11 @@ struct Cluster {
     next_req: u64,
     /// Guests whose chat ended here during this input: released once it is routed.
     releasing: Vec<(SessionId, RoomId)>,
+    /// Home side: guests a partner message for whom the bus refused, and their rooms; the
+    /// messages (kept until acknowledged) go out again every [`BUS_RETRY`] until sent.
+    unsent: HashMap<SessionId, RoomId>,
+    /// A [`Timer::BusRetry`] is scheduled.
+    retrying: bool,
 }
 
 impl Cluster {
@@ -232,11 +240,15 @@ impl Core {
     /// chat; `None`: the mirror could not be read, nothing changes): a chat homed at another
     /// node is where its events go from now on; a chat this node believed elsewhere that the
     /// mirror no longer names is over. On a single node: nothing.
+    ///
+    /// `lives` is how long the shared record still lives (it follows refreshes on any node):
+    /// the session here expires then too.
     pub fn adopt(
         &mut self,
         id: SessionId,
         username: &str,
         home: Option<Option<(NodeId, RoomId)>>,
+        lives: Option<Duration>,
         now: Instant,
     ) -> Result<(), SignalError> {
         let start = self.out.len();
@@ -251,6 +263,11 @@ impl Core {
             self.timers.schedule(expires_at, Timer::Expiry(id));
             self.timers.schedule(connect_by, Timer::Unconnected(id));
             self.broadcast.changed(now);
+        }
+        if let Some(lives) = lives {
+            if let Some(at) = self.sessions.set_expiry(id, now + lives) {
+                self.timers.schedule(at, Timer::Expiry(id));
+            }
         }
         match home {
             Some(Some((node, room))) if node != me => {
@@ -743,11 +760,51 @@ impl Core {
 
     /// The bus refused (or lost) `msg` for node `to`: a forwarded event is refused to its
     /// client with `service_unavailable` now instead of at its deadline.
+    /// A partner message it refused is kept (as every message is until acknowledged) and
+    /// handed out again every second until the bus takes it: accepted messages are delivered
+    /// once the bus is back, never lost.
     pub fn handle_bus_failed(&mut self, _to: NodeId, msg: &ClusterMsg, now: Instant) {
         self.sessions.tick(now);
-        if let ClusterMsg::Event { req, .. } = msg {
-            self.fail_request(*req);
+        match msg {
+            ClusterMsg::Event { req, .. } => self.fail_request(*req),
+            ClusterMsg::Emit {
+                sid,
+                ack: Some((room, _)),
+                ..
+            } => {
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
+                c.unsent.insert(*sid, *room);
+                if !c.retrying {
+                    c.retrying = true;
+                    self.timers.schedule(now + BUS_RETRY, Timer::BusRetry);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// (Cluster only.) The answer to [`MatchRequest::Expiring`]: `sid`'s shared record still
+    /// lives for `lives` (refreshed on another node: the session lives on here too), or is
+    /// gone (`None`: the session expires now).
+    pub fn handle_session_ttl(&mut self, sid: SessionId, lives: Option<Duration>, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        match lives {
+            Some(d) if !d.is_zero() => {
+                if let Some(at) = self.sessions.set_expiry(sid, now + d) {
+                    self.timers.schedule(at, Timer::Expiry(sid));
+                }
+            }
+            _ => {
+                if self.sessions.contains(sid) {
+                    self.remove_session(sid, now);
+                    self.counters.sessions_expired += 1;
+                }
+            }
+        }
+        self.route(start);
     }
 
     /// An answer of the cluster's matchmaker for a guest of this node.
@@ -1378,14 +1435,23 @@ impl Core {
             },
             Timer::Expiry(id) => {
                 if self.sessions.expired(id, now) {
-                    self.remove_session(id, now);
-                    self.counters.sessions_expired += 1;
+                    if self.cluster.is_some() {
+                        // Maybe refreshed on another node: the shared record says.
+                        let req = MatchRequest::Expiring { sid: id };
+                        self.out.push(Output::Match(req));
+                    } else {
+                        self.remove_session(id, now);
+                        self.counters.sessions_expired += 1;
+                    }
                 }
             }
             Timer::Unconnected(id) => {
                 if self.sessions.unconnected(id, now) {
                     self.remove_session(id, now);
                     self.counters.sessions_reaped += 1;
+                    if self.cluster.is_some() {
+                        self.out.push(Output::Match(MatchRequest::Reap { sid: id }));
+                    }
                 }
             }
             Timer::Unblock(a, b) if self.cluster.is_some() => {
@@ -1393,6 +1459,17 @@ impl Core {
                 self.out.push(Output::Match(req));
             }
             Timer::Request(req) => self.fail_request(req),
+            Timer::BusRetry => {
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
+                c.retrying = false;
+                for (sid, room) in std::mem::take(&mut c.unsent) {
+                    if self.sessions.state(sid) == Some(State::InChat(room)) {
+                        self.rooms.hand_out(room, sid, None, &mut self.out);
+                    }
+                }
+            }
             Timer::Unblock(a, b) => {
                 for pair in self
                     .matchmaker

@@ -16,6 +16,11 @@ macro_rules! hex_id {
                 Self(raw)
             }
 
+            /// The raw bits.
+            pub const fn into_raw(self) -> $raw {
+                self.0
+            }
+
             /// Parses the wire form: exactly the hex width, lowercase or uppercase.
             pub fn parse(s: &str) -> Option<Self> {
                 if s.len() != $width || !s.bytes().all(|b| b.is_ascii_hexdigit()) {

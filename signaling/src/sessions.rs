@@ -195,6 +195,14 @@ impl Sessions {
         Ok((s.username.clone(), expires_at))
     }
 
+    /// Moves the session's expiry (a cluster's shared record says when it ends): the new
+    /// expiry, for the caller's timer, or `None` for an unknown session.
+    pub(crate) fn set_expiry(&mut self, id: SessionId, at: Instant) -> Option<Instant> {
+        let s = self.sessions.get_mut(&id)?;
+        s.expires_at = at;
+        Some(at)
+    }
+
     /// May this live session open one more socket?
     pub(crate) fn admit(&self, id: SessionId, now: Instant) -> Result<(), SignalError> {
         match self.sessions.get(&id) {

@@ -27,6 +27,8 @@ pub(crate) enum Timer {
     Sweep,
     /// The deadline of a client event forwarded to another node (its bus request id).
     Request(u64),
+    /// Partner messages the bus refused: hand them out again.
+    BusRetry,
 }
 
 #[derive(Default)]

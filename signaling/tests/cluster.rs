@@ -143,7 +143,7 @@ impl Sim {
         self.owners.insert((node, conn), g.id);
         let home = Some(self.mirror.get(&g.id).copied());
         self.cores[node]
-            .adopt(g.id, "Token", home, self.now)
+            .adopt(g.id, "Token", home, None, self.now)
             .unwrap();
         self.cores[node].connect(g.id, conn, self.now).unwrap();
         self.pump();
@@ -341,6 +341,12 @@ impl Sim {
                     self.mirror.remove(&sid);
                 }
             },
+            MatchRequest::Reap { .. } => {}
+            // The sim keeps no shared session records: a session ends where it expires.
+            MatchRequest::Expiring { sid } => {
+                let now = self.now;
+                self.cores[node].handle_session_ttl(sid, None, now);
+            }
             MatchRequest::RecordEnd { a, b, blocked, .. } => {
                 self.mm.ended.insert(pair_key(a, b), blocked);
             }
@@ -651,7 +657,27 @@ fn a_bus_outage_refuses_cross_node_events_instead_of_losing_them() {
         SignalError::ServiceUnavailable.code(),
         "service_unavailable"
     );
+    // The home's own guest posts: accepted (the room keeps it), and delivered once the bus
+    // takes it again (handed out every second meanwhile).
+    let kept = sim
+        .ev(
+            b,
+            "chat:message",
+            json!({"clientId": "k", "content": "kept"}),
+        )
+        .unwrap();
+    sim.advance(secs(3));
+    assert!(sim.seen.get(&a.id).is_none_or(|s| s.is_empty()));
     sim.down = false;
+    sim.advance(secs(1));
+    let got: Vec<_> = sim.seen[&a.id]
+        .iter()
+        .filter(|(n, _)| n == "chat:message")
+        .map(|(_, m)| m["id"].clone())
+        .collect();
+    assert_eq!(got, [kept["id"].clone()]);
+    assert_eq!(sim.seen[&b.id].last().unwrap().0, "chat:message:delivered");
+    sim.seen.clear();
     // A partition: accepted, never answered: refused after the bus timeout.
     sim.cut.insert((0, 1));
     let req = sim.next_req;

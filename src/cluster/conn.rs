@@ -43,6 +43,9 @@ pub enum Command {
     MatchCooldownOver,
     MatchDropNode,
     MatchLen,
+    /// The session mirror (`tandem:s:<sid>`).
+    SessionGet,
+    SessionSet,
 }
 
 impl Command {
@@ -58,6 +61,8 @@ impl Command {
             Command::MatchCooldownOver => "match_cooldown_over",
             Command::MatchDropNode => "match_drop_node",
             Command::MatchLen => "match_len",
+            Command::SessionGet => "session_get",
+            Command::SessionSet => "session_set",
         }
     }
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tandem_config::RedisTarget;
+pub use tandem_signaling::NodeId as CoreNodeId;
+use tandem_signaling::{RoomId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::ClusterMetrics;
@@ -32,6 +34,32 @@ use conn::{Command, Redis, COMMAND_TIMEOUT};
 pub use matchmaker::{MatchError, MatchMetrics, MatchSettings, Matchmaker, PairBlock, Paired};
 #[allow(unused_imports)] // the registry's vocabulary, for the next cluster-wide parts
 pub use registry::{Node, NodeInfo, NodeLoad, HEARTBEAT_INTERVAL, NODE_TTL};
+
+/// The session mirror's keys: `tandem:s:<sid>` → `<home node>:<room>` (docs/cluster.md).
+pub const SESSION_PREFIX: &str = "tandem:s:";
+
+/// The session-record script (`session.lua`).
+static SESSION_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("session.lua")));
+
+/// What a guest's shared record says (see `session.lua`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Its chat's home node and room, if in a chat.
+    pub home: Option<(CoreNodeId, RoomId)>,
+    /// How long it still lives (its token's expiry, moved by refreshes on any node).
+    pub lives: Duration,
+}
+
+/// The bus's node id as the signaling core writes it (the same 128 bits).
+pub fn core_node(id: NodeId) -> CoreNodeId {
+    CoreNodeId::from_raw(u128::from_be_bytes(id.0))
+}
+
+/// The core's node id as the bus writes it.
+pub fn bus_node(id: CoreNodeId) -> NodeId {
+    NodeId(id.into_raw().to_be_bytes())
+}
 
 /// Shortest wait before retrying a lost Redis; doubled up to [`HEARTBEAT_INTERVAL`].
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -135,6 +163,89 @@ impl Cluster {
             self.inner.bus_metrics.clone(),
         )
         .await
+    }
+
+    /// This node's id as the signaling core names nodes.
+    pub fn core_id(&self) -> CoreNodeId {
+        core_node(self.inner.node)
+    }
+
+    /// Runs one operation of the session-record script on `sid`'s record: the record, or
+    /// `None` when there is none.
+    async fn session_op(
+        &self,
+        command: Command,
+        sid: SessionId,
+        args: &[&str],
+    ) -> Result<Option<SessionRecord>, Fault> {
+        let mut invocation = SESSION_SCRIPT.prepare_invoke();
+        invocation.key(format!("{SESSION_PREFIX}{sid}"));
+        for a in args {
+            invocation.arg(*a);
+        }
+        let reply: Vec<String> = self.inner.redis.invoke(command, &invocation).await?;
+        match reply.as_slice() {
+            [n] if n == "n" => Ok(None),
+            [k, home, ms] if k == "k" => {
+                let home = home.split_once(':').and_then(|(node, room)| {
+                    Some((CoreNodeId::parse(node)?, RoomId::parse(room)?))
+                });
+                let ms: i64 = ms
+                    .parse()
+                    .map_err(|_| Fault::response("unexpected answer from the session script"))?;
+                Ok(Some(SessionRecord {
+                    home,
+                    lives: Duration::from_millis(ms.max(0) as u64),
+                }))
+            }
+            _ => Err(Fault::response("unexpected answer from the session script")),
+        }
+    }
+
+    /// Creates `sid`'s shared record (a guest made here), living until `expires_ms` (Unix ms).
+    pub async fn session_new(&self, sid: SessionId, expires_ms: u64) -> Result<(), Fault> {
+        let at = expires_ms.to_string();
+        self.session_op(Command::SessionSet, sid, &["new", &at])
+            .await
+            .map(|_| ())
+    }
+
+    /// A socket of `sid` is connecting here: its record (marked connected), or `None` when the
+    /// session is gone cluster-wide (reaped, expired).
+    pub async fn session_attach(&self, sid: SessionId) -> Result<Option<SessionRecord>, Fault> {
+        self.session_op(Command::SessionGet, sid, &["attach"]).await
+    }
+
+    /// `sid`'s record, unchanged.
+    pub async fn session_peek(&self, sid: SessionId) -> Result<Option<SessionRecord>, Fault> {
+        self.session_op(Command::SessionGet, sid, &["peek"]).await
+    }
+
+    /// `sid` was refreshed: its record lives until `expires_ms` (Unix ms).
+    pub async fn session_extend(&self, sid: SessionId, expires_ms: u64) -> Result<(), Fault> {
+        let at = expires_ms.to_string();
+        self.session_op(Command::SessionSet, sid, &["extend", &at])
+            .await
+            .map(|_| ())
+    }
+
+    /// Records `sid`'s chat as `room` homed at this node, or (`None`) that it has none.
+    pub async fn session_home(&self, sid: SessionId, room: Option<RoomId>) -> Result<(), Fault> {
+        let home = match room {
+            Some(room) => format!("{}:{room}", self.core_id()),
+            None => String::new(),
+        };
+        self.session_op(Command::SessionSet, sid, &["home", &home])
+            .await
+            .map(|_| ())
+    }
+
+    /// `sid` never had a socket where it was made: its record goes unless a socket of it
+    /// connected on some node.
+    pub async fn session_reap(&self, sid: SessionId) -> Result<(), Fault> {
+        self.session_op(Command::SessionSet, sid, &["reap"])
+            .await
+            .map(|_| ())
     }
 
     /// The cluster's match queue, through this node's Redis connection.

@@ -169,9 +169,12 @@ test('three nodes on one Redis: each counts all three; the registry holds their 
     const ttl = await redis.command('PTTL', key);
     assert.ok(ttl > 0 && ttl <= 60_000, `${key} PTTL ${ttl}`);
   }
-  // Nothing else lives under the prefix.
+  // Besides the registry, only the guest's shared session record, which expires with its token.
   const keys = await redis.command('KEYS', 'tandem:*');
-  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY].sort());
+  const record = `tandem:s:${guest.guest.sessionId}`;
+  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, record].sort());
+  const ttl = await redis.command('PTTL', record);
+  assert.ok(ttl > 0 && ttl <= 2 * 3600_000, `${record} PTTL ${ttl}`);
 });
 
 test('a node killed with SIGKILL disappears from the others\' view within 10 s', async (t) => {

@@ -1,0 +1,45 @@
+-- A guest session's shared record (src/cluster/mod.rs; docs/cluster.md, "Session records").
+-- KEYS[1] tandem:s:<sid>, a hash: c = "1" once a socket of the guest connected on any node
+-- ("0" before), h = "<home node>:<room>" while the guest is in a chat. It expires with the
+-- guest's token (PEXPIREAT, the token's expiry in Unix ms): a refresh on any node moves it.
+--
+-- Replies: {"n"} no such session; {"k", home or "", ms left} the record.
+
+local K = KEYS[1]
+local op = ARGV[1]
+
+local function record()
+  local h = redis.call('HGET', K, 'h') or ''
+  return {'k', h, tostring(redis.call('PTTL', K))}
+end
+
+if op == 'new' then
+  -- ARGV: expiry (Unix ms)
+  redis.call('HSET', K, 'c', '0')
+  redis.call('PEXPIREAT', K, ARGV[2])
+  return record()
+end
+
+if redis.call('EXISTS', K) == 0 then return {'n'} end
+
+if op == 'attach' then
+  redis.call('HSET', K, 'c', '1')
+  return record()
+elseif op == 'peek' then
+  return record()
+elseif op == 'extend' then
+  -- ARGV: expiry (Unix ms)
+  redis.call('PEXPIREAT', K, ARGV[2])
+  return record()
+elseif op == 'home' then
+  -- ARGV: "<node>:<room>", or "" for none
+  if ARGV[2] == '' then redis.call('HDEL', K, 'h') else redis.call('HSET', K, 'h', ARGV[2]) end
+  return record()
+elseif op == 'reap' then
+  if redis.call('HGET', K, 'c') ~= '1' then
+    redis.call('DEL', K)
+    return {'n'}
+  end
+  return record()
+end
+return {'e', 'unknown_operation'}

@@ -1,0 +1,321 @@
+//! The hub's link to the cluster (only with `--redis-url`): what the clustered signaling core
+//! asks of other nodes and of Redis, carried out without ever blocking the hub.
+//!
+//! - [`Link::send`]: a [`ClusterMsg`] for another node's core, over the bus (refused at once
+//!   when the bus cannot take it: the hub tells the core, which refuses the client's event with
+//!   `service_unavailable` instead of losing it).
+//! - [`Link::request`]: a matchmaker request or a session-mirror write, queued for the Redis
+//!   worker ([`worker`]), one task that runs them in order (a guest's enqueue before its
+//!   cancel) and hands the pairs it forms to the core of the seeker's node: this node's hub, or
+//!   another node over the bus.
+//! - [`decode`]: a bus message for this node's core.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tandem_signaling::cluster::{ClusterMsg, MatchAnswer, MatchRequest};
+use tandem_signaling::{NodeId as CoreNodeId, SessionId, SignalError};
+use tokio::sync::mpsc;
+
+use crate::cluster::{
+    bus_node, core_node, Bus, BusError, BusKind, Cluster, Incoming, MatchError, Matchmaker,
+    PairBlock, Paired,
+};
+use crate::hub::{Command, Hub};
+
+/// Redis jobs waiting for the worker, at most; past it an enqueue is refused to its guest.
+const JOBS: usize = 8192;
+
+/// When Redis cannot say whether an expiring session was refreshed elsewhere: it lives on
+/// this much longer, and is asked about again then.
+pub const RETRY_LATER: Duration = Duration::from_secs(30);
+
+/// What the Redis worker does, in order.
+pub enum Job {
+    Match(MatchRequest),
+    /// A node left the cluster: its queue entries go.
+    DropNode(CoreNodeId),
+}
+
+/// The hub's end of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    me: CoreNodeId,
+    bus: Bus,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Why [`Link::request`] could not queue a job.
+pub struct Busy;
+
+impl Link {
+    /// The link and the receiving end of its job queue (for [`worker`]).
+    pub fn new(cluster: &Cluster, bus: Bus) -> (Link, mpsc::Receiver<Job>) {
+        let (jobs, rx) = mpsc::channel(JOBS);
+        let link = Link {
+            me: cluster.core_id(),
+            bus,
+            jobs,
+        };
+        (link, rx)
+    }
+
+    /// This node's id, as the core names nodes.
+    pub fn node(&self) -> CoreNodeId {
+        self.me
+    }
+
+    /// Sends `msg` to node `to`'s core; `Err` when the bus refused it (Redis lost, the queue
+    /// full, too large).
+    pub fn send(&self, to: CoreNodeId, msg: &ClusterMsg) -> Result<(), BusError> {
+        self.bus
+            .send(bus_node(to), kind(msg), Bytes::from(msg.encode()))
+    }
+
+    /// Queues a job for the Redis worker without waiting.
+    pub fn request(&self, job: Job) -> Result<(), Busy> {
+        self.jobs.try_send(job).map_err(|_| Busy)
+    }
+}
+
+/// The bus metric label of a message.
+fn kind(msg: &ClusterMsg) -> BusKind {
+    let by_name = |name: &str| {
+        if name.starts_with("chat:message:") {
+            BusKind::Receipt
+        } else if name.starts_with("chat:") {
+            BusKind::Chat
+        } else if name.starts_with("typing:") || name.starts_with("partner:") {
+            BusKind::Presence
+        } else if name.starts_with("call:") {
+            BusKind::Call
+        } else if name.starts_with("webrtc:") {
+            BusKind::Webrtc
+        } else if name.starts_with("match:") {
+            BusKind::Match
+        } else {
+            BusKind::Control
+        }
+    };
+    match msg {
+        ClusterMsg::Event { name, .. } | ClusterMsg::Emit { name, .. } => by_name(name),
+        ClusterMsg::Delivered { .. } => BusKind::Receipt,
+        ClusterMsg::Attach { .. } | ClusterMsg::Detach { .. } => BusKind::Presence,
+        ClusterMsg::Paired { .. } | ClusterMsg::Released { .. } | ClusterMsg::Matched { .. } => {
+            BusKind::Match
+        }
+        ClusterMsg::Ack { .. } | ClusterMsg::Shutdown => BusKind::Control,
+    }
+}
+
+/// A bus message for this node's core: its sender and the message, or `None` (counted and
+/// dropped) when it does not decode.
+pub fn decode(incoming: Incoming) -> Option<(CoreNodeId, ClusterMsg)> {
+    match ClusterMsg::decode(&incoming.payload) {
+        Ok(msg) => Some((core_node(incoming.from), msg)),
+        Err(_) => {
+            tracing::warn!(from = %incoming.from, "a bus message that does not decode: dropped");
+            None
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The Redis worker: runs the hub's jobs one after another until the hub is gone.
+pub async fn worker(
+    mut jobs: mpsc::Receiver<Job>,
+    link: Link,
+    cluster: Cluster,
+    mm: Matchmaker,
+    hub: Hub,
+) {
+    let w = Worker {
+        link,
+        cluster,
+        mm,
+        hub,
+    };
+    while let Some(job) = jobs.recv().await {
+        w.run(job).await;
+    }
+}
+
+struct Worker {
+    link: Link,
+    cluster: Cluster,
+    mm: Matchmaker,
+    hub: Hub,
+}
+
+impl Worker {
+    async fn run(&self, job: Job) {
+        let me = crate::cluster::bus_node(self.link.me);
+        let result = match job {
+            Job::Match(MatchRequest::Enqueue {
+                sid,
+                username,
+                interests,
+                present,
+            }) => {
+                let id = sid.to_string();
+                match self
+                    .mm
+                    .enqueue(&id, &username, &interests, me, present, unix_ms())
+                    .await
+                {
+                    Ok(pair) => {
+                        self.pairs(pair).await;
+                        Ok(())
+                    }
+                    // Queued already (a request repeated after Redis came back).
+                    Err(MatchError::AlreadySearching) => Ok(()),
+                    Err(e) => {
+                        let error = match e {
+                            MatchError::QueueFull => SignalError::ServerBusy,
+                            _ => SignalError::ServiceUnavailable,
+                        };
+                        let answer = MatchAnswer::Refused { sid, error };
+                        self.hub.send(Command::Match(answer)).await;
+                        Err(e)
+                    }
+                }
+            }
+            Job::Match(MatchRequest::Cancel { sid }) => {
+                self.mm.cancel(&sid.to_string()).await.map(|_| ())
+            }
+            Job::Match(MatchRequest::Away { sid, away }) => {
+                match self.mm.set_away(&sid.to_string(), away).await {
+                    Ok(pair) => {
+                        self.pairs(pair).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Job::Match(MatchRequest::RecordEnd { a, b, blocked, ttl }) => {
+                let block = if blocked {
+                    PairBlock::Blocked(ttl)
+                } else {
+                    PairBlock::Cooldown(ttl)
+                };
+                self.mm
+                    .record_end(&a.to_string(), &b.to_string(), block)
+                    .await
+            }
+            Job::Match(MatchRequest::CooldownOver { a, b }) => {
+                match self.mm.cooldown_over(&a.to_string(), &b.to_string()).await {
+                    Ok(pairs) => {
+                        self.pairs(pairs).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Job::Match(MatchRequest::Home { sid, room, .. }) => self
+                .cluster
+                .session_home(sid, room)
+                .await
+                .map_err(MatchError::Redis),
+            Job::Match(MatchRequest::Reap { sid }) => self
+                .cluster
+                .session_reap(sid)
+                .await
+                .map_err(MatchError::Redis),
+            Job::Match(MatchRequest::Expiring { sid }) => {
+                let (lives, result) = match self.cluster.session_peek(sid).await {
+                    Ok(record) => (record.map(|r| r.lives), Ok(())),
+                    Err(f) => (Some(RETRY_LATER), Err(MatchError::Redis(f))),
+                };
+                let session = sid;
+                self.hub.send(Command::SessionTtl { session, lives }).await;
+                result
+            }
+            Job::DropNode(node) => match self.mm.drop_node(bus_node(node)).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(node_id = %node, entries = n, "dropped a departed node's queue entries");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "a cluster request failed");
+        }
+    }
+
+    /// Hands each pair to the core of a node that holds one of the two guests: this node's
+    /// when it does, else the seeker's over the bus.
+    async fn pairs(&self, pairs: impl IntoIterator<Item = Paired>) {
+        for p in pairs {
+            let (Some(seeker), Some(partner)) = (
+                SessionId::parse(&p.seeker),
+                SessionId::parse(&p.partner_sid),
+            ) else {
+                tracing::warn!("the match queue paired a guest id this node cannot read");
+                continue;
+            };
+            let (seeker_node, partner_node) = (core_node(p.seeker_node), core_node(p.partner_node));
+            let answer = if seeker_node == self.link.me {
+                MatchAnswer::Paired {
+                    seeker,
+                    partner,
+                    partner_name: p.partner_name,
+                    partner_node,
+                }
+            } else if partner_node == self.link.me {
+                MatchAnswer::Paired {
+                    seeker: partner,
+                    partner: seeker,
+                    partner_name: p.seeker_name,
+                    partner_node: seeker_node,
+                }
+            } else {
+                let msg = ClusterMsg::Matched {
+                    seeker,
+                    partner,
+                    partner_name: p.partner_name,
+                    partner_node,
+                };
+                if self.link.send(seeker_node, &msg).is_err() {
+                    tracing::warn!(
+                        node_id = %seeker_node,
+                        "a pair for another node could not be sent; both guests stay searching there"
+                    );
+                }
+                continue;
+            };
+            self.hub.send(Command::Match(answer)).await;
+        }
+    }
+}
+
+/// Drops the queue entries of every node that leaves the registry (killed, or drained), so
+/// that nobody is paired with a guest whose node is gone.
+pub async fn watch_departures(cluster: Cluster, link: Link) {
+    let mut view = cluster.watch_nodes();
+    let mut known: std::collections::HashSet<String> =
+        view.borrow().iter().map(|n| n.id.clone()).collect();
+    while view.changed().await.is_ok() {
+        let now: std::collections::HashSet<String> = view
+            .borrow_and_update()
+            .iter()
+            .map(|n| n.id.clone())
+            .collect();
+        for gone in known.difference(&now) {
+            if let Some(node) = CoreNodeId::parse(gone) {
+                if link.request(Job::DropNode(node)).is_err() {
+                    tracing::warn!(node_id = %node, "the cluster's request queue is full: a departed node's queue entries stay until paired with");
+                }
+            }
+        }
+        known = now;
+    }
+}
