@@ -325,7 +325,7 @@ async fn refresh(
             Ok(Some(record)) => (
                 crate::hub::Adopt {
                     username,
-                    home: Some(record.home),
+                    home: Some(cluster.record_home(&record).await),
                     lives: Some(record.lives),
                     held_only: false,
                 },

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::Incoming;
 use crate::files::Files;
-use crate::link::{Job, Link};
+use crate::link::{Job, Link, Peers};
 use crate::metrics::{CoreSizes, SignalingMetrics};
 use crate::rtc::MediaPlane;
 use crate::turn::TurnAccess;
@@ -83,13 +83,13 @@ pub enum Command {
     Admit {
         session: SessionId,
         /// In a cluster: adopt the guest first ([`Adopt`]).
-        adopt: Option<Adopt>,
+        adopt: Option<Box<Adopt>>,
         reply: oneshot::Sender<Result<(), SignalError>>,
     },
     /// In a cluster: adopt a guest this node may not hold (before a refresh).
     Adopt {
         session: SessionId,
-        adopt: Adopt,
+        adopt: Box<Adopt>,
         reply: oneshot::Sender<Result<(), SignalError>>,
     },
     Connect {
@@ -117,6 +117,16 @@ pub enum Command {
     },
     /// In a cluster: the matchmaker paired a guest of this node, or refused to queue it.
     Match(MatchAnswer),
+    /// In a cluster: the node drains (it left the registry): the nodes it shares chats with
+    /// take them over.
+    Drain {
+        reply: oneshot::Sender<()>,
+    },
+    /// In a cluster: the node that holds a room whose home died (`None`: unknown).
+    Claim {
+        room: RoomId,
+        winner: Option<tandem_signaling::NodeId>,
+    },
     /// In a cluster: how long a guest's shared record still lives (`None`: gone), the answer
     /// to the core's `MatchRequest::Expiring`.
     SessionTtl {
@@ -161,7 +171,7 @@ pub enum Command {
 /// token carries, and the session mirror's word on its chat (`None`: Redis did not answer).
 pub struct Adopt {
     pub username: String,
-    pub home: Option<Option<(tandem_signaling::NodeId, RoomId)>>,
+    pub home: Option<Option<tandem_signaling::cluster::RecordHome>>,
     /// How long the guest's shared record still lives (`None`: unknown).
     pub lives: Option<std::time::Duration>,
     /// The record is missing (made while Redis was lost, or gone): only a guest this node
@@ -219,6 +229,7 @@ impl Hub {
     }
 
     pub async fn admit(&self, session: SessionId, adopt: Option<Adopt>) -> Result<(), SignalError> {
+        let adopt = adopt.map(Box::new);
         self.ask(|reply| Command::Admit {
             session,
             adopt,
@@ -228,6 +239,7 @@ impl Hub {
     }
 
     pub async fn adopt(&self, session: SessionId, adopt: Adopt) -> Result<(), SignalError> {
+        let adopt = Box::new(adopt);
         self.ask(|reply| Command::Adopt {
             session,
             adopt,
@@ -263,6 +275,13 @@ impl Hub {
         .await?
     }
 
+    /// Tells the nodes this one shares chats with that it is draining (they take them over).
+    pub async fn begin_drain(&self) {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Drain { reply }).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done).await;
+    }
+
     pub async fn stats(&self) -> Result<Stats, SignalError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
@@ -285,12 +304,13 @@ pub fn spawn(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut cfg = cfg;
-    let (link, incoming) = match link {
+    let (link, incoming, views) = match link {
         Some((link, incoming)) => {
             cfg.node = Some(link.node());
-            (Some(link), Some(incoming))
+            let views = link.views();
+            (Some(link), Some(incoming), Some(views))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let core = Core::new(cfg, seed, Instant::now(), unix_ms);
     let hub = Hub { tx: tx.clone() };
@@ -313,8 +333,9 @@ pub fn spawn(
         link,
         pending: HashMap::new(),
         next_req: 0,
+        peers: Peers::default(),
     };
-    (hub, tokio::spawn(task.run(rx, incoming)))
+    (hub, tokio::spawn(task.run(rx, incoming, views)))
 }
 
 struct HubTask {
@@ -346,6 +367,8 @@ struct HubTask {
     /// after the core's bus timeout).
     pending: HashMap<u64, (Reply, Option<&'static str>, Instant)>,
     next_req: u64,
+    /// In a cluster: the nodes the core deals with, to notice when one is gone.
+    peers: Peers,
 }
 
 impl HubTask {
@@ -353,6 +376,7 @@ impl HubTask {
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut incoming: Option<mpsc::Receiver<Incoming>>,
+        mut views: Option<tokio::sync::watch::Receiver<Arc<[crate::cluster::Node]>>>,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut from_bus = Vec::with_capacity(BATCH);
@@ -376,9 +400,23 @@ impl HubTask {
                     let now = Instant::now();
                     for m in from_bus.drain(..) {
                         if let Some((from, msg)) = crate::link::decode(m) {
+                            self.peers.touch(from);
                             self.core.handle_bus(from, msg, now);
                             self.drain();
                         }
+                    }
+                }
+                changed = next_view(&mut views) => {
+                    match changed {
+                        Some(live) => {
+                            let now = Instant::now();
+                            for node in self.peers.view(&live) {
+                                tracing::info!(node_id = %node, "a node this one shares chats with is gone: its guests here are away, its chats are taken over");
+                                self.core.handle_node_left(node, now);
+                                self.drain();
+                            }
+                        }
+                        None => views = None,
                     }
                 }
                 _ = sleep_until(deadline) => {}
@@ -499,6 +537,15 @@ impl HubTask {
                 }
             }
             Command::Match(answer) => self.core.handle_match(answer, now),
+            Command::Drain { reply } => {
+                self.core.begin_drain(now);
+                self.drain();
+                let _ = reply.send(());
+            }
+            Command::Claim { room, winner } => {
+                tracing::debug!(%room, winner = ?winner, "claimed a room whose home is gone");
+                self.core.handle_claim(room, winner, now)
+            }
             Command::SessionTtl { session, lives } => {
                 self.core.handle_session_ttl(session, lives, now)
             }
@@ -621,6 +668,7 @@ impl HubTask {
                 Output::RoomClosed(room) => self.files.delete_room(room),
                 // Only a clustered core (CoreConfig::node) emits these.
                 Output::Bus { to, msg } => {
+                    self.peers.touch(to);
                     let sent = match &self.link {
                         Some(link) => link.send(to, &msg).is_ok(),
                         None => false,
@@ -643,6 +691,10 @@ impl HubTask {
                                 let error = SignalError::ServerBusy;
                                 let answer = MatchAnswer::Refused { sid, error };
                                 self.core.handle_match(answer, Instant::now());
+                            }
+                            // Taken here, as without Redis.
+                            MatchRequest::Claim { room } => {
+                                self.core.handle_claim(room, None, Instant::now())
                             }
                             // Asked again later.
                             MatchRequest::Expiring { sid } => self.core.handle_session_ttl(
@@ -826,6 +878,19 @@ impl HubTask {
 /// A client event's name as a metric label: one of the names clients may send, else `None`.
 fn event_label(name: &str) -> Option<&'static str> {
     ClientEvent::NAMES.iter().find(|n| **n == name).copied()
+}
+
+/// The next registry view (`None`: the registry stopped), or never without a cluster.
+async fn next_view(
+    views: &mut Option<tokio::sync::watch::Receiver<Arc<[crate::cluster::Node]>>>,
+) -> Option<Arc<[crate::cluster::Node]>> {
+    match views {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// The next batch of bus messages, or never when there is no bus.

@@ -369,6 +369,8 @@ pub async fn run(
         // Out of the registry first, so that no other node sends anything here any more.
         if let Some(cluster) = &cluster {
             cluster.leave().await;
+            // The nodes it shares chats with take them over before its guests reconnect.
+            app.hub.begin_drain().await;
         }
         tracing::info!("shutting down: refusing new work, closing sockets");
         app.draining.store(true, Ordering::Relaxed);

@@ -43,6 +43,7 @@ pub struct Link {
     me: CoreNodeId,
     bus: Bus,
     jobs: mpsc::Sender<Job>,
+    cluster: Cluster,
 }
 
 /// Why [`Link::request`] could not queue a job.
@@ -56,6 +57,7 @@ impl Link {
             me: cluster.core_id(),
             bus,
             jobs,
+            cluster: cluster.clone(),
         };
         (link, rx)
     }
@@ -70,6 +72,11 @@ impl Link {
     pub fn send(&self, to: CoreNodeId, msg: &ClusterMsg) -> Result<(), BusError> {
         self.bus
             .send(bus_node(to), kind(msg), Bytes::from(msg.encode()))
+    }
+
+    /// The registry's views, one per heartbeat.
+    pub fn views(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<[crate::cluster::Node]>> {
+        self.cluster.watch_nodes()
     }
 
     /// Queues a job for the Redis worker without waiting.
@@ -217,11 +224,21 @@ impl Worker {
                     Err(e) => Err(e),
                 }
             }
-            Job::Match(MatchRequest::Home { sid, room, .. }) => self
+            Job::Match(MatchRequest::Home {
+                sid, room, partner, ..
+            }) => self
                 .cluster
-                .session_home(sid, room)
+                .session_home(sid, room, partner)
                 .await
                 .map_err(MatchError::Redis),
+            Job::Match(MatchRequest::Claim { room }) => {
+                let (winner, result) = match self.cluster.claim_room(room).await {
+                    Ok(node) => (Some(node), Ok(())),
+                    Err(f) => (None, Err(MatchError::Redis(f))),
+                };
+                self.hub.send(Command::Claim { room, winner }).await;
+                result
+            }
             Job::Match(MatchRequest::Reap { sid }) => self
                 .cluster
                 .session_reap(sid)
@@ -298,7 +315,8 @@ impl Worker {
 }
 
 /// Drops the queue entries of every node that leaves the registry (killed, or drained), so
-/// that nobody is paired with a guest whose node is gone.
+/// that nobody is paired with a guest whose node is gone. (The hub tells its core about the
+/// nodes it has chats with, see `Peers`.)
 pub async fn watch_departures(cluster: Cluster, link: Link) {
     let mut view = cluster.watch_nodes();
     let mut known: std::collections::HashSet<String> =
@@ -317,5 +335,42 @@ pub async fn watch_departures(cluster: Cluster, link: Link) {
             }
         }
         known = now;
+    }
+}
+
+/// The nodes this node's core has exchanged messages with, and how many registry views in a
+/// row have missed each. A node is gone once two views (a second apart, each read from Redis
+/// after the message) miss it: a node registers before it serves, so a node that just joined is
+/// in the next view, and one that joined and left between two views is still caught.
+#[derive(Default)]
+pub struct Peers {
+    misses: std::collections::HashMap<CoreNodeId, u8>,
+}
+
+impl Peers {
+    /// A message went to or came from `node`.
+    pub fn touch(&mut self, node: CoreNodeId) {
+        self.misses.entry(node).or_insert(0);
+    }
+
+    /// A new registry view: the peers it misses for the second time in a row, now forgotten.
+    pub fn view(&mut self, live: &[crate::cluster::Node]) -> Vec<CoreNodeId> {
+        let mut gone = Vec::new();
+        self.misses.retain(|node, misses| {
+            let id = node.to_string();
+            if live.iter().any(|n| n.id == id) {
+                *misses = 0;
+                true
+            } else {
+                *misses += 1;
+                if *misses >= 2 {
+                    gone.push(*node);
+                    false
+                } else {
+                    true
+                }
+            }
+        });
+        gone
     }
 }

@@ -134,7 +134,7 @@ async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refu
         Some(cluster) => Some(match cluster.session_attach(session).await {
             Ok(Some(record)) => crate::hub::Adopt {
                 username,
-                home: Some(record.home),
+                home: Some(cluster.record_home(&record).await),
                 lives: Some(record.lives),
                 held_only: false,
             },

@@ -169,7 +169,15 @@ pub enum MatchRequest {
     Home {
         sid: SessionId,
         room: Option<RoomId>,
+        /// The partner in that chat and its name (to take the room over if its home dies).
+        partner: Option<(SessionId, String)>,
         ttl: std::time::Duration,
+    },
+    /// The home of `room` (a chat of a guest of this node) is gone: claim the room for this
+    /// node, once for the cluster (the first claim wins). Answered through
+    /// [`crate::Core::handle_claim`] with the winner.
+    Claim {
+        room: RoomId,
     },
     /// `sid` (made here) had no socket here by its connect deadline: its shared record goes
     /// unless a socket of it connected on some node.
@@ -181,6 +189,17 @@ pub enum MatchRequest {
     Expiring {
         sid: SessionId,
     },
+}
+
+/// What a guest's shared record says about its chat (see [`crate::Core::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHome {
+    pub node: NodeId,
+    pub room: RoomId,
+    /// The partner and its name, when the record has them.
+    pub partner: Option<(SessionId, String)>,
+    /// `node` is in the registry (else the room is claimed for the adopting node).
+    pub alive: bool,
 }
 
 /// An answer of the cluster's matchmaker, for the core of the seeker's node.

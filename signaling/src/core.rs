@@ -18,7 +18,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde_json::Value;
 
 use crate::call::{CallStates, Calls, MediaEvent};
-use crate::cluster::{AckResult, ClusterMsg, MatchAnswer, MatchRequest, NodeId};
+use crate::cluster::{AckResult, ClusterMsg, MatchAnswer, MatchRequest, NodeId, RecordHome};
 use crate::config::CoreConfig;
 use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
@@ -51,8 +51,9 @@ struct Cluster {
     remote: HashMap<ConnId, (SessionId, NodeId)>,
     /// Home side: the remote connections of each guest.
     remote_of: HashMap<SessionId, Vec<(NodeId, ConnId)>>,
-    /// Home side: sessions held here only for a room (a partner from `node`).
-    visitors: HashMap<SessionId, NodeId>,
+    /// Home side: sessions held here only for a room (a partner from `node`; unknown for the
+    /// partner of a room taken over from a home that died, until it attaches).
+    visitors: HashMap<SessionId, Option<NodeId>>,
     next_remote: u64,
     /// The remote socket the current input came from, for what is aimed at one socket.
     ctx: Option<(NodeId, ConnId)>,
@@ -70,6 +71,14 @@ struct Cluster {
     unsent: HashMap<SessionId, RoomId>,
     /// A [`Timer::BusRetry`] is scheduled.
     retrying: bool,
+    /// Guest's-node side: the partner (and its name) of each local guest homed elsewhere, to
+    /// take the room over if its home dies.
+    partners: HashMap<SessionId, (SessionId, String)>,
+    /// Rooms whose home died that this node claimed (the answer is pending), with the
+    /// attaches that arrived meanwhile (replayed if this node wins).
+    claims: HashMap<RoomId, Vec<(NodeId, SessionId, ConnId)>>,
+    /// This node is draining: it told the others, and points late comers at them.
+    draining: bool,
 }
 
 impl Cluster {
@@ -247,7 +256,7 @@ impl Core {
         &mut self,
         id: SessionId,
         username: &str,
-        home: Option<Option<(NodeId, RoomId)>>,
+        home: Option<Option<RecordHome>>,
         lives: Option<Duration>,
         now: Instant,
     ) -> Result<(), SignalError> {
@@ -270,13 +279,21 @@ impl Core {
             }
         }
         match home {
-            Some(Some((node, room))) if node != me => {
-                // A chat of this node's own is never overridden (the mirror lags behind it).
+            Some(Some(RecordHome {
+                node,
+                room,
+                partner,
+                alive,
+            })) if node != me => {
+                // A chat of this node's own is never overridden (the record lags behind it).
                 let local = match self.sessions.state(id) {
                     Some(State::InChat(r)) => self.rooms.contains(r),
                     _ => false,
                 };
                 let c = self.cluster.as_mut().expect("checked above: clustered");
+                if let Some(p) = partner {
+                    c.partners.insert(id, p);
+                }
                 if !local && c.homes.get(&id) != Some(&(node, room)) {
                     if let Some((_, old)) = c.homes.insert(id, (node, room)) {
                         c.remote_rooms.remove(&old);
@@ -288,6 +305,10 @@ impl Core {
                     }
                     self.sessions.set_state(id, State::InChat(room));
                     self.broadcast.changed(now);
+                }
+                if !local && !alive {
+                    // Its home is gone: claim the room.
+                    self.claim(room);
                 }
             }
             Some(None) => {
@@ -807,6 +828,192 @@ impl Core {
         self.route(start);
     }
 
+    /// (Cluster only.) Node `node` left the cluster (killed, or drained): for the chats it was
+    /// home of, this node claims the room of each of its guests there
+    /// ([`MatchRequest::Claim`]); the guests it had here are away (their grace period starts;
+    /// they may come back through another node); events forwarded to it are refused now.
+    pub fn handle_node_left(&mut self, node: NodeId, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        self.node_left(node, now);
+        self.route(start);
+    }
+
+    /// (Cluster only.) This node starts draining (it left the registry): every node it shares
+    /// chats with is told ([`ClusterMsg::Shutdown`]) and takes them over at once; from now on
+    /// nothing more goes to other nodes, and a node that still sends here is told again.
+    pub fn begin_drain(&mut self, now: Instant) {
+        self.sessions.tick(now);
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        c.draining = true;
+        let mut nodes: Vec<NodeId> = c.remote.values().map(|(_, n)| *n).collect();
+        nodes.extend(c.homes.values().map(|(n, _)| *n));
+        nodes.extend(c.visitors.values().copied().flatten());
+        nodes.sort();
+        nodes.dedup();
+        for to in nodes {
+            self.out.push(Output::Bus {
+                to,
+                msg: ClusterMsg::Shutdown,
+            });
+        }
+    }
+
+    fn node_left(&mut self, node: NodeId, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        // Home side: its guests' remote connections close.
+        let gone: Vec<ConnId> = c
+            .remote
+            .iter()
+            .filter(|(_, (_, n))| *n == node)
+            .map(|(conn, _)| *conn)
+            .collect();
+        // Guest's-node side: chats homed there.
+        let orphans: Vec<(SessionId, RoomId)> = c
+            .homes
+            .iter()
+            .filter(|(_, (n, _))| *n == node)
+            .map(|(g, (_, r))| (*g, *r))
+            .collect();
+        let waiting: Vec<u64> = c
+            .pending
+            .iter()
+            .filter(|(_, (conn, _))| {
+                self.sessions
+                    .guest_of(*conn)
+                    .and_then(|g| c.homes.get(&g))
+                    .is_some_and(|(n, _)| *n == node)
+            })
+            .map(|(req, _)| *req)
+            .collect();
+        for conn in gone {
+            self.disconnected(conn, now);
+            if let Some(c) = self.cluster.as_mut() {
+                c.drop_remote(conn);
+            }
+        }
+        for req in waiting {
+            self.fail_request(req);
+        }
+        for (_, room) in orphans {
+            self.claim(room);
+        }
+    }
+
+    /// (Cluster only.) The answer to [`MatchRequest::Claim`]: `winner` holds `room` now (this
+    /// node: it opens the room again, the partner away until it attaches; another node: the
+    /// local guests of the room attach there). `None`: the claim could not be made (Redis
+    /// lost): this node takes the room, as it serves alone.
+    pub fn handle_claim(&mut self, room: RoomId, winner: Option<NodeId>, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(waiters) = c.claims.remove(&room) else {
+            return;
+        };
+        let me = c.node;
+        let winner = winner.or(me);
+        let locals: Vec<SessionId> = c
+            .homes
+            .iter()
+            .filter(|(_, (_, r))| *r == room)
+            .map(|(g, _)| *g)
+            .collect();
+        if winner == me {
+            for g in locals {
+                self.take_over(g, room, now);
+            }
+            for (from, sid, rconn) in waiters {
+                self.remote_attach(from, sid, rconn, now);
+            }
+        } else if let Some(winner) = winner {
+            for g in locals {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.homes.insert(g, (winner, room));
+                    c.remote_rooms.insert(room, winner);
+                }
+                for &conn in self.sessions.conns(g) {
+                    let msg = ClusterMsg::Attach { sid: g, conn };
+                    self.out.push(Output::Bus { to: winner, msg });
+                }
+            }
+        }
+        self.route(start);
+    }
+
+    /// Claims `room` (its home died) unless a claim is under way.
+    fn claim(&mut self, room: RoomId) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Vacant(e) = c.claims.entry(room) {
+            e.insert(Vec::new());
+            self.out.push(Output::Match(MatchRequest::Claim { room }));
+        }
+    }
+
+    /// This node won `room`, whose home died: local guest `g` and its partner are in it again,
+    /// homed here; the partner is away until a socket of it attaches (through any node), and
+    /// the chat ends after the grace period if none does. Without a known partner the chat
+    /// ends now.
+    fn take_over(&mut self, g: SessionId, room: RoomId, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        c.homes.remove(&g);
+        c.remote_rooms.remove(&room);
+        let partner = c.partners.remove(&g);
+        let Some((p, name)) = partner else {
+            // Nothing to open again: the chat is over.
+            self.sessions.set_state(g, State::Online);
+            let ids = [(); 2].map(|()| MessageId::from_raw(self.rng.next_u64()));
+            let timestamp = self.unix_ms(now);
+            let reason = EndReason::Disconnected;
+            // The partner is unknown here: only `g` is told ("Stranger has disconnected.").
+            let nobody = SessionId::from_raw(0);
+            announce_end(room, [nobody, g], reason, ids, timestamp, &mut self.out);
+            self.counters.chats_ended[reason as usize] += 1;
+            self.broadcast.changed(now);
+            return;
+        };
+        if !self.sessions.contains(p) {
+            let (expires_at, _) = self.sessions.insert(p, name, None, now);
+            self.timers.schedule(expires_at, Timer::Expiry(p));
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            // Its node is unknown until it attaches; a visitor is never this node's guest.
+            c.visitors.entry(p).or_insert(None);
+        }
+        let names = [g, p].map(|id| self.sessions.enter_chat(id, room));
+        self.rooms.restore(room, [g, p]);
+        if self.sessions.is_away(p) {
+            if let Some(gen) = self.sessions.presence_gen(p) {
+                let grace_end = now + self.cfg.grace_period;
+                self.timers.schedule(grace_end, Timer::Grace(p, gen));
+            }
+            self.rooms
+                .tell_presence(room, p, Presence::Away, &mut self.out);
+        }
+        let [ng, np] = names;
+        for (sid, partner) in [(g, (p, np)), (p, (g, ng))] {
+            let ttl = self.cfg.token_ttl;
+            let (room, partner) = (Some(room), Some(partner));
+            self.out.push(Output::Match(MatchRequest::Home {
+                sid,
+                room,
+                partner,
+                ttl,
+            }));
+        }
+        self.broadcast.changed(now);
+    }
+
     /// An answer of the cluster's matchmaker for a guest of this node.
     pub fn handle_match(&mut self, answer: MatchAnswer, now: Instant) {
         let start = self.out.len();
@@ -826,6 +1033,21 @@ impl Core {
     }
 
     fn bus(&mut self, from: NodeId, msg: ClusterMsg, now: Instant) {
+        if self.cluster.as_ref().is_some_and(|c| c.draining) {
+            // Whoever still sends here takes its chats over (and an event is refused now).
+            match msg {
+                ClusterMsg::Event { req, .. } => {
+                    let result = AckResult::Err(SignalError::ServiceUnavailable.code().to_owned());
+                    let msg = ClusterMsg::Ack { req, result };
+                    self.out.push(Output::Bus { to: from, msg });
+                }
+                ClusterMsg::Shutdown => return self.node_left(from, now),
+                _ => {}
+            }
+            let msg = ClusterMsg::Shutdown;
+            self.out.push(Output::Bus { to: from, msg });
+            return;
+        }
         match msg {
             ClusterMsg::Attach { sid, conn } => self.remote_attach(from, sid, conn, now),
             ClusterMsg::Detach { sid, .. } => {
@@ -872,7 +1094,12 @@ impl Core {
                     self.counters.receipts_delivered += 1;
                 }
             }
-            ClusterMsg::Paired { sid, room, .. } => {
+            ClusterMsg::Paired {
+                sid,
+                room,
+                partner,
+                partner_name,
+            } => {
                 // Stale (the guest is gone, or no longer searching): its new home finds it
                 // away and ends the chat after the grace period.
                 if self.sessions.state(sid) == Some(State::Searching) {
@@ -880,6 +1107,7 @@ impl Core {
                     if let Some(c) = self.cluster.as_mut() {
                         c.homes.insert(sid, (from, room));
                         c.remote_rooms.insert(room, from);
+                        c.partners.insert(sid, (partner, partner_name));
                     }
                     // Counted once, by the home.
                     self.broadcast.changed(now);
@@ -900,13 +1128,28 @@ impl Core {
                 },
                 now,
             ),
-            ClusterMsg::Shutdown => {}
+            ClusterMsg::Shutdown => self.node_left(from, now),
         }
     }
 
     /// A socket of `sid` on `from` connected: as [`Core::connect`] for a local one.
     fn remote_attach(&mut self, from: NodeId, sid: SessionId, rconn: ConnId, now: Instant) {
         if !matches!(self.sessions.state(sid), Some(State::InChat(_))) {
+            // The partner of a local guest whose room this node is claiming: replayed if the
+            // claim is won.
+            if let Some(c) = self.cluster.as_mut() {
+                let room = c
+                    .partners
+                    .iter()
+                    .find(|(_, (p, _))| *p == sid)
+                    .and_then(|(g, _)| c.homes.get(g))
+                    .map(|(_, r)| *r);
+                if let Some(waiters) = room.and_then(|r| c.claims.get_mut(&r)) {
+                    if waiters.len() < 8 {
+                        waiters.push((from, sid, rconn));
+                    }
+                }
+            }
             return;
         }
         let Some(c) = self.cluster.as_mut() else {
@@ -1014,6 +1257,7 @@ impl Core {
         c.remote_rooms.remove(&room);
         if c.homes.get(&id).is_some_and(|(_, r)| *r == room) {
             c.homes.remove(&id);
+            c.partners.remove(&id);
             if self.sessions.state(id) == Some(State::InChat(room)) {
                 self.sessions.set_state(id, State::Online);
             }
@@ -1044,7 +1288,7 @@ impl Core {
                 // The partner is on another node: this core is the room's home.
                 if !self.sessions.contains(partner) {
                     self.sessions.insert(partner, partner_name, None, now);
-                    c.visitors.insert(partner, partner_node);
+                    c.visitors.insert(partner, Some(partner_node));
                 }
                 let (conn, new) = c.remote_conn(partner, partner_node);
                 if new && self.sessions.attach(partner, conn, now).is_err() {
@@ -1125,6 +1369,7 @@ impl Core {
                 }
                 // Its own node closes a flooding socket.
                 Output::Close { conn, .. } if c.remote.contains_key(&conn) => {}
+
                 out => self.out.push(out),
             }
         }
@@ -1137,7 +1382,7 @@ impl Core {
                 .flatten()
                 .map(|(n, _)| *n)
                 .collect();
-            nodes.extend(c.visitors.get(&id));
+            nodes.extend(c.visitors.get(&id).copied().flatten());
             nodes.sort();
             nodes.dedup();
             for node in nodes {
@@ -1150,6 +1395,16 @@ impl Core {
             }
             if c.visitors.remove(&id).is_some() && self.sessions.conns(id).is_empty() {
                 self.sessions.remove(id);
+            }
+        }
+        if c.draining {
+            // The others took its chats over: only answers and notices go out.
+            for out in self.out.take_from(start) {
+                match out {
+                    Output::Bus { msg, .. }
+                        if !matches!(msg, ClusterMsg::Ack { .. } | ClusterMsg::Shutdown) => {}
+                    out => self.out.push(out),
+                }
             }
         }
     }
@@ -1275,15 +1530,20 @@ impl Core {
 
     fn open_room_as(&mut self, room: RoomId, [a, b]: Pair, now: Instant) {
         let names = [a, b].map(|id| self.sessions.enter_chat(id, room));
-        self.rooms.open(room, [a, b], names, &mut self.out);
         if self.cluster.is_some() {
-            for sid in [a, b] {
+            let [na, nb] = names.clone();
+            for (sid, partner) in [(a, (b, nb)), (b, (a, na))] {
                 let ttl = self.cfg.token_ttl;
-                let room = Some(room);
-                self.out
-                    .push(Output::Match(MatchRequest::Home { sid, room, ttl }));
+                let (room, partner) = (Some(room), Some(partner));
+                self.out.push(Output::Match(MatchRequest::Home {
+                    sid,
+                    room,
+                    partner,
+                    ttl,
+                }));
             }
         }
+        self.rooms.open(room, [a, b], names, &mut self.out);
         self.counters.matches += 1;
         self.broadcast.changed(now);
     }
@@ -1329,9 +1589,13 @@ impl Core {
         let reported = reason == EndReason::Reported;
         if let Some(c) = self.cluster.as_mut() {
             for sid in [actor, other] {
-                let (room, ttl) = (None, self.cfg.token_ttl);
-                self.out
-                    .push(Output::Match(MatchRequest::Home { sid, room, ttl }));
+                let (room, partner, ttl) = (None, None, self.cfg.token_ttl);
+                self.out.push(Output::Match(MatchRequest::Home {
+                    sid,
+                    room,
+                    partner,
+                    ttl,
+                }));
             }
             let ttl = if reported {
                 self.cfg.token_ttl

@@ -95,6 +95,17 @@ impl Rooms {
         }
     }
 
+    /// Opens `room` again on a node that takes it over from a home that died: its two guests,
+    /// nothing kept (the dead home's unacknowledged messages went with it), nothing emitted.
+    pub(crate) fn restore(&mut self, room: RoomId, guests: [SessionId; 2]) {
+        self.rooms.entry(room).or_insert(Room {
+            guests,
+            recent: VecDeque::new(),
+            unacked: [VecDeque::new(), VecDeque::new()],
+            typing: [None, None],
+        });
+    }
+
     /// The partner of `me` in `room`, if the room is open.
     pub(crate) fn partner(&self, room: RoomId, me: SessionId) -> Option<SessionId> {
         self.rooms.get(&room).map(|r| r.other(me))

@@ -319,6 +319,11 @@ impl Sessions {
         self.sessions.get(&id).map_or(&[], |s| &s.conns)
     }
 
+    /// The session's presence generation (for a grace timer).
+    pub(crate) fn presence_gen(&self, id: SessionId) -> Option<u64> {
+        self.sessions.get(&id).map(|s| s.presence_gen)
+    }
+
     /// Without a socket (or gone).
     pub(crate) fn is_away(&self, id: SessionId) -> bool {
         self.sessions.get(&id).is_none_or(Session::away)

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tandem_signaling::cluster::{MatchAnswer, MatchRequest};
+use tandem_signaling::cluster::{MatchAnswer, MatchRequest, RecordHome};
 use tandem_signaling::*;
 
 // Only the shared config and clock are used here.
@@ -66,6 +66,9 @@ impl Matchmaker {
     }
 }
 
+/// A session record: the chat's home, its room and the partner (id, name).
+type Record = (NodeId, RoomId, Option<(SessionId, String)>);
+
 struct Sim {
     ids: Vec<NodeId>,
     cores: Vec<Core>,
@@ -82,8 +85,12 @@ struct Sim {
     owners: HashMap<(usize, ConnId), SessionId>,
     next_conn: u64,
     next_req: u64,
-    /// The session mirror (`MatchRequest::Home`): guest → its chat's home and room.
-    mirror: HashMap<SessionId, (NodeId, RoomId)>,
+    /// The session records (`MatchRequest::Home`): guest → its chat's home, room, partner.
+    mirror: HashMap<SessionId, Record>,
+    /// Room claims (`MatchRequest::Claim`): the first node wins.
+    claims: HashMap<RoomId, NodeId>,
+    /// Killed nodes: their outputs and bus messages go nowhere.
+    dead: HashSet<usize>,
 }
 
 impl Sim {
@@ -118,6 +125,8 @@ impl Sim {
             next_conn: 1,
             next_req: 1,
             mirror: HashMap::new(),
+            claims: HashMap::new(),
+            dead: HashSet::new(),
         }
     }
 
@@ -141,13 +150,35 @@ impl Sim {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.owners.insert((node, conn), g.id);
-        let home = Some(self.mirror.get(&g.id).copied());
+        let home = Some(
+            self.mirror
+                .get(&g.id)
+                .cloned()
+                .map(|(home, room, partner)| RecordHome {
+                    node: home,
+                    room,
+                    partner,
+                    alive: !self.dead.contains(&self.node_index(home)),
+                }),
+        );
         self.cores[node]
             .adopt(g.id, "Token", home, None, self.now)
             .unwrap();
         self.cores[node].connect(g.id, conn, self.now).unwrap();
         self.pump();
         G { conn, node, ..g }
+    }
+
+    /// Node `i` dies (`kill -9`): nothing more from or to it; the others see it leave.
+    fn kill(&mut self, i: usize) {
+        self.dead.insert(i);
+        let (id, now) = (self.ids[i], self.now);
+        for j in 0..self.cores.len() {
+            if !self.dead.contains(&j) {
+                self.cores[j].handle_node_left(id, now);
+            }
+        }
+        self.pump();
     }
 
     fn disconnect(&mut self, g: G) {
@@ -211,11 +242,16 @@ impl Sim {
             for i in 0..self.cores.len() {
                 while let Some(out) = self.cores[i].poll_output() {
                     busy = true;
-                    self.carry(i, out);
+                    if !self.dead.contains(&i) {
+                        self.carry(i, out);
+                    }
                 }
             }
             if let Some((from, to, bytes)) = self.bus.pop_front() {
                 busy = true;
+                if self.dead.contains(&to) {
+                    continue;
+                }
                 let msg = ClusterMsg::decode(&bytes).expect("a message a core encoded");
                 let from = self.ids[from];
                 self.cores[to].handle_bus(from, msg, self.now);
@@ -333,15 +369,22 @@ impl Sim {
                     }
                 }
             }
-            MatchRequest::Home { sid, room, .. } => match room {
+            MatchRequest::Home {
+                sid, room, partner, ..
+            } => match room {
                 Some(room) => {
-                    self.mirror.insert(sid, (self.ids[node], room));
+                    self.mirror.insert(sid, (self.ids[node], room, partner));
                 }
                 None => {
                     self.mirror.remove(&sid);
                 }
             },
             MatchRequest::Reap { .. } => {}
+            MatchRequest::Claim { room } => {
+                let winner = *self.claims.entry(room).or_insert(self.ids[node]);
+                let now = self.now;
+                self.cores[node].handle_claim(room, Some(winner), now);
+            }
             // The sim keeps no shared session records: a session ends where it expires.
             MatchRequest::Expiring { sid } => {
                 let now = self.now;
@@ -572,6 +615,129 @@ fn a_guest_moves_to_a_third_node_that_never_held_it() {
         .unwrap();
     assert_ne!(established.1["state"], "in_chat");
     assert!(sim.cores[0].chat_of(back.id).is_none());
+}
+
+#[test]
+fn a_killed_home_is_taken_over_and_the_chat_goes_on_through_another_node() {
+    let mut sim = Sim::new(3);
+    // Ann on node 0, Bob on node 1; Bob's match formed the pair: node 1 is the home.
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    assert!(sim.cores[1].chat_of(b.id).is_some());
+    sim.seen.clear();
+    sim.kill(1);
+    // Node 0 takes the room over: Ann sees Bob away.
+    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    assert_eq!(sim.seen[&a.id][0].1["status"], "away");
+    assert!(sim.cores[0].chat_of(a.id).is_some());
+    // Ann writes meanwhile: kept for Bob.
+    let kept = sim
+        .ev(
+            a,
+            "chat:message",
+            json!({"clientId": "k", "content": "still there?"}),
+        )
+        .unwrap();
+    sim.advance(secs(5));
+    // Bob's client reconnects through the load balancer to node 2: the chat goes on.
+    let b = sim.connect(b, 2);
+    let seen = &sim.seen[&b.id];
+    assert_eq!(seen[0].0, "connection:established");
+    assert_eq!(seen[0].1["state"], "in_chat");
+    assert_eq!(seen[0].1["room"]["partner"]["username"], "Ann");
+    let msg = seen.iter().find(|(n, _)| n == "chat:message").unwrap();
+    assert_eq!(msg.1["id"], kept["id"]);
+    assert_eq!(
+        sim.names(a.id),
+        [
+            "partner:presence",
+            "chat:message:sent",
+            "partner:presence",
+            "chat:message:delivered"
+        ]
+    );
+    assert_eq!(sim.seen[&a.id][2].1["status"], "online");
+    sim.ev(
+        b,
+        "chat:message",
+        json!({"clientId": "r", "content": "back"}),
+    )
+    .unwrap();
+    assert_eq!(sim.seen[&a.id].last().unwrap().0, "chat:message");
+    // The grace period passes: still chatting.
+    sim.advance(secs(60));
+    assert!(sim.cores[0].chat_of(a.id).is_some());
+}
+
+#[test]
+fn a_killed_home_whose_guest_never_returns_ends_the_chat_after_the_grace_period() {
+    let mut sim = Sim::new(2);
+    let (a, _b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    sim.kill(1);
+    sim.advance(secs(29));
+    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    sim.advance(secs(2));
+    let names = sim.names(a.id);
+    assert!(names.iter().any(|n| n == "chat:ended"), "{names:?}");
+    let ended = sim.seen[&a.id]
+        .iter()
+        .find(|(n, _)| n == "chat:ended")
+        .unwrap();
+    assert_eq!(ended.1["reason"], "disconnected");
+    assert!(sim.cores[0].chat_of(a.id).is_none());
+    // Ann may search again.
+    assert_eq!(
+        sim.ev(a, "match:start", json!({})),
+        Ok(json!({"ok": true, "state": "searching"}))
+    );
+}
+
+#[test]
+fn a_drained_home_hands_its_chats_over_at_once() {
+    let mut sim = Sim::new(3);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    let now = sim.now;
+    sim.cores[1].begin_drain(now);
+    sim.pump();
+    // Node 0 took the room over: Bob (on the draining node) is away for Ann.
+    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    assert!(sim.cores[0].chat_of(a.id).is_some());
+    // The draining node says nothing more to the others: its guest's socket closing is not
+    // told (Ann heard "away" once).
+    sim.disconnect(b);
+    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    // Bob reconnects through node 2 and the chat goes on at node 0.
+    let b = sim.connect(b, 2);
+    assert_eq!(sim.seen[&b.id][0].1["state"], "in_chat");
+    sim.ev(
+        b,
+        "chat:message",
+        json!({"clientId": "d", "content": "moved"}),
+    )
+    .unwrap();
+    assert_eq!(sim.seen[&a.id].last().unwrap().0, "chat:message");
+}
+
+#[test]
+fn a_killed_guest_node_leaves_its_guest_away_at_the_home() {
+    let mut sim = Sim::new(3);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    // Node 0 (Ann's, not the home) dies: Bob sees Ann away; Ann comes back through node 2.
+    sim.kill(0);
+    assert_eq!(sim.names(b.id), ["partner:presence"]);
+    assert_eq!(sim.seen[&b.id][0].1["status"], "away");
+    let a = sim.connect(a, 2);
+    assert_eq!(sim.seen[&a.id][0].1["state"], "in_chat");
+    assert_eq!(sim.seen[&b.id].last().unwrap().1["status"], "online");
+    sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "z", "content": "hi again"}),
+    )
+    .unwrap();
+    assert_eq!(sim.seen[&b.id].last().unwrap().0, "chat:message");
 }
 
 #[test]

@@ -42,11 +42,32 @@ pub const SESSION_PREFIX: &str = "tandem:s:";
 static SESSION_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("session.lua")));
 
+/// Room claims after a home died: `tandem:r:<room>` → the node that took it over.
+pub const ROOM_CLAIM_PREFIX: &str = "tandem:r:";
+
+/// How long a claim is kept (longer than any grace period and token; the room is gone then).
+const CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// `SET key node NX PX ttl`, then whoever holds it, in one round trip.
+static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) \
+         return redis.call('GET', KEYS[1])",
+    )
+});
+
+/// Whether a node is in the registry (1) or not (0).
+static ALIVE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end return 0")
+});
+
 /// What a guest's shared record says (see `session.lua`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Its chat's home node and room, if in a chat.
     pub home: Option<(CoreNodeId, RoomId)>,
+    /// Its partner in that chat and the partner's name.
+    pub partner: Option<(SessionId, String)>,
     /// How long it still lives (its token's expiry, moved by refreshes on any node).
     pub lives: Duration,
 }
@@ -166,6 +187,35 @@ impl Cluster {
     }
 
     /// This node's id as the signaling core names nodes.
+    /// What the core needs from a guest's record: its chat's home, partner and whether the
+    /// home is alive (in the registry now: asked of Redis, as a node that is draining left it
+    /// a moment ago; the last view if Redis does not answer).
+    pub async fn record_home(
+        &self,
+        record: &SessionRecord,
+    ) -> Option<tandem_signaling::cluster::RecordHome> {
+        let (node, room) = record.home?;
+        let alive = node == self.core_id() || {
+            let mut invocation = ALIVE_SCRIPT.prepare_invoke();
+            invocation.key(registry::NODES_KEY).arg(node.to_string());
+            match self
+                .inner
+                .redis
+                .invoke::<i64>(Command::SessionGet, &invocation)
+                .await
+            {
+                Ok(n) => n == 1,
+                Err(_) => self.is_live(node),
+            }
+        };
+        Some(tandem_signaling::cluster::RecordHome {
+            node,
+            room,
+            partner: record.partner.clone(),
+            alive,
+        })
+    }
+
     pub fn core_id(&self) -> CoreNodeId {
         core_node(self.inner.node)
     }
@@ -186,15 +236,17 @@ impl Cluster {
         let reply: Vec<String> = self.inner.redis.invoke(command, &invocation).await?;
         match reply.as_slice() {
             [n] if n == "n" => Ok(None),
-            [k, home, ms] if k == "k" => {
+            [k, home, ms, partner, name] if k == "k" => {
                 let home = home.split_once(':').and_then(|(node, room)| {
                     Some((CoreNodeId::parse(node)?, RoomId::parse(room)?))
                 });
+                let partner = SessionId::parse(partner).map(|p| (p, name.clone()));
                 let ms: i64 = ms
                     .parse()
                     .map_err(|_| Fault::response("unexpected answer from the session script"))?;
                 Ok(Some(SessionRecord {
                     home,
+                    partner,
                     lives: Duration::from_millis(ms.max(0) as u64),
                 }))
             }
@@ -229,15 +281,48 @@ impl Cluster {
             .map(|_| ())
     }
 
-    /// Records `sid`'s chat as `room` homed at this node, or (`None`) that it has none.
-    pub async fn session_home(&self, sid: SessionId, room: Option<RoomId>) -> Result<(), Fault> {
+    /// Records `sid`'s chat as `room` homed at this node with `partner`, or (`None`) that it
+    /// has none.
+    pub async fn session_home(
+        &self,
+        sid: SessionId,
+        room: Option<RoomId>,
+        partner: Option<(SessionId, String)>,
+    ) -> Result<(), Fault> {
         let home = match room {
             Some(room) => format!("{}:{room}", self.core_id()),
             None => String::new(),
         };
-        self.session_op(Command::SessionSet, sid, &["home", &home])
+        let (p, n) = match partner {
+            Some((p, n)) => (p.to_string(), n),
+            None => (String::new(), String::new()),
+        };
+        self.session_op(Command::SessionSet, sid, &["home", &home, &p, &n])
             .await
             .map(|_| ())
+    }
+
+    /// Claims `room` (its home died) for this node, first come first served: the node that
+    /// holds it (this one, or who claimed it first).
+    pub async fn claim_room(&self, room: RoomId) -> Result<CoreNodeId, Fault> {
+        let mut invocation = CLAIM_SCRIPT.prepare_invoke();
+        invocation
+            .key(format!("{ROOM_CLAIM_PREFIX}{room}"))
+            .arg(self.core_id().to_string())
+            .arg(CLAIM_TTL.as_millis() as u64);
+        let winner: String = self
+            .inner
+            .redis
+            .invoke(Command::SessionSet, &invocation)
+            .await?;
+        CoreNodeId::parse(&winner)
+            .ok_or_else(|| Fault::response("unexpected answer from the claim script"))
+    }
+
+    /// Whether `node` is in the registry as last read.
+    pub fn is_live(&self, node: CoreNodeId) -> bool {
+        let id = node.to_string();
+        self.inner.view.borrow().iter().any(|n| n.id == id)
     }
 
     /// `sid` never had a socket where it was made: its record goes unless a socket of it

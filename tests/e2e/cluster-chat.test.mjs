@@ -6,7 +6,9 @@
 // grace period and gets what it missed; 300 guests on three nodes searching at once are all
 // paired, each exactly once and mutually; Redis stopped mid-chat: a same-node chat goes on, a
 // cross-node message is refused with `service_unavailable` (never accepted and then lost), and
-// after Redis is back messages and new cross-node matches flow again. Each test starts its own
+// after Redis is back messages and new cross-node matches flow again; a home node killed or
+// drained: the partner's node takes the room over and the chat goes on through another node (or
+// ends `disconnected` after the grace period). Each test starts its own
 // redis-server and nodes on free loopback ports and stops them by PID (harness *For(t, …)).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -549,4 +551,82 @@ test('Redis stopped mid-chat: a same-node chat goes on, cross-node messages are 
   t.diagnostic(`a new cross-node pair ${Date.now() - back} ms after Redis restarted`);
   const hello = assertOk(await ackOf(E.socket, 'chat:message', { clientId: 'ef', type: 'text', content: 'new pair' }), 'E → F');
   await expectEvent('F (new cross-node pair)', F.socket, 'chat:message', (m) => m.id === hello.id);
+});
+
+/** Kills `node` with `signal` and resolves once its process exited. */
+async function stopNode(node, signal) {
+  const exited = new Promise((resolve) => node.proc.once('exit', resolve));
+  node.proc.kill(signal);
+  await exited;
+}
+
+test('the home node killed (SIGKILL): the partner sees away, the guest comes back through another node, and the chat goes on', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--grace-period-secs', '30'] });
+  // A on node 1 searches first, B on node 2 second: B's node formed the pair and is the home.
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  const a = A.socket;
+  const before = assertOk(await ackOf(a, 'chat:message', { clientId: 'before', content: 'before the crash' }), 'A before the crash');
+  await expectEvent('B before the crash', B.socket, 'chat:message', (m) => m.id === before.id);
+
+  await stopNode(nodes[1], 'SIGKILL');
+  const killedAt = Date.now();
+  // A's node sees the home leave the registry and takes the room over: B is away.
+  const away = await expectEvent('A after the home died', a, 'partner:presence', () => true, 15_000);
+  assert.deepEqual(away, { roomId, status: 'away' });
+  t.diagnostic(`A saw B away ${Date.now() - killedAt} ms after the kill`);
+  // A writes while B is away: accepted and kept for B.
+  const kept = assertOk(await ackOf(a, 'chat:message', { clientId: 'kept', content: 'are you there?' }), 'A while B is away');
+
+  // B's client reconnects through the load balancer to node 3 with the same token.
+  B.socket.close();
+  const b = await connect(nodes[2].url, B.guest.token, { timeoutMs: WAIT });
+  const est = await expectEvent('B on node 3', b, 'connection:established');
+  assert.equal(est.state, 'in_chat', JSON.stringify(est));
+  assert.equal(est.room?.roomId, roomId, JSON.stringify(est));
+  assert.equal(est.room?.partner?.username, A.name, JSON.stringify(est));
+  await expectEvent('B gets what A wrote meanwhile', b, 'chat:message', (m) => m.id === kept.id);
+  assert.deepEqual(await expectEvent('A sees B back', a, 'partner:presence', (p) => p.status === 'online'), { roomId, status: 'online' });
+  await expectEvent('A (delivered)', a, 'chat:message:delivered', (x) => x.id === kept.id);
+  // Both ways again.
+  const reply = assertOk(await ackOf(b, 'chat:message', { clientId: 'reply', content: 'back' }), 'B after coming back');
+  await expectEvent('A gets B\'s reply', a, 'chat:message', (m) => m.id === reply.id);
+  await expectNone(a, 'chat:ended', 0);
+  b.close();
+});
+
+test('the home node killed and the partner never returns: the chat ends `disconnected` after the grace period', { timeout: 60_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 2, { args: ['--grace-period-secs', '3'] });
+  const { A, roomId } = await pairAcross(nodes[0], nodes[1]);
+  await stopNode(nodes[1], 'SIGKILL');
+  await expectEvent('A after the home died', A.socket, 'partner:presence', (p) => p.status === 'away', 15_000);
+  const ended = await expectEvent('A after the grace period', A.socket, 'chat:ended', () => true, 10_000);
+  assert.deepEqual(ended, { roomId, reason: 'disconnected' });
+  // A may search again.
+  const ack = assertOk(await ackOf(A.socket, 'match:start', {}), 'match:start after the chat ended');
+  assert.equal(ack.state, 'searching');
+});
+
+test('the home node drained (SIGTERM): its guest hears server:shutdown, reconnects elsewhere and keeps its chat', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--grace-period-secs', '30', '--shutdown-grace-secs', '2'] });
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  const shutdown = expectEvent('B on the draining node', B.socket, 'server:shutdown', () => true, 15_000);
+  const exited = new Promise((resolve) => nodes[1].proc.once('exit', resolve));
+  nodes[1].proc.kill('SIGTERM');
+  await shutdown;
+  // As the web client does: reconnect elsewhere with the same token.
+  B.socket.close();
+  const b = await connect(nodes[2].url, B.guest.token, { timeoutMs: WAIT });
+  const est = await expectEvent('B on node 3', b, 'connection:established');
+  assert.equal(est.state, 'in_chat', JSON.stringify(est));
+  assert.equal(est.room?.roomId, roomId);
+  await exited;
+  const m = assertOk(await ackOf(b, 'chat:message', { clientId: 'after', content: 'after the drain' }), 'B after the drain');
+  await expectEvent('A gets B\'s message after the drain', A.socket, 'chat:message', (x) => x.id === m.id);
+  const r = assertOk(await ackOf(A.socket, 'chat:message', { clientId: 'r', content: 'hi' }), 'A after the drain');
+  await expectEvent('B gets A\'s message after the drain', b, 'chat:message', (x) => x.id === r.id);
+  await expectNone(A.socket, 'chat:ended', 0);
+  b.close();
 });
