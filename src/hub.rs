@@ -410,6 +410,7 @@ impl HubTask {
                     match changed {
                         Some(live) => {
                             let now = Instant::now();
+                            self.share_stats(&live, now);
                             for node in self.peers.view(&live) {
                                 tracing::info!(node_id = %node, "a node this one shares chats with is gone: its guests here are away, its chats are taken over");
                                 self.core.handle_node_left(node, now);
@@ -751,6 +752,23 @@ impl HubTask {
                 }
             }
         }
+    }
+
+    /// Publishes this node's share of the statistics (for its next heartbeat) and gives the
+    /// core the others' (from the view just read): the broadcast counts the whole cluster.
+    fn share_stats(&mut self, live: &[crate::cluster::Node], now: Instant) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let me = link.node().to_string();
+        if let Ok(mut mine) = link.stats().lock() {
+            *mine = self.core.local_stats(now);
+        }
+        let others = live
+            .iter()
+            .filter(|n| n.id != me)
+            .fold(Stats::default(), |sum, n| sum + n.info.load.stats);
+        self.core.handle_peer_stats(others, now);
     }
 
     fn observe(&self, label: Option<&'static str>, received: Instant) {

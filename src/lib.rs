@@ -229,6 +229,8 @@ pub async fn run(
         None => (None, None),
     };
     let worker_link = link.as_ref().map(|(l, _)| l.clone());
+    // This node's share of the live statistics, for its registry entry (the hub updates it).
+    let shared_stats = link.as_ref().map(|(l, _)| l.stats()).unwrap_or_default();
     let (hub, hub_task) = hub::spawn(
         core_config(&cfg),
         io.clone(),
@@ -241,9 +243,12 @@ pub async fn run(
         let mm = c.matchmaker(cluster::MatchSettings::default());
         supervisor.spawn_task(
             "cluster-worker",
-            link::worker(jobs, l.clone(), c.clone(), mm, hub.clone()),
+            link::worker(jobs, l.clone(), c.clone(), mm.clone(), hub.clone()),
         );
-        supervisor.spawn_task("cluster-departures", link::watch_departures(c.clone(), l));
+        supervisor.spawn_task(
+            "cluster-departures",
+            link::watch_departures(c.clone(), l, mm),
+        );
     }
     let node_ip = cfg.node_ip.unwrap_or_else(rtc::detect_ip);
     let plane = rtc::start(
@@ -333,7 +338,7 @@ pub async fn run(
                 cluster::Membership {
                     http: cluster::advertised_http(addr, node_ip),
                     media: media_addr,
-                    load: node_load(app.signaling_metrics.clone()),
+                    load: node_load(app.signaling_metrics.clone(), shared_stats.clone()),
                 },
             )
             .await?;
@@ -401,7 +406,10 @@ pub async fn run(
 }
 
 /// Reads this node's load for the cluster registry from the signaling gauges.
-fn node_load(m: metrics::SignalingMetrics) -> Box<dyn Fn() -> cluster::NodeLoad + Send + Sync> {
+fn node_load(
+    m: metrics::SignalingMetrics,
+    stats: Arc<std::sync::Mutex<tandem_signaling::wire::Stats>>,
+) -> Box<dyn Fn() -> cluster::NodeLoad + Send + Sync> {
     Box::new(move || {
         let sum = |vec: &prometheus::IntGaugeVec, labels: &[&str]| -> u64 {
             labels
@@ -413,6 +421,7 @@ fn node_load(m: metrics::SignalingMetrics) -> Box<dyn Fn() -> cluster::NodeLoad 
             sockets: m.sockets_connected.get().max(0) as u64,
             guests: sum(&m.guests, &["searching", "in_chat", "online", "idle"]),
             calls: sum(&m.calls, &["ringing", "connecting", "connected"]),
+            stats: stats.lock().map(|s| *s).unwrap_or_default(),
         }
     })
 }

@@ -44,6 +44,8 @@ pub struct Link {
     bus: Bus,
     jobs: mpsc::Sender<Job>,
     cluster: Cluster,
+    /// This node's share of the live statistics, published in its registry entry.
+    stats: std::sync::Arc<std::sync::Mutex<tandem_signaling::wire::Stats>>,
 }
 
 /// Why [`Link::request`] could not queue a job.
@@ -58,6 +60,7 @@ impl Link {
             bus,
             jobs,
             cluster: cluster.clone(),
+            stats: Default::default(),
         };
         (link, rx)
     }
@@ -72,6 +75,11 @@ impl Link {
     pub fn send(&self, to: CoreNodeId, msg: &ClusterMsg) -> Result<(), BusError> {
         self.bus
             .send(bus_node(to), kind(msg), Bytes::from(msg.encode()))
+    }
+
+    /// This node's share of the live statistics (set by the hub, read by the heartbeat).
+    pub fn stats(&self) -> std::sync::Arc<std::sync::Mutex<tandem_signaling::wire::Stats>> {
+        self.stats.clone()
     }
 
     /// The registry's views, one per heartbeat.
@@ -315,9 +323,10 @@ impl Worker {
 }
 
 /// Drops the queue entries of every node that leaves the registry (killed, or drained), so
-/// that nobody is paired with a guest whose node is gone. (The hub tells its core about the
-/// nodes it has chats with, see `Peers`.)
-pub async fn watch_departures(cluster: Cluster, link: Link) {
+/// that nobody is paired with a guest whose node is gone (the hub tells its core about the
+/// nodes it has chats with, see `Peers`), and reads the cluster's queue length for its gauge
+/// (`tandem_cluster_match_queue`), once per registry view.
+pub async fn watch_departures(cluster: Cluster, link: Link, mm: Matchmaker) {
     let mut view = cluster.watch_nodes();
     let mut known: std::collections::HashSet<String> =
         view.borrow().iter().map(|n| n.id.clone()).collect();
@@ -335,6 +344,8 @@ pub async fn watch_departures(cluster: Cluster, link: Link) {
             }
         }
         known = now;
+        // Sets the gauge; a failure is counted with the Redis errors.
+        let _ = mm.queued().await;
     }
 }
 

@@ -79,6 +79,8 @@ struct Cluster {
     claims: HashMap<RoomId, Vec<(NodeId, SessionId, ConnId)>>,
     /// This node is draining: it told the others, and points late comers at them.
     draining: bool,
+    /// The other nodes' statistics, summed.
+    others: Stats,
 }
 
 impl Cluster {
@@ -689,8 +691,35 @@ impl Core {
     }
 
     /// The live statistics.
+    /// The live statistics: of the whole cluster (this node's and the others' as last
+    /// given to [`Core::handle_peer_stats`]).
     pub fn stats(&self, now: Instant) -> Stats {
-        self.sessions.census(now)
+        match &self.cluster {
+            None => self.sessions.census(now),
+            Some(c) => self.local_stats(now) + c.others,
+        }
+    }
+
+    /// This node's share of the statistics: its guests, not the visitors it holds for chats
+    /// homed here (their own node counts them).
+    pub fn local_stats(&self, now: Instant) -> Stats {
+        match &self.cluster {
+            None => self.sessions.census(now),
+            Some(c) => self
+                .sessions
+                .census_without(now, |id| c.visitors.contains_key(&id)),
+        }
+    }
+
+    /// (Cluster only.) The other nodes' statistics, summed (from the node registry): the
+    /// broadcast counts the whole cluster.
+    pub fn handle_peer_stats(&mut self, others: Stats, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            if c.others != others {
+                c.others = others;
+                self.broadcast.changed(now);
+            }
+        }
     }
 
     pub fn counters(&self) -> Counters {
@@ -1307,9 +1336,16 @@ impl Core {
                 });
                 self.open_room_as(room, [seeker, partner], now);
             }
-            MatchAnswer::Refused { sid, error: _ } => {
+            MatchAnswer::Refused { sid, error } => {
                 if self.sessions.state(sid) == Some(State::Searching) {
+                    // Its `match:start` was acknowledged; the search did not start after all.
                     self.sessions.set_state(sid, State::Online);
+                    let error = ErrorEvent {
+                        code: error.code(),
+                        message: error.to_string(),
+                        event: "match:start",
+                    };
+                    self.out.emit(Target::Guest(sid), ServerEvent::Error(error));
                     self.broadcast.changed(now);
                 }
             }

@@ -372,11 +372,18 @@ impl Sessions {
 
     /// The live statistics the sessions make up.
     pub(crate) fn census(&self, now: Instant) -> Stats {
-        let mut st = Stats {
-            total_users: self.sessions.len() as u64,
-            ..Stats::default()
-        };
-        for s in self.sessions.values() {
+        self.census_without(now, |_| false)
+    }
+
+    /// [`Sessions::census`] without the sessions `skip` names (a cluster's visitors, counted
+    /// by their own node).
+    pub(crate) fn census_without(&self, now: Instant, skip: impl Fn(SessionId) -> bool) -> Stats {
+        let mut st = Stats::default();
+        for (id, s) in &self.sessions {
+            if skip(*id) {
+                continue;
+            }
+            st.total_users += 1;
             st.online_users += u64::from(!s.conns.is_empty());
             st.active_users +=
                 u64::from(now.duration_since(s.last_active) < self.cfg.active_window);

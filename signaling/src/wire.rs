@@ -1,7 +1,7 @@
 //! Wire types: client events as parsed from Socket.IO payloads, server events as serialized to
 //! them. Names and shapes are fixed by docs/protocol.md.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{MessageId, RoomId, SessionId};
@@ -484,8 +484,8 @@ pub struct Established {
 }
 
 /// The live statistics object (`realtime:stats` and `GET /api/stats`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Stats {
     /// Live guest sessions.
     pub total_users: u64,
@@ -497,6 +497,20 @@ pub struct Stats {
     pub available_users: u64,
     /// Guests in a chat.
     pub connected_users: u64,
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+
+    fn add(self, o: Stats) -> Stats {
+        Stats {
+            total_users: self.total_users + o.total_users,
+            online_users: self.online_users + o.online_users,
+            active_users: self.active_users + o.active_users,
+            available_users: self.available_users + o.available_users,
+            connected_users: self.connected_users + o.connected_users,
+        }
+    }
 }
 
 /// A chat message's `content`: text, or the file object of a `file` / `voice` message.

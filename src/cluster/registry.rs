@@ -90,6 +90,9 @@ pub struct NodeLoad {
     pub guests: u64,
     /// Calls (ringing, connecting or connected).
     pub calls: u64,
+    /// Its share of the live statistics (the cluster's `realtime:stats` sums them).
+    #[serde(default)]
+    pub stats: tandem_signaling::wire::Stats,
 }
 
 /// A node's registry entry, as published (the id is the hash field).
@@ -189,6 +192,7 @@ mod tests {
                 sockets: 3,
                 guests: 2,
                 calls: 1,
+                stats: Default::default(),
             },
             version: "0.1.0".into(),
             started_ms: 1,

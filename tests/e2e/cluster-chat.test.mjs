@@ -630,3 +630,27 @@ test('the home node drained (SIGTERM): its guest hears server:shutdown, reconnec
   await expectNone(A.socket, 'chat:ended', 0);
   b.close();
 });
+
+test('realtime:stats and GET /api/stats count the whole cluster, each guest once', { timeout: 60_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 2);
+  const expect = async (what, want) => {
+    for (const node of nodes) {
+      await until(`${what}: /api/stats on ${node.name}`, async () => {
+        const s = (await api(node.url, '/api/stats')).body;
+        return Object.entries(want).every(([k, v]) => s[k] === v) ? s : new Error(JSON.stringify(s));
+      }, 10_000);
+    }
+  };
+  const { A, B } = await pairAcross(nodes[0], nodes[1]);
+  // A pair spanning the two nodes: two in chat (the home holds a visitor copy of the remote
+  // guest, which its own node counts instead).
+  await expect('a cross-node pair', { totalUsers: 2, onlineUsers: 2, connectedUsers: 2, availableUsers: 0 });
+  // A third guest searching on node 2.
+  const C = await guestOn(nodes[1], 'C');
+  assertOk(await ackOf(C.socket, 'match:start', {}), 'match:start of C');
+  await expect('a pair and a searching guest', { totalUsers: 3, onlineUsers: 3, connectedUsers: 2, availableUsers: 1 });
+  // The live broadcast counts the cluster too.
+  await expectEvent('A (realtime:stats)', A.socket, 'realtime:stats', (s) => s.totalUsers === 3 && s.availableUsers === 1, 10_000);
+  for (const s of [A.socket, B.socket, C.socket]) s.close();
+});
