@@ -606,8 +606,8 @@ async fn upload_inner(
 ) -> Result<Response, (SignalError, ApiError)> {
     let refuse = |e: SignalError| (e, ApiError::from(e));
     let files = &app.files;
-    let session = bearer(headers.get(header::AUTHORIZATION))
-        .and_then(|t| app.tokens.verify(t))
+    let (session, username, token_exp_ms) = bearer(headers.get(header::AUTHORIZATION))
+        .and_then(|t| app.tokens.verify_named(t))
         .ok_or_else(|| refuse(SignalError::Unauthorized))?;
     if let Err(not_until) = files.attempts.check_key(&session) {
         return Err((SignalError::RateLimited, files.retry_after(not_until)));
@@ -615,6 +615,10 @@ async fn upload_inner(
     if app.draining.load(Ordering::Relaxed) {
         return Err(refuse(SignalError::ServerBusy));
     }
+    // In a cluster the guest may be made or connected elsewhere (its chat homed elsewhere).
+    crate::http::adopt(app, session, username, token_exp_ms)
+        .await
+        .map_err(refuse)?;
     let (room, partner) = app.hub.chat_of(session).await.map_err(refuse)?;
     if content_length(headers).is_some_and(|n| n > files.max_size + FORM_OVERHEAD) {
         return Err(refuse(SignalError::FileTooLarge));
@@ -653,6 +657,13 @@ async fn upload_inner(
         .await
         .map_err(|e| (SignalError::StorageFull, e))?;
     reservation.keep();
+    if let Some(cluster) = &app.cluster {
+        // Other nodes fetch it from here (a guest's downloads may land on any node).
+        let ttl = Duration::from_secs(exp.saturating_sub(unix_secs()).max(1));
+        if let Err(f) = cluster.file_stored(id, ttl).await {
+            tracing::warn!(error = %f, "where a file is stored could not be recorded: only this node serves it");
+        }
+    }
     let info = FileInfo {
         file_id: id,
         name,
@@ -751,7 +762,24 @@ pub async fn download(
         _ => "error",
     };
     let query = query.unwrap_or_default();
-    match download_inner(&app, method == Method::HEAD, &id, &query, &headers).await {
+    let mut result = download_inner(&app, method == Method::HEAD, &id, &query, &headers).await;
+    if let (Err(SignalError::NotFound), Some(cluster)) = (&result, &app.cluster) {
+        // Stored on another node (and never fetched again from there by that node).
+        if !headers.contains_key(FORWARDED_HEADER) {
+            if let Some(res) = fetch_elsewhere(cluster, &method, &id, &query, &headers).await {
+                // The storing node checked the token and the URL again: its refusal is ours.
+                result = match res.status() {
+                    s if s.is_success() => Ok(res),
+                    StatusCode::UNAUTHORIZED => Err(SignalError::Unauthorized),
+                    StatusCode::FORBIDDEN => Err(SignalError::Forbidden),
+                    StatusCode::GONE => Err(SignalError::Expired),
+                    StatusCode::BAD_REQUEST => Err(SignalError::InvalidSignature),
+                    _ => Err(SignalError::NotFound),
+                };
+            }
+        }
+    }
+    match result {
         Ok(res) => {
             app.files.metrics.downloads.with_label_values(&["ok"]).inc();
             res
@@ -765,6 +793,47 @@ pub async fn download(
             ApiError::from(e).into_response()
         }
     }
+}
+
+/// Marks a download fetched from the storing node by another node (never fetched on).
+const FORWARDED_HEADER: &str = "x-tandem-forwarded";
+
+/// How long a node waits for the storing node's answer to begin.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A file not stored here, fetched from the node that stores it (the same signed URL and the
+/// guest's token: that node checks them again); `None` when no live node has it.
+async fn fetch_elsewhere(
+    cluster: &crate::cluster::Cluster,
+    method: &Method,
+    id: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let file = FileId::parse(id)?;
+    let addr = cluster.file_owner(file).await.ok()??;
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("/api/files/{file}?{query}"))
+            .header(header::HOST, addr.to_string())
+            .header(FORWARDED_HEADER, "1");
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let req = req.body(Body::empty()).ok()?;
+        let res = sender.send_request(req).await.ok()?;
+        Some(res.map(Body::new))
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, fetch).await.ok()?
 }
 
 async fn download_inner(

@@ -312,6 +312,55 @@ async fn create_guest(
     Ok((StatusCode::CREATED, Json(token_response(&app, info)?)).into_response())
 }
 
+/// In a cluster: makes sure this node holds guest `session` (made, or connected, on another
+/// node) before a route that needs it, from its token (`username`, expiry) and its shared
+/// record; `unauthorized` when the record says the session is gone. Nothing on one node.
+pub(crate) async fn adopt(
+    app: &App,
+    session: tandem_signaling::SessionId,
+    username: String,
+    token_exp_ms: u64,
+) -> Result<(), SignalError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(());
+    };
+    let (adopt, lost) = match cluster.session_peek(session).await {
+        Ok(Some(record)) => (
+            crate::hub::Adopt {
+                username,
+                home: Some(cluster.record_home(&record).await),
+                lives: Some(record.lives),
+                held_only: false,
+            },
+            false,
+        ),
+        // Gone, unless this node holds it (made while Redis was lost).
+        Ok(None) => (
+            crate::hub::Adopt {
+                username,
+                home: None,
+                lives: None,
+                held_only: true,
+            },
+            true,
+        ),
+        Err(_) => (
+            crate::hub::Adopt {
+                username,
+                home: None,
+                lives: None,
+                held_only: false,
+            },
+            false,
+        ),
+    };
+    app.hub.adopt(session, adopt).await?;
+    if lost {
+        let _ = cluster.session_new(session, token_exp_ms).await;
+    }
+    Ok(())
+}
+
 async fn refresh(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -319,43 +368,7 @@ async fn refresh(
     let (session, username, token_exp_ms) = bearer(headers.get(header::AUTHORIZATION))
         .and_then(|t| app.tokens.verify_named(t))
         .ok_or(SignalError::Unauthorized)?;
-    if let Some(cluster) = &app.cluster {
-        // The guest may have been made, or be connected, on another node.
-        let (adopt, lost) = match cluster.session_peek(session).await {
-            Ok(Some(record)) => (
-                crate::hub::Adopt {
-                    username,
-                    home: Some(cluster.record_home(&record).await),
-                    lives: Some(record.lives),
-                    held_only: false,
-                },
-                false,
-            ),
-            // Gone, unless this node holds it (made while Redis was lost).
-            Ok(None) => (
-                crate::hub::Adopt {
-                    username,
-                    home: None,
-                    lives: None,
-                    held_only: true,
-                },
-                true,
-            ),
-            Err(_) => (
-                crate::hub::Adopt {
-                    username,
-                    home: None,
-                    lives: None,
-                    held_only: false,
-                },
-                false,
-            ),
-        };
-        app.hub.adopt(session, adopt).await?;
-        if lost {
-            let _ = cluster.session_new(session, token_exp_ms).await;
-        }
-    }
+    adopt(&app, session, username, token_exp_ms).await?;
     let info = app.hub.refresh(session).await?;
     if let Some(cluster) = &app.cluster {
         // Every node's copy of the session follows the record (see `Core::adopt`).

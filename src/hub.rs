@@ -167,6 +167,14 @@ pub enum Command {
     },
 }
 
+/// A request forwarded to a chat's home node, waiting for its answer.
+enum Pending {
+    /// A client event: its reply, metric label and arrival.
+    Event(Reply, Option<&'static str>, Instant),
+    /// A shared file's message (`POST /api/files` through a node that is not the home).
+    File(oneshot::Sender<Result<(MessageId, u64), SignalError>>),
+}
+
 /// What a node that may not hold a guest learned about it (see `Core::adopt`): the name its
 /// token carries, and the session mirror's word on its chat (`None`: Redis did not answer).
 pub struct Adopt {
@@ -365,7 +373,7 @@ struct HubTask {
     /// In a cluster: client events forwarded to their chat's home, by request id, until the
     /// core's `Output::Ack` (it always comes: the ack, or `service_unavailable` at the latest
     /// after the core's bus timeout).
-    pending: HashMap<u64, (Reply, Option<&'static str>, Instant)>,
+    pending: HashMap<u64, Pending>,
     next_req: u64,
     /// In a cluster: the nodes the core deals with, to notice when one is gone.
     peers: Peers,
@@ -519,7 +527,8 @@ impl HubTask {
                 match result {
                     Ok(None) => {
                         // Forwarded: the ack comes as `Output::Ack` (maybe in this drain).
-                        self.pending.insert(req, (reply, label, received));
+                        self.pending
+                            .insert(req, Pending::Event(reply, label, received));
                         self.drain();
                     }
                     Ok(Some(ack)) => {
@@ -629,7 +638,9 @@ impl HubTask {
             }
             Command::ChatOf { session, reply } => {
                 let answer = if self.core.session_alive(session, now) {
-                    self.core.chat_of(session).ok_or(SignalError::NotInChat)
+                    self.core
+                        .chat_anywhere(session)
+                        .ok_or(SignalError::NotInChat)
                 } else {
                     Err(SignalError::Unauthorized)
                 };
@@ -642,7 +653,23 @@ impl HubTask {
                 file,
                 reply,
             } => {
-                let _ = reply.send(self.core.post_file(session, room, client_id, *file, now));
+                self.next_req += 1;
+                let req = self.next_req;
+                match self
+                    .core
+                    .post_file_from(session, room, client_id, *file, req, now)
+                {
+                    Ok(Some(posted)) => {
+                        let _ = reply.send(Ok(posted));
+                    }
+                    // Posted at the chat's home: the answer comes as `Output::Ack`.
+                    Ok(None) => {
+                        self.pending.insert(req, Pending::File(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
         }
     }
@@ -707,8 +734,8 @@ impl HubTask {
                         }
                     }
                 }
-                Output::Ack { req, result, .. } => {
-                    if let Some((reply, label, received)) = self.pending.remove(&req) {
+                Output::Ack { req, result, .. } => match self.pending.remove(&req) {
+                    Some(Pending::Event(reply, label, received)) => {
                         match result {
                             Ok(ack) => {
                                 if let Reply::Ack(a) = reply {
@@ -722,7 +749,19 @@ impl HubTask {
                         }
                         self.observe(label, received);
                     }
-                }
+                    Some(Pending::File(reply)) => {
+                        let posted = result.and_then(|v| {
+                            let id = v
+                                .get("id")
+                                .and_then(|i| i.as_str())
+                                .and_then(MessageId::parse);
+                            let ts = v.get("timestamp").and_then(serde_json::Value::as_u64);
+                            id.zip(ts).ok_or(SignalError::ServiceUnavailable)
+                        });
+                        let _ = reply.send(posted);
+                    }
+                    None => {}
+                },
                 Output::Relay {
                     to,
                     name,

@@ -115,6 +115,8 @@ fn kind(msg: &ClusterMsg) -> BusKind {
     match msg {
         ClusterMsg::Event { name, .. } | ClusterMsg::Emit { name, .. } => by_name(name),
         ClusterMsg::Delivered { .. } => BusKind::Receipt,
+        ClusterMsg::PostFile { .. } => BusKind::Chat,
+        ClusterMsg::RoomClosed { .. } => BusKind::Control,
         ClusterMsg::Attach { .. } | ClusterMsg::Detach { .. } => BusKind::Presence,
         ClusterMsg::Paired { .. } | ClusterMsg::Released { .. } | ClusterMsg::Matched { .. } => {
             BusKind::Match

@@ -88,6 +88,17 @@ pub enum ClusterMsg {
         partner_name: String,
         partner_node: NodeId,
     },
+    /// The uploading node → home: guest `sid` shared a file (stored on the sender) in `room`;
+    /// answered by [`ClusterMsg::Ack`] with `req` (`{ id, timestamp }` of the message).
+    PostFile {
+        sid: SessionId,
+        req: u64,
+        room: RoomId,
+        client_id: String,
+        file: Box<crate::files::FileInfo>,
+    },
+    /// Home → a node that stored files of `room`: the chat ended, its files go.
+    RoomClosed { room: RoomId },
     /// A draining node → every node: it is leaving.
     Shutdown,
 }
@@ -122,9 +133,13 @@ impl ClusterMsg {
             | Self::Event { sid, .. }
             | Self::Emit { sid, .. }
             | Self::Paired { sid, .. }
-            | Self::Released { sid, .. } => Some(*sid),
+            | Self::Released { sid, .. }
+            | Self::PostFile { sid, .. } => Some(*sid),
             Self::Matched { seeker, .. } => Some(*seeker),
-            Self::Ack { .. } | Self::Delivered { .. } | Self::Shutdown => None,
+            Self::Ack { .. }
+            | Self::Delivered { .. }
+            | Self::RoomClosed { .. }
+            | Self::Shutdown => None,
         }
     }
 }

@@ -81,6 +81,8 @@ struct Cluster {
     draining: bool,
     /// The other nodes' statistics, summed.
     others: Stats,
+    /// Home side: the nodes that store files of each room (told when the chat ends).
+    file_nodes: HashMap<RoomId, Vec<NodeId>>,
 }
 
 impl Cluster {
@@ -758,6 +760,62 @@ impl Core {
     }
 
     /// The chat `id` is in and its partner, if any.
+    /// The chat `id` is in and its partner, wherever the chat is homed (for the shell's HTTP
+    /// routes: files, ICE servers).
+    pub fn chat_anywhere(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
+        if let Some((_, room)) = self.cluster.as_ref().and_then(|c| c.homes.get(&id)) {
+            let partner = self.cluster.as_ref()?.partners.get(&id)?.0;
+            return Some((*room, partner));
+        }
+        self.chat_of(id)
+    }
+
+    /// (Cluster.) [`Core::post_file`] for a shell that may be in a cluster: a file of a guest
+    /// whose chat lives on another node is posted there (`Ok(None)`; the answer comes as
+    /// [`Output::Ack`] with `req`: `{ id, timestamp }`, or `service_unavailable` after the
+    /// bus timeout).
+    pub fn post_file_from(
+        &mut self,
+        id: SessionId,
+        room: RoomId,
+        client_id: String,
+        file: FileInfo,
+        req: u64,
+        now: Instant,
+    ) -> Result<Option<(MessageId, u64)>, SignalError> {
+        let home = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.homes.get(&id))
+            .filter(|(_, r)| *r == room)
+            .map(|(n, _)| *n);
+        let Some(home) = home else {
+            return self.post_file(id, room, client_id, file, now).map(Some);
+        };
+        self.sessions.tick(now);
+        let Some(c) = self.cluster.as_mut() else {
+            return Err(SignalError::ServiceUnavailable);
+        };
+        if c.pending.len() >= MAX_PENDING {
+            return Err(SignalError::ServiceUnavailable);
+        }
+        c.next_req += 1;
+        let bus_req = c.next_req;
+        // No socket: the answer goes to the shell's request alone.
+        c.pending.insert(bus_req, (ConnId(0), req));
+        self.timers
+            .schedule(now + self.cfg.bus_timeout, Timer::Request(bus_req));
+        let msg = ClusterMsg::PostFile {
+            sid: id,
+            req: bus_req,
+            room,
+            client_id,
+            file: Box::new(file),
+        };
+        self.out.push(Output::Bus { to: home, msg });
+        Ok(None)
+    }
+
     pub fn chat_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
         let State::InChat(room) = self.sessions.state(id)? else {
             return None;
@@ -816,7 +874,9 @@ impl Core {
     pub fn handle_bus_failed(&mut self, _to: NodeId, msg: &ClusterMsg, now: Instant) {
         self.sessions.tick(now);
         match msg {
-            ClusterMsg::Event { req, .. } => self.fail_request(*req),
+            ClusterMsg::Event { req, .. } | ClusterMsg::PostFile { req, .. } => {
+                self.fail_request(*req)
+            }
             ClusterMsg::Emit {
                 sid,
                 ack: Some((room, _)),
@@ -1157,6 +1217,29 @@ impl Core {
                 },
                 now,
             ),
+            ClusterMsg::PostFile {
+                sid,
+                req,
+                room,
+                client_id,
+                file,
+            } => {
+                let result = match self.post_file(sid, room, client_id, *file, now) {
+                    Ok((id, timestamp)) => {
+                        if let Some(c) = self.cluster.as_mut() {
+                            let nodes = c.file_nodes.entry(room).or_default();
+                            if !nodes.contains(&from) && nodes.len() < 8 {
+                                nodes.push(from);
+                            }
+                        }
+                        AckResult::Ok(serde_json::json!({ "id": id, "timestamp": timestamp }))
+                    }
+                    Err(e) => AckResult::Err(e.code().to_owned()),
+                };
+                let msg = ClusterMsg::Ack { req, result };
+                self.out.push(Output::Bus { to: from, msg });
+            }
+            ClusterMsg::RoomClosed { room } => self.out.push(Output::RoomClosed(room)),
             ClusterMsg::Shutdown => self.node_left(from, now),
         }
     }
@@ -1624,6 +1707,10 @@ impl Core {
         announce_end(room, [actor, other], reason, ids, timestamp, &mut self.out);
         let reported = reason == EndReason::Reported;
         if let Some(c) = self.cluster.as_mut() {
+            for to in c.file_nodes.remove(&room).unwrap_or_default() {
+                let msg = ClusterMsg::RoomClosed { room };
+                self.out.push(Output::Bus { to, msg });
+            }
             for sid in [actor, other] {
                 let (room, partner, ttl) = (None, None, self.cfg.token_ttl);
                 self.out.push(Output::Match(MatchRequest::Home {

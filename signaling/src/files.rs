@@ -3,7 +3,7 @@
 //! signed. The shell streams, stores and serves the bytes; this module only decides.
 
 use hmac::{Mac, SimpleHmac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::error::SignalError;
@@ -15,7 +15,7 @@ pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
 /// What kind of thing a file is, for the client's rendering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     Image,
@@ -77,6 +77,55 @@ const OGG_VIDEO: FileType = FileType::new("video/ogg", Category::Video, &["ogv",
 const MP3: FileType = FileType::new("audio/mpeg", Category::Audio, &["mp3"]);
 const WAV: FileType = FileType::new("audio/wav", Category::Audio, &["wav"]);
 const TEXT: FileType = FileType::new("text/plain; charset=utf-8", Category::Document, &["txt"]);
+
+/// Every type on the allow-list.
+const ALLOWED: [FileType; 14] = [
+    JPEG, PNG, GIF, WEBP, PDF, MP4_VIDEO, MP4_AUDIO, WEBM_VIDEO, WEBM_AUDIO, OGG_AUDIO, OGG_VIDEO,
+    MP3, WAV, TEXT,
+];
+
+/// A file object as read back (from another node): its MIME type must be on the allow-list.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileInfoIn {
+    file_id: FileId,
+    name: String,
+    size: u64,
+    mime_type: String,
+    category: Category,
+    url: String,
+    expires_at: String,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for FileInfo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        FileInfo::try_from(FileInfoIn::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<FileInfoIn> for FileInfo {
+    type Error = &'static str;
+
+    fn try_from(f: FileInfoIn) -> Result<FileInfo, &'static str> {
+        let mime_type = ALLOWED
+            .iter()
+            .map(|t| t.mime)
+            .find(|m| *m == f.mime_type)
+            .ok_or("a type not on the allow-list")?;
+        Ok(FileInfo {
+            file_id: f.file_id,
+            name: f.name,
+            size: f.size,
+            mime_type,
+            category: f.category,
+            url: f.url,
+            expires_at: f.expires_at,
+            duration_ms: f.duration_ms,
+        })
+    }
+}
 
 /// The declared MIME type without parameters, lowercased; `None` when absent or generic.
 fn essence(declared: Option<&str>) -> Option<String> {

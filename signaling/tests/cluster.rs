@@ -91,6 +91,8 @@ struct Sim {
     claims: HashMap<RoomId, NodeId>,
     /// Killed nodes: their outputs and bus messages go nowhere.
     dead: HashSet<usize>,
+    /// `Output::RoomClosed` by node.
+    closed: Vec<(usize, RoomId)>,
 }
 
 impl Sim {
@@ -127,6 +129,7 @@ impl Sim {
             mirror: HashMap::new(),
             claims: HashMap::new(),
             dead: HashSet::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -307,6 +310,7 @@ impl Sim {
                 self.acks.insert((node, conn, req), result);
             }
             Output::Match(req) => self.matchmake(node, req),
+            Output::RoomClosed(room) => self.closed.push((node, room)),
             _ => {}
         }
     }
@@ -738,6 +742,54 @@ fn a_killed_guest_node_leaves_its_guest_away_at_the_home() {
     )
     .unwrap();
     assert_eq!(sim.seen[&b.id].last().unwrap().0, "chat:message");
+}
+
+#[test]
+fn a_file_shared_through_another_node_is_posted_at_the_home_and_its_store_told_at_the_end() {
+    let mut sim = Sim::new(2);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.seen.clear();
+    // Ann's upload landed on node 0, which stores it; the chat's home is node 1.
+    let (room, partner) = sim.cores[0].chat_anywhere(a.id).expect("Ann's chat");
+    assert_eq!(partner, b.id);
+    let file: tandem_signaling::files::FileInfo = serde_json::from_value(json!({
+        "fileId": "00000000000000000000000000000abc",
+        "name": "cat.png",
+        "size": 64,
+        "mimeType": "image/png",
+        "category": "image",
+        "url": "/api/files/00000000000000000000000000000abc?room=x&exp=1&sig=y",
+        "expiresAt": "2026-12-06T15:00:00Z"
+    }))
+    .unwrap();
+    let now = sim.now;
+    let r = sim.cores[0].post_file_from(a.id, room, "c-file".into(), file, 77, now);
+    assert_eq!(r, Ok(None));
+    sim.pump();
+    let ack = sim
+        .acks
+        .remove(&(0, ConnId(0), 77))
+        .expect("the home answered");
+    let ack = ack.unwrap();
+    assert!(ack["id"].is_string() && ack["timestamp"].is_u64(), "{ack}");
+    let got = sim.seen[&b.id]
+        .iter()
+        .find(|(n, _)| n == "chat:message")
+        .expect("Bob gets the file message");
+    assert_eq!(got.1["type"], "file");
+    assert_eq!(got.1["content"]["mimeType"], "image/png");
+    // A type off the allow-list never decodes.
+    assert!(
+        serde_json::from_value::<tandem_signaling::files::FileInfo>(json!({
+            "fileId": "00000000000000000000000000000abc", "name": "x", "size": 1,
+            "mimeType": "application/x-evil", "category": "document", "url": "/", "expiresAt": ""
+        }))
+        .is_err()
+    );
+    // The chat ends at the home: node 0, which stores the file, is told.
+    sim.ev(b, "chat:leave", Value::Null).unwrap();
+    assert!(sim.closed.contains(&(0, room)), "{:?}", sim.closed);
+    assert!(sim.closed.contains(&(1, room)));
 }
 
 #[test]

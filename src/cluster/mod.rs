@@ -56,6 +56,19 @@ static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::n
     )
 });
 
+/// Where shared files are stored: `tandem:f:<file id>` → the HTTP address of the node that
+/// stores it.
+pub const FILE_PREFIX: &str = "tandem:f:";
+
+/// `SET key value PX ttl`.
+static SET_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
+});
+
+/// `GET key`, `""` when absent.
+static GET_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new("return redis.call('GET', KEYS[1]) or ''"));
+
 /// Whether a node is in the registry (1) or not (0).
 static ALIVE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new("if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end return 0")
@@ -111,6 +124,8 @@ struct Inner {
     fault: Mutex<Option<&'static str>>,
     /// The live nodes as last read.
     view: watch::Sender<Arc<[Node]>>,
+    /// This node's advertised HTTP address (set by [`Cluster::join`]).
+    http: OnceLock<SocketAddr>,
     /// Set by [`Cluster::join`]: asks the heartbeat task to leave.
     leave: OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
 }
@@ -157,6 +172,7 @@ impl Cluster {
                 fault: Mutex::new(None),
                 view,
                 leave: OnceLock::new(),
+                http: OnceLock::new(),
             }),
         })
     }
@@ -319,6 +335,44 @@ impl Cluster {
             .ok_or_else(|| Fault::response("unexpected answer from the claim script"))
     }
 
+    /// Records that file `id` is stored on this node (for `ttl`), so that every node can fetch
+    /// it from here: the key holds this node's HTTP address.
+    pub async fn file_stored(
+        &self,
+        id: tandem_signaling::FileId,
+        ttl: Duration,
+    ) -> Result<(), Fault> {
+        let Some(http) = self.inner.http.get() else {
+            return Ok(());
+        };
+        let mut invocation = SET_SCRIPT.prepare_invoke();
+        invocation
+            .key(format!("{FILE_PREFIX}{id}"))
+            .arg(http.to_string())
+            .arg(ttl.as_millis().max(1) as u64);
+        self.inner
+            .redis
+            .invoke::<i64>(Command::SessionSet, &invocation)
+            .await
+            .map(|_| ())
+    }
+
+    /// Where file `id` is stored, when on another node: that node's HTTP address.
+    pub async fn file_owner(
+        &self,
+        id: tandem_signaling::FileId,
+    ) -> Result<Option<SocketAddr>, Fault> {
+        let mut invocation = GET_SCRIPT.prepare_invoke();
+        invocation.key(format!("{FILE_PREFIX}{id}"));
+        let owner: String = self
+            .inner
+            .redis
+            .invoke(Command::SessionGet, &invocation)
+            .await?;
+        let addr = owner.parse::<SocketAddr>().ok();
+        Ok(addr.filter(|a| Some(a) != self.inner.http.get()))
+    }
+
     /// Whether `node` is in the registry as last read.
     pub fn is_live(&self, node: CoreNodeId) -> bool {
         let id = node.to_string();
@@ -349,6 +403,7 @@ impl Cluster {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let _ = self.inner.http.set(me.http);
         let heart = Heart {
             cluster: self.clone(),
             me,

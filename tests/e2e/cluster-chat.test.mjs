@@ -16,6 +16,7 @@ import {
   api, assertOk, assertRefused, clusterFor, connect, createGuest,
   expectNone, received, redisFor, sleep, startRedis, uname, waitFor, waitForEntry,
 } from './harness.mjs';
+import { png } from './fixtures.mjs';
 
 const HEX = /^[0-9a-f]+$/;
 // Every wait for an event that crosses nodes (a bus hop or two on loopback: milliseconds when
@@ -653,4 +654,52 @@ test('realtime:stats and GET /api/stats count the whole cluster, each guest once
   // The live broadcast counts the cluster too.
   await expectEvent('A (realtime:stats)', A.socket, 'realtime:stats', (s) => s.totalUsers === 3 && s.availableUsers === 1, 10_000);
   for (const s of [A.socket, B.socket, C.socket]) s.close();
+});
+
+/** POST /api/files on `url` with one PNG; resolves with the status and the JSON body. */
+async function uploadPng(url, token, bytes) {
+  const form = new FormData();
+  form.append('clientId', `f-${Date.now()}`);
+  form.append('file', new Blob([bytes], { type: 'image/png' }), 'cat.png');
+  const res = await fetch(`${url}/api/files`, {
+    method: 'POST', body: form, headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(15_000),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : undefined, text };
+}
+
+async function getFile(url, path, token) {
+  const res = await fetch(`${url}${path}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(10_000) });
+  return { status: res.status, bytes: Buffer.from(await res.arrayBuffer()), type: res.headers.get('content-type') };
+}
+
+test('a file shared in a cross-node chat: uploaded through one node, posted at the home, downloaded through any node with the same URL, gone with the chat', { timeout: 60_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3);
+  // A on node 1, B on node 2 (the home).
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  const bytes = png(16, 16, 200);
+  // A's upload lands on node 3 (a load balancer's choice): stored there, posted at the home.
+  const up = await uploadPng(nodes[2].url, A.guest.token, bytes);
+  assert.equal(up.status, 201, up.text);
+  const msg = await expectEvent('B gets the file message', B.socket, 'chat:message', (m) => m.type === 'file');
+  assert.equal(msg.id, up.body.messageId);
+  assert.equal(msg.content.url, up.body.url);
+  await expectEvent('A (sent)', A.socket, 'chat:message:sent', (x) => x.id === up.body.messageId);
+  // B downloads it through each node with the same signed URL.
+  for (const node of nodes) {
+    const got = await getFile(node.url, up.body.url, B.guest.token);
+    assert.equal(got.status, 200, `download through ${node.name}: ${got.status}`);
+    assert.ok(got.bytes.equals(bytes), `the bytes through ${node.name}`);
+    assert.equal(got.type, 'image/png');
+  }
+  // A stranger's token is refused through another node too.
+  const stranger = await createGuest(nodes[0].url, uname('S'));
+  assert.equal((await getFile(nodes[0].url, up.body.url, stranger.token)).status, 403);
+  // The chat ends at the home: the file goes from node 3 as well.
+  assertOk(await ackOf(B.socket, 'chat:leave', undefined), 'B leaves');
+  await until('the file is gone after the chat ended', async () => {
+    const got = await getFile(nodes[2].url, up.body.url, B.guest.token);
+    return got.status === 404 ? got : new Error(`status ${got.status}`);
+  });
 });
