@@ -261,6 +261,17 @@ async fn create_guest(
     if app.draining.load(Ordering::Relaxed) || app.memory.busy() {
         return Err(SignalError::ServerBusy.into());
     }
+    if let Some(cluster) = &app.cluster {
+        // The same limit across the cluster: a load balancer spreads one address's requests.
+        let key = crate::limits::limit_key(peer.ip());
+        if let Ok(Some(wait)) = cluster.count_creation(key, app.creations_per_min).await {
+            app.http_metrics
+                .rate_limited
+                .with_label_values(&["guest_creation"])
+                .inc();
+            return Err(ApiError::rate_limited(crate::limits::RetryAfter(wait)));
+        }
+    }
     let username = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -65,6 +65,8 @@ pub struct App {
     supervisor: Arc<supervise::Supervisor>,
     /// The nodes sharing one Redis (`--redis-url`); `None` for a single node.
     cluster: Option<cluster::Cluster>,
+    /// `--guest-creations-per-min`, counted cluster-wide too with `--redis-url`.
+    creations_per_min: u32,
 }
 
 fn core_config(c: &Config) -> CoreConfig {
@@ -303,6 +305,7 @@ pub async fn run(
         next_conn: AtomicU64::new(1),
         supervisor: supervisor.clone(),
         cluster: cluster.clone(),
+        creations_per_min: cfg.guest_creations_per_min,
     });
     sio::setup(&io, app.clone());
     supervisor.spawn_task("housekeeping", housekeeping(app.clone()));

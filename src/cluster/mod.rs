@@ -60,6 +60,20 @@ static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::n
 /// stores it.
 pub const FILE_PREFIX: &str = "tandem:f:";
 
+/// Per-address counters that must hold cluster-wide: `tandem:ip:<address>:…`.
+pub const IP_PREFIX: &str = "tandem:ip:";
+
+/// A fixed-window counter: `INCR`, the window's expiry on the first count; the ms left in the
+/// window when over `ARGV[1]`, else 0.
+static WINDOW_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local n = redis.call('INCR', KEYS[1]) \
+         if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+         if n > tonumber(ARGV[1]) then return math.max(redis.call('PTTL', KEYS[1]), 1) end \
+         return 0",
+    )
+});
+
 /// `SET key value PX ttl`.
 static SET_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new("redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
@@ -371,6 +385,27 @@ impl Cluster {
             .await?;
         let addr = owner.parse::<SocketAddr>().ok();
         Ok(addr.filter(|a| Some(a) != self.inner.http.get()))
+    }
+
+    /// Counts one guest creation from client address `ip` (its /64 for IPv6) across the
+    /// cluster: `Some(wait)` when the address made `limit` guests already in the current
+    /// minute (a fixed window starting at its first creation).
+    pub async fn count_creation(
+        &self,
+        ip: std::net::IpAddr,
+        limit: u32,
+    ) -> Result<Option<Duration>, Fault> {
+        let mut invocation = WINDOW_SCRIPT.prepare_invoke();
+        invocation
+            .key(format!("{IP_PREFIX}{ip}:guests"))
+            .arg(limit)
+            .arg(60_000);
+        let wait: i64 = self
+            .inner
+            .redis
+            .invoke(Command::SessionSet, &invocation)
+            .await?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
 
     /// Whether `node` is in the registry as last read.
