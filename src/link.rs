@@ -104,6 +104,7 @@ fn kind(msg: &ClusterMsg) -> BusKind {
         ClusterMsg::Paired { .. } | ClusterMsg::Released { .. } | ClusterMsg::Matched { .. } => {
             BusKind::Match
         }
+        ClusterMsg::CallState { .. } => BusKind::Call,
         ClusterMsg::Ack { .. } | ClusterMsg::Shutdown => BusKind::Control,
     }
 }
