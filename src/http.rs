@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tandem_signaling::{CallId, GuestInfo, SessionId, SignalError};
+use tandem_signaling::{CallId, GuestInfo, NodeId, SessionId, SignalError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::bearer;
@@ -411,19 +411,53 @@ struct IceServersResponse {
     ttl: u64,
 }
 
-/// The ICE servers a guest's browser should use: the bundled TURN server's `turn:` (UDP, TCP)
-/// and `turns:` URLs with REST credentials for `session` in `call`, or none when TURN is off
-/// (the media server is ICE-lite with host candidates, which browsers reach without STUN).
-fn ice_server_list(app: &App, session: SessionId, call: CallId) -> Vec<IceServer> {
+/// The ICE servers a guest's browser should use: the `turn:` (UDP, TCP) and `turns:` URLs of
+/// the TURN server next to the call's media server, with REST credentials for `session` in
+/// `call`, or none when TURN is off (the media server is ICE-lite with host candidates, which
+/// browsers reach without STUN).
+///
+/// `media` is the call's media node when it is another node of the cluster (the chat's home):
+/// its TURN server (from its registry entry) is the one that may relay to its media address,
+/// so its URLs are named; every node shares `--turn-secret`, so the credentials minted here
+/// are valid there (and revoked there too when the call ends, the call id being their grant).
+/// A media node missing from the registry (gone), or a registry that cannot be read:
+/// `service_unavailable`; one with TURN off: none.
+async fn ice_server_list(
+    app: &App,
+    session: SessionId,
+    call: CallId,
+    media: Option<NodeId>,
+) -> Result<Vec<IceServer>, ApiError> {
     let Some(turn) = &app.turn else {
-        return Vec::new();
+        return Ok(Vec::new());
+    };
+    let urls = match media {
+        None => turn.urls().to_vec(),
+        Some(node) => {
+            let cluster = app
+                .cluster
+                .as_ref()
+                .ok_or(SignalError::ServiceUnavailable)?;
+            let info = match cluster.node_info(node).await {
+                Ok(Some(info)) => info,
+                Ok(None) => return Err(SignalError::ServiceUnavailable.into()),
+                Err(f) => {
+                    tracing::debug!(error = %f, "a media node's registry entry could not be read");
+                    return Err(SignalError::ServiceUnavailable.into());
+                }
+            };
+            match info.turn {
+                Some(t) => crate::turn::urls(t.ip, t.port, t.tls_port),
+                None => return Ok(Vec::new()),
+            }
+        }
     };
     let (username, credential) = turn.credentials(&session.to_string(), &call.to_string());
-    vec![IceServer {
-        urls: turn.urls().to_vec(),
+    Ok(vec![IceServer {
+        urls,
         username: Some(username),
         credential: Some(credential),
-    }]
+    }])
 }
 
 async fn ice_servers(
@@ -435,9 +469,9 @@ async fn ice_servers(
         .ok_or(SignalError::Unauthorized)?;
     // Credentials only for a live guest in a ringing or accepted call (409 `no_call`
     // otherwise): TURN is for reaching the SFU, and they stop working with the call.
-    let call = app.hub.call_of(session).await?;
+    let (call, media) = app.hub.call_of(session).await?;
     let body = IceServersResponse {
-        ice_servers: ice_server_list(&app, session, call),
+        ice_servers: ice_server_list(&app, session, call, media).await?,
         ttl: app
             .turn
             .as_ref()

@@ -147,10 +147,11 @@ pub enum Command {
     AttachMedia(MediaPlane),
     /// The TURN server is up: revoke a call's credentials when the call ends.
     AttachTurn(TurnAccess),
-    /// The call (ringing or accepted) a live guest is in.
+    /// The call (ringing or accepted) a live guest is in, and (in a cluster) the node whose
+    /// media server terminates it when that is another node.
     CallOf {
         session: SessionId,
-        reply: oneshot::Sender<Result<CallId, SignalError>>,
+        reply: oneshot::Sender<Result<(CallId, Option<tandem_signaling::NodeId>), SignalError>>,
     },
     /// The chat a live guest is in, and its partner.
     ChatOf {
@@ -256,8 +257,12 @@ impl Hub {
         .await?
     }
 
-    /// The call `session` is in: `no_call` if none, `unauthorized` if the session is gone.
-    pub async fn call_of(&self, session: SessionId) -> Result<CallId, SignalError> {
+    /// The call `session` is in, with its media node when that is another node (the chat's
+    /// home in a cluster): `no_call` if none, `unauthorized` if the session is gone.
+    pub async fn call_of(
+        &self,
+        session: SessionId,
+    ) -> Result<(CallId, Option<tandem_signaling::NodeId>), SignalError> {
         self.ask(|reply| Command::CallOf { session, reply }).await?
     }
 
@@ -630,7 +635,10 @@ impl HubTask {
             Command::AttachTurn(turn) => self.turn = Some(turn),
             Command::CallOf { session, reply } => {
                 let answer = if self.core.session_alive(session, now) {
-                    self.core.call_of(session).ok_or(SignalError::NoCall)
+                    self.core
+                        .call_of(session)
+                        .map(|call| (call, self.core.media_node_of(session)))
+                        .ok_or(SignalError::NoCall)
                 } else {
                     Err(SignalError::Unauthorized)
                 };

@@ -341,6 +341,10 @@ pub async fn run(
                 cluster::Membership {
                     http: cluster::advertised_http(addr, node_ip),
                     media: media_addr,
+                    turn: app.turn.as_ref().map(|t| {
+                        let (ip, port, tls_port) = t.endpoint();
+                        cluster::TurnEndpoint { ip, port, tls_port }
+                    }),
                     load: node_load(app.signaling_metrics.clone(), shared_stats.clone()),
                 },
             )

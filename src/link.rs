@@ -121,6 +121,7 @@ fn kind(msg: &ClusterMsg) -> BusKind {
         ClusterMsg::Paired { .. } | ClusterMsg::Released { .. } | ClusterMsg::Matched { .. } => {
             BusKind::Match
         }
+        ClusterMsg::CallState { .. } => BusKind::Call,
         ClusterMsg::Ack { .. } | ClusterMsg::Shutdown => BusKind::Control,
     }
 }

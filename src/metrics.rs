@@ -911,6 +911,7 @@ pub const REDIS_COMMANDS: &[&str] = &[
     "match_len",
     "session_get",
     "session_set",
+    "node_entry",
 ];
 
 /// Why a Redis command failed, as the `kind` label (a fixed set).

@@ -115,6 +115,8 @@ pub struct TurnSettings {
 #[derive(Clone)]
 pub struct TurnAccess {
     urls: Vec<String>,
+    /// Where this server listens (`--node-ip`, the bound TURN and TLS ports; TLS 0 when off).
+    endpoint: (IpAddr, u16, u16),
     secret: Vec<u8>,
     ttl: Duration,
     controls: Vec<mpsc::Sender<Control>>,
@@ -124,6 +126,12 @@ impl TurnAccess {
     /// The `turn:`/`turns:` URLs guests get.
     pub fn urls(&self) -> &[String] {
         &self.urls
+    }
+
+    /// The address in the URLs, the UDP/TCP port and the TLS port (0: no TLS), for the
+    /// cluster's node registry.
+    pub fn endpoint(&self) -> (IpAddr, u16, u16) {
+        self.endpoint
     }
 
     /// REST credentials (username, password) for guest `session` in call `call`: valid for the
@@ -253,6 +261,20 @@ fn host(ip: IpAddr) -> String {
     }
 }
 
+/// The `turn:` (UDP, TCP) and `turns:` (unless `tls_port` is 0) URLs of a TURN server at `ip`:
+/// this node's, or (in a cluster) another node's, from its registry entry.
+pub fn urls(ip: IpAddr, port: u16, tls_port: u16) -> Vec<String> {
+    let h = host(ip);
+    let mut urls = vec![
+        format!("turn:{h}:{port}?transport=udp"),
+        format!("turn:{h}:{port}?transport=tcp"),
+    ];
+    if tls_port != 0 {
+        urls.push(format!("turns:{h}:{tls_port}?transport=tcp"));
+    }
+    urls
+}
+
 /// Binds the TURN ports and starts the workers; returns the credential minter.
 pub async fn start(
     settings: TurnSettings,
@@ -313,14 +335,7 @@ pub async fn start(
         "TURN refuses this host's own addresses as peers"
     );
 
-    let h = host(settings.node_ip);
-    let mut urls = vec![
-        format!("turn:{h}:{port}?transport=udp"),
-        format!("turn:{h}:{port}?transport=tcp"),
-    ];
-    if tls_port != 0 {
-        urls.push(format!("turns:{h}:{tls_port}?transport=tcp"));
-    }
+    let urls = urls(settings.node_ip, port, tls_port);
     let quota = Arc::new(UserQuota::new(settings.max_allocations_per_user));
     let mut inboxes = Vec::with_capacity(n);
     let mut controls = Vec::with_capacity(n);
@@ -344,6 +359,7 @@ pub async fn start(
     }
     let access = TurnAccess {
         urls,
+        endpoint: (settings.node_ip, port, tls_port),
         secret: settings.secret.clone(),
         ttl: settings.credential_ttl,
         controls,

@@ -165,6 +165,14 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
+    /// No calls; the first call's id is `after + 1`.
+    pub(crate) fn numbered_after(after: u64) -> Self {
+        Self {
+            last: after,
+            ..Self::default()
+        }
+    }
+
     /// `caller` calls `callee` in `room`: the new call rings (`call:incoming` to the callee).
     /// Refused with `call_in_progress` if the room has a call.
     pub(crate) fn request(
@@ -177,7 +185,7 @@ impl Calls {
         if self.by_room.contains_key(&room) {
             return Err(SignalError::CallInProgress);
         }
-        self.last += 1;
+        self.last = self.last.wrapping_add(1);
         let id = CallId(self.last);
         let call = Call {
             id,
@@ -239,6 +247,11 @@ impl Calls {
     /// The room's call (ringing or accepted), if any.
     pub(crate) fn current(&self, room: RoomId) -> Option<CallId> {
         self.by_room.get(&room).map(|c| c.id)
+    }
+
+    /// The two guests of the room's call (caller, callee), if it has one.
+    pub(crate) fn guests(&self, room: RoomId) -> Option<[SessionId; 2]> {
+        self.by_room.get(&room).map(|c| c.guests)
     }
 
     /// The room's call if `guest` is in it.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::ids::NodeId;
-use crate::ids::{ConnId, MessageId, RoomId, SessionId};
+use crate::ids::{CallId, ConnId, MessageId, RoomId, SessionId};
 use crate::SignalError;
 
 /// The first byte of every encoded [`ClusterMsg`]; a node refuses other versions.
@@ -78,6 +78,16 @@ pub enum ClusterMsg {
     /// Home → guest's node: `sid`'s chat `room` ended (its end was emitted before); the
     /// session is that node's again.
     Released { sid: SessionId, room: RoomId },
+    /// Home → guest's node: `sid`'s call in its chat `room` (homed at the sender) is `call`
+    /// (ringing or accepted; its media terminate at the sender's media server), or (`None`)
+    /// it has none any more. Sent before the events that start or end the call, to every node
+    /// the guest has a socket on (or had, while the call lasts), so that the guest's node
+    /// answers `/api/ice-servers` for it and revokes what it handed out when the call ends.
+    CallState {
+        sid: SessionId,
+        room: RoomId,
+        call: Option<CallId>,
+    },
     /// Any node → the seeker's node: the cluster's matchmaker paired `seeker` (a guest of the
     /// receiving node) with `partner` of `partner_node`, and the node whose request formed the
     /// pair holds neither (a cooldown that ended, say): the receiver takes it as its own
@@ -134,7 +144,8 @@ impl ClusterMsg {
             | Self::Emit { sid, .. }
             | Self::Paired { sid, .. }
             | Self::Released { sid, .. }
-            | Self::PostFile { sid, .. } => Some(*sid),
+            | Self::PostFile { sid, .. }
+            | Self::CallState { sid, .. } => Some(*sid),
             Self::Matched { seeker, .. } => Some(*seeker),
             Self::Ack { .. }
             | Self::Delivered { .. }
@@ -275,6 +286,16 @@ mod tests {
                 partner_name: "b".into(),
                 partner_node: NodeId::from_raw(3),
             },
+            ClusterMsg::CallState {
+                sid,
+                room,
+                call: Some(CallId(u64::MAX - 1)),
+            },
+            ClusterMsg::CallState {
+                sid,
+                room,
+                call: None,
+            },
             ClusterMsg::Shutdown,
         ]
     }
@@ -298,8 +319,9 @@ mod tests {
         }
 
         #[test]
-        fn mutated_messages_never_panic(i in 0usize..7, at in any::<usize>(), b in any::<u8>()) {
-            let mut bytes = samples()[i].encode();
+        fn mutated_messages_never_panic(i in any::<usize>(), at in any::<usize>(), b in any::<u8>()) {
+            let samples = samples();
+            let mut bytes = samples[i % samples.len()].encode();
             let at = at % bytes.len();
             bytes[at] = b;
             let _ = ClusterMsg::decode(&bytes);

@@ -83,6 +83,15 @@ struct Cluster {
     others: Stats,
     /// Home side: the nodes that store files of each room (told when the chat ends).
     file_nodes: HashMap<RoomId, Vec<NodeId>>,
+    /// Home side: guests whose call changed during this input, with the call's room: their
+    /// nodes are told ([`ClusterMsg::CallState`]) ahead of the input's other outputs.
+    call_sync: Vec<(RoomId, SessionId)>,
+    /// Home side: each remote guest's call (and its room) and the nodes told of it, which are
+    /// told its end too (also a node the guest has left since).
+    told: HashMap<SessionId, (RoomId, CallId, Vec<NodeId>)>,
+    /// Guest's-node side: the call of a local guest whose chat is homed at another node, as
+    /// that home (the call's media node) said: (home, room, call).
+    remote_calls: HashMap<SessionId, (NodeId, RoomId, CallId)>,
 }
 
 impl Cluster {
@@ -160,14 +169,22 @@ impl Core {
     pub fn new(cfg: CoreConfig, seed: [u8; 32], now: Instant, unix_ms: u64) -> Self {
         let mut timers = Timers::default();
         timers.schedule(now + SWEEP_INTERVAL, Timer::Sweep);
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        // In a cluster a call's id must be unique across nodes (it is the grant of the call's
+        // TURN credentials, which every node that handed some out revokes when the call ends):
+        // each core numbers its calls from a random start below 2^62.
+        let calls = match cfg.node {
+            Some(_) => Calls::numbered_after(rng.next_u64() >> 2),
+            None => Calls::default(),
+        };
         Self {
-            rng: ChaCha20Rng::from_seed(seed),
+            rng,
             epoch: now,
             epoch_unix_ms: unix_ms,
             sessions: Sessions::new(cfg.clone(), now),
             matchmaker: Matchmaker::new(cfg.repair_cooldown, MAX_BLOCKS_PER_GUEST),
             rooms: Rooms::new(cfg.away_queue_max),
-            calls: Calls::default(),
+            calls,
             counters: Counters::default(),
             broadcast: Broadcast::new(cfg.stats_interval),
             timers,
@@ -301,6 +318,12 @@ impl Core {
                 if !local && c.homes.get(&id) != Some(&(node, room)) {
                     if let Some((_, old)) = c.homes.insert(id, (node, room)) {
                         c.remote_rooms.remove(&old);
+                        if let Some(&(_, r, call)) = c.remote_calls.get(&id) {
+                            if r != room {
+                                c.remote_calls.remove(&id);
+                                self.out.push(Output::CallEnded(call));
+                            }
+                        }
                     }
                     c.remote_rooms.insert(room, node);
                     if self.sessions.state(id) == Some(State::Searching) {
@@ -588,8 +611,9 @@ impl Core {
             }
             ClientEvent::CallRequest { video } => self.call_request(id, video, now),
             ClientEvent::CallAccept => {
-                let (room, _) = self.chat(id)?;
+                let (room, partner) = self.chat(id)?;
                 self.calls.accept(room, id, now, &mut self.out)?;
+                self.call_changed(room, [id, partner]);
                 self.counters.calls_accepted += 1;
                 Ok(Ack::Room { room_id: room })
             }
@@ -823,10 +847,24 @@ impl Core {
         self.rooms.partner(room, id).map(|partner| (room, partner))
     }
 
-    /// The call (ringing or accepted) `id` is in, if any.
+    /// The call (ringing or accepted) `id` is in, if any. In a cluster, for a guest of this
+    /// node whose chat is homed at another node: its call there, as that node last said
+    /// ([`ClusterMsg::CallState`]); see [`Core::media_node_of`].
     pub fn call_of(&self, id: SessionId) -> Option<CallId> {
+        if let Some(c) = self.cluster.as_ref() {
+            if c.homes.contains_key(&id) {
+                return c.remote_calls.get(&id).map(|(_, _, call)| *call);
+            }
+        }
         let (room, _) = self.chat_of(id)?;
         self.calls.call_of(room, id)
+    }
+
+    /// (Cluster only.) The node whose media server terminates `id`'s call (its chat's home),
+    /// when `id` is in a call ([`Core::call_of`]) and that node is not this one.
+    pub fn media_node_of(&self, id: SessionId) -> Option<NodeId> {
+        let c = self.cluster.as_ref()?;
+        c.remote_calls.get(&id).map(|(node, _, _)| *node)
     }
 
     /// Posts a shared file (or voice note) from `id` into its chat `room` as a `file` (`voice`)
@@ -1058,6 +1096,18 @@ impl Core {
         c.homes.remove(&g);
         c.remote_rooms.remove(&room);
         let partner = c.partners.remove(&g);
+        let had_call = c.remote_calls.get(&g).is_some_and(|(_, r, _)| *r == room);
+        if had_call {
+            // Its media went through the dead home's SFU: the call is over.
+            self.forget_remote_call(g, Some(room));
+            let ended = CallEnded {
+                room_id: room,
+                reason: CallEndReason::Failed,
+            };
+            self.out
+                .emit(Target::Guest(g), ServerEvent::CallEnded(ended));
+            self.counters.calls_ended[CallEndReason::Failed as usize] += 1;
+        }
         let Some((p, name)) = partner else {
             // Nothing to open again: the chat is over.
             self.sessions.set_state(g, State::Online);
@@ -1203,6 +1253,7 @@ impl Core {
                 }
             }
             ClusterMsg::Released { sid, room } => self.release_local(sid, room, now),
+            ClusterMsg::CallState { sid, room, call } => self.remote_call(from, sid, room, call),
             ClusterMsg::Matched {
                 seeker,
                 partner,
@@ -1278,6 +1329,12 @@ impl Core {
             false
         };
         self.connected(sid, conn, returning, now);
+        // The guest's node (maybe a new one) learns its call too.
+        if let Some((room, partner)) = self.chat_of(sid) {
+            if self.calls.call_of(room, sid).is_some() {
+                self.call_changed(room, [sid, partner]);
+            }
+        }
     }
 
     /// A client event of `sid`'s socket `rconn` on `from`: the ack for it.
@@ -1363,6 +1420,7 @@ impl Core {
 
     /// `id`'s chat `room` at another node ended: the guest is this node's again.
     fn release_local(&mut self, id: SessionId, room: RoomId, now: Instant) {
+        self.forget_remote_call(id, Some(room));
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -1374,6 +1432,46 @@ impl Core {
                 self.sessions.set_state(id, State::Online);
             }
             self.broadcast.changed(now);
+        }
+    }
+
+    /// Guest's node: the home `from` says `sid`'s call in `room` is `call` (`None`: over).
+    /// A call that ends, or that another replaces, is revoked here ([`Output::CallEnded`]).
+    fn remote_call(&mut self, from: NodeId, sid: SessionId, room: RoomId, call: Option<CallId>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match call {
+            Some(call) => {
+                // Only the guest's current chat's home speaks for its call.
+                if c.homes.get(&sid) != Some(&(from, room)) {
+                    return;
+                }
+                if let Some((_, _, old)) = c.remote_calls.insert(sid, (from, room, call)) {
+                    if old != call {
+                        self.out.push(Output::CallEnded(old));
+                    }
+                }
+            }
+            None => {
+                if c.remote_calls.get(&sid).is_some_and(|(n, _, _)| *n == from) {
+                    self.forget_remote_call(sid, Some(room));
+                }
+            }
+        }
+    }
+
+    /// Guest's node: `id`'s call at another node (in `room`, or in any) is over for this node:
+    /// what was handed out for it is revoked.
+    fn forget_remote_call(&mut self, id: SessionId, room: Option<RoomId>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if let Some(&(_, r, call)) = c.remote_calls.get(&id) {
+            if room.is_none_or(|room| room == r) {
+                c.remote_calls.remove(&id);
+                self.out.push(Output::CallEnded(call));
+            }
         }
     }
 
@@ -1443,6 +1541,57 @@ impl Core {
             return;
         };
         let outputs = self.out.take_from(start);
+        // Calls that changed: the guests' nodes learn it before the events that tell the
+        // guests (a client that saw `call:incoming` finds its call at its node).
+        let mut sync = std::mem::take(&mut c.call_sync);
+        sync.sort();
+        sync.dedup();
+        for (room, id) in sync {
+            let current = self.calls.call_of(room, id);
+            if c.told
+                .get(&id)
+                .is_some_and(|(_, call, _)| Some(*call) != current)
+            {
+                if let Some((room, _, nodes)) = c.told.remove(&id) {
+                    for node in nodes {
+                        let msg = ClusterMsg::CallState {
+                            sid: id,
+                            room,
+                            call: None,
+                        };
+                        self.out.push(Output::Bus { to: node, msg });
+                    }
+                }
+            }
+            let Some(call) = current else {
+                continue;
+            };
+            let mut nodes: Vec<NodeId> = c
+                .remote_of
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .map(|(n, _)| *n)
+                .collect();
+            nodes.extend(c.visitors.get(&id).copied().flatten());
+            nodes.sort();
+            nodes.dedup();
+            if nodes.is_empty() {
+                continue;
+            }
+            let told = c.told.entry(id).or_insert_with(|| (room, call, Vec::new()));
+            for node in nodes {
+                let msg = ClusterMsg::CallState {
+                    sid: id,
+                    room,
+                    call: Some(call),
+                };
+                self.out.push(Output::Bus { to: node, msg });
+                if !told.2.contains(&node) {
+                    told.2.push(node);
+                }
+            }
+        }
         for out in outputs {
             match out {
                 Output::Emit {
@@ -1698,6 +1847,7 @@ impl Core {
             .end_room(room, [actor, other], told, &mut self.out)
         {
             self.counters.calls_ended[CallEndReason::PartnerLeft as usize] += 1;
+            self.call_changed(room, [actor, other]);
         }
         for id in [actor, other] {
             self.sessions.set_state(id, State::Online);
@@ -1790,6 +1940,7 @@ impl Core {
         let call = self
             .calls
             .request(room, [id, partner], video, &mut self.out)?;
+        self.call_changed(room, [id, partner]);
         let ring_end = now + self.cfg.ring_timeout;
         self.timers.schedule(ring_end, Timer::Ring(room, call));
         self.counters.calls_requested += 1;
@@ -1798,8 +1949,20 @@ impl Core {
 
     /// Ends the room's call `call` (if it is still the current one), telling both guests why.
     fn end_call(&mut self, room: RoomId, call: CallId, reason: CallEndReason) {
+        let guests = self.calls.guests(room);
         if self.calls.end(room, call, reason, &mut self.out) {
             self.counters.calls_ended[reason as usize] += 1;
+            if let Some(guests) = guests {
+                self.call_changed(room, guests);
+            }
+        }
+    }
+
+    /// (Cluster only.) The call of `room` started, was accepted or ended: the nodes of those
+    /// of `guests` that are remote learn it when this input's outputs are routed.
+    fn call_changed(&mut self, room: RoomId, guests: [SessionId; 2]) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.call_sync.extend(guests.map(|g| (room, g)));
         }
     }
 
@@ -1886,6 +2049,7 @@ impl Core {
     }
 
     fn remove_session(&mut self, id: SessionId, now: Instant) {
+        self.forget_remote_call(id, None);
         if let Some(c) = self.cluster.as_mut() {
             // Gone from here while its chat lives elsewhere: for the home it is away (its
             // grace period ends the chat).

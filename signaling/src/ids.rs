@@ -98,9 +98,13 @@ pub struct ClientKey(pub u128);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct ConnId(pub u64);
 
-/// One call between the two guests of a room, numbered by the core from 1. Never on the wire:
-/// it names a call between the core and the media server.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+/// One call between the two guests of a room, numbered by the core from 1 (a clustered core
+/// from a random start, so that the calls of different nodes never share an id: the id is
+/// the grant of the call's TURN credentials, which any node may revoke). Never on the client
+/// wire: it names a call between the core and the media server, and between the nodes of a
+/// cluster (a JSON number).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct CallId(pub u64);
 
 impl fmt::Display for CallId {

@@ -93,6 +93,13 @@ struct Sim {
     dead: HashSet<usize>,
     /// `Output::RoomClosed` by node.
     closed: Vec<(usize, RoomId)>,
+    /// Each node's media commands, in order.
+    media: Vec<(usize, MediaCommand)>,
+    /// Each node's `Output::CallEnded` (what it handed out for the call is revoked there).
+    call_ends: Vec<(usize, CallId)>,
+    /// Each `call:*` event as a node writes it to a guest's sockets, with what that node's
+    /// `call_of` says of the guest at that moment.
+    call_events: Vec<(usize, SessionId, String, Option<CallId>)>,
 }
 
 impl Sim {
@@ -130,6 +137,49 @@ impl Sim {
             claims: HashMap::new(),
             dead: HashSet::new(),
             closed: Vec::new(),
+            media: Vec::new(),
+            call_ends: Vec::new(),
+            call_events: Vec::new(),
+        }
+    }
+
+    /// The node whose core holds `g`'s chat (its home).
+    fn home(&self, g: G) -> usize {
+        (0..self.cores.len())
+            .find(|&i| self.cores[i].chat_of(g.id).is_some())
+            .expect("in a chat")
+    }
+
+    /// A report of `node`'s media server.
+    fn media_event(&mut self, node: usize, event: MediaEvent) {
+        self.cores[node].handle_media(event, self.now);
+        self.pump();
+    }
+
+    /// The last media command of `node`.
+    fn last_media(&self, node: usize) -> Option<&MediaCommand> {
+        self.media
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == node)
+            .map(|(_, c)| c)
+    }
+
+    /// The calls `node` revoked, in order.
+    fn ended_at(&self, node: usize) -> Vec<CallId> {
+        self.call_ends
+            .iter()
+            .filter(|(n, _)| *n == node)
+            .map(|(_, c)| *c)
+            .collect()
+    }
+
+    fn note_call_event(&mut self, node: usize, to: Target, name: &str) {
+        if name.starts_with("call:") {
+            for id in self.targets(node, to) {
+                let call = self.cores[node].call_of(id);
+                self.call_events.push((node, id, name.to_owned(), call));
+            }
         }
     }
 
@@ -270,6 +320,7 @@ impl Sim {
         match out {
             Output::Emit { to, event } => {
                 let name = event.name();
+                self.note_call_event(node, to, name);
                 let payload = serde_json::to_value(&event).unwrap();
                 for id in self.targets(node, to) {
                     self.see(id, name, payload.clone());
@@ -291,6 +342,7 @@ impl Sim {
                 payload,
                 ack,
             } => {
+                self.note_call_event(node, to, &name);
                 for id in self.targets(node, to) {
                     self.see(id, &name, payload.clone());
                 }
@@ -311,6 +363,8 @@ impl Sim {
             }
             Output::Match(req) => self.matchmake(node, req),
             Output::RoomClosed(room) => self.closed.push((node, room)),
+            Output::Media(cmd) => self.media.push((node, cmd)),
+            Output::CallEnded(call) => self.call_ends.push((node, call)),
             _ => {}
         }
     }
@@ -948,4 +1002,263 @@ fn a_session_that_expires_on_its_node_ends_its_chat_at_the_home() {
     assert!(sim.cores[1].chat_of(b.id).is_none());
     // The home forgot the visitor.
     assert_eq!(sim.cores[1].sizes()[0], ("sessions", 1));
+}
+
+const SDP: &str =
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+const CAND: &str = "candidate:1 1 udp 2122260223 192.0.2.1 54321 typ host";
+
+/// The call script: a and b are paired, a calls, b accepts, both offer and trickle, the media
+/// server (at the chat's home) answers and reports both connected, b hangs up. Returns the
+/// guests, the home and the call.
+fn call_script(sim: &mut Sim, na: usize, nb: usize) -> (G, G, usize, CallId) {
+    let a = sim.guest(na, "Ann");
+    let b = sim.guest(nb, "Bob");
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    let home = sim.home(a);
+    let room = sim.cores[home].chat_of(a.id).unwrap().0;
+    assert_eq!(
+        sim.ev(a, "call:request", json!({"video": true})),
+        Ok(json!({"ok": true, "roomId": room.to_string()}))
+    );
+    assert_eq!(
+        sim.ev(b, "call:accept", Value::Null),
+        Ok(json!({"ok": true, "roomId": room.to_string()}))
+    );
+    let Some(&MediaCommand::Open { call, guests, .. }) = sim.last_media(home) else {
+        panic!("the home opens the media session");
+    };
+    assert_eq!(guests, [a.id, b.id]);
+    for (i, g) in [a, b].into_iter().enumerate() {
+        assert_eq!(
+            sim.ev(g, "webrtc:offer", json!({"sdp": SDP})),
+            Ok(json!({"ok": true}))
+        );
+        assert_eq!(
+            sim.last_media(home),
+            Some(&MediaCommand::Offer {
+                call,
+                guest: g.id,
+                sdp: SDP.into()
+            })
+        );
+        let candidate = json!({"candidate": CAND, "sdpMid": "0", "sdpMLineIndex": 0});
+        sim.ev(g, "webrtc:ice-candidate", candidate).unwrap();
+        assert!(matches!(
+            sim.last_media(home),
+            Some(MediaCommand::Candidate { guest, .. }) if *guest == g.id
+        ));
+        let answer = MediaEvent::Answer {
+            call,
+            guest: g.id,
+            sdp: format!("v=0 answer {i}"),
+        };
+        sim.media_event(home, answer);
+        let candidate = MediaEvent::Candidate {
+            call,
+            guest: g.id,
+            candidate: CAND.into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        };
+        sim.media_event(home, candidate);
+    }
+    // A server renegotiation towards a, answered by a.
+    let offer = MediaEvent::Offer {
+        call,
+        guest: a.id,
+        sdp: "v=0 server offer".into(),
+    };
+    sim.media_event(home, offer);
+    assert_eq!(
+        sim.ev(a, "webrtc:answer", json!({"sdp": SDP})),
+        Ok(json!({"ok": true}))
+    );
+    for g in [a, b] {
+        sim.media_event(home, MediaEvent::Connected { call, guest: g.id });
+    }
+    sim.advance(secs(5));
+    assert_eq!(sim.ev(b, "call:end", Value::Null), Ok(json!({"ok": true})));
+    assert_eq!(sim.last_media(home), Some(&MediaCommand::Close { call }));
+    (a, b, home, call)
+}
+
+#[test]
+fn a_call_across_nodes_runs_at_the_chats_home_as_on_one_node() {
+    let mut one = Sim::new(0);
+    let (a1, b1, _, _) = call_script(&mut one, 0, 0);
+    let mut two = Sim::new(2);
+    let (a2, b2, home, call) = call_script(&mut two, 0, 1);
+    assert_eq!(
+        home, 1,
+        "b's node paired them: the room's home, the media node"
+    );
+    for (g1, g2) in [(a1, a2), (b1, b2)] {
+        assert_eq!(one.transcript(g1.id), two.transcript(g2.id));
+    }
+    assert_eq!(
+        two.names(a2.id),
+        [
+            "connection:established",
+            "match:searching",
+            "match:found",
+            "call:accepted",
+            "webrtc:answer",
+            "webrtc:ice-candidate",
+            "webrtc:offer",
+            "call:ended",
+        ]
+    );
+    // Every media command went to the home's media server, the same ones as on one node.
+    assert!(two.media.iter().all(|(n, _)| *n == home));
+    assert_eq!(one.media.len(), two.media.len());
+    // The call ended: the home revoked it, and so did a's node (which knew of it).
+    assert_eq!(two.ended_at(home), [call]);
+    assert_eq!(two.ended_at(0), [call]);
+    assert_eq!(one.ended_at(0).len(), 1);
+}
+
+#[test]
+fn the_guests_node_knows_its_call_and_the_media_node_until_the_call_ends() {
+    let mut sim = Sim::new(3);
+    let a = sim.guest(0, "Ann");
+    let b = sim.guest(1, "Bob");
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    let home = sim.home(a);
+    assert_eq!(home, 1);
+    let media = sim.ids[home];
+    assert_eq!(sim.cores[0].call_of(a.id), None);
+    // b (at the home) calls a (remote): a's node knows the call before a hears it ring.
+    sim.ev(b, "call:request", json!({"video": false})).unwrap();
+    let call = sim.cores[home].call_of(a.id).expect("ringing");
+    assert_eq!(sim.cores[home].call_of(b.id), Some(call));
+    assert_eq!(sim.cores[home].media_node_of(a.id), None, "terminated here");
+    assert_eq!(sim.cores[0].call_of(a.id), Some(call));
+    assert_eq!(sim.cores[0].media_node_of(a.id), Some(media));
+    assert_eq!(
+        sim.call_events,
+        [(0, a.id, "call:incoming".to_owned(), Some(call)),]
+    );
+    sim.ev(a, "call:accept", Value::Null).unwrap();
+    assert_eq!(sim.cores[0].call_of(a.id), Some(call));
+    assert!(sim.call_ends.is_empty());
+
+    // a's socket moves to a third node mid-call: that node learns the call from the home, and
+    // a's offer (an ICE restart towards the same media node) reaches the home's media server.
+    sim.disconnect(a);
+    let a = sim.connect(a, 2);
+    let established = sim.seen[&a.id]
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "connection:established")
+        .unwrap();
+    assert_eq!(
+        established.1["room"]["call"],
+        json!({"state": "connecting", "video": false})
+    );
+    assert_eq!(sim.cores[2].call_of(a.id), Some(call));
+    assert_eq!(sim.cores[2].media_node_of(a.id), Some(media));
+    sim.ev(a, "webrtc:offer", json!({"sdp": SDP})).unwrap();
+    assert_eq!(
+        sim.last_media(home),
+        Some(&MediaCommand::Offer {
+            call,
+            guest: a.id,
+            sdp: SDP.into()
+        })
+    );
+    // A node that is not the chat's home cannot speak for the call.
+    let room = sim.cores[home].chat_of(a.id).unwrap().0;
+    let forged = ClusterMsg::CallState {
+        sid: a.id,
+        room,
+        call: Some(CallId(7)),
+    };
+    sim.cores[2].handle_bus(sim.ids[0], forged, sim.now);
+    let forged_end = ClusterMsg::CallState {
+        sid: a.id,
+        room,
+        call: None,
+    };
+    sim.cores[2].handle_bus(sim.ids[0], forged_end, sim.now);
+    assert_eq!(sim.cores[2].call_of(a.id), Some(call));
+    assert!(sim.cores[2].poll_output().is_none());
+
+    // a hangs up from the third node: every node told of the call revokes it (the one a left
+    // too), the home first closes the media session; a's node knows before a is told.
+    sim.call_events.clear();
+    sim.ev(a, "call:end", Value::Null).unwrap();
+    assert_eq!(sim.ended_at(home), [call]);
+    assert_eq!(sim.ended_at(0), [call]);
+    assert_eq!(sim.ended_at(2), [call]);
+    for node in 0..3 {
+        assert_eq!(sim.cores[node].call_of(a.id), None);
+        assert_eq!(sim.cores[node].media_node_of(a.id), None);
+    }
+    assert_eq!(
+        sim.call_events,
+        [
+            (home, b.id, "call:ended".to_owned(), None),
+            (2, a.id, "call:ended".to_owned(), None),
+        ]
+    );
+
+    // A second call rings out: the timeout ends it at a's node too.
+    sim.call_ends.clear();
+    sim.ev(a, "call:request", json!({"video": true})).unwrap();
+    let second = sim.cores[2].call_of(a.id).expect("ringing");
+    assert_ne!(second, call);
+    sim.advance(secs(31));
+    assert_eq!(sim.ended_at(2), [second]);
+    assert_eq!(sim.cores[2].call_of(a.id), None);
+    // a's first node still holds its session (the chat's visitor there): it is told too.
+    assert_eq!(sim.ended_at(0), [second]);
+
+    // A third call ends with the chat (b leaves): a's node revokes it, then a is released.
+    sim.call_ends.clear();
+    sim.ev(a, "call:request", json!({"video": true})).unwrap();
+    let third = sim.cores[2].call_of(a.id).expect("ringing");
+    sim.ev(b, "chat:leave", Value::Null).unwrap();
+    assert_eq!(sim.ended_at(2), [third]);
+    assert_eq!(sim.ended_at(home), [third]);
+    assert_eq!(sim.cores[2].call_of(a.id), None);
+    assert!(sim.cores[2].chat_of(a.id).is_none());
+    let reasons: Vec<Value> = sim.seen[&a.id]
+        .iter()
+        .filter(|(n, _)| n == "call:ended")
+        .map(|(_, p)| p["reason"].clone())
+        .collect();
+    assert_eq!(reasons, ["hangup", "timeout", "partner_left"]);
+}
+
+#[test]
+fn calls_of_different_nodes_never_share_an_id() {
+    let mut sim = Sim::new(2);
+    let mut calls = Vec::new();
+    for node in [0, 1] {
+        let a = sim.guest(node, "Ann");
+        let b = sim.guest(node, "Bob");
+        sim.ev(a, "match:start", json!({})).unwrap();
+        sim.ev(b, "match:start", json!({})).unwrap();
+        assert_eq!(sim.home(a), node);
+        sim.ev(a, "call:request", json!({"video": true})).unwrap();
+        calls.push(sim.cores[node].call_of(a.id).unwrap());
+        // Same-node chats tell no other node anything about their calls.
+        assert_eq!(sim.cores[node].media_node_of(a.id), None);
+    }
+    assert_ne!(calls[0], calls[1]);
+    assert!(
+        calls.iter().all(|c| c.0 > 1 << 20),
+        "random starts: {calls:?}"
+    );
+    // A single node still numbers its calls from 1.
+    let mut one = Sim::new(0);
+    let a = one.guest(0, "Ann");
+    let b = one.guest(0, "Bob");
+    one.ev(a, "match:start", json!({})).unwrap();
+    one.ev(b, "match:start", json!({})).unwrap();
+    one.ev(a, "call:request", json!({"video": true})).unwrap();
+    assert_eq!(one.cores[0].call_of(a.id), Some(CallId(1)));
 }

@@ -46,6 +46,8 @@ pub enum Command {
     /// The session mirror (`tandem:s:<sid>`).
     SessionGet,
     SessionSet,
+    /// One node's registry entry (`HGET`), when the view does not have it yet.
+    NodeEntry,
 }
 
 impl Command {
@@ -63,6 +65,7 @@ impl Command {
             Command::MatchLen => "match_len",
             Command::SessionGet => "session_get",
             Command::SessionSet => "session_set",
+            Command::NodeEntry => "node_entry",
         }
     }
 }
@@ -224,6 +227,20 @@ impl Redis {
             .await
     }
 
+    /// One plain command (not a script).
+    pub async fn query<T: FromRedisValue + Send>(
+        &self,
+        command: Command,
+        cmd: redis::Cmd,
+    ) -> Result<T, Fault> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            command,
+            async move { cmd.query_async::<T>(&mut conn).await },
+        )
+        .await
+    }
+
     /// Awaits `fut` for at most [`COMMAND_TIMEOUT`], recording its round trip or its failure.
     async fn timed<T>(
         &self,
@@ -347,6 +364,9 @@ mod tests {
             Command::MatchCooldownOver,
             Command::MatchDropNode,
             Command::MatchLen,
+            Command::SessionGet,
+            Command::SessionSet,
+            Command::NodeEntry,
         ] {
             assert!(crate::metrics::REDIS_COMMANDS.contains(&c.label()));
         }

@@ -33,7 +33,7 @@ pub use conn::Fault;
 use conn::{Command, Redis, COMMAND_TIMEOUT};
 pub use matchmaker::{MatchError, MatchMetrics, MatchSettings, Matchmaker, PairBlock, Paired};
 #[allow(unused_imports)] // the registry's vocabulary, for the next cluster-wide parts
-pub use registry::{Node, NodeInfo, NodeLoad, HEARTBEAT_INTERVAL, NODE_TTL};
+pub use registry::{Node, NodeInfo, NodeLoad, TurnEndpoint, HEARTBEAT_INTERVAL, NODE_TTL};
 
 /// The session mirror's keys: `tandem:s:<sid>` → `<home node>:<room>` (docs/cluster.md).
 pub const SESSION_PREFIX: &str = "tandem:s:";
@@ -148,6 +148,8 @@ struct Inner {
 pub struct Membership {
     pub http: SocketAddr,
     pub media: SocketAddr,
+    /// Its TURN server (`None`: TURN is off).
+    pub turn: Option<TurnEndpoint>,
     /// Reads the node's load (cheap: called once per heartbeat).
     pub load: Box<dyn Fn() -> NodeLoad + Send + Sync>,
 }
@@ -483,6 +485,26 @@ impl Cluster {
         self.inner.view.borrow().clone()
     }
 
+    /// The registry entry of node `id` (as the signaling core names nodes): from the live
+    /// view, else read from Redis (a node that joined since this node's last heartbeat);
+    /// `None` when the registry has none (the node is gone, or never was).
+    pub async fn node_info(&self, id: CoreNodeId) -> Result<Option<NodeInfo>, Fault> {
+        let id = bus_node(id).to_string();
+        let known = {
+            let view = self.inner.view.borrow();
+            view.iter().find(|n| n.id == id).map(|n| n.info.clone())
+        };
+        if known.is_some() {
+            return Ok(known);
+        }
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(registry::INFO_KEY).arg(&id);
+        let entry: Option<String> = self.inner.redis.query(Command::NodeEntry, cmd).await?;
+        Ok(entry
+            .filter(|e| e.len() <= registry::MAX_ENTRY_BYTES)
+            .and_then(|e| serde_json::from_str(&e).ok()))
+    }
+
     /// Changes of [`Cluster::nodes`].
     #[allow(dead_code)] // the bus and global matching (next steps) read it
     pub fn watch_nodes(&self) -> watch::Receiver<Arc<[Node]>> {
@@ -573,6 +595,7 @@ impl Heart {
             name: inner.name.clone(),
             http: self.me.http,
             media: self.me.media,
+            turn: self.me.turn,
             load: (self.me.load)(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_ms: self.started_ms,

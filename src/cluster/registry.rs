@@ -11,7 +11,7 @@
 //! node whose last beat is older than [`NODE_TTL`] from both keys, and reads back the live ones.
 //! Both keys expire [`KEYS_TTL`] after the last beat of any node.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub const KEYS_TTL: Duration = Duration::from_secs(60);
 /// Entries read at most (the registry is bounded whatever is in Redis).
 pub const MAX_NODES: usize = 1024;
 /// Largest entry accepted from Redis, in bytes.
-const MAX_ENTRY_BYTES: usize = 4096;
+pub const MAX_ENTRY_BYTES: usize = 4096;
 
 /// The sorted set of node ids by last beat.
 pub const NODES_KEY: &str = "tandem:{cluster}:nodes";
@@ -95,6 +95,19 @@ pub struct NodeLoad {
     pub stats: tandem_signaling::wire::Stats,
 }
 
+/// Where a node's bundled TURN server listens (published so that `/api/ice-servers` on any
+/// node can name the TURN server of a call's media node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnEndpoint {
+    /// The address in its `turn:` URLs (`--node-ip`).
+    pub ip: IpAddr,
+    /// UDP and TCP.
+    pub port: u16,
+    /// TLS; 0 when TLS is off.
+    #[serde(default)]
+    pub tls_port: u16,
+}
+
 /// A node's registry entry, as published (the id is the hash field).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -104,6 +117,9 @@ pub struct NodeInfo {
     pub http: SocketAddr,
     /// Its media address: `--node-ip` and the RTC UDP port.
     pub media: SocketAddr,
+    /// Its TURN server; absent when TURN is off (and in the entries of older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<TurnEndpoint>,
     pub load: NodeLoad,
     /// tandem's version.
     pub version: String,
@@ -188,6 +204,11 @@ mod tests {
             name: name.into(),
             http: "127.0.0.1:8080".parse().unwrap(),
             media: "127.0.0.1:7882".parse().unwrap(),
+            turn: Some(TurnEndpoint {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: 3478,
+                tls_port: 5349,
+            }),
             load: NodeLoad {
                 sockets: 3,
                 guests: 2,
@@ -254,5 +275,24 @@ mod tests {
         value["zone"] = "eu".into();
         let parsed: NodeInfo = serde_json::from_value(value).unwrap();
         assert_eq!(parsed, info("n"));
+    }
+
+    #[test]
+    fn entries_without_turn_parse_and_turn_is_published() {
+        let value = serde_json::to_value(info("n")).unwrap();
+        assert_eq!(
+            value["turn"],
+            serde_json::json!({"ip": "127.0.0.1", "port": 3478, "tls_port": 5349})
+        );
+        // An older node's entry (or one with TURN off) has none.
+        let mut old = value.clone();
+        old.as_object_mut().unwrap().remove("turn");
+        let parsed: NodeInfo = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.turn, None);
+        let off = NodeInfo {
+            turn: None,
+            ..info("n")
+        };
+        assert!(serde_json::to_value(off).unwrap().get("turn").is_none());
     }
 }

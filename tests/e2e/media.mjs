@@ -272,7 +272,8 @@ export function mediaPeer({ media = {}, config = {}, start = true } = {}) {
 
 /**
  * One guest's side of a call: an RTCPeerConnection with synthetic media, signalled to tandem over
- * `socket` with the `webrtc:*` events.
+ * `socket` with the `webrtc:*` events. `config` is added to its RTCConfiguration (e.g. the
+ * `iceServers` of `/api/ice-servers` and `iceTransportPolicy: 'relay'`).
  *
  * - `offer()`: createOffer → setLocalDescription → emit `webrtc:offer { sdp }` (ack must be ok);
  *   local candidates are trickled as `webrtc:ice-candidate { candidate, sdpMid, sdpMLineIndex }`
@@ -286,14 +287,14 @@ export function mediaPeer({ media = {}, config = {}, start = true } = {}) {
  * timeline of signalling steps for failure messages.
  */
 export class CallPeer {
-  constructor(socket, { name = 'peer', media = {}, start = true, ackCandidates = true } = {}) {
+  constructor(socket, { name = 'peer', media = {}, start = true, ackCandidates = true, config = {} } = {}) {
     this.socket = socket;
     this.name = name;
     this.ackCandidates = ackCandidates;
     this.errors = [];
     this.log = [];
     this.t0 = Date.now();
-    this.peer = mediaPeer({ media, start });
+    this.peer = mediaPeer({ media, start, config });
     this.pc = this.peer.pc;
     this.receiver = this.peer.receiver;
     this.offerSent = false;
