@@ -464,9 +464,12 @@ async fn ice_servers(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = bearer(headers.get(header::AUTHORIZATION))
-        .and_then(|t| app.tokens.verify(t))
+    let (session, username, token_exp_ms) = bearer(headers.get(header::AUTHORIZATION))
+        .and_then(|t| app.tokens.verify_named(t))
         .ok_or(SignalError::Unauthorized)?;
+    // In a cluster the request may land on a node that holds no socket of the guest: its
+    // record names the chat's home (the media node) and the call.
+    adopt(&app, session, username, token_exp_ms).await?;
     // Credentials only for a live guest in a ringing or accepted call (409 `no_call`
     // otherwise): TURN is for reaching the SFU, and they stop working with the call.
     let (call, media) = app.hub.call_of(session).await?;

@@ -250,6 +250,11 @@ impl Worker {
                 self.hub.send(Command::Claim { room, winner }).await;
                 result
             }
+            Job::Match(MatchRequest::CallRecord { sid, call }) => self
+                .cluster
+                .session_call(sid, call)
+                .await
+                .map_err(MatchError::Redis),
             Job::Match(MatchRequest::Reap { sid }) => self
                 .cluster
                 .session_reap(sid)

@@ -199,6 +199,12 @@ pub enum MatchRequest {
         partner: Option<(SessionId, String)>,
         ttl: std::time::Duration,
     },
+    /// The session record: `sid`'s call now (`None`: none), for a node that adopts the guest
+    /// mid-call (an HTTP request of it there, `/api/ice-servers`).
+    CallRecord {
+        sid: SessionId,
+        call: Option<crate::ids::CallId>,
+    },
     /// The home of `room` (a chat of a guest of this node) is gone: claim the room for this
     /// node, once for the cluster (the first claim wins). Answered through
     /// [`crate::Core::handle_claim`] with the winner.
@@ -226,6 +232,8 @@ pub struct RecordHome {
     pub partner: Option<(SessionId, String)>,
     /// `node` is in the registry (else the room is claimed for the adopting node).
     pub alive: bool,
+    /// The guest's call there (ringing or accepted), if any.
+    pub call: Option<crate::ids::CallId>,
 }
 
 /// An answer of the cluster's matchmaker, for the core of the seeker's node.

@@ -305,6 +305,7 @@ impl Core {
                 room,
                 partner,
                 alive,
+                call,
             })) if node != me => {
                 // A chat of this node's own is never overridden (the record lags behind it).
                 let local = match self.sessions.state(id) {
@@ -336,6 +337,11 @@ impl Core {
                 if !local && !alive {
                     // Its home is gone: claim the room.
                     self.claim(room);
+                }
+                if let (false, true, Some(call)) = (local, alive, call) {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.remote_calls.entry(id).or_insert((node, room, call));
+                    }
                 }
             }
             Some(None) => {
@@ -1548,6 +1554,13 @@ impl Core {
         sync.dedup();
         for (room, id) in sync {
             let current = self.calls.call_of(room, id);
+            // The record too: a node that adopts the guest mid-call (an HTTP request of it
+            // landed there) knows the call.
+            let req = MatchRequest::CallRecord {
+                sid: id,
+                call: current,
+            };
+            self.out.push(Output::Match(req));
             if c.told
                 .get(&id)
                 .is_some_and(|(_, call, _)| Some(*call) != current)

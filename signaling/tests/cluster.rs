@@ -93,6 +93,8 @@ struct Sim {
     dead: HashSet<usize>,
     /// `Output::RoomClosed` by node.
     closed: Vec<(usize, RoomId)>,
+    /// The session records' calls (`MatchRequest::CallRecord`).
+    call_records: HashMap<SessionId, CallId>,
     /// Each node's media commands, in order.
     media: Vec<(usize, MediaCommand)>,
     /// Each node's `Output::CallEnded` (what it handed out for the call is revoked there).
@@ -137,6 +139,7 @@ impl Sim {
             claims: HashMap::new(),
             dead: HashSet::new(),
             closed: Vec::new(),
+            call_records: HashMap::new(),
             media: Vec::new(),
             call_ends: Vec::new(),
             call_events: Vec::new(),
@@ -211,6 +214,7 @@ impl Sim {
                     node: home,
                     room,
                     partner,
+                    call: self.call_records.get(&g.id).copied(),
                     alive: !self.dead.contains(&self.node_index(home)),
                 }),
         );
@@ -438,6 +442,14 @@ impl Sim {
                 }
             },
             MatchRequest::Reap { .. } => {}
+            MatchRequest::CallRecord { sid, call } => match call {
+                Some(call) => {
+                    self.call_records.insert(sid, call);
+                }
+                None => {
+                    self.call_records.remove(&sid);
+                }
+            },
             MatchRequest::Claim { room } => {
                 let winner = *self.claims.entry(room).or_insert(self.ids[node]);
                 let now = self.now;
@@ -1231,6 +1243,37 @@ fn the_guests_node_knows_its_call_and_the_media_node_until_the_call_ends() {
         .map(|(_, p)| p["reason"].clone())
         .collect();
     assert_eq!(reasons, ["hangup", "timeout", "partner_left"]);
+}
+
+#[test]
+fn a_node_that_holds_no_socket_of_the_guest_learns_its_call_from_the_record() {
+    let mut sim = Sim::new(3);
+    let a = sim.guest(0, "Ann");
+    let b = sim.guest(1, "Bob");
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    sim.ev(b, "call:request", json!({"video": true})).unwrap();
+    let call = sim.cores[1].call_of(a.id).expect("ringing");
+    assert_eq!(sim.call_records.get(&a.id), Some(&call));
+    assert_eq!(sim.call_records.get(&b.id), Some(&call));
+    // An HTTP request of Ann (`/api/ice-servers`) lands on node 2: adopted from the record.
+    let (home, room, partner) = sim.mirror[&a.id].clone();
+    let record = RecordHome {
+        node: home,
+        room,
+        partner,
+        alive: true,
+        call: sim.call_records.get(&a.id).copied(),
+    };
+    let now = sim.now;
+    sim.cores[2]
+        .adopt(a.id, "Ann", Some(Some(record)), None, now)
+        .unwrap();
+    assert_eq!(sim.cores[2].call_of(a.id), Some(call));
+    assert_eq!(sim.cores[2].media_node_of(a.id), Some(sim.ids[1]));
+    // The call ends: the records forget it.
+    sim.ev(b, "call:end", Value::Null).unwrap();
+    assert!(sim.call_records.is_empty());
 }
 
 #[test]

@@ -95,6 +95,8 @@ pub struct SessionRecord {
     pub home: Option<(CoreNodeId, RoomId)>,
     /// Its partner in that chat and the partner's name.
     pub partner: Option<(SessionId, String)>,
+    /// Its call there (ringing or accepted).
+    pub call: Option<tandem_signaling::CallId>,
     /// How long it still lives (its token's expiry, moved by refreshes on any node).
     pub lives: Duration,
 }
@@ -245,6 +247,7 @@ impl Cluster {
             room,
             partner: record.partner.clone(),
             alive,
+            call: record.call,
         })
     }
 
@@ -268,7 +271,7 @@ impl Cluster {
         let reply: Vec<String> = self.inner.redis.invoke(command, &invocation).await?;
         match reply.as_slice() {
             [n] if n == "n" => Ok(None),
-            [k, home, ms, partner, name] if k == "k" => {
+            [k, home, ms, partner, name, call] if k == "k" => {
                 let home = home.split_once(':').and_then(|(node, room)| {
                     Some((CoreNodeId::parse(node)?, RoomId::parse(room)?))
                 });
@@ -279,6 +282,7 @@ impl Cluster {
                 Ok(Some(SessionRecord {
                     home,
                     partner,
+                    call: call.parse::<u64>().ok().map(tandem_signaling::CallId),
                     lives: Duration::from_millis(ms.max(0) as u64),
                 }))
             }
@@ -414,6 +418,18 @@ impl Cluster {
     pub fn is_live(&self, node: CoreNodeId) -> bool {
         let id = node.to_string();
         self.inner.view.borrow().iter().any(|n| n.id == id)
+    }
+
+    /// Records `sid`'s call (`None`: it has none).
+    pub async fn session_call(
+        &self,
+        sid: SessionId,
+        call: Option<tandem_signaling::CallId>,
+    ) -> Result<(), Fault> {
+        let call = call.map(|c| c.to_string()).unwrap_or_default();
+        self.session_op(Command::SessionSet, sid, &["call", &call])
+            .await
+            .map(|_| ())
     }
 
     /// `sid` never had a socket where it was made: its record goes unless a socket of it

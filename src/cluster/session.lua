@@ -1,18 +1,19 @@
 -- A guest session's shared record (src/cluster/mod.rs; docs/cluster.md, "Session records").
 -- KEYS[1] tandem:s:<sid>, a hash: c = "1" once a socket of the guest connected on any node
 -- ("0" before), h = "<home node>:<room>" while the guest is in a chat, p and n = the
--- partner's id and name in that chat (to take the room over if its home dies). It expires with the
+-- partner's id and name in that chat (to take the room over if its home dies), k = its call
+-- there (ringing or accepted). It expires with the
 -- guest's token (PEXPIREAT, the token's expiry in Unix ms): a refresh on any node moves it.
 --
 -- Replies: {"n"} no such session; {"k", home or "", ms left, partner or "", partner's name
--- or ""} the record.
+-- or "", call or ""} the record.
 
 local K = KEYS[1]
 local op = ARGV[1]
 
 local function record()
-  local r = redis.call('HMGET', K, 'h', 'p', 'n')
-  return {'k', r[1] or '', tostring(redis.call('PTTL', K)), r[2] or '', r[3] or ''}
+  local r = redis.call('HMGET', K, 'h', 'p', 'n', 'k')
+  return {'k', r[1] or '', tostring(redis.call('PTTL', K)), r[2] or '', r[3] or '', r[4] or ''}
 end
 
 if op == 'new' then
@@ -36,10 +37,14 @@ elseif op == 'extend' then
 elseif op == 'home' then
   -- ARGV: "<node>:<room>" (or "" for none), partner id, partner name
   if ARGV[2] == '' then
-    redis.call('HDEL', K, 'h', 'p', 'n')
+    redis.call('HDEL', K, 'h', 'p', 'n', 'k')
   else
     redis.call('HSET', K, 'h', ARGV[2], 'p', ARGV[3], 'n', ARGV[4])
   end
+  return record()
+elseif op == 'call' then
+  -- ARGV: call id, or "" for none
+  if ARGV[2] == '' then redis.call('HDEL', K, 'k') else redis.call('HSET', K, 'k', ARGV[2]) end
   return record()
 elseif op == 'reap' then
   if redis.call('HGET', K, 'c') ~= '1' then

@@ -152,6 +152,17 @@ test('a call between guests on two nodes: media through the home node\'s SFU bot
   const atHome = await iceServersOn(n1, A.guest, turnSecret);
   assert.deepEqual(atHome.entry.urls, homeTurn);
   assert.equal(atHome.call, ringing.call, 'the same call for both guests');
+  // A's request landing on node-2, which holds no socket of A (a load balancer's choice): the
+  // session record names A's call and its media node.
+  let elsewhere = null;
+  for (const deadline = Date.now() + 5000; !elsewhere && Date.now() < deadline;) {
+    const res = await api(n2.url, '/api/ice-servers', { token: A.guest.token });
+    if (res.status === 200) elsewhere = await iceServersOn(n2, A.guest, turnSecret);
+    else await sleep(100);
+  }
+  assert.ok(elsewhere, 'A\'s /api/ice-servers through node-2 (no socket of A there) never answered 200');
+  assert.deepEqual(elsewhere.entry.urls, homeTurn);
+  assert.equal(elsewhere.call, ringing.call);
   assert.equal(ringing.body.ttl, atHome.body.ttl);
 
   const acc = assertOk(await ackOf(a, 'call:accept'), 'call:accept of A');

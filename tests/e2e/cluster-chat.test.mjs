@@ -703,3 +703,20 @@ test('a file shared in a cross-node chat: uploaded through one node, posted at t
     return got.status === 404 ? got : new Error(`status ${got.status}`);
   });
 });
+
+test('guest creations per address are limited across the cluster, not per node', { timeout: 30_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 2, { args: ['--guest-creations-per-min', '3'] });
+  const statuses = [];
+  for (const node of [nodes[0], nodes[1], nodes[0], nodes[1]]) {
+    const res = await api(node.url, '/api/guest', { method: 'POST', body: {} });
+    statuses.push(res.status);
+    if (res.status === 429) {
+      assert.equal(res.body?.error?.code, 'rate_limited', res.text);
+      const wait = Number(res.headers.get('retry-after'));
+      assert.ok(wait >= 1 && wait <= 60, `Retry-After ${wait}`);
+    }
+  }
+  // Each node alone would allow three: the fourth of the address is refused wherever it lands.
+  assert.deepEqual(statuses, [201, 201, 201, 429]);
+});

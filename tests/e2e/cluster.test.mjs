@@ -169,12 +169,17 @@ test('three nodes on one Redis: each counts all three; the registry holds their 
     const ttl = await redis.command('PTTL', key);
     assert.ok(ttl > 0 && ttl <= 60_000, `${key} PTTL ${ttl}`);
   }
-  // Besides the registry, only the guest's shared session record, which expires with its token.
+  // Besides the registry, only the guest's shared session record, which expires with its token,
+  // and its address's count of guest creations (a one-minute window).
   const keys = await redis.command('KEYS', 'tandem:*');
   const record = `tandem:s:${guest.guest.sessionId}`;
-  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, record].sort());
+  const creations = 'tandem:ip:127.0.0.1:guests';
+  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, record, creations].sort());
   const ttl = await redis.command('PTTL', record);
   assert.ok(ttl > 0 && ttl <= 2 * 3600_000, `${record} PTTL ${ttl}`);
+  const window = await redis.command('PTTL', creations);
+  assert.ok(window > 0 && window <= 60_000, `${creations} PTTL ${window}`);
+  assert.equal(await redis.command('GET', creations), '1');
 });
 
 test('a node killed with SIGKILL disappears from the others\' view within 10 s', async (t) => {
