@@ -309,6 +309,17 @@ pub async fn run(
     });
     sio::setup(&io, app.clone());
     supervisor.spawn_task("housekeeping", housekeeping(app.clone()));
+    if let Some(cluster) = cluster.clone() {
+        // This node's per-address connection counts expire unless refreshed (a dead node's go).
+        let conns = app.ip_conns.clone();
+        supervisor.spawn_task("cluster-connections", async move {
+            let mut every = tokio::time::interval(cluster::CONN_REFRESH);
+            loop {
+                every.tick().await;
+                cluster.refresh_conns(&conns.addresses()).await;
+            }
+        });
+    }
 
     let metrics_apart = cfg.metrics_bind.is_some();
     let router = http::router(app.clone(), !metrics_apart)

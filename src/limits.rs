@@ -42,6 +42,13 @@ pub struct IpSlot {
     key: IpAddr,
 }
 
+impl IpSlot {
+    /// The address it counts for ([`limit_key`]).
+    pub fn key(&self) -> IpAddr {
+        self.key
+    }
+}
+
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut m = self.conns.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,6 +83,18 @@ impl IpConns {
             conns: self.clone(),
             key,
         })
+    }
+
+    /// The limit per address.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// The addresses ([`limit_key`]) with open connections.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.open
+            .lock()
+            .map_or_else(|_| Vec::new(), |m| m.keys().copied().collect())
     }
 
     /// Addresses with open connections.

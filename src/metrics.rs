@@ -933,6 +933,9 @@ pub struct ClusterMetrics {
     pub nodes: IntGauge,
     /// Times this node registered again after Redis came back.
     pub rejoins: IntCounter,
+    /// Each live node's guests, as its registry entry says (label: the node's name; the
+    /// cluster's size bounds it).
+    pub node_guests: IntGaugeVec,
 }
 
 impl ClusterMetrics {
@@ -979,6 +982,17 @@ impl ClusterMetrics {
                 r,
                 "tandem_cluster_rejoins_total",
                 "Times this node registered again after losing Redis",
+            ),
+            node_guests: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tandem_cluster_node_guests",
+                        "Guest sessions each live node holds, from its registry entry, by node name",
+                    ),
+                    &["node"],
+                )
+                .expect("valid metric"),
             ),
         };
         let info = reg(

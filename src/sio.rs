@@ -44,7 +44,28 @@ impl fmt::Display for Refusal {
 struct Admitted {
     session: SessionId,
     ip: Option<IpAddr>,
-    slot: Option<Arc<IpSlot>>,
+    slot: Option<Arc<ConnSlot>>,
+}
+
+/// A connection's place in its address's counts: this node's, and the cluster's.
+struct ConnSlot {
+    _local: IpSlot,
+    _global: Option<GlobalConn>,
+}
+
+/// A connection counted cluster-wide; the count drops when this does.
+struct GlobalConn {
+    cluster: crate::cluster::Cluster,
+    key: IpAddr,
+}
+
+impl Drop for GlobalConn {
+    fn drop(&mut self) {
+        let (cluster, key) = (self.cluster.clone(), self.key);
+        tokio::spawn(async move {
+            let _ = cluster.close_conn(key).await;
+        });
+    }
 }
 
 /// Per-socket context for event dispatch.
@@ -121,9 +142,26 @@ async fn admit(s: &SocketRef, auth: Option<Value>, app: &App) -> Result<(), Refu
     // Counted now, atomically with the check: connections arriving at once cannot pass the
     // limit together. A refusal below drops the slot again.
     let slot = match ip {
-        Some(ip) => Some(Arc::new(
-            app.ip_conns.try_open(ip).ok_or(Refusal("rate_limited"))?,
-        )),
+        Some(ip) => {
+            let local = app.ip_conns.try_open(ip).ok_or(Refusal("rate_limited"))?;
+            // In a cluster the address's connections on every node count (a load balancer
+            // spreads them); without Redis, this node's alone.
+            let global = match &app.cluster {
+                Some(cluster) => match cluster.open_conn(local.key(), app.ip_conns.max()).await {
+                    Ok(true) => Some(GlobalConn {
+                        cluster: cluster.clone(),
+                        key: local.key(),
+                    }),
+                    Ok(false) => return Err(Refusal("rate_limited")),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            Some(Arc::new(ConnSlot {
+                _local: local,
+                _global: global,
+            }))
+        }
         None => None,
     };
     // In a cluster the guest may have been made, or be in a chat, elsewhere: its shared

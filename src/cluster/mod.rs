@@ -74,6 +74,41 @@ static WINDOW_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::
     )
 });
 
+/// How long a node's per-address connection count lives unless refreshed.
+const CONN_TTL: Duration = Duration::from_secs(120);
+
+/// How often a node refreshes its per-address connection counts.
+pub const CONN_REFRESH: Duration = Duration::from_secs(30);
+
+fn conn_key(ip: std::net::IpAddr, node: &str) -> String {
+    format!("tandem:{{ip:{ip}}}:c:{node}")
+}
+
+/// `KEYS[1]` this node's count for an address, the others the other live nodes': counts one
+/// more unless their sum is `ARGV[1]` already (0), with the expiry `ARGV[2]` (1).
+static CONN_OPEN_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local sum = 0 \
+         for _, k in ipairs(KEYS) do sum = sum + tonumber(redis.call('GET', k) or '0') end \
+         if sum >= tonumber(ARGV[1]) then return 0 end \
+         redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1",
+    )
+});
+
+/// One count less (the key goes at zero).
+static CONN_CLOSE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
+         if n <= 1 then redis.call('DEL', KEYS[1]) else \
+         redis.call('DECR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 1",
+    )
+});
+
+/// `PEXPIRE key ttl`.
+static EXPIRE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("return redis.call('PEXPIRE', KEYS[1], ARGV[1])")
+});
+
 /// `SET key value PX ttl`.
 static SET_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new("redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
@@ -414,6 +449,58 @@ impl Cluster {
         Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
 
+    /// Counts one more open connection from client address `ip` (a [`crate::limits::limit_key`])
+    /// on this node, unless the address holds `limit` across the live nodes already (`false`).
+    /// Each node keeps its own count per address (`tandem:{ip:<address>}:c:<node>`, all in one
+    /// slot), expiring unless refreshed ([`Cluster::refresh_conns`]), so a dead node's counts go.
+    pub async fn open_conn(&self, ip: std::net::IpAddr, limit: u32) -> Result<bool, Fault> {
+        let me = self.inner.id.clone();
+        let mut invocation = CONN_OPEN_SCRIPT.prepare_invoke();
+        invocation.key(conn_key(ip, &me));
+        for n in self.inner.view.borrow().iter().filter(|n| n.id != me) {
+            invocation.key(conn_key(ip, &n.id));
+        }
+        invocation.arg(limit).arg(CONN_TTL.as_millis() as u64);
+        let ok: i64 = self
+            .inner
+            .redis
+            .invoke(Command::SessionSet, &invocation)
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// A connection [`Cluster::open_conn`] counted closed.
+    pub async fn close_conn(&self, ip: std::net::IpAddr) -> Result<(), Fault> {
+        let mut invocation = CONN_CLOSE_SCRIPT.prepare_invoke();
+        invocation
+            .key(conn_key(ip, &self.inner.id))
+            .arg(CONN_TTL.as_millis() as u64);
+        self.inner
+            .redis
+            .invoke::<i64>(Command::SessionSet, &invocation)
+            .await
+            .map(|_| ())
+    }
+
+    /// Keeps this node's per-address counts alive (call every [`CONN_REFRESH`]).
+    pub async fn refresh_conns(&self, ips: &[std::net::IpAddr]) {
+        for ip in ips {
+            let mut invocation = EXPIRE_SCRIPT.prepare_invoke();
+            invocation
+                .key(conn_key(*ip, &self.inner.id))
+                .arg(CONN_TTL.as_millis() as u64);
+            if self
+                .inner
+                .redis
+                .invoke::<i64>(Command::SessionSet, &invocation)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
     /// Whether `node` is in the registry as last read.
     pub fn is_live(&self, node: CoreNodeId) -> bool {
         let id = node.to_string();
@@ -590,7 +677,19 @@ impl Cluster {
             }
             for o in old.iter().filter(|o| !nodes.iter().any(|n| n.id == o.id)) {
                 tracing::info!(peer_id = %o.id, peer_name = %o.info.name, "node left the cluster");
+                let _ = inner
+                    .metrics
+                    .node_guests
+                    .remove_label_values(&[o.info.name.as_str()]);
             }
+        }
+        for n in &nodes {
+            let guests = i64::try_from(n.info.load.guests).unwrap_or(i64::MAX);
+            inner
+                .metrics
+                .node_guests
+                .with_label_values(&[n.info.name.as_str()])
+                .set(guests);
         }
         inner.view.send_replace(Arc::from(nodes));
     }

@@ -13,7 +13,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  api, assertOk, assertRefused, clusterFor, connect, createGuest,
+  api, assertOk, assertRefused, assertRefusedConnect, clusterFor, connect, createGuest,
   expectNone, received, redisFor, sleep, startRedis, uname, waitFor, waitForEntry,
 } from './harness.mjs';
 import { png } from './fixtures.mjs';
@@ -653,6 +653,12 @@ test('realtime:stats and GET /api/stats count the whole cluster, each guest once
   await expect('a pair and a searching guest', { totalUsers: 3, onlineUsers: 3, connectedUsers: 2, availableUsers: 1 });
   // The live broadcast counts the cluster too.
   await expectEvent('A (realtime:stats)', A.socket, 'realtime:stats', (s) => s.totalUsers === 3 && s.availableUsers === 1, 10_000);
+  // Each node exports every live node's guests from the registry (tandem_cluster_node_guests).
+  await until('node-1 exports node-2\'s guests', async () => {
+    const text = (await api(nodes[0].url, '/metrics')).text;
+    const m = text.match(/^tandem_cluster_node_guests\{node="node-2"\} (\d+)/m);
+    return m && Number(m[1]) >= 2 ? m : null;
+  });
   for (const s of [A.socket, B.socket, C.socket]) s.close();
 });
 
@@ -719,4 +725,37 @@ test('guest creations per address are limited across the cluster, not per node',
   }
   // Each node alone would allow three: the fourth of the address is refused wherever it lands.
   assert.deepEqual(statuses, [201, 201, 201, 429]);
+});
+
+test('open connections per address are limited across the cluster, and a closed one frees its place', { timeout: 30_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 2, { args: ['--max-connections-per-ip', '3'] });
+  // Every node sees the other before the counts are compared (a node counts the live ones).
+  await until('both nodes in each view', async () => {
+    for (const n of nodes) {
+      if ((await api(n.url, '/metrics')).text.match(/^tandem_cluster_nodes (\d+)/m)?.[1] !== '2') return null;
+    }
+    return true;
+  });
+  const guests = [];
+  for (let i = 0; i < 5; i++) guests.push(await createGuest(nodes[i % 2].url, uname(`ip${i}`)));
+  const open = [];
+  for (const [g, node] of [[guests[0], nodes[0]], [guests[1], nodes[1]], [guests[2], nodes[0]]]) {
+    const s = await connect(node.url, g.token, { timeoutMs: WAIT });
+    await expectEvent(`${g.username} on ${node.name}`, s, 'connection:established');
+    open.push(s);
+  }
+  // The fourth from the same address is refused on either node, though each holds fewer than 3.
+  await assertRefusedConnect(nodes[1].url, guests[3].token, 'rate_limited', { timeoutMs: WAIT });
+  // One closes on node 1: a place is free again, on node 2 too.
+  open[0].close();
+  const s = await until('a connection accepted on node 2 after one closed on node 1', async () => {
+    try {
+      return await connect(nodes[1].url, guests[4].token, { timeoutMs: 2000 });
+    } catch {
+      return null;
+    }
+  });
+  await expectEvent('the new connection', s.value, 'connection:established');
+  for (const x of [...open, s.value]) x.close();
 });
