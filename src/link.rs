@@ -118,9 +118,10 @@ fn kind(msg: &ClusterMsg) -> BusKind {
         ClusterMsg::PostFile { .. } => BusKind::Chat,
         ClusterMsg::RoomClosed { .. } => BusKind::Control,
         ClusterMsg::Attach { .. } | ClusterMsg::Detach { .. } => BusKind::Presence,
-        ClusterMsg::Paired { .. } | ClusterMsg::Released { .. } | ClusterMsg::Matched { .. } => {
-            BusKind::Match
-        }
+        ClusterMsg::Paired { .. }
+        | ClusterMsg::Released { .. }
+        | ClusterMsg::Matched { .. }
+        | ClusterMsg::Requeue { .. } => BusKind::Match,
         ClusterMsg::CallState { .. } => BusKind::Call,
         ClusterMsg::Ack { .. } | ClusterMsg::Shutdown => BusKind::Control,
     }

@@ -109,6 +109,10 @@ pub enum ClusterMsg {
     },
     /// Home → a node that stored files of `room`: the chat ended, its files go.
     RoomClosed { room: RoomId },
+    /// The seeker's node → the partner's node: the matchmaker paired `sid` (a guest of the
+    /// receiver, taken out of the queue) with a seeker that stopped searching meanwhile: queue
+    /// it again if it still searches.
+    Requeue { sid: SessionId },
     /// A draining node → every node: it is leaving.
     Shutdown,
 }
@@ -145,7 +149,8 @@ impl ClusterMsg {
             | Self::Paired { sid, .. }
             | Self::Released { sid, .. }
             | Self::PostFile { sid, .. }
-            | Self::CallState { sid, .. } => Some(*sid),
+            | Self::CallState { sid, .. }
+            | Self::Requeue { sid } => Some(*sid),
             Self::Matched { seeker, .. } => Some(*seeker),
             Self::Ack { .. }
             | Self::Delivered { .. }

@@ -83,6 +83,9 @@ struct Cluster {
     others: Stats,
     /// Home side: the nodes that store files of each room (told when the chat ends).
     file_nodes: HashMap<RoomId, Vec<NodeId>>,
+    /// The interests of each local guest searching in the cluster's queue (to queue it again
+    /// if a pair falls through).
+    searches: HashMap<SessionId, Vec<String>>,
     /// Home side: guests whose call changed during this input, with the call's room: their
     /// nodes are told ([`ClusterMsg::CallState`]) ahead of the input's other outputs.
     call_sync: Vec<(RoomId, SessionId)>,
@@ -1080,6 +1083,29 @@ impl Core {
         self.route(start);
     }
 
+    /// Queues local guest `id` again in the cluster's queue (a pair fell through) if it still
+    /// searches, with the interests it searched with.
+    fn requeue(&mut self, id: SessionId) {
+        if self.sessions.state(id) != Some(State::Searching) {
+            return;
+        }
+        let Some(s) = self.sessions.get(id) else {
+            return;
+        };
+        let (username, present) = (s.username.clone(), !s.away());
+        let interests = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.searches.get(&id).cloned())
+            .unwrap_or_default();
+        self.out.push(Output::Match(MatchRequest::Enqueue {
+            sid: id,
+            username,
+            interests,
+            present,
+        }));
+    }
+
     /// Claims `room` (its home died) unless a claim is under way.
     fn claim(&mut self, room: RoomId) {
         let Some(c) = self.cluster.as_mut() else {
@@ -1297,6 +1323,7 @@ impl Core {
                 self.out.push(Output::Bus { to: from, msg });
             }
             ClusterMsg::RoomClosed { room } => self.out.push(Output::RoomClosed(room)),
+            ClusterMsg::Requeue { sid } => self.requeue(sid),
             ClusterMsg::Shutdown => self.node_left(from, now),
         }
     }
@@ -1489,15 +1516,29 @@ impl Core {
                 partner_name,
                 partner_node,
             } => {
-                if self.sessions.state(seeker) != Some(State::Searching) {
-                    return;
-                }
                 let Some(c) = self.cluster.as_mut() else {
                     return;
                 };
-                if c.node == Some(partner_node) {
+                let local_partner = c.node == Some(partner_node);
+                if self.sessions.state(seeker) != Some(State::Searching) {
+                    // The seeker stopped searching meanwhile: the partner, taken out of the
+                    // queue for nothing, goes back in.
+                    if local_partner {
+                        self.requeue(partner);
+                    } else {
+                        let msg = ClusterMsg::Requeue { sid: partner };
+                        self.out.push(Output::Bus {
+                            to: partner_node,
+                            msg,
+                        });
+                    }
+                    return;
+                }
+                if local_partner {
                     if self.sessions.state(partner) == Some(State::Searching) {
                         self.open_room([seeker, partner], now);
+                    } else {
+                        self.requeue(seeker);
                     }
                     return;
                 }
@@ -1745,8 +1786,9 @@ impl Core {
             State::InChat(_) => return Err(SignalError::AlreadyInChat),
         }
         let present = !s.away();
-        if self.cluster.is_some() {
+        if let Some(c) = self.cluster.as_mut() {
             let username = s.username.clone();
+            c.searches.insert(id, interests.clone());
             self.sessions.set_state(id, State::Searching);
             self.out
                 .emit(Target::Guest(id), ServerEvent::Searching(Empty {}));
@@ -2064,6 +2106,7 @@ impl Core {
     fn remove_session(&mut self, id: SessionId, now: Instant) {
         self.forget_remote_call(id, None);
         if let Some(c) = self.cluster.as_mut() {
+            c.searches.remove(&id);
             // Gone from here while its chat lives elsewhere: for the home it is away (its
             // grace period ends the chat).
             if let Some((home, room)) = c.homes.remove(&id) {

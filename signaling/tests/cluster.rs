@@ -859,6 +859,45 @@ fn a_file_shared_through_another_node_is_posted_at_the_home_and_its_store_told_a
 }
 
 #[test]
+fn a_pair_whose_seeker_stopped_searching_puts_the_partner_back_in_the_queue() {
+    let mut sim = Sim::new(3);
+    let a = sim.guest(0, "Ann");
+    let b = sim.guest(1, "Bob");
+    sim.ev(a, "match:start", json!({"interests": ["chess"]}))
+        .unwrap();
+    assert_eq!(sim.mm.queue.len(), 1);
+    // The queue paired Ann with a search of Bob's that Bob cancelled before the answer came
+    // back (Bob is online, not searching).
+    sim.mm.queue.clear();
+    let now = sim.now;
+    sim.cores[1].handle_match(
+        MatchAnswer::Paired {
+            seeker: b.id,
+            partner: a.id,
+            partner_name: "Ann".into(),
+            partner_node: sim.ids[0],
+        },
+        now,
+    );
+    sim.pump();
+    // Ann is back in the queue with her interests: the next guest is paired with her.
+    assert_eq!(sim.mm.queue.len(), 1, "Ann queued again");
+    let queued = sim.mm.requests.iter().rev().find_map(|r| match r {
+        MatchRequest::Enqueue { sid, interests, .. } if *sid == a.id => Some(interests.clone()),
+        _ => None,
+    });
+    assert_eq!(queued, Some(vec!["chess".to_owned()]));
+    let c = sim.guest(2, "Cy");
+    sim.ev(c, "match:start", json!({})).unwrap();
+    assert!(sim.cores[0].chat_of(a.id).is_some() || sim.cores[2].chat_of(c.id).is_some());
+    let found = sim.seen[&a.id]
+        .iter()
+        .filter(|(n, _)| n == "match:found")
+        .count();
+    assert_eq!(found, 1);
+}
+
+#[test]
 fn a_guest_returns_to_its_own_node_and_the_home_answers() {
     let mut sim = Sim::new(2);
     let (a, b) = chat_script(&mut sim, 0, 1);
