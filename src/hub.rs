@@ -538,15 +538,12 @@ impl HubTask {
                     }
                     Ok(Some(ack)) => {
                         self.drain();
-                        if let Reply::Ack(a) = reply {
-                            let _ = a.send(&ack);
-                        }
+                        self.answer(reply, Ok(ack));
                         self.observe(label, received);
                     }
                     Err(e) => {
                         self.drain();
-                        self.metrics.refused(e);
-                        reply.refuse(e);
+                        self.answer(reply, Err::<(), _>(e));
                         self.observe(label, received);
                     }
                 }
@@ -607,17 +604,7 @@ impl HubTask {
                 // Emit what the event caused before answering it, back to back: the sender's
                 // `chat:message:sent` and its ack then leave in one write.
                 self.drain();
-                match result {
-                    Ok(ack) => {
-                        if let Reply::Ack(a) = reply {
-                            let _ = a.send(&ack);
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics.refused(e);
-                        reply.refuse(e);
-                    }
-                }
+                self.answer(reply, result);
                 self.metrics
                     .event_latency
                     .with_label_values(&[name])
@@ -744,17 +731,7 @@ impl HubTask {
                 }
                 Output::Ack { req, result, .. } => match self.pending.remove(&req) {
                     Some(Pending::Event(reply, label, received)) => {
-                        match result {
-                            Ok(ack) => {
-                                if let Reply::Ack(a) = reply {
-                                    let _ = a.send(&ack);
-                                }
-                            }
-                            Err(e) => {
-                                self.metrics.refused(e);
-                                reply.refuse(e);
-                            }
-                        }
+                        self.answer(reply, result);
                         self.observe(label, received);
                     }
                     Some(Pending::File(reply)) => {
@@ -816,6 +793,21 @@ impl HubTask {
             .filter(|n| n.id != me)
             .fold(Stats::default(), |sum, n| sum + n.info.load.stats);
         self.core.handle_peer_stats(others, now);
+    }
+
+    /// Answers a client event: its ack, or the refusal (counted).
+    fn answer<T: serde::Serialize>(&self, reply: Reply, result: Result<T, SignalError>) {
+        match result {
+            Ok(ack) => {
+                if let Reply::Ack(a) = reply {
+                    let _ = a.send(&ack);
+                }
+            }
+            Err(e) => {
+                self.metrics.refused(e);
+                reply.refuse(e);
+            }
+        }
     }
 
     fn observe(&self, label: Option<&'static str>, received: Instant) {

@@ -111,6 +111,22 @@ impl Cluster {
         (conn, true)
     }
 
+    /// The nodes a home tells about guest `id`: those of its remote connections, and the node
+    /// it was paired from (a visitor's), each once.
+    fn nodes_of(&self, id: SessionId) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .remote_of
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|(n, _)| *n)
+            .collect();
+        nodes.extend(self.visitors.get(&id).copied().flatten());
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
     fn drop_remote(&mut self, conn: ConnId) {
         if let Some((id, _)) = self.remote.remove(&conn) {
             if let Some(conns) = self.remote_of.get_mut(&id) {
@@ -1620,16 +1636,7 @@ impl Core {
             let Some(call) = current else {
                 continue;
             };
-            let mut nodes: Vec<NodeId> = c
-                .remote_of
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .map(|(n, _)| *n)
-                .collect();
-            nodes.extend(c.visitors.get(&id).copied().flatten());
-            nodes.sort();
-            nodes.dedup();
+            let nodes = c.nodes_of(id);
             if nodes.is_empty() {
                 continue;
             }
@@ -1697,16 +1704,7 @@ impl Core {
         }
         c.ctx = None;
         for (id, room) in std::mem::take(&mut c.releasing) {
-            let mut nodes: Vec<NodeId> = c
-                .remote_of
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .map(|(n, _)| *n)
-                .collect();
-            nodes.extend(c.visitors.get(&id).copied().flatten());
-            nodes.sort();
-            nodes.dedup();
+            let nodes = c.nodes_of(id);
             for node in nodes {
                 let msg = ClusterMsg::Released { sid: id, room };
                 self.out.push(Output::Bus { to: node, msg });
