@@ -121,7 +121,8 @@ fn kind(msg: &ClusterMsg) -> BusKind {
         ClusterMsg::Paired { .. }
         | ClusterMsg::Released { .. }
         | ClusterMsg::Matched { .. }
-        | ClusterMsg::Requeue { .. } => BusKind::Match,
+        | ClusterMsg::Requeue { .. }
+        | ClusterMsg::Declined { .. } => BusKind::Match,
         ClusterMsg::CallState { .. } => BusKind::Call,
         ClusterMsg::Ack { .. } | ClusterMsg::Shutdown => BusKind::Control,
     }

@@ -109,6 +109,10 @@ pub enum ClusterMsg {
     },
     /// Home → a node that stored files of `room`: the chat ended, its files go.
     RoomClosed { room: RoomId },
+    /// The partner's node → home: `sid` was no longer searching when its [`ClusterMsg::Paired`]
+    /// for `room` arrived (it cancelled, left or went): the home ends that chat at once (its
+    /// other guest hears the stranger disconnected) instead of after a grace period.
+    Declined { sid: SessionId, room: RoomId },
     /// The seeker's node → the partner's node: the matchmaker paired `sid` (a guest of the
     /// receiver, taken out of the queue) with a seeker that stopped searching meanwhile: queue
     /// it again if it still searches.
@@ -150,7 +154,8 @@ impl ClusterMsg {
             | Self::Released { sid, .. }
             | Self::PostFile { sid, .. }
             | Self::CallState { sid, .. }
-            | Self::Requeue { sid } => Some(*sid),
+            | Self::Requeue { sid }
+            | Self::Declined { sid, .. } => Some(*sid),
             Self::Matched { seeker, .. } => Some(*seeker),
             Self::Ack { .. }
             | Self::Delivered { .. }

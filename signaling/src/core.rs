@@ -1268,6 +1268,11 @@ impl Core {
                 payload,
                 ack,
             } => {
+                // Only the guest's chat's home speaks for it (not a home whose pair went stale,
+                // nor one it left).
+                if self.home_of(sid) != Some(from) {
+                    return;
+                }
                 let to = conn.map_or(Target::Guest(sid), Target::Conn);
                 self.out.push(Output::Relay {
                     to,
@@ -1287,9 +1292,11 @@ impl Core {
                 partner,
                 partner_name,
             } => {
-                // Stale (the guest is gone, or no longer searching): its new home finds it
-                // away and ends the chat after the grace period.
-                if self.sessions.state(sid) == Some(State::Searching) {
+                // Stale (the guest is gone, or no longer searching): the home ends the chat.
+                if self.sessions.state(sid) != Some(State::Searching) {
+                    let msg = ClusterMsg::Declined { sid, room };
+                    self.out.push(Output::Bus { to: from, msg });
+                } else {
                     self.sessions.set_state(sid, State::InChat(room));
                     if let Some(c) = self.cluster.as_mut() {
                         c.homes.insert(sid, (from, room));
@@ -1340,6 +1347,15 @@ impl Core {
             }
             ClusterMsg::RoomClosed { room } => self.out.push(Output::RoomClosed(room)),
             ClusterMsg::Requeue { sid } => self.requeue(sid),
+            ClusterMsg::Declined { sid, room } => {
+                let visitor = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.visitors.contains_key(&sid));
+                if visitor && self.chat_of(sid).is_some_and(|(r, _)| r == room) {
+                    self.end_chat(room, sid, EndReason::Disconnected, now);
+                }
+            }
             ClusterMsg::Shutdown => self.node_left(from, now),
         }
     }

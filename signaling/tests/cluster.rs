@@ -898,6 +898,38 @@ fn a_pair_whose_seeker_stopped_searching_puts_the_partner_back_in_the_queue() {
 }
 
 #[test]
+fn a_pair_whose_remote_partner_stopped_searching_ends_at_once() {
+    let mut sim = Sim::new(2);
+    let a = sim.guest(0, "Ann");
+    let b = sim.guest(1, "Bob");
+    // Ann's search was taken from the queue for Bob's, and Ann cancelled before the Paired
+    // from Bob's node (the home) arrived.
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.mm.queue.clear();
+    sim.ev(a, "match:cancel", Value::Null).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    let now = sim.now;
+    sim.cores[1].handle_match(
+        MatchAnswer::Paired {
+            seeker: b.id,
+            partner: a.id,
+            partner_name: "Ann".into(),
+            partner_node: sim.ids[0],
+        },
+        now,
+    );
+    sim.pump();
+    // Bob heard of a match, then at once that the stranger disconnected; Ann heard nothing.
+    let ended = sim.seen[&b.id]
+        .iter()
+        .find(|(n, _)| n == "chat:ended")
+        .expect("the chat ends at once");
+    assert_eq!(ended.1["reason"], "disconnected");
+    assert!(sim.cores[1].chat_of(b.id).is_none());
+    assert!(!sim.names(a.id).iter().any(|n| n == "match:found"));
+}
+
+#[test]
 fn a_guest_returns_to_its_own_node_and_the_home_answers() {
     let mut sim = Sim::new(2);
     let (a, b) = chat_script(&mut sim, 0, 1);
