@@ -115,7 +115,7 @@ fn kind(msg: &ClusterMsg) -> BusKind {
     match msg {
         ClusterMsg::Event { name, .. } | ClusterMsg::Emit { name, .. } => by_name(name),
         ClusterMsg::Delivered { .. } => BusKind::Receipt,
-        ClusterMsg::PostFile { .. } => BusKind::Chat,
+        ClusterMsg::PostFile { .. } | ClusterMsg::Restore { .. } => BusKind::Chat,
         ClusterMsg::RoomClosed { .. } => BusKind::Control,
         ClusterMsg::Attach { .. } | ClusterMsg::Detach { .. } => BusKind::Presence,
         ClusterMsg::Paired { .. }

@@ -117,6 +117,13 @@ pub enum ClusterMsg {
     /// receiver, taken out of the queue) with a seeker that stopped searching meanwhile: queue
     /// it again if it still searches.
     Requeue { sid: SessionId },
+    /// A node that lost the claim of `room` → the winner: the messages its guest `sender` sent
+    /// there that the dead home had not delivered (its node's copies): kept for the partner.
+    Restore {
+        room: RoomId,
+        sender: SessionId,
+        messages: Vec<crate::wire::ChatMessage>,
+    },
     /// A draining node → every node: it is leaving.
     Shutdown,
 }
@@ -155,7 +162,8 @@ impl ClusterMsg {
             | Self::PostFile { sid, .. }
             | Self::CallState { sid, .. }
             | Self::Requeue { sid }
-            | Self::Declined { sid, .. } => Some(*sid),
+            | Self::Declined { sid, .. }
+            | Self::Restore { sender: sid, .. } => Some(*sid),
             Self::Matched { seeker, .. } => Some(*seeker),
             Self::Ack { .. }
             | Self::Delivered { .. }

@@ -86,6 +86,13 @@ struct Cluster {
     /// The interests of each local guest searching in the cluster's queue (to queue it again
     /// if a pair falls through).
     searches: HashMap<SessionId, Vec<String>>,
+    /// Guest's-node side: what a forwarded post carries (by bus request id), to keep a copy
+    /// once the home acknowledges it.
+    drafts: HashMap<u64, (SessionId, MessageType, Content)>,
+    /// Guest's-node side: copies of the messages a local guest sent to its chat's home that
+    /// its partner has not acknowledged yet (the home's `chat:message:delivered` drops them):
+    /// if the home dies they are kept again by the room's new home.
+    outbox: HashMap<SessionId, std::collections::VecDeque<ChatMessage>>,
     /// Home side: guests whose call changed during this input, with the call's room: their
     /// nodes are told ([`ClusterMsg::CallState`]) ahead of the input's other outputs.
     call_sync: Vec<(RoomId, SessionId)>,
@@ -525,6 +532,10 @@ impl Core {
         c.next_req += 1;
         let bus_req = c.next_req;
         c.pending.insert(bus_req, (conn, req));
+        if let ClientEvent::ChatMessage { content, .. } = &event {
+            let draft = (id, MessageType::Text, Content::Text(content.clone()));
+            c.drafts.insert(bus_req, draft);
+        }
         let deadline = now + self.cfg.bus_timeout;
         self.timers.schedule(deadline, Timer::Request(bus_req));
         let msg = ClusterMsg::Event {
@@ -852,6 +863,13 @@ impl Core {
         let bus_req = c.next_req;
         // No socket: the answer goes to the shell's request alone.
         c.pending.insert(bus_req, (ConnId(0), req));
+        let kind = if file.duration_ms.is_some() {
+            MessageType::Voice
+        } else {
+            MessageType::File
+        };
+        let content = Content::File(Box::new(file.clone()));
+        c.drafts.insert(bus_req, (id, kind, content));
         self.timers
             .schedule(now + self.cfg.bus_timeout, Timer::Request(bus_req));
         let msg = ClusterMsg::PostFile {
@@ -1089,6 +1107,15 @@ impl Core {
                 if let Some(c) = self.cluster.as_mut() {
                     c.homes.insert(g, (winner, room));
                     c.remote_rooms.insert(room, winner);
+                    let kept: Vec<ChatMessage> = c.outbox.remove(&g).unwrap_or_default().into();
+                    if !kept.is_empty() {
+                        let msg = ClusterMsg::Restore {
+                            room,
+                            sender: g,
+                            messages: kept,
+                        };
+                        self.out.push(Output::Bus { to: winner, msg });
+                    }
                 }
                 for &conn in self.sessions.conns(g) {
                     let msg = ClusterMsg::Attach { sid: g, conn };
@@ -1097,6 +1124,22 @@ impl Core {
             }
         }
         self.route(start);
+    }
+
+    /// After a takeover: `messages` that `sender` sent in `room` and the dead home had not
+    /// delivered are kept for the partner, and handed out at once if it is connected.
+    fn restore(&mut self, room: RoomId, sender: SessionId, messages: Vec<ChatMessage>) {
+        if messages.is_empty() || !self.rooms.contains(room) {
+            return;
+        }
+        let Some(receiver) = self.rooms.partner(room, sender) else {
+            return;
+        };
+        let messages = messages.into_iter().filter(|m| m.room_id == room);
+        self.rooms.restore_unacked(room, receiver, messages);
+        if !self.sessions.is_away(receiver) {
+            self.rooms.hand_out(room, receiver, None, &mut self.out);
+        }
     }
 
     /// Queues local guest `id` again in the cluster's queue (a pair fell through) if it still
@@ -1179,6 +1222,13 @@ impl Core {
         }
         let names = [g, p].map(|id| self.sessions.enter_chat(id, room));
         self.rooms.restore(room, [g, p]);
+        // What `g` sent that the dead home had not delivered: kept for `p` again.
+        let kept = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.outbox.remove(&g))
+            .unwrap_or_default();
+        self.restore(room, g, kept.into());
         if self.sessions.is_away(p) {
             if let Some(gen) = self.sessions.presence_gen(p) {
                 let grace_end = now + self.cfg.grace_period;
@@ -1273,6 +1323,16 @@ impl Core {
                 if self.home_of(sid) != Some(from) {
                     return;
                 }
+                if name == "chat:message:delivered" {
+                    let id = payload.get("id").and_then(Value::as_str);
+                    if let (Some(id), Some(c)) =
+                        (id.and_then(MessageId::parse), self.cluster.as_mut())
+                    {
+                        if let Some(kept) = c.outbox.get_mut(&sid) {
+                            kept.retain(|m| m.id != id);
+                        }
+                    }
+                }
                 let to = conn.map_or(Target::Guest(sid), Target::Conn);
                 self.out.push(Output::Relay {
                     to,
@@ -1347,6 +1407,11 @@ impl Core {
             }
             ClusterMsg::RoomClosed { room } => self.out.push(Output::RoomClosed(room)),
             ClusterMsg::Requeue { sid } => self.requeue(sid),
+            ClusterMsg::Restore {
+                room,
+                sender,
+                messages,
+            } => self.restore(room, sender, messages),
             ClusterMsg::Declined { sid, room } => {
                 let visitor = self
                     .cluster
@@ -1452,6 +1517,29 @@ impl Core {
         let Some((conn, req)) = c.pending.remove(&bus_req) else {
             return;
         };
+        let draft = c.drafts.remove(&bus_req);
+        if let (Some((sender, kind, content)), AckResult::Ok(ack)) = (draft, &result) {
+            let id = ack
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(MessageId::parse);
+            let timestamp = ack.get("timestamp").and_then(Value::as_u64);
+            let room = c.homes.get(&sender).map(|(_, r)| *r);
+            if let (Some(id), Some(timestamp), Some(room_id)) = (id, timestamp, room) {
+                let kept = c.outbox.entry(sender).or_default();
+                if kept.len() >= self.cfg.away_queue_max {
+                    kept.pop_front();
+                }
+                kept.push_back(ChatMessage {
+                    id,
+                    room_id,
+                    kind,
+                    content,
+                    timestamp,
+                    from: Sender::Partner,
+                });
+            }
+        }
         let result = match result {
             AckResult::Ok(ack) => Ok(ack),
             AckResult::Err(code) => {
@@ -1477,6 +1565,7 @@ impl Core {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
+        c.drafts.remove(&bus_req);
         if let Some((conn, req)) = c.pending.remove(&bus_req) {
             let result = Err(SignalError::ServiceUnavailable);
             self.out.push(Output::Ack { conn, req, result });
@@ -1493,6 +1582,7 @@ impl Core {
         if c.homes.get(&id).is_some_and(|(_, r)| *r == room) {
             c.homes.remove(&id);
             c.partners.remove(&id);
+            c.outbox.remove(&id);
             if self.sessions.state(id) == Some(State::InChat(room)) {
                 self.sessions.set_state(id, State::Online);
             }

@@ -106,6 +106,26 @@ impl Rooms {
         });
     }
 
+    /// Keeps `messages` for `receiver` in `room` (not yet acknowledged), after a takeover: the
+    /// copies the sender's node kept of what the dead home had not delivered. Bounded like
+    /// any queue of the room.
+    pub(crate) fn restore_unacked(
+        &mut self,
+        room: RoomId,
+        receiver: SessionId,
+        messages: impl IntoIterator<Item = ChatMessage>,
+    ) {
+        let max = self.away_queue_max;
+        if let Some(r) = self.rooms.get_mut(&room) {
+            let side = r.side(receiver);
+            for m in messages {
+                if r.unacked[side].len() < max && !r.unacked[side].iter().any(|k| k.id == m.id) {
+                    r.unacked[side].push_back(m);
+                }
+            }
+        }
+    }
+
     /// The partner of `me` in `room`, if the room is open.
     pub(crate) fn partner(&self, room: RoomId, me: SessionId) -> Option<SessionId> {
         self.rooms.get(&room).map(|r| r.other(me))

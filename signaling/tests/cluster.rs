@@ -739,6 +739,52 @@ fn a_killed_home_is_taken_over_and_the_chat_goes_on_through_another_node() {
 }
 
 #[test]
+fn what_the_survivor_sent_and_the_dead_home_had_not_delivered_is_not_lost() {
+    let mut sim = Sim::new(3);
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    // Bob (at the home, node 1) is away; Ann (node 0) writes twice: acknowledged as sent by the
+    // home, kept there for Bob.
+    sim.disconnect(b);
+    let m1 = sim
+        .ev(
+            a,
+            "chat:message",
+            json!({"clientId": "k1", "content": "one"}),
+        )
+        .unwrap();
+    let m2 = sim
+        .ev(
+            a,
+            "chat:message",
+            json!({"clientId": "k2", "content": "two"}),
+        )
+        .unwrap();
+    sim.kill(1);
+    sim.seen.clear();
+    // Bob comes back through node 2: node 0 took the room over and kept Ann's two messages.
+    let b = sim.connect(b, 2);
+    let got: Vec<Value> = sim.seen[&b.id]
+        .iter()
+        .filter(|(n, _)| n == "chat:message")
+        .map(|(_, m)| m["id"].clone())
+        .collect();
+    assert_eq!(got, [m1["id"].clone(), m2["id"].clone()]);
+    let contents: Vec<Value> = sim.seen[&b.id]
+        .iter()
+        .filter(|(n, _)| n == "chat:message")
+        .map(|(_, m)| m["content"].clone())
+        .collect();
+    assert_eq!(contents, [json!("one"), json!("two")]);
+    // Bob's acks reach the new home: Ann gets both delivered receipts.
+    let delivered = sim.seen[&a.id]
+        .iter()
+        .filter(|(n, _)| n == "chat:message:delivered")
+        .count();
+    assert_eq!(delivered, 2);
+    let _ = b;
+}
+
+#[test]
 fn a_killed_home_whose_guest_never_returns_ends_the_chat_after_the_grace_period() {
     let mut sim = Sim::new(2);
     let (a, _b) = chat_script(&mut sim, 0, 1);

@@ -759,3 +759,30 @@ test('open connections per address are limited across the cluster, and a closed 
   await expectEvent('the new connection', s.value, 'connection:established');
   for (const x of [...open, s.value]) x.close();
 });
+
+test('the home node killed while the partner was away: what the survivor sent and the dead home held is delivered after the takeover', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--grace-period-secs', '30'] });
+  // A on node 1, B on node 2 (the home). B goes away; A writes twice (acknowledged as sent).
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  B.socket.close();
+  await expectEvent('A sees B away', A.socket, 'partner:presence', (p) => p.status === 'away');
+  const sent = [];
+  for (const content of ['one', 'two']) {
+    sent.push(assertOk(await ackOf(A.socket, 'chat:message', { clientId: `k-${content}`, content }), `A: ${content}`));
+  }
+  await stopNode(nodes[1], 'SIGKILL');
+  // B comes back through node 3 once node 1 has taken the room over.
+  const b = await until('B back in its chat through node 3', async () => {
+    const s = await connect(nodes[2].url, B.guest.token, { timeoutMs: WAIT });
+    const est = await waitFor(s, 'connection:established', WAIT);
+    if (est.state === 'in_chat' && est.room?.roomId === roomId) return s;
+    s.close();
+    return null;
+  }, 20_000, 500);
+  for (const m of sent) {
+    await expectEvent(`B gets "${m.id}" that the dead home held`, b.value, 'chat:message', (x) => x.id === m.id);
+    await expectEvent('A (delivered)', A.socket, 'chat:message:delivered', (x) => x.id === m.id);
+  }
+  b.value.close();
+});
