@@ -912,6 +912,11 @@ pub const REDIS_COMMANDS: &[&str] = &[
     "session_get",
     "session_set",
     "node_entry",
+    "node_alive",
+    "room_claim",
+    "file_set",
+    "file_get",
+    "ip_limit",
 ];
 
 /// Why a Redis command failed, as the `kind` label (a fixed set).

@@ -48,6 +48,15 @@ pub enum Command {
     SessionSet,
     /// One node's registry entry (`HGET`), when the view does not have it yet.
     NodeEntry,
+    /// Is a node in the registry (a session record's home).
+    NodeAlive,
+    /// A room claimed after its home died.
+    RoomClaim,
+    /// Where a shared file is stored.
+    FileSet,
+    FileGet,
+    /// Per-address limits counted cluster-wide.
+    IpLimit,
 }
 
 impl Command {
@@ -66,6 +75,11 @@ impl Command {
             Command::SessionGet => "session_get",
             Command::SessionSet => "session_set",
             Command::NodeEntry => "node_entry",
+            Command::NodeAlive => "node_alive",
+            Command::RoomClaim => "room_claim",
+            Command::FileSet => "file_set",
+            Command::FileGet => "file_get",
+            Command::IpLimit => "ip_limit",
         }
     }
 }
@@ -367,6 +381,11 @@ mod tests {
             Command::SessionGet,
             Command::SessionSet,
             Command::NodeEntry,
+            Command::NodeAlive,
+            Command::RoomClaim,
+            Command::FileSet,
+            Command::FileGet,
+            Command::IpLimit,
         ] {
             assert!(crate::metrics::REDIS_COMMANDS.contains(&c.label()));
         }

@@ -270,7 +270,7 @@ impl Cluster {
             match self
                 .inner
                 .redis
-                .invoke::<i64>(Command::SessionGet, &invocation)
+                .invoke::<i64>(Command::NodeAlive, &invocation)
                 .await
             {
                 Ok(n) => n == 1,
@@ -384,7 +384,7 @@ impl Cluster {
         let winner: String = self
             .inner
             .redis
-            .invoke(Command::SessionSet, &invocation)
+            .invoke(Command::RoomClaim, &invocation)
             .await?;
         CoreNodeId::parse(&winner)
             .ok_or_else(|| Fault::response("unexpected answer from the claim script"))
@@ -407,7 +407,7 @@ impl Cluster {
             .arg(ttl.as_millis().max(1) as u64);
         self.inner
             .redis
-            .invoke::<i64>(Command::SessionSet, &invocation)
+            .invoke::<i64>(Command::FileSet, &invocation)
             .await
             .map(|_| ())
     }
@@ -422,7 +422,7 @@ impl Cluster {
         let owner: String = self
             .inner
             .redis
-            .invoke(Command::SessionGet, &invocation)
+            .invoke(Command::FileGet, &invocation)
             .await?;
         let addr = owner.parse::<SocketAddr>().ok();
         Ok(addr.filter(|a| Some(a) != self.inner.http.get()))
@@ -444,7 +444,7 @@ impl Cluster {
         let wait: i64 = self
             .inner
             .redis
-            .invoke(Command::SessionSet, &invocation)
+            .invoke(Command::IpLimit, &invocation)
             .await?;
         Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
@@ -464,7 +464,7 @@ impl Cluster {
         let ok: i64 = self
             .inner
             .redis
-            .invoke(Command::SessionSet, &invocation)
+            .invoke(Command::IpLimit, &invocation)
             .await?;
         Ok(ok == 1)
     }
@@ -477,7 +477,7 @@ impl Cluster {
             .arg(CONN_TTL.as_millis() as u64);
         self.inner
             .redis
-            .invoke::<i64>(Command::SessionSet, &invocation)
+            .invoke::<i64>(Command::IpLimit, &invocation)
             .await
             .map(|_| ())
     }
@@ -492,7 +492,7 @@ impl Cluster {
             if self
                 .inner
                 .redis
-                .invoke::<i64>(Command::SessionSet, &invocation)
+                .invoke::<i64>(Command::IpLimit, &invocation)
                 .await
                 .is_err()
             {
