@@ -1229,6 +1229,14 @@ impl Core {
             .and_then(|c| c.outbox.remove(&g))
             .unwrap_or_default();
         self.restore(room, g, kept.into());
+        // A socket of `g` that connected while the home was already dead waited in vain for
+        // its answer: every socket of `g` hears where it stands now.
+        if let Some(established) = self.established(g) {
+            for &conn in self.sessions.conns(g) {
+                let event = ServerEvent::Established(established.clone());
+                self.out.emit(Target::Conn(conn), event);
+            }
+        }
         if self.sessions.is_away(p) {
             if let Some(gen) = self.sessions.presence_gen(p) {
                 let grace_end = now + self.cfg.grace_period;

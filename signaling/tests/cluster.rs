@@ -696,8 +696,11 @@ fn a_killed_home_is_taken_over_and_the_chat_goes_on_through_another_node() {
     sim.seen.clear();
     sim.kill(1);
     // Node 0 takes the room over: Ann sees Bob away.
-    assert_eq!(sim.names(a.id), ["partner:presence"]);
-    assert_eq!(sim.seen[&a.id][0].1["status"], "away");
+    assert_eq!(
+        sim.names(a.id),
+        ["connection:established", "partner:presence"]
+    );
+    assert_eq!(sim.seen[&a.id][1].1["status"], "away");
     assert!(sim.cores[0].chat_of(a.id).is_some());
     // Ann writes meanwhile: kept for Bob.
     let kept = sim
@@ -719,13 +722,16 @@ fn a_killed_home_is_taken_over_and_the_chat_goes_on_through_another_node() {
     assert_eq!(
         sim.names(a.id),
         [
+            "connection:established",
             "partner:presence",
             "chat:message:sent",
             "partner:presence",
             "chat:message:delivered"
         ]
     );
-    assert_eq!(sim.seen[&a.id][2].1["status"], "online");
+    // Ann's socket heard where it stands at the takeover: in the chat, now homed here.
+    assert_eq!(sim.seen[&a.id][0].1["state"], "in_chat");
+    assert_eq!(sim.seen[&a.id][3].1["status"], "online");
     sim.ev(
         b,
         "chat:message",
@@ -791,7 +797,10 @@ fn a_killed_home_whose_guest_never_returns_ends_the_chat_after_the_grace_period(
     sim.seen.clear();
     sim.kill(1);
     sim.advance(secs(29));
-    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    assert_eq!(
+        sim.names(a.id),
+        ["connection:established", "partner:presence"]
+    );
     sim.advance(secs(2));
     let names = sim.names(a.id);
     assert!(names.iter().any(|n| n == "chat:ended"), "{names:?}");
@@ -817,12 +826,18 @@ fn a_drained_home_hands_its_chats_over_at_once() {
     sim.cores[1].begin_drain(now);
     sim.pump();
     // Node 0 took the room over: Bob (on the draining node) is away for Ann.
-    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    assert_eq!(
+        sim.names(a.id),
+        ["connection:established", "partner:presence"]
+    );
     assert!(sim.cores[0].chat_of(a.id).is_some());
     // The draining node says nothing more to the others: its guest's socket closing is not
     // told (Ann heard "away" once).
     sim.disconnect(b);
-    assert_eq!(sim.names(a.id), ["partner:presence"]);
+    assert_eq!(
+        sim.names(a.id),
+        ["connection:established", "partner:presence"]
+    );
     // Bob reconnects through node 2 and the chat goes on at node 0.
     let b = sim.connect(b, 2);
     assert_eq!(sim.seen[&b.id][0].1["state"], "in_chat");
