@@ -41,9 +41,11 @@ pub enum Phase {
     Stop,
 }
 
-/// Where to connect.
+/// Where to connect: one node.
 pub struct Target {
     pub addr: SocketAddr,
+    /// `host:port` as given (the HTTP `Host`).
+    pub authority: String,
     pub ws_url: String,
 }
 
@@ -69,7 +71,10 @@ struct Outstanding {
 }
 
 struct Conn<'a> {
-    idx: usize,
+    /// When this guest sends `match:start`: slot `match_slot` of the match phase.
+    match_slot: usize,
+    /// The node (index into the URLs) this guest was created and connected on.
+    node: usize,
     shared: &'a Shared,
     token: String,
     phase: Phase,
@@ -84,6 +89,10 @@ struct Conn<'a> {
     connected: bool,
     match_sent: bool,
     paired: bool,
+    /// The room of `match:found`.
+    room: Option<String>,
+    /// Whether the partner is on another node, once the coordinator has published the pairs.
+    cross: Option<bool>,
     /// When the next chat message is due (µs since origin), while in the chat phase.
     next_send_us: Option<u64>,
     measure_us: u64,
@@ -91,8 +100,10 @@ struct Conn<'a> {
     done: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
-    idx: usize,
+    match_slot: usize,
+    node: usize,
     token: String,
     target: Arc<Target>,
     shared: Arc<Shared>,
@@ -114,7 +125,8 @@ pub async fn run(
         }
     };
     let mut c = Conn {
-        idx,
+        match_slot,
+        node,
         shared: &shared,
         token,
         phase: *ctl.borrow_and_update(),
@@ -127,6 +139,8 @@ pub async fn run(
         connected: false,
         match_sent: false,
         paired: false,
+        room: None,
+        cross: None,
         next_send_us: None,
         measure_us: u64::MAX,
         end_us: 0,
@@ -274,7 +288,7 @@ impl Conn<'_> {
         }
         match self.phase {
             Phase::Match { start_us, step_us } if !self.match_sent => {
-                start_us + self.idx as u64 * step_us
+                start_us + self.match_slot as u64 * step_us
             }
             Phase::Chat { .. } if self.paired => match self.next_send_us {
                 Some(t) if t < self.end_us => t,
@@ -287,7 +301,9 @@ impl Conn<'_> {
     fn on_timer(&mut self, now: u64) {
         match self.phase {
             Phase::Match { start_us, step_us } => {
-                if self.connected && !self.match_sent && now >= start_us + self.idx as u64 * step_us
+                if self.connected
+                    && !self.match_sent
+                    && now >= start_us + self.match_slot as u64 * step_us
                 {
                     self.match_sent = true;
                     let id = self.ack_id(Pending::Match);
@@ -376,6 +392,9 @@ impl Conn<'_> {
                 if !self.connected {
                     self.connected = true;
                     self.shared.connected.inc();
+                    if let Some(c) = self.shared.node_connected.get(self.node) {
+                        c.inc();
+                    }
                     self.token = String::new();
                 }
             }
@@ -430,8 +449,14 @@ impl Conn<'_> {
                             self.outstanding.remove(id);
                         }
                         if self.measured(sent_us) {
+                            let us = now_us().saturating_sub(sent_us);
                             self.shared.delivered.inc();
-                            self.shared.receipt.record(now_us().saturating_sub(sent_us));
+                            self.shared.receipt.record(us);
+                            match self.cross() {
+                                Some(false) => self.shared.receipt_same.record(us),
+                                Some(true) => self.shared.receipt_cross.record(us),
+                                None => {}
+                            }
                         }
                     }
                     Some(_) => self.shared.error("delivered_twice"),
@@ -463,6 +488,13 @@ impl Conn<'_> {
                 if !self.paired {
                     self.paired = true;
                     self.shared.paired.inc();
+                    match str_field(payload, "roomId") {
+                        Some(room) => {
+                            self.shared.joined(room, self.node);
+                            self.room = Some(room.to_owned());
+                        }
+                        None => self.shared.error("match_found_without_room"),
+                    }
                 } else {
                     self.shared.error("match_found_while_paired");
                 }
@@ -517,10 +549,14 @@ impl Conn<'_> {
         };
         self.shared.received_total.inc();
         if self.measured(sent_us) {
+            let us = now_us().saturating_sub(sent_us);
             self.shared.received.inc();
-            self.shared
-                .delivery
-                .record(now_us().saturating_sub(sent_us));
+            self.shared.delivery.record(us);
+            match self.cross() {
+                Some(false) => self.shared.delivery_same.record(us),
+                Some(true) => self.shared.delivery_cross.record(us),
+                None => {}
+            }
         }
         if wants_read(seq) {
             if let Some(id) = str_field(payload, "id") {
@@ -531,6 +567,18 @@ impl Conn<'_> {
                 self.shared.reads_sent.inc();
             }
         }
+    }
+
+    /// Whether this guest's partner is on another node (`None` until the coordinator has
+    /// published which rooms span two nodes, or for a room only one of the pair reported).
+    fn cross(&mut self) -> Option<bool> {
+        if self.cross.is_none() {
+            let (Some(room), Some(pairs)) = (&self.room, self.shared.pairs.get()) else {
+                return None;
+            };
+            self.cross = pairs.get(room).copied();
+        }
+        self.cross
     }
 
     /// Starts waiting for the receipts of a sent message (idempotent).

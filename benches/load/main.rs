@@ -7,6 +7,11 @@
 //!     [--warmup 5] [--server-pid <pid>] [--json]
 //! ```
 //!
+//! A cluster: `--urls <node1>,<node2>,…` (guest i is created and connects on node i mod n) and
+//! `--server-pid` repeated for every node and Redis; the report adds how many pairs span two
+//! nodes and the latencies of same-node and cross-node pairs apart (`--match-order shuffled`
+//! mixes them; in index order guests 2k and 2k+1 meet).
+//!
 //! The server must be started with limits above the load (see `--help`). The tool raises its own
 //! open-file limit up to the hard limit; past that, `ulimit -n` in the shell. Exits 1 when fewer
 //! than 95% of the guests connected or paired, or when fewer than 99% of the measured messages
@@ -17,7 +22,7 @@
 mod conn;
 mod http;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +40,16 @@ use tokio::sync::watch;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tandem-load", version, after_help = AFTER_HELP)]
 struct Args {
-    /// The server's base URL (http:// only).
-    #[arg(long, env = "TANDEM_LOAD_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// The server's base URL (http:// only). Several (`--urls a,b` or `--url a --url b`): the
+    /// nodes of one cluster; guest i is created and connects on node i mod n.
+    #[arg(
+        long,
+        alias = "urls",
+        env = "TANDEM_LOAD_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    url: Vec<String>,
     /// How many guests to create and connect (an even number pairs them all).
     #[arg(long, default_value_t = 100)]
     guests: usize,
@@ -66,18 +78,38 @@ struct Args {
     /// Runtime worker threads; 1 runs everything on one thread, leaving the other cores to the server.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// The server's process id, to sample its RSS and CPU time from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The order of `match:start` (the matchmaker pairs the oldest first): `index` (guest 0, 1,
+    /// 2, …: guests 2k and 2k+1 meet, so with 2 nodes nearly every pair spans both), `shuffled`
+    /// (a random order: with 2 nodes about half the pairs span both) or `grouped` (node by node:
+    /// nearly every pair on one node).
+    #[arg(long, value_enum, default_value_t = MatchOrder::Index)]
+    match_order: MatchOrder,
+    /// The server's process id, to sample its RSS and CPU time from /proc. Repeatable (or a
+    /// comma-separated list): every node and Redis, summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Print one JSON object line with every number on stdout (the summary goes to stderr).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum MatchOrder {
+    Index,
+    Shuffled,
+    Grouped,
 }
 
 const AFTER_HELP: &str = "\
 Phases: create guests (POST /api/guest), connect (--connect-rate), pair (match:start at
 --match-rate), send for --warmup + --duration seconds, drain, disconnect. Each paired guest sends
 rate / paired messages per second; 1 in 10 received messages is also marked read.
+
+A cluster: --urls http://127.0.0.1:18090,http://127.0.0.1:18091 and
+--server-pid <node1>,<node2>,<redis>. Guest i is created and connects on node i mod n. Both guests
+of a pair receive the same roomId in match:found, so the tool knows whether a pair spans two
+nodes: it reports the pairs that do and the delivery and receipt latencies of same-node and
+cross-node pairs apart (--match-order sets the mix).
 
 Start the server with limits above the load, e.g. for 5000 guests at 20000 msg/s:
   tandem --guest-creations-per-min 1000000 --http-requests-per-min 1000000 \\
@@ -155,6 +187,14 @@ impl Hist {
     }
 }
 
+/// Pairs whose two guests are on one node, on two, and rooms only one guest reported.
+#[derive(Default, Debug, Clone, Copy)]
+struct PairCounts {
+    same: u64,
+    cross: u64,
+    incomplete: u64,
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 struct Latency {
     count: u64,
@@ -189,11 +229,23 @@ pub struct Shared {
     pub delivery: Hist,
     pub receipt: Hist,
     pub read_latency: Hist,
+    /// Delivery and receipt latency of pairs on one node, and of pairs spanning two.
+    pub delivery_same: Hist,
+    pub delivery_cross: Hist,
+    pub receipt_same: Hist,
+    pub receipt_cross: Hist,
+    /// Per node: guests created, sockets connected.
+    pub node_created: Vec<Counter>,
+    pub node_connected: Vec<Counter>,
+    /// Room of each `match:found` → the nodes of the guests that got it.
+    rooms: Mutex<HashMap<String, Vec<usize>>>,
+    /// Room → whether its two guests are on different nodes; set once pairing is over.
+    pub pairs: OnceLock<HashMap<String, bool>>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(nodes: usize) -> Self {
         Shared {
             connected: Counter::default(),
             connect_failed: Counter::default(),
@@ -216,8 +268,46 @@ impl Shared {
             delivery: Hist::new(),
             receipt: Hist::new(),
             read_latency: Hist::new(),
+            delivery_same: Hist::new(),
+            delivery_cross: Hist::new(),
+            receipt_same: Hist::new(),
+            receipt_cross: Hist::new(),
+            node_created: (0..nodes).map(|_| Counter::default()).collect(),
+            node_connected: (0..nodes).map(|_| Counter::default()).collect(),
+            rooms: Mutex::new(HashMap::new()),
+            pairs: OnceLock::new(),
             errors: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// A guest on `node` was paired in `room`.
+    pub fn joined(&self, room: &str, node: usize) {
+        let mut rooms = self.rooms.lock().expect("rooms lock");
+        rooms.entry(room.to_owned()).or_default().push(node);
+    }
+
+    /// Publishes which rooms span two nodes (for the latency split) and counts the pairs.
+    fn publish_pairs(&self) -> PairCounts {
+        let rooms = self.rooms.lock().expect("rooms lock");
+        let mut counts = PairCounts::default();
+        let mut pairs = HashMap::with_capacity(rooms.len());
+        for (room, nodes) in rooms.iter() {
+            match nodes.as_slice() {
+                [a, b] => {
+                    let cross = a != b;
+                    if cross {
+                        counts.cross += 1;
+                    } else {
+                        counts.same += 1;
+                    }
+                    pairs.insert(room.clone(), cross);
+                }
+                // The partner's match:found never came (or a room reported more than twice).
+                _ => counts.incomplete += 1,
+            }
+        }
+        let _ = self.pairs.set(pairs);
+        counts
     }
 
     /// Counts one error of a kind (kinds are short, stable strings).
@@ -250,6 +340,21 @@ mod sys {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         };
         Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
+    }
+
+    /// (RSS, peak RSS) in KiB summed over processes (`None` when none is readable).
+    pub fn rss_sum_kib(pids: &[String]) -> Option<(u64, u64)> {
+        let all: Vec<(u64, u64)> = pids.iter().filter_map(|p| rss_kib(p)).collect();
+        if all.is_empty() {
+            return None;
+        }
+        Some(all.iter().fold((0, 0), |(r, h), (a, b)| (r + a, h + b)))
+    }
+
+    /// The process's command name from /proc/<pid>/comm.
+    pub fn comm(pid: &str) -> Option<String> {
+        let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        Some(c.trim().to_owned())
     }
 
     /// utime + stime in seconds from /proc/<pid>/stat.
@@ -364,21 +469,21 @@ mod sys {
     }
 }
 
-/// Samples a process's RSS periodically, keeping the peak.
+/// Samples the processes' RSS (summed) periodically, keeping the peak.
 struct RssWatch {
     peak_kib: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RssWatch {
-    fn start(pid: String) -> Self {
+    fn start(pids: Vec<String>) -> Self {
         let peak_kib = Arc::new(AtomicU64::new(0));
         let peak = peak_kib.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                if let Some((rss, _)) = sys::rss_kib(&pid) {
+                if let Some((rss, _)) = sys::rss_sum_kib(&pids) {
                     peak.fetch_max(rss, Ordering::Relaxed);
                 }
             }
@@ -480,7 +585,18 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     if !(args.connect_rate > 0.0 && args.match_rate > 0.0) {
         bail!("--connect-rate and --match-rate must be positive");
     }
-    let (authority, addr) = parse_url(&args.url).await?;
+    if args.url.is_empty() {
+        bail!("--url needs at least one URL");
+    }
+    let mut nodes = Vec::with_capacity(args.url.len());
+    for url in &args.url {
+        let (authority, addr) = parse_url(url).await?;
+        nodes.push(Arc::new(Target {
+            addr,
+            ws_url: format!("ws://{authority}/socket.io/?EIO=4&transport=websocket"),
+            authority,
+        }));
+    }
     let nofile = sys::raise_nofile(args.guests as u64 + args.http_concurrency as u64 + 256);
     if let Some(limit) = nofile {
         if limit < args.guests as u64 + 64 {
@@ -490,27 +606,52 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             ));
         }
     }
-    let pid = args.server_pid.map(|p| p.to_string());
-    if let Some(pid) = &pid {
+    let pids: Vec<String> = args.server_pid.iter().map(|p| p.to_string()).collect();
+    for pid in &pids {
         if sys::rss_kib(pid).is_none() {
             bail!("--server-pid {pid}: no such process readable in /proc");
         }
     }
-    let rss = pid.clone().map(RssWatch::start);
-    let shared = Arc::new(Shared::new());
+    let rss = (!pids.is_empty()).then(|| RssWatch::start(pids.clone()));
+    let shared = Arc::new(Shared::new(nodes.len()));
 
-    // 1. Guests.
-    log(format!("creating {} guests at {}", args.guests, args.url));
-    let tokens = http::create_guests(
-        addr,
-        authority.clone(),
+    // 1. Guests: guest i on node i mod n (created there, and its socket connects there).
+    log(format!(
+        "creating {} guests at {}",
         args.guests,
-        args.http_concurrency,
-        shared.clone(),
-    )
+        args.url.join(", ")
+    ));
+    let per_node = (args.http_concurrency / nodes.len()).max(1);
+    let created = futures_util::future::join_all(nodes.iter().enumerate().map(|(k, node)| {
+        let count = args.guests / nodes.len() + usize::from(k < args.guests % nodes.len());
+        http::create_guests(
+            node.addr,
+            node.authority.clone(),
+            count,
+            per_node,
+            shared.clone(),
+        )
+    }))
     .await;
-    log(format!("created {} guests", tokens.len()));
-    if tokens.is_empty() {
+    for (k, t) in created.iter().enumerate() {
+        shared.node_created[k].add(t.len() as u64);
+    }
+    // Round-robin over the nodes (exactly i mod n when every creation succeeded).
+    let mut guests: Vec<(usize, String)> = Vec::with_capacity(args.guests);
+    let mut lists: Vec<_> = created.into_iter().map(Vec::into_iter).collect();
+    loop {
+        let before = guests.len();
+        for (k, list) in lists.iter_mut().enumerate() {
+            if let Some(t) = list.next() {
+                guests.push((k, t));
+            }
+        }
+        if guests.len() == before {
+            break;
+        }
+    }
+    log(format!("created {} guests", guests.len()));
+    if guests.is_empty() {
         bail!(
             "no guest could be created: {:?}",
             shared.errors.lock().expect("errors lock")
@@ -518,12 +659,24 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     // 2. Connections, paced.
-    let target = Arc::new(Target {
-        addr,
-        ws_url: format!("ws://{authority}/socket.io/?EIO=4&transport=websocket"),
-    });
     let (ctl, ctl_rx) = watch::channel(Phase::Connect);
-    let n = tokens.len();
+    let n = guests.len();
+    // Each guest's turn to send match:start.
+    let mut slots: Vec<usize> = (0..n).collect();
+    match args.match_order {
+        MatchOrder::Index => {}
+        MatchOrder::Shuffled => {
+            use rand::seq::SliceRandom as _;
+            slots.shuffle(&mut rand::rng());
+        }
+        MatchOrder::Grouped => {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_key(|&i| (guests[i].0, i));
+            for (slot, &i) in order.iter().enumerate() {
+                slots[i] = slot;
+            }
+        }
+    }
     let connect_secs = n as f64 / args.connect_rate;
     let match_secs = n as f64 / args.match_rate;
     // Every task stops by itself by this time, whatever happens to the coordinator.
@@ -532,11 +685,12 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let step = secs_us(1.0 / args.connect_rate);
     let t0 = now_us();
     let mut tasks = Vec::with_capacity(n);
-    for (i, token) in tokens.into_iter().enumerate() {
+    for (i, (node, token)) in guests.into_iter().enumerate() {
         tokio::time::sleep_until(at(t0 + i as u64 * step)).await;
-        let (target, shared, rx) = (target.clone(), shared.clone(), ctl_rx.clone());
+        let (target, shared, rx) = (nodes[node].clone(), shared.clone(), ctl_rx.clone());
         tasks.push(tokio::spawn(conn::run(
-            i,
+            slots[i],
+            node,
             token,
             target,
             shared,
@@ -565,7 +719,21 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let want_paired = connected - connected % 2;
     wait_for(deadline, || shared.paired.get() >= want_paired).await;
     let paired = shared.paired.get();
-    log(format!("paired {paired}/{connected}"));
+    let pairs = shared.publish_pairs();
+    if nodes.len() > 1 {
+        log(format!(
+            "paired {paired}/{connected}: {} pairs on one node, {} across two{}",
+            pairs.same,
+            pairs.cross,
+            if pairs.incomplete > 0 {
+                format!(", {} rooms only one guest reported", pairs.incomplete)
+            } else {
+                String::new()
+            }
+        ));
+    } else {
+        log(format!("paired {paired}/{connected}"));
+    }
 
     // 4. Chat at the target rate: every paired guest sends every `interval`.
     let mut window = None;
@@ -587,8 +755,8 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             end_us,
         });
         tokio::time::sleep_until(at(measure_us)).await;
-        let server_cpu0 = pid.as_deref().and_then(sys::sample);
-        let rss0 = pid.as_deref().and_then(sys::rss_kib);
+        let server_cpu0: Vec<_> = pids.iter().map(|p| sys::sample(p)).collect();
+        let rss0 = sys::rss_sum_kib(&pids);
         let own_cpu0 = sys::sample("self");
         let machine0 = sys::machine_busy_secs().map(|cpu| sys::CpuSample {
             cpu,
@@ -607,8 +775,8 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             ));
             last = (t, s, r);
         }
-        let server_cpu1 = pid.as_deref().and_then(sys::sample);
-        let rss1 = pid.as_deref().and_then(sys::rss_kib);
+        let server_cpu1: Vec<_> = pids.iter().map(|p| sys::sample(p)).collect();
+        let rss1 = sys::rss_sum_kib(&pids);
         let own_cpu1 = sys::sample("self");
         let machine1 = sys::machine_busy_secs().map(|cpu| sys::CpuSample {
             cpu,
@@ -649,14 +817,22 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         w.task.abort();
         w.peak_kib.load(Ordering::Relaxed)
     });
-    let hwm_kib = pid.as_deref().and_then(sys::rss_kib).map(|(_, hwm)| hwm);
+    let hwm_kib = sys::rss_sum_kib(&pids).map(|(_, hwm)| hwm);
+    let names: Vec<String> = pids
+        .iter()
+        .map(|p| sys::comm(p).unwrap_or_else(|| "?".to_owned()))
+        .collect();
     Ok(Report::new(
         &args,
         n,
         &shared,
-        window,
-        rss_peak_kib,
-        hwm_kib,
+        Extra {
+            window,
+            rss_peak_kib,
+            hwm_kib,
+            pairs,
+            names,
+        },
     ))
 }
 
@@ -672,8 +848,9 @@ async fn wait_for(deadline: u64, done: impl Fn() -> bool) {
 }
 
 struct Window {
-    server_cpu0: Option<sys::CpuSample>,
-    server_cpu1: Option<sys::CpuSample>,
+    /// One sample per `--server-pid`, in order.
+    server_cpu0: Vec<Option<sys::CpuSample>>,
+    server_cpu1: Vec<Option<sys::CpuSample>>,
     rss0: Option<(u64, u64)>,
     rss1: Option<(u64, u64)>,
     own_cpu0: Option<sys::CpuSample>,
@@ -689,10 +866,33 @@ fn cpu_used(a: Option<sys::CpuSample>, b: Option<sys::CpuSample>) -> Option<(f64
     Some((secs, if wall > 0.0 { secs / wall } else { 0.0 }))
 }
 
+/// What the coordinator measured besides the shared counters.
+struct Extra {
+    window: Option<Window>,
+    rss_peak_kib: Option<u64>,
+    hwm_kib: Option<u64>,
+    pairs: PairCounts,
+    /// The command name of each `--server-pid`.
+    names: Vec<String>,
+}
+
+/// One `--server-pid`'s CPU in the window.
+struct ProcCpu {
+    pid: u32,
+    name: String,
+    secs: Option<f64>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The report
 
 struct Report {
+    urls: Vec<String>,
+    match_order: MatchOrder,
+    /// Per node: guests created, sockets connected.
+    node_created: Vec<u64>,
+    node_connected: Vec<u64>,
+    pairs: PairCounts,
     guests: usize,
     created: usize,
     connected: u64,
@@ -719,8 +919,13 @@ struct Report {
     delivery: Latency,
     receipt: Latency,
     read: Latency,
+    delivery_same: Latency,
+    delivery_cross: Latency,
+    receipt_same: Latency,
+    receipt_cross: Latency,
     errors: BTreeMap<String, u64>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
+    server_cpu_by_pid: Vec<ProcCpu>,
     server_rss_peak_mb: Option<f64>,
     server_rss_hwm_mb: Option<f64>,
     server_rss_start_mb: Option<f64>,
@@ -735,19 +940,43 @@ struct Report {
 }
 
 impl Report {
-    fn new(
-        args: &Args,
-        created: usize,
-        s: &Shared,
-        window: Option<Window>,
-        rss_peak_kib: Option<u64>,
-        hwm_kib: Option<u64>,
-    ) -> Self {
+    fn new(args: &Args, created: usize, s: &Shared, extra: Extra) -> Self {
+        let Extra {
+            window,
+            rss_peak_kib,
+            hwm_kib,
+            pairs,
+            names,
+        } = extra;
         let mb = |kib: u64| kib as f64 / 1024.0;
         let received = s.received.get();
-        let server = window
-            .as_ref()
-            .and_then(|w| cpu_used(w.server_cpu0, w.server_cpu1));
+        let per_pid: Vec<Option<(f64, f64)>> = match &window {
+            Some(w) => w
+                .server_cpu0
+                .iter()
+                .zip(&w.server_cpu1)
+                .map(|(a, b)| cpu_used(*a, *b))
+                .collect(),
+            None => Vec::new(),
+        };
+        // The sum over every process, only when each was sampled at both ends of the window.
+        let server = (!per_pid.is_empty())
+            .then(|| {
+                per_pid
+                    .iter()
+                    .try_fold((0.0, 0.0), |(s, c), p| p.map(|(ps, pc)| (s + ps, c + pc)))
+            })
+            .flatten();
+        let server_cpu_by_pid = args
+            .server_pid
+            .iter()
+            .enumerate()
+            .map(|(i, &pid)| ProcCpu {
+                pid,
+                name: names.get(i).cloned().unwrap_or_default(),
+                secs: per_pid.get(i).copied().flatten().map(|(s, _)| s),
+            })
+            .collect();
         let tool = window
             .as_ref()
             .and_then(|w| cpu_used(w.own_cpu0, w.own_cpu1));
@@ -755,6 +984,11 @@ impl Report {
             .as_ref()
             .and_then(|w| cpu_used(w.machine0, w.machine1));
         let mut r = Report {
+            urls: args.url.clone(),
+            match_order: args.match_order,
+            node_created: s.node_created.iter().map(Counter::get).collect(),
+            node_connected: s.node_connected.iter().map(Counter::get).collect(),
+            pairs,
             guests: args.guests,
             created,
             connected: s.connected.get(),
@@ -781,8 +1015,13 @@ impl Report {
             delivery: s.delivery.summary(),
             receipt: s.receipt.summary(),
             read: s.read_latency.summary(),
+            delivery_same: s.delivery_same.summary(),
+            delivery_cross: s.delivery_cross.summary(),
+            receipt_same: s.receipt_same.summary(),
+            receipt_cross: s.receipt_cross.summary(),
             errors: s.errors.lock().expect("errors lock").clone(),
-            server_pid: args.server_pid,
+            server_pids: args.server_pid.clone(),
+            server_cpu_by_pid,
             server_rss_peak_mb: rss_peak_kib.map(mb),
             server_rss_hwm_mb: hwm_kib.map(mb),
             server_rss_start_mb: window.as_ref().and_then(|w| w.rss0).map(|(r, _)| mb(r)),
@@ -830,6 +1069,16 @@ impl Report {
         }
     }
 
+    /// The share of complete pairs whose guests are on two nodes.
+    fn cross_share(&self) -> f64 {
+        let all = self.pairs.same + self.pairs.cross;
+        if all == 0 {
+            0.0
+        } else {
+            self.pairs.cross as f64 / all as f64
+        }
+    }
+
     fn rate(&self, n: u64) -> f64 {
         n as f64 / self.duration
     }
@@ -840,6 +1089,34 @@ impl Report {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         let _ = writeln!(o, "tandem-load summary");
+        if self.urls.len() > 1 {
+            let nodes: Vec<String> = self
+                .urls
+                .iter()
+                .enumerate()
+                .map(|(k, u)| {
+                    format!(
+                        "{u} ({} created, {} connected)",
+                        self.node_created.get(k).copied().unwrap_or(0),
+                        self.node_connected.get(k).copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            let _ = writeln!(o, "  nodes       {}", nodes.join(", "));
+            let _ = writeln!(
+                o,
+                "  pairs       {} on one node, {} across two ({:.1}%){}; match order {:?}",
+                self.pairs.same,
+                self.pairs.cross,
+                100.0 * self.cross_share(),
+                if self.pairs.incomplete > 0 {
+                    format!(", {} reported by one guest only", self.pairs.incomplete)
+                } else {
+                    String::new()
+                },
+                self.match_order
+            );
+        }
         let _ = writeln!(
             o,
             "  guests      {} requested, {} created, {} connected ({} failed), {} paired, {} disconnected early, {} chats ended early",
@@ -882,10 +1159,34 @@ impl Report {
         let _ = writeln!(o, "  delivery    {}", lat(&self.delivery));
         let _ = writeln!(o, "  receipt     {}", lat(&self.receipt));
         let _ = writeln!(o, "  read        {}", lat(&self.read));
-        if let Some(pid) = self.server_pid {
+        if self.urls.len() > 1 {
             let _ = writeln!(
                 o,
-                "  server {pid}  RSS peak {} (window start {}, end {}, HWM {}); CPU {} = {} cores; {} per message",
+                "  delivery, pairs on one node    {}",
+                lat(&self.delivery_same)
+            );
+            let _ = writeln!(
+                o,
+                "  delivery, pairs across nodes   {}",
+                lat(&self.delivery_cross)
+            );
+            let _ = writeln!(
+                o,
+                "  receipt, pairs on one node     {}",
+                lat(&self.receipt_same)
+            );
+            let _ = writeln!(
+                o,
+                "  receipt, pairs across nodes    {}",
+                lat(&self.receipt_cross)
+            );
+        }
+        if !self.server_pids.is_empty() {
+            let pids: Vec<String> = self.server_pids.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                o,
+                "  server {}  RSS peak {} (window start {}, end {}, HWM {}); CPU {} = {} cores; {} per message",
+                pids.join("+"),
                 opt(self.server_rss_peak_mb, " MB"),
                 opt(self.server_rss_start_mb, " MB"),
                 opt(self.server_rss_end_mb, " MB"),
@@ -894,6 +1195,14 @@ impl Report {
                 opt(self.server_cores, ""),
                 opt(self.server_cpu_us_per_msg, " µs"),
             );
+            if self.server_cpu_by_pid.len() > 1 {
+                let each: Vec<String> = self
+                    .server_cpu_by_pid
+                    .iter()
+                    .map(|p| format!("{} {} {}", p.name, p.pid, opt(p.secs, " s")))
+                    .collect();
+                let _ = writeln!(o, "  server CPU  {}", each.join(", "));
+            }
         }
         let _ = writeln!(
             o,
@@ -920,7 +1229,20 @@ impl Report {
     }
 
     fn json(&self) -> String {
+        let by_pid: Vec<serde_json::Value> = self
+            .server_cpu_by_pid
+            .iter()
+            .map(|p| json!({ "pid": p.pid, "name": p.name, "cpu_s": p.secs }))
+            .collect();
         let v = json!({
+            "urls": self.urls,
+            "match_order": format!("{:?}", self.match_order).to_lowercase(),
+            "node_created": self.node_created,
+            "node_connected": self.node_connected,
+            "pairs_same_node": self.pairs.same,
+            "pairs_cross_node": self.pairs.cross,
+            "pairs_incomplete": self.pairs.incomplete,
+            "cross_node_share": self.cross_share(),
             "guests": self.guests,
             "created": self.created,
             "connected": self.connected,
@@ -952,8 +1274,14 @@ impl Report {
             "delivery_latency_ms": latency_json(&self.delivery),
             "receipt_latency_ms": latency_json(&self.receipt),
             "read_latency_ms": latency_json(&self.read),
+            "delivery_same_node_latency_ms": latency_json(&self.delivery_same),
+            "delivery_cross_node_latency_ms": latency_json(&self.delivery_cross),
+            "receipt_same_node_latency_ms": latency_json(&self.receipt_same),
+            "receipt_cross_node_latency_ms": latency_json(&self.receipt_cross),
             "errors": self.errors,
-            "server_pid": self.server_pid,
+            "server_pid": self.server_pids.first(),
+            "server_pids": self.server_pids,
+            "server_cpu_by_pid": by_pid,
             "server_rss_peak_mb": self.server_rss_peak_mb,
             "server_rss_hwm_mb": self.server_rss_hwm_mb,
             "server_rss_window_start_mb": self.server_rss_start_mb,
@@ -974,4 +1302,25 @@ impl Report {
 
 fn latency_json(l: &Latency) -> serde_json::Value {
     json!({ "count": l.count, "p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max, "mean": l.mean })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_told_apart_by_room() {
+        let s = Shared::new(2);
+        s.joined("r1", 0);
+        s.joined("r1", 1);
+        s.joined("r2", 1);
+        s.joined("r2", 1);
+        s.joined("r3", 0);
+        let c = s.publish_pairs();
+        assert_eq!((c.same, c.cross, c.incomplete), (1, 1, 1));
+        let pairs = s.pairs.get().expect("published");
+        assert_eq!(pairs.get("r1"), Some(&true));
+        assert_eq!(pairs.get("r2"), Some(&false));
+        assert_eq!(pairs.get("r3"), None);
+    }
 }
