@@ -523,6 +523,35 @@ impl Core {
             return self.local_event(conn, event, now).map(Some);
         };
         self.throttle(conn, id, event.kind(), now)?;
+        let draft = match &event {
+            ClientEvent::ChatMessage { content, .. } => {
+                Some((id, MessageType::Text, Content::Text(content.clone())))
+            }
+            _ => None,
+        };
+        let (name, payload) = (name.to_owned(), payload.cloned());
+        self.forward(home, conn, req, draft, now, |bus_req| ClusterMsg::Event {
+            sid: id,
+            conn,
+            req: bus_req,
+            name,
+            payload,
+        })
+    }
+
+    /// Sends a request to the chat's home `home` (the message `make` builds with its bus
+    /// request id): answered by [`Output::Ack`] with the shell's `req` (for socket `conn`),
+    /// or `service_unavailable` after the bus timeout. `draft` is what a post carries, kept
+    /// once the home acknowledges it (see `Cluster::outbox`).
+    fn forward<T>(
+        &mut self,
+        home: NodeId,
+        conn: ConnId,
+        req: u64,
+        draft: Option<(SessionId, MessageType, Content)>,
+        now: Instant,
+        make: impl FnOnce(u64) -> ClusterMsg,
+    ) -> Result<Option<T>, SignalError> {
         let Some(c) = self.cluster.as_mut() else {
             return Err(SignalError::ServiceUnavailable);
         };
@@ -532,19 +561,12 @@ impl Core {
         c.next_req += 1;
         let bus_req = c.next_req;
         c.pending.insert(bus_req, (conn, req));
-        if let ClientEvent::ChatMessage { content, .. } = &event {
-            let draft = (id, MessageType::Text, Content::Text(content.clone()));
+        if let Some(draft) = draft {
             c.drafts.insert(bus_req, draft);
         }
-        let deadline = now + self.cfg.bus_timeout;
-        self.timers.schedule(deadline, Timer::Request(bus_req));
-        let msg = ClusterMsg::Event {
-            sid: id,
-            conn,
-            req: bus_req,
-            name: name.to_owned(),
-            payload: payload.cloned(),
-        };
+        self.timers
+            .schedule(now + self.cfg.bus_timeout, Timer::Request(bus_req));
+        let msg = make(bus_req);
         self.out.push(Output::Bus { to: home, msg });
         Ok(None)
     }
@@ -853,34 +875,22 @@ impl Core {
             return self.post_file(id, room, client_id, file, now).map(Some);
         };
         self.sessions.tick(now);
-        let Some(c) = self.cluster.as_mut() else {
-            return Err(SignalError::ServiceUnavailable);
-        };
-        if c.pending.len() >= MAX_PENDING {
-            return Err(SignalError::ServiceUnavailable);
-        }
-        c.next_req += 1;
-        let bus_req = c.next_req;
-        // No socket: the answer goes to the shell's request alone.
-        c.pending.insert(bus_req, (ConnId(0), req));
         let kind = if file.duration_ms.is_some() {
             MessageType::Voice
         } else {
             MessageType::File
         };
-        let content = Content::File(Box::new(file.clone()));
-        c.drafts.insert(bus_req, (id, kind, content));
-        self.timers
-            .schedule(now + self.cfg.bus_timeout, Timer::Request(bus_req));
-        let msg = ClusterMsg::PostFile {
-            sid: id,
-            req: bus_req,
-            room,
-            client_id,
-            file: Box::new(file),
-        };
-        self.out.push(Output::Bus { to: home, msg });
-        Ok(None)
+        let draft = Some((id, kind, Content::File(Box::new(file.clone()))));
+        // No socket: the answer goes to the shell's request alone.
+        self.forward(home, ConnId(0), req, draft, now, |bus_req| {
+            ClusterMsg::PostFile {
+                sid: id,
+                req: bus_req,
+                room,
+                client_id,
+                file: Box::new(file),
+            }
+        })
     }
 
     pub fn chat_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
