@@ -1255,17 +1255,7 @@ impl Core {
             self.rooms
                 .tell_presence(room, p, Presence::Away, &mut self.out);
         }
-        let [ng, np] = names;
-        for (sid, partner) in [(g, (p, np)), (p, (g, ng))] {
-            let ttl = self.cfg.token_ttl;
-            let (room, partner) = (Some(room), Some(partner));
-            self.out.push(Output::Match(MatchRequest::Home {
-                sid,
-                room,
-                partner,
-                ttl,
-            }));
-        }
+        self.record_homes(Some(room), [g, p], Some(names));
         self.broadcast.changed(now);
     }
 
@@ -1973,20 +1963,25 @@ impl Core {
         }
     }
 
+    /// (Cluster.) The session records of guests `a` and `b` (named `names`): their chat is
+    /// `room`, homed here, each the other's partner; or (`None`) they have none.
+    fn record_homes(&mut self, room: Option<RoomId>, [a, b]: Pair, names: Option<[String; 2]>) {
+        let [na, nb] = names.map_or([None, None], |[na, nb]| [Some(na), Some(nb)]);
+        let ttl = self.cfg.token_ttl;
+        for (sid, partner) in [(a, nb.map(|n| (b, n))), (b, na.map(|n| (a, n)))] {
+            self.out.push(Output::Match(MatchRequest::Home {
+                sid,
+                room,
+                partner,
+                ttl,
+            }));
+        }
+    }
+
     fn open_room_as(&mut self, room: RoomId, [a, b]: Pair, now: Instant) {
         let names = [a, b].map(|id| self.sessions.enter_chat(id, room));
         if self.cluster.is_some() {
-            let [na, nb] = names.clone();
-            for (sid, partner) in [(a, (b, nb)), (b, (a, na))] {
-                let ttl = self.cfg.token_ttl;
-                let (room, partner) = (Some(room), Some(partner));
-                self.out.push(Output::Match(MatchRequest::Home {
-                    sid,
-                    room,
-                    partner,
-                    ttl,
-                }));
-            }
+            self.record_homes(Some(room), [a, b], Some(names.clone()));
         }
         self.rooms.open(room, [a, b], names, &mut self.out);
         self.counters.matches += 1;
@@ -2033,19 +2028,13 @@ impl Core {
         let timestamp = self.unix_ms(now);
         announce_end(room, [actor, other], reason, ids, timestamp, &mut self.out);
         let reported = reason == EndReason::Reported;
+        if self.cluster.is_some() {
+            self.record_homes(None, [actor, other], None);
+        }
         if let Some(c) = self.cluster.as_mut() {
             for to in c.file_nodes.remove(&room).unwrap_or_default() {
                 let msg = ClusterMsg::RoomClosed { room };
                 self.out.push(Output::Bus { to, msg });
-            }
-            for sid in [actor, other] {
-                let (room, partner, ttl) = (None, None, self.cfg.token_ttl);
-                self.out.push(Output::Match(MatchRequest::Home {
-                    sid,
-                    room,
-                    partner,
-                    ttl,
-                }));
             }
             let ttl = if reported {
                 self.cfg.token_ttl

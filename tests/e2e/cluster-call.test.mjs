@@ -16,6 +16,7 @@ import { createHmac } from 'node:crypto';
 import {
   api, assertHttpError, assertOk, clusterFor, connect, createGuest, expectNone, redisFor,
   sleep, uname, waitFor,
+  ackOf, expectEvent,
 } from './harness.mjs';
 import { CallPeer, until } from './media.mjs';
 import {
@@ -27,26 +28,6 @@ import {
 // long a failing test hangs).
 const WAIT = 10_000;
 const MEDIA_DEADLINE_MS = 20_000;
-
-/** Emits with an ack callback and resolves with the ack's argument (rejects after `ms`). */
-async function ackOf(socket, event, payload, ms = WAIT) {
-  try {
-    return payload === undefined
-      ? await socket.timeout(ms).emitWithAck(event)
-      : await socket.timeout(ms).emitWithAck(event, payload);
-  } catch (err) {
-    throw new Error(`no ack for "${event}" within ${ms} ms (${err.message})`);
-  }
-}
-
-/** waitFor with a message that says who waited for what. */
-async function expectEvent(who, socket, event, pred = () => true, ms = WAIT) {
-  try {
-    return await waitFor(socket, event, ms, pred);
-  } catch (err) {
-    throw new Error(`${who}: ${err.message}`);
-  }
-}
 
 /** A guest created on `node` and connected there. */
 async function guestOn(node, prefix) {

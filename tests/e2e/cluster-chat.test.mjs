@@ -15,6 +15,7 @@ import assert from 'node:assert/strict';
 import {
   api, assertOk, assertRefused, assertRefusedConnect, clusterFor, connect, createGuest,
   expectNone, received, redisFor, sleep, startRedis, uname, waitFor, waitForEntry,
+  ackOf, expectEvent,
 } from './harness.mjs';
 import { png } from './fixtures.mjs';
 
@@ -22,26 +23,6 @@ const HEX = /^[0-9a-f]+$/;
 // Every wait for an event that crosses nodes (a bus hop or two on loopback: milliseconds when
 // it works; this only bounds how long a failing test hangs).
 const WAIT = 10_000;
-
-/** Emits with an ack callback and resolves with the ack's argument (rejects after `ms`). */
-async function ackOf(socket, event, payload, ms = WAIT) {
-  try {
-    return payload === undefined
-      ? await socket.timeout(ms).emitWithAck(event)
-      : await socket.timeout(ms).emitWithAck(event, payload);
-  } catch (err) {
-    throw new Error(`no ack for "${event}" within ${ms} ms (${err.message})`);
-  }
-}
-
-/** waitFor with a message that says who waited for what, on which node. */
-async function expectEvent(who, socket, event, pred = () => true, ms = WAIT) {
-  try {
-    return await waitFor(socket, event, ms, pred);
-  } catch (err) {
-    throw new Error(`${who}: ${err.message}`);
-  }
-}
 
 /** Polls `probe` until it returns a truthy value; resolves with it and the time taken. */
 async function until(what, probe, timeoutMs = WAIT, everyMs = 100) {

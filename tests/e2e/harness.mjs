@@ -792,6 +792,29 @@ export async function expectNone(socket, event, ms, pred = () => true) {
 }
 
 /** Emits with an ack callback (5 s timeout) and resolves with the ack's argument. */
+/**
+ * Emits with an ack callback and resolves with the ack's argument, waiting `ms` (an absent
+ * `payload` sends none).
+ */
+export async function ackOf(socket, event, payload, ms = 10_000) {
+  try {
+    return payload === undefined
+      ? await socket.timeout(ms).emitWithAck(event)
+      : await socket.timeout(ms).emitWithAck(event, payload);
+  } catch (err) {
+    throw new Error(`no ack for "${event}" within ${ms} ms (${err.message})`);
+  }
+}
+
+/** `waitFor` whose failure says who waited (`who`) for what. */
+export async function expectEvent(who, socket, event, pred = () => true, ms = 10_000) {
+  try {
+    return await waitFor(socket, event, ms, pred);
+  } catch (err) {
+    throw new Error(`${who}: ${err.message}`);
+  }
+}
+
 export async function emitAck(socket, event, ...payload) {
   try {
     return await socket.timeout(5000).emitWithAck(event, ...payload);
