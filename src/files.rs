@@ -321,6 +321,17 @@ impl Files {
         self.volume.retain_recent();
     }
 
+    /// Every stored file and how long it still lives (for a cluster that must record where
+    /// they are again).
+    pub fn stored(&self, now: Instant) -> Vec<(FileId, Duration)> {
+        self.index()
+            .by_expiry
+            .iter()
+            .filter(|(t, _)| *t > now)
+            .map(|(t, id)| (*id, *t - now))
+            .collect()
+    }
+
     /// When the next file expires.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.index().by_expiry.first().map(|(t, _)| *t)

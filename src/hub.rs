@@ -347,6 +347,8 @@ pub fn spawn(
         pending: HashMap::new(),
         next_req: 0,
         peers: Peers::default(),
+        losses: 0,
+        restoring: None,
     };
     (hub, tokio::spawn(task.run(rx, incoming, views)))
 }
@@ -382,6 +384,11 @@ struct HubTask {
     next_req: u64,
     /// In a cluster: the nodes the core deals with, to notice when one is gone.
     peers: Peers,
+    /// In a cluster: how many times Redis lost its data, as far as this node wrote its own
+    /// again ([`Cluster::losses`](crate::cluster::Cluster::losses)).
+    losses: u64,
+    /// While the core writes its records again: its requests, sent as one job.
+    restoring: Option<Vec<MatchRequest>>,
 }
 
 impl HubTask {
@@ -424,6 +431,7 @@ impl HubTask {
                         Some(live) => {
                             let now = Instant::now();
                             self.share_stats(&live, now);
+                            self.restore_if_lost(now);
                             for node in self.peers.view(&live) {
                                 tracing::info!(node_id = %node, "a node this one shares chats with is gone: its guests here are away, its chats are taken over");
                                 self.core.handle_node_left(node, now);
@@ -669,6 +677,38 @@ impl HubTask {
         }
     }
 
+    /// In a cluster: when Redis lost its data since this node last wrote its own, writes it
+    /// again: the core's session records, pair ends and searches (one job for the Redis
+    /// worker, in order), and where this node's shared files are stored. Tried again on the
+    /// next registry view if the worker's queue is full.
+    fn restore_if_lost(&mut self, now: Instant) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        let losses = link.losses();
+        if losses == self.losses {
+            return;
+        }
+        self.drain();
+        self.restoring = Some(Vec::new());
+        self.core.handle_records_lost(now);
+        self.drain();
+        let batch = self.restoring.take().unwrap_or_default();
+        let records = batch.len();
+        if link.request(Job::Batch(batch)).is_err() {
+            tracing::warn!("the cluster's request queue is full: this node writes its records again on the next heartbeat");
+            return;
+        }
+        self.losses = losses;
+        let files = self.files.stored(now);
+        tracing::info!(
+            requests = records,
+            files = files.len(),
+            "writing this node's sessions, chats, searches and files into Redis again"
+        );
+        link.restore_files(files);
+    }
+
     fn drain(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
@@ -698,6 +738,11 @@ impl HubTask {
                     };
                     if !sent {
                         self.core.handle_bus_failed(to, &msg, Instant::now());
+                    }
+                }
+                Output::Match(req) if self.restoring.is_some() => {
+                    if let Some(batch) = self.restoring.as_mut() {
+                        batch.push(req);
                     }
                 }
                 Output::Match(req) => {

@@ -33,6 +33,8 @@ pub const RETRY_LATER: Duration = Duration::from_secs(30);
 /// What the Redis worker does, in order.
 pub enum Job {
     Match(MatchRequest),
+    /// Several, in order (what a core writes again after Redis lost its data).
+    Batch(Vec<MatchRequest>),
     /// A node left the cluster: its queue entries go.
     DropNode(CoreNodeId),
 }
@@ -85,6 +87,28 @@ impl Link {
     /// The registry's views, one per heartbeat.
     pub fn views(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<[crate::cluster::Node]>> {
         self.cluster.watch_nodes()
+    }
+
+    /// How many times Redis lost the cluster's data (see [`Cluster::losses`]).
+    pub fn losses(&self) -> u64 {
+        self.cluster.losses()
+    }
+
+    /// Records again, in the background, that these files (with their time left) are stored
+    /// on this node (after Redis lost its data).
+    pub fn restore_files(&self, files: Vec<(tandem_signaling::FileId, Duration)>) {
+        if files.is_empty() {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            for (id, left) in files {
+                if let Err(f) = cluster.file_stored(id, left).await {
+                    tracing::warn!(error = %f, "where a file is stored could not be recorded again: only this node serves it");
+                    return;
+                }
+            }
+        });
     }
 
     /// Queues a job for the Redis worker without waiting.
@@ -175,14 +199,39 @@ struct Worker {
 
 impl Worker {
     async fn run(&self, job: Job) {
+        match job {
+            Job::Match(req) => self.run_match(req).await,
+            Job::Batch(reqs) => {
+                for req in reqs {
+                    self.run_match(req).await;
+                }
+            }
+            Job::DropNode(node) => {
+                let result = match self.mm.drop_node(bus_node(node)).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(node_id = %node, entries = n, "dropped a departed node's queue entries");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a cluster request failed");
+                }
+            }
+        }
+    }
+
+    async fn run_match(&self, req: MatchRequest) {
         let me = crate::cluster::bus_node(self.link.me);
-        let result = match job {
-            Job::Match(MatchRequest::Enqueue {
+        let result = match req {
+            MatchRequest::Enqueue {
                 sid,
                 username,
                 interests,
                 present,
-            }) => {
+            } => {
                 let id = sid.to_string();
                 match self
                     .mm
@@ -206,10 +255,8 @@ impl Worker {
                     }
                 }
             }
-            Job::Match(MatchRequest::Cancel { sid }) => {
-                self.mm.cancel(&sid.to_string()).await.map(|_| ())
-            }
-            Job::Match(MatchRequest::Away { sid, away }) => {
+            MatchRequest::Cancel { sid } => self.mm.cancel(&sid.to_string()).await.map(|_| ()),
+            MatchRequest::Away { sid, away } => {
                 match self.mm.set_away(&sid.to_string(), away).await {
                     Ok(pair) => {
                         self.pairs(pair).await;
@@ -218,7 +265,7 @@ impl Worker {
                     Err(e) => Err(e),
                 }
             }
-            Job::Match(MatchRequest::RecordEnd { a, b, blocked, ttl }) => {
+            MatchRequest::RecordEnd { a, b, blocked, ttl } => {
                 let block = if blocked {
                     PairBlock::Blocked(ttl)
                 } else {
@@ -228,7 +275,7 @@ impl Worker {
                     .record_end(&a.to_string(), &b.to_string(), block)
                     .await
             }
-            Job::Match(MatchRequest::CooldownOver { a, b }) => {
+            MatchRequest::CooldownOver { a, b } => {
                 match self.mm.cooldown_over(&a.to_string(), &b.to_string()).await {
                     Ok(pairs) => {
                         self.pairs(pairs).await;
@@ -237,14 +284,14 @@ impl Worker {
                     Err(e) => Err(e),
                 }
             }
-            Job::Match(MatchRequest::Home {
+            MatchRequest::Home {
                 sid, room, partner, ..
-            }) => self
+            } => self
                 .cluster
                 .session_home(sid, room, partner)
                 .await
                 .map_err(MatchError::Redis),
-            Job::Match(MatchRequest::Claim { room }) => {
+            MatchRequest::Claim { room } => {
                 let (winner, result) = match self.cluster.claim_room(room).await {
                     Ok(node) => (Some(node), Ok(())),
                     Err(f) => (None, Err(MatchError::Redis(f))),
@@ -252,17 +299,28 @@ impl Worker {
                 self.hub.send(Command::Claim { room, winner }).await;
                 result
             }
-            Job::Match(MatchRequest::CallRecord { sid, call }) => self
+            MatchRequest::CallRecord { sid, call } => self
                 .cluster
                 .session_call(sid, call)
                 .await
                 .map_err(MatchError::Redis),
-            Job::Match(MatchRequest::Reap { sid }) => self
+            MatchRequest::Reap { sid } => self
                 .cluster
                 .session_reap(sid)
                 .await
                 .map_err(MatchError::Redis),
-            Job::Match(MatchRequest::Expiring { sid }) => {
+            MatchRequest::Restore {
+                sid,
+                expires_ms,
+                connected,
+                chat,
+                call,
+            } => self
+                .cluster
+                .session_restore(sid, expires_ms, connected, chat, call)
+                .await
+                .map_err(MatchError::Redis),
+            MatchRequest::Expiring { sid } => {
                 let (lives, result) = match self.cluster.session_peek(sid).await {
                     Ok(record) => (record.map(|r| r.lives), Ok(())),
                     Err(f) => (Some(RETRY_LATER), Err(MatchError::Redis(f))),
@@ -271,15 +329,6 @@ impl Worker {
                 self.hub.send(Command::SessionTtl { session, lives }).await;
                 result
             }
-            Job::DropNode(node) => match self.mm.drop_node(bus_node(node)).await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(node_id = %node, entries = n, "dropped a departed node's queue entries");
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "a cluster request failed");

@@ -938,6 +938,8 @@ pub struct ClusterMetrics {
     pub nodes: IntGauge,
     /// Times this node registered again after Redis came back.
     pub rejoins: IntCounter,
+    /// Times this node found that Redis had lost the cluster's data, and wrote its own again.
+    pub restores: IntCounter,
     /// Each live node's guests, as its registry entry says (label: the node's name; the
     /// cluster's size bounds it).
     pub node_guests: IntGaugeVec,
@@ -987,6 +989,11 @@ impl ClusterMetrics {
                 r,
                 "tandem_cluster_rejoins_total",
                 "Times this node registered again after losing Redis",
+            ),
+            restores: counter(
+                r,
+                "tandem_cluster_restores_total",
+                "Times this node found Redis had lost the cluster's data (restarted empty, flushed) and wrote its sessions, chats and searches again",
             ),
             node_guests: reg(
                 r,

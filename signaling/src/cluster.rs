@@ -239,7 +239,24 @@ pub enum MatchRequest {
     Expiring {
         sid: SessionId,
     },
+    /// Redis lost its data ([`crate::Core::handle_records_lost`]): write `sid`'s record again
+    /// from what this node holds, merged with what other nodes write (the later expiry,
+    /// connected if any says so; what this node does not know is left as it is).
+    Restore {
+        sid: SessionId,
+        /// The session's expiry here, Unix ms.
+        expires_ms: u64,
+        /// A socket of it connected here.
+        connected: bool,
+        /// Its chat as this node knows it: the home, the room, the partner and its name.
+        chat: Option<RecordChat>,
+        /// Its call, from the chat's home only (`Some(None)`: none); `None`: not known here.
+        call: Option<Option<crate::ids::CallId>>,
+    },
 }
+
+/// A guest's chat as a session record keeps it: its home, the room, the partner and its name.
+pub type RecordChat = (NodeId, RoomId, Option<(SessionId, String)>);
 
 /// What a guest's shared record says about its chat (see [`crate::Core::adopt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,9 @@ const REMOTE_CONN_BASE: u64 = 1 << 63;
 /// Forwarded events waiting for their ack, at most (past it: `service_unavailable`).
 const MAX_PENDING: usize = 65_536;
 
+/// Ended pairs a clustered core remembers for the matchmaker, at most.
+const MAX_ENDS: usize = 65_536;
+
 /// How often partner messages the bus refused are handed out again.
 const BUS_RETRY: Duration = Duration::from_secs(1);
 
@@ -102,6 +105,10 @@ struct Cluster {
     /// Guest's-node side: the call of a local guest whose chat is homed at another node, as
     /// that home (the call's media node) said: (home, room, call).
     remote_calls: HashMap<SessionId, (NodeId, RoomId, CallId)>,
+    /// Home side: the pairs whose chat ended here that may not be paired again yet (blocked
+    /// after a report, else cooling down) and until when, as the cluster's matchmaker was told:
+    /// told again if Redis loses its data. At most [`MAX_ENDS`].
+    ends: HashMap<(SessionId, SessionId), (bool, Instant)>,
 }
 
 impl Cluster {
@@ -1016,6 +1023,85 @@ impl Core {
         let start = self.out.len();
         self.sessions.tick(now);
         self.node_left(node, now);
+        self.route(start);
+    }
+
+    /// (Cluster only.) Redis lost its data (restarted empty, or flushed): this node writes
+    /// again what it holds, through the matchmaker's queue ([`Output::Match`]), in order:
+    /// each guest's session record ([`MatchRequest::Restore`]: expiry, connected, its chat
+    /// and, for chats homed here, its call), the pairs that may not meet again yet
+    /// ([`MatchRequest::RecordEnd`]), and each searching guest's queue entry
+    /// ([`MatchRequest::Enqueue`], after every record). Nothing changes for the guests.
+    pub fn handle_records_lost(&mut self, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let Some(me) = c.node else {
+            return;
+        };
+        let mut restores = Vec::new();
+        let mut searches = Vec::new();
+        for (id, expires_at, connected, state, away) in self.sessions.each() {
+            if expires_at <= now {
+                continue;
+            }
+            let visitor = c.visitors.contains_key(&id);
+            let (chat, call) = match state {
+                State::InChat(room) if self.rooms.contains(room) => {
+                    let partner = self.rooms.partner(room, id);
+                    let partner = partner.map(|p| (p, self.username(p)));
+                    (
+                        Some((me, room, partner)),
+                        Some(self.calls.call_of(room, id)),
+                    )
+                }
+                State::InChat(room) => match c.homes.get(&id) {
+                    Some(&(home, r)) if r == room => {
+                        (Some((home, room, c.partners.get(&id).cloned())), None)
+                    }
+                    _ => (None, None),
+                },
+                State::Searching => {
+                    if let Some(interests) = c.searches.get(&id) {
+                        searches.push(MatchRequest::Enqueue {
+                            sid: id,
+                            username: self.username(id),
+                            interests: interests.clone(),
+                            present: !away,
+                        });
+                    }
+                    (None, None)
+                }
+                State::Online => (None, None),
+            };
+            // A visitor is written by its own node, but for the chat homed here.
+            if visitor && chat.is_none() {
+                continue;
+            }
+            restores.push(MatchRequest::Restore {
+                sid: id,
+                expires_ms: self.unix_ms(expires_at),
+                connected: connected && !visitor,
+                chat,
+                call,
+            });
+        }
+        let ends: Vec<MatchRequest> = c
+            .ends
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .map(|(&(a, b), &(blocked, until))| MatchRequest::RecordEnd {
+                a,
+                b,
+                blocked,
+                ttl: until - now,
+            })
+            .collect();
+        for req in restores.into_iter().chain(ends).chain(searches) {
+            self.out.push(Output::Match(req));
+        }
         self.route(start);
     }
 
@@ -2047,6 +2133,20 @@ impl Core {
                 blocked: reported,
                 ttl,
             }));
+            if c.ends.len() >= MAX_ENDS {
+                c.ends.retain(|_, (_, until)| *until > now);
+            }
+            let key = if actor < other {
+                (actor, other)
+            } else {
+                (other, actor)
+            };
+            if c.ends.len() < MAX_ENDS || c.ends.contains_key(&key) {
+                let end = c.ends.entry(key).or_insert((reported, now + ttl));
+                if !end.0 || reported {
+                    *end = (reported, (now + ttl).max(end.1));
+                }
+            }
             if !reported {
                 let until = now + ttl;
                 self.timers.schedule(until, Timer::Unblock(actor, other));
@@ -2171,6 +2271,12 @@ impl Core {
                 }
             }
             Timer::Unblock(a, b) if self.cluster.is_some() => {
+                if let Some(c) = self.cluster.as_mut() {
+                    let key = if a < b { (a, b) } else { (b, a) };
+                    if c.ends.get(&key).is_some_and(|(_, until)| *until <= now) {
+                        c.ends.remove(&key);
+                    }
+                }
                 let req = MatchRequest::CooldownOver { a, b };
                 self.out.push(Output::Match(req));
             }

@@ -336,6 +336,16 @@ impl Sessions {
         (s.conns.is_empty() && s.presence_gen == gen).then_some(s.state)
     }
 
+    /// Every session: its id, expiry, whether a socket of it ever connected, its state and
+    /// whether it is away (for a cluster's restore, see `Core::handle_records_lost`).
+    pub(crate) fn each(
+        &self,
+    ) -> impl Iterator<Item = (SessionId, Instant, bool, State, bool)> + '_ {
+        self.sessions
+            .iter()
+            .map(|(id, s)| (*id, s.expires_at, s.connect_by.is_none(), s.state, s.away()))
+    }
+
     /// Is the session past its expiry?
     pub(crate) fn expired(&self, id: SessionId, now: Instant) -> bool {
         self.sessions.get(&id).is_some_and(|s| s.expires_at <= now)

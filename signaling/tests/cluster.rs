@@ -102,6 +102,8 @@ struct Sim {
     /// Each `call:*` event as a node writes it to a guest's sockets, with what that node's
     /// `call_of` says of the guest at that moment.
     call_events: Vec<(usize, SessionId, String, Option<CallId>)>,
+    /// The records written again after Redis lost its data (`MatchRequest::Restore`).
+    restored: Vec<SessionId>,
 }
 
 impl Sim {
@@ -143,7 +145,25 @@ impl Sim {
             media: Vec::new(),
             call_ends: Vec::new(),
             call_events: Vec::new(),
+            restored: Vec::new(),
         }
+    }
+
+    /// Redis restarts empty: the records, the queue, the pair ends and the claims are gone,
+    /// then every live node learns it and writes what it holds again.
+    fn wipe_redis(&mut self) {
+        self.mirror.clear();
+        self.call_records.clear();
+        self.claims.clear();
+        self.mm.queue.clear();
+        self.mm.ended.clear();
+        let now = self.now;
+        for i in 0..self.cores.len() {
+            if !self.dead.contains(&i) {
+                self.cores[i].handle_records_lost(now);
+            }
+        }
+        self.pump();
     }
 
     /// The node whose core holds `g`'s chat (its home).
@@ -462,6 +482,23 @@ impl Sim {
             }
             MatchRequest::RecordEnd { a, b, blocked, .. } => {
                 self.mm.ended.insert(pair_key(a, b), blocked);
+            }
+            MatchRequest::Restore {
+                sid, chat, call, ..
+            } => {
+                self.restored.push(sid);
+                if let Some(record) = chat {
+                    self.mirror.insert(sid, record);
+                }
+                match call {
+                    Some(Some(call)) => {
+                        self.call_records.insert(sid, call);
+                    }
+                    Some(None) => {
+                        self.call_records.remove(&sid);
+                    }
+                    None => {}
+                }
             }
             MatchRequest::CooldownOver { a, b } => {
                 if self.mm.ended.get(&pair_key(a, b)) == Some(&false) {
@@ -1436,4 +1473,80 @@ fn calls_of_different_nodes_never_share_an_id() {
     one.ev(b, "match:start", json!({})).unwrap();
     one.ev(a, "call:request", json!({"video": true})).unwrap();
     assert_eq!(one.cores[0].call_of(a.id), Some(CallId(1)));
+}
+
+#[test]
+fn a_redis_that_comes_back_empty_is_written_again_by_every_node() {
+    let mut sim = Sim::new(3);
+    // A chat across nodes 0 and 1 (home: node 1) with a call; a cooled-down pair; a report;
+    // a guest searching on node 2.
+    let (a, b, home, _) = call_script(&mut sim, 0, 1);
+    assert_eq!(home, 1);
+    sim.ev(a, "call:request", json!({"video": true})).unwrap();
+    sim.ev(b, "call:accept", Value::Null).unwrap();
+    let Some(&MediaCommand::Open { call, .. }) = sim.last_media(home) else {
+        panic!("the home opens the media session");
+    };
+    let c = sim.guest(0, "Cy");
+    let d = sim.guest(1, "Di");
+    sim.ev(c, "match:start", json!({})).unwrap();
+    sim.ev(d, "match:start", json!({})).unwrap();
+    sim.ev(d, "chat:report", json!({"reason": "rude"})).unwrap();
+    let e = sim.guest(2, "Ed");
+    sim.ev(e, "match:start", json!({"interests": ["chess"]}))
+        .unwrap();
+    let f = sim.guest(2, "Flo");
+    assert_eq!(sim.mm.queue.len(), 1);
+    let mirror = sim.mirror.clone();
+    let calls = sim.call_records.clone();
+    sim.mm.requests.clear();
+
+    sim.wipe_redis();
+
+    // Every record is back as it was: the chat's home, room and partner, and the call.
+    assert_eq!(sim.mirror, mirror);
+    assert_eq!(sim.call_records, calls);
+    assert_eq!(sim.call_records.get(&a.id), Some(&call));
+    // Each guest's record was written by a node that holds it (nodes 0, 1, 2).
+    for g in [a, b, c, d, e, f] {
+        assert!(sim.restored.contains(&g.id), "{g:?}");
+    }
+    // The report still keeps c and d apart; e is queued again with its interests, after
+    // every record was written.
+    assert_eq!(sim.mm.ended.get(&pair_key(c.id, d.id)), Some(&true));
+    let queued: Vec<_> = sim.mm.queue.iter().map(|w| w.sid).collect();
+    assert_eq!(queued, [e.id]);
+    let enqueue = sim
+        .mm
+        .requests
+        .iter()
+        .position(|r| matches!(r, MatchRequest::Enqueue { sid, interests, .. } if *sid == e.id && interests == &["chess"]))
+        .unwrap();
+    let last_restore = sim
+        .mm
+        .requests
+        .iter()
+        .rposition(|r| matches!(r, MatchRequest::Restore { .. }))
+        .unwrap();
+    assert!(last_restore < enqueue);
+    // Nobody saw anything of it.
+    sim.seen.clear();
+    sim.advance(secs(1));
+    assert!(sim.names(a.id).is_empty() && sim.names(e.id).is_empty());
+    // The cluster works on: a guest moves to a node that never held it and finds its chat
+    // and call from its record; the searching guest is paired with a newcomer.
+    sim.disconnect(a);
+    let a = sim.connect(a, 2);
+    let established = &sim.seen[&a.id][0];
+    assert_eq!(established.0, "connection:established");
+    assert_eq!(established.1["state"], "in_chat");
+    assert_eq!(established.1["room"]["partner"]["username"], "Bob");
+    assert_eq!(sim.cores[2].call_of(a.id), Some(call));
+    sim.ev(f, "match:start", json!({})).unwrap();
+    assert!(sim.cores[2].chat_of(f.id).is_some());
+    assert_eq!(sim.cores[2].chat_of(f.id).unwrap().1, e.id);
+    // c and d search again: the report keeps them apart even so.
+    sim.ev(c, "match:start", json!({})).unwrap();
+    sim.ev(d, "match:start", json!({})).unwrap();
+    assert_eq!(sim.mm.queue.len(), 2);
 }

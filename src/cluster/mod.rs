@@ -16,7 +16,7 @@ pub mod matchmaker;
 mod registry;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -175,6 +175,9 @@ struct Inner {
     fault: Mutex<Option<&'static str>>,
     /// The live nodes as last read.
     view: watch::Sender<Arc<[Node]>>,
+    /// The data epoch Redis last answered (see `registry`), and how many times it changed.
+    epoch: Mutex<Option<String>>,
+    losses: AtomicU64,
     /// This node's advertised HTTP address (set by [`Cluster::join`]).
     http: OnceLock<SocketAddr>,
     /// Set by [`Cluster::join`]: asks the heartbeat task to leave.
@@ -224,6 +227,8 @@ impl Cluster {
                 up: AtomicBool::new(true),
                 fault: Mutex::new(None),
                 view,
+                epoch: Mutex::new(None),
+                losses: AtomicU64::new(0),
                 leave: OnceLock::new(),
                 http: OnceLock::new(),
             }),
@@ -519,6 +524,39 @@ impl Cluster {
             .map(|_| ())
     }
 
+    /// Writes `sid`'s record again after Redis lost its data, merged with what other nodes
+    /// write (see `MatchRequest::Restore`).
+    pub async fn session_restore(
+        &self,
+        sid: SessionId,
+        expires_ms: u64,
+        connected: bool,
+        chat: Option<tandem_signaling::cluster::RecordChat>,
+        call: Option<Option<tandem_signaling::CallId>>,
+    ) -> Result<(), Fault> {
+        let at = expires_ms.to_string();
+        let (home, p, n) = match chat {
+            Some((node, room, partner)) => {
+                let (p, n) =
+                    partner.map_or((String::new(), String::new()), |(p, n)| (p.to_string(), n));
+                (format!("{node}:{room}"), p, n)
+            }
+            None => ("-".to_owned(), String::new(), String::new()),
+        };
+        let call = match call {
+            None => "-".to_owned(),
+            Some(call) => call.map(|c| c.to_string()).unwrap_or_default(),
+        };
+        let connected = if connected { "1" } else { "0" };
+        self.session_op(
+            Command::SessionSet,
+            sid,
+            &["restore", &at, connected, &home, &p, &n, &call],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `sid` never had a socket where it was made: its record goes unless a socket of it
     /// connected on some node.
     pub async fn session_reap(&self, sid: SessionId) -> Result<(), Fault> {
@@ -663,6 +701,32 @@ impl Cluster {
         }
     }
 
+    /// How many times Redis was found to have lost the cluster's data since this node joined
+    /// (each time, the node writes what it holds again: see `Core::handle_records_lost`).
+    pub fn losses(&self) -> u64 {
+        self.inner.losses.load(Ordering::Relaxed)
+    }
+
+    /// Records the data epoch a heartbeat read; a change means Redis lost its data.
+    fn epoch(&self, epoch: String) {
+        let inner = &self.inner;
+        let mut known = inner.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        match known.as_deref() {
+            Some(e) if e == epoch => {}
+            None => *known = Some(epoch),
+            Some(_) => {
+                *known = Some(epoch);
+                inner.losses.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.restores.inc();
+                tracing::warn!(
+                    node_id = %inner.id,
+                    redis = %inner.target,
+                    "Redis lost the cluster's data (restarted empty, or flushed): this node writes its sessions, chats and searches again"
+                );
+            }
+        }
+    }
+
     /// Publishes a new view, logging nodes that came and went.
     fn publish(&self, nodes: Vec<Node>) {
         let inner = &self.inner;
@@ -717,10 +781,21 @@ impl Heart {
         };
         let entry = serde_json::to_string(&entry)
             .map_err(|e| Fault::response(format!("cannot encode this node's entry: {e}")))?;
-        let invocation = registry::beat(&inner.id, &entry);
+        // The epoch this beat sets if Redis has none: never one this node proposed before (a
+        // node whose own epoch came back would not notice the loss).
+        let proposal = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let invocation = registry::beat(&inner.id, &entry, &format!("{}-{proposal}", inner.id));
         let result = async {
             let reply: Vec<String> = inner.redis.invoke(Command::Heartbeat, &invocation).await?;
-            let (nodes, skipped) = registry::parse_view(&reply).map_err(Fault::response)?;
+            let registry::View {
+                nodes,
+                skipped,
+                epoch,
+            } = registry::parse_view(&reply).map_err(Fault::response)?;
+            self.cluster.epoch(epoch);
             if skipped > 0 {
                 let fault = Fault::response(format!("{skipped} unreadable registry entries"));
                 inner.redis.count(&fault);

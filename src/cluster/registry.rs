@@ -1,11 +1,14 @@
 //! The node registry in Redis (see docs/cluster.md, "Node registry").
 //!
-//! Two keys under one hash tag, so that one script touches both on a Redis Cluster:
+//! Three keys under one hash tag, so that one script touches them all on a Redis Cluster:
 //!
 //! - `tandem:{cluster}:nodes`, a sorted set: node id → its last heartbeat, in milliseconds of
 //!   Redis's own clock (`TIME`), so that the nodes' clocks never matter;
 //! - `tandem:{cluster}:node-info`, a hash: node id → its entry (JSON: name, HTTP and media
-//!   addresses, load, version, start time).
+//!   addresses, load, version, start time);
+//! - `tandem:{cluster}:epoch`, a string: the cluster's data epoch, set by the first beat that
+//!   finds it missing (no expiry). A node that sees it change has learned that Redis lost its
+//!   data (restarted empty, flushed) and writes what it holds again.
 //!
 //! Every node runs [`BEAT`] every [`HEARTBEAT_INTERVAL`]: it writes its own entry, drops every
 //! node whose last beat is older than [`NODE_TTL`] from both keys, and reads back the live ones.
@@ -35,10 +38,13 @@ pub const MAX_ENTRY_BYTES: usize = 4096;
 pub const NODES_KEY: &str = "tandem:{cluster}:nodes";
 /// The hash of node entries by id.
 pub const INFO_KEY: &str = "tandem:{cluster}:node-info";
+/// The data epoch.
+pub const EPOCH_KEY: &str = "tandem:{cluster}:epoch";
 
 /// Writes this node's entry, drops dead nodes, returns
-/// `{now, id, last beat, entry, id, last beat, entry, …}`, most recent beat first.
-/// KEYS: the sorted set, the hash. ARGV: id, entry, node TTL ms, keys TTL ms, most entries.
+/// `{now, epoch, id, last beat, entry, id, last beat, entry, …}`, most recent beat first.
+/// KEYS: the sorted set, the hash, the epoch. ARGV: id, entry, node TTL ms, keys TTL ms, most
+/// entries, the epoch to set if there is none.
 static BEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -46,6 +52,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 local max = tonumber(ARGV[5])
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[3], epoch)
+end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - ttl), 'LIMIT', 0, 1000)
@@ -56,7 +67,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local live = redis.call('ZREVRANGE', KEYS[1], 0, max - 1, 'WITHSCORES')
-local out = { string.format('%d', now) }
+local out = { string.format('%d', now), epoch }
 for i = 1, #live, 2 do
   local entry = redis.call('HGET', KEYS[2], live[i])
   if entry then
@@ -136,17 +147,20 @@ pub struct Node {
     pub info: NodeInfo,
 }
 
-/// The script call that writes `entry` for node `id` and reads the live nodes.
-pub fn beat(id: &str, entry: &str) -> redis::ScriptInvocation<'static> {
+/// The script call that writes `entry` for node `id` and reads the live nodes and the epoch
+/// (`epoch`: the one to set when Redis has none).
+pub fn beat(id: &str, entry: &str, epoch: &str) -> redis::ScriptInvocation<'static> {
     let mut invocation = BEAT.prepare_invoke();
     invocation
         .key(NODES_KEY)
         .key(INFO_KEY)
+        .key(EPOCH_KEY)
         .arg(id)
         .arg(entry)
         .arg(NODE_TTL.as_millis() as u64)
         .arg(KEYS_TTL.as_millis() as u64)
-        .arg(MAX_NODES);
+        .arg(MAX_NODES)
+        .arg(epoch);
     invocation
 }
 
@@ -157,11 +171,21 @@ pub fn leave(id: &str) -> redis::ScriptInvocation<'static> {
     invocation
 }
 
-/// Reads [`BEAT`]'s answer: the live nodes (at most [`MAX_NODES`], sorted by id) and how many
-/// entries were unreadable (skipped).
-pub fn parse_view(reply: &[String]) -> Result<(Vec<Node>, usize), String> {
-    let Some((_now, rest)) = reply.split_first() else {
-        return Err("an empty answer from the registry script".to_owned());
+/// What one beat read.
+#[derive(Debug)]
+pub struct View {
+    /// The live nodes (at most [`MAX_NODES`], sorted by id).
+    pub nodes: Vec<Node>,
+    /// How many entries were unreadable (skipped).
+    pub skipped: usize,
+    /// The data epoch.
+    pub epoch: String,
+}
+
+/// Reads [`BEAT`]'s answer.
+pub fn parse_view(reply: &[String]) -> Result<View, String> {
+    let [_now, epoch, rest @ ..] = reply else {
+        return Err("a short answer from the registry script".to_owned());
     };
     if rest.len() % 3 != 0 {
         return Err(format!(
@@ -192,7 +216,11 @@ pub fn parse_view(reply: &[String]) -> Result<(Vec<Node>, usize), String> {
         }
     }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok((nodes, skipped))
+    Ok(View {
+        nodes,
+        skipped,
+        epoch: epoch.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -228,6 +256,7 @@ mod tests {
             key[open + 1..close].to_owned()
         };
         assert_eq!(tag(NODES_KEY), tag(INFO_KEY));
+        assert_eq!(tag(NODES_KEY), tag(EPOCH_KEY));
         assert!(NODES_KEY.starts_with("tandem:") && INFO_KEY.starts_with("tandem:"));
         // Dead nodes are gone from every view within 10 s.
         assert!(NODE_TTL + HEARTBEAT_INTERVAL < Duration::from_secs(10));
@@ -240,6 +269,7 @@ mod tests {
         let other = serde_json::to_string(&info("a")).unwrap();
         let reply: Vec<String> = [
             "1700000000000",
+            "epoch-1",
             "id-b",
             "1700000000000",
             &good,
@@ -256,8 +286,13 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (nodes, skipped) = parse_view(&reply).unwrap();
+        let View {
+            nodes,
+            skipped,
+            epoch,
+        } = parse_view(&reply).unwrap();
         assert_eq!(skipped, 2);
+        assert_eq!(epoch, "epoch-1");
         assert_eq!(
             nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
             ["id-a", "id-b"]
@@ -265,8 +300,9 @@ mod tests {
         assert_eq!(nodes[0].info, info("a"));
         assert_eq!(nodes[1].last_beat_ms, 1_700_000_000_000);
         assert!(parse_view(&[]).is_err());
-        assert!(parse_view(&["1".into(), "x".into()]).is_err());
-        assert_eq!(parse_view(&["1".into()]).unwrap().0, vec![]);
+        assert!(parse_view(&["1".into()]).is_err());
+        assert!(parse_view(&["1".into(), "e".into(), "x".into()]).is_err());
+        assert_eq!(parse_view(&["1".into(), "e".into()]).unwrap().nodes, vec![]);
     }
 
     #[test]

@@ -23,6 +23,31 @@ if op == 'new' then
   return record()
 end
 
+if op == 'restore' then
+  -- Redis lost its data and a node writes what it holds again, merged with what other nodes
+  -- write. ARGV: expiry (Unix ms; the later one stays), connected ("1" sticks), home
+  -- ("<node>:<room>", or "-": not known to this node), partner id, partner name, call ("-":
+  -- not known, "": none).
+  if ARGV[3] == '1' or redis.call('HGET', K, 'c') ~= '1' then
+    redis.call('HSET', K, 'c', ARGV[3])
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local left = redis.call('PTTL', K)
+  if left < 0 or now + left < tonumber(ARGV[2]) then
+    redis.call('PEXPIREAT', K, ARGV[2])
+  end
+  if ARGV[4] ~= '-' then
+    redis.call('HSET', K, 'h', ARGV[4], 'p', ARGV[5], 'n', ARGV[6])
+  end
+  if ARGV[7] == '' then
+    redis.call('HDEL', K, 'k')
+  elseif ARGV[7] ~= '-' then
+    redis.call('HSET', K, 'k', ARGV[7])
+  end
+  return record()
+end
+
 if redis.call('EXISTS', K) == 0 then return {'n'} end
 
 if op == 'attach' then

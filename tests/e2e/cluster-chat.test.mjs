@@ -8,7 +8,8 @@
 // cross-node message is refused with `service_unavailable` (never accepted and then lost), and
 // after Redis is back messages and new cross-node matches flow again; a home node killed or
 // drained: the partner's node takes the room over and the chat goes on through another node (or
-// ends `disconnected` after the grace period). Each test starts its own
+// ends `disconnected` after the grace period); Redis restarted empty: every node writes its
+// guests, chats, searches and files again. Each test starts its own
 // redis-server and nodes on free loopback ports and stops them by PID (harness *For(t, …)).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -766,4 +767,76 @@ test('the home node killed while the partner was away: what the survivor sent an
     await expectEvent('A (delivered)', A.socket, 'chat:message:delivered', (x) => x.id === m.id);
   }
   b.value.close();
+});
+
+test('Redis restarted empty: every node writes its guests, chats, searches and files again; a guest moves to a node that never held it, a searching guest is paired, a file downloads elsewhere', { timeout: 120_000 }, async (t) => {
+  const first = await startRedis();
+  const port = first.port;
+  let current = first;
+  t.after(async () => {
+    await Promise.all(first.nodes.map((node) => node.stop()));
+    await current.stop();
+  });
+  const { nodes } = await clusterFor(t, first, 3, { args: ['--grace-period-secs', '30'] });
+  // A (node 1) and B (node 2, the home) chat; A shares a file through node 1; S searches on node 1.
+  const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
+  const bytes = png(8, 8, 90);
+  const up = await uploadPng(nodes[0].url, A.guest.token, bytes);
+  assert.equal(up.status, 201, up.text);
+  await expectEvent('B gets the file message', B.socket, 'chat:message', (m) => m.type === 'file');
+  const S = await guestOn(nodes[0], 'S');
+  assert.equal(assertOk(await ackOf(S.socket, 'match:start', { interests: ['chess'] }), 'S searches').state, 'searching');
+  await expectEvent('S', S.socket, 'match:searching');
+  const before = await Promise.all(nodes.map((n) => api(n.url, '/metrics')));
+  for (const m of before) assert.match(m.text, /^tandem_cluster_restores_total 0$/m);
+
+  // Redis restarts on the same port, empty (no snapshot, no AOF).
+  await first.kill();
+  current = await startRedis({ port });
+  const back = Date.now();
+  await Promise.all(nodes.map((node) => until(`${node.name} noticed Redis lost its data`, async () => {
+    const text = (await api(node.url, '/metrics')).text;
+    return /^tandem_cluster_restores_total 1$/m.test(text);
+  }, 15_000)));
+  t.diagnostic(`every node noticed ${Date.now() - back} ms after the restart`);
+  // The records are back: A's names its chat's home and B, and S waits in the queue again.
+  const { value: record } = await until('A\'s session record written again', async () => {
+    const flat = await current.command('HGETALL', `tandem:s:${A.guest.sessionId}`);
+    const r = Object.fromEntries(Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]]));
+    return r.h ? r : null;
+  });
+  assert.ok(record.h.endsWith(`:${roomId}`), `A's record names the room: ${JSON.stringify(record)}`);
+  assert.equal(record.p, B.guest.sessionId);
+  assert.equal(record.n, B.name);
+  assert.equal(record.c, '1', 'A was connected');
+  const ttl = Number(await current.command('PTTL', `tandem:s:${A.guest.sessionId}`));
+  assert.ok(ttl > 60_000, `A's record expires with its token, not now: PTTL ${ttl}`);
+
+  // A moves to node 3, which never held it: it is let in with its chat (from the record).
+  A.socket.disconnect();
+  await expectEvent('B (A away)', B.socket, 'partner:presence', (p) => p.status === 'away');
+  const a3 = await connect(nodes[2].url, A.guest.token, { timeoutMs: WAIT })
+    .catch((err) => { throw new Error(`A's token was refused on node-3 after Redis restarted empty: connect_error ${err.message}`); });
+  const est = await expectEvent('A on node-3', a3, 'connection:established');
+  assert.equal(est.state, 'in_chat', `A keeps its chat on node-3: ${JSON.stringify(est)}`);
+  assert.deepEqual(est.room, { roomId, partner: { username: B.name } });
+  await expectEvent('B (A back)', B.socket, 'partner:presence', (p) => p.status === 'online');
+  const hi = assertOk(await ackOf(a3, 'chat:message', { clientId: 'after-reset', type: 'text', content: 'still here' }), 'A on node-3 writes');
+  await expectEvent('B', B.socket, 'chat:message', (m) => m.id === hi.id);
+
+  // S, searching since before the restart, is paired with a newcomer on node 2.
+  const T = await guestOn(nodes[1], 'T');
+  assertOk(await ackOf(T.socket, 'match:start', { interests: ['chess'] }), 'T searches');
+  const [fs, ft] = await Promise.all([
+    expectEvent('S (searching since before the restart)', S.socket, 'match:found'),
+    expectEvent('T', T.socket, 'match:found'),
+  ]);
+  assert.equal(fs.roomId, ft.roomId);
+  assert.equal(fs.partner?.username, T.name);
+
+  // The file stored on node 1 downloads through node 3 with the same URL.
+  const got = await getFile(nodes[2].url, up.body.url, B.guest.token);
+  assert.equal(got.status, 200, `the file through node-3 after Redis restarted empty: ${got.status}`);
+  assert.ok(got.bytes.equals(bytes));
+  await expectNone(B.socket, 'chat:ended', 0);
 });
