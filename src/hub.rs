@@ -728,6 +728,7 @@ impl HubTask {
                     None => tracing::warn!("media command before the media plane started"),
                 },
                 Output::CallSetup(took) => self.metrics.call_setup.observe(took.as_secs_f64()),
+                Output::MatchWait(took) => self.metrics.match_wait.observe(took.as_secs_f64()),
                 Output::RoomClosed(room) => self.files.delete_room(room),
                 // Only a clustered core (CoreConfig::node) emits these.
                 Output::Bus { to, msg } => {

@@ -168,6 +168,11 @@ pub async fn run(
     let conn_metrics = metrics::ConnMetrics::register(&registry);
     let supervisor = supervise::Supervisor::new(metrics::worker_panics(&registry));
     let core_sizes = metrics::CoreSizes::register(&registry);
+    metrics::register_process(
+        &registry,
+        cfg.memory_budget_bytes(),
+        cfg.file_storage_bytes(),
+    );
     // Redis first: a node that cannot reach it must not start (nor bind anything).
     let cluster = match cfg.redis()? {
         Some(target) => {

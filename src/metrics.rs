@@ -33,19 +33,20 @@ pub struct SignalingMetrics {
     pub calls_accepted: IntCounter,
     pub calls_ended: IntCounterVec,
     pub call_setup: Histogram,
+    pub match_wait: Histogram,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     r.register(Box::new(c.clone()))
         .expect("metric names are unique and valid");
     c
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+pub(crate) fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     reg(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     reg(
         r,
         IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
@@ -185,6 +186,17 @@ impl SignalingMetrics {
                 )
                 .expect("valid"),
             ),
+            match_wait: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tandem_match_wait_seconds",
+                        "Time to match: from a guest's match:start to its match:found (guests of this node whose chat opened here)",
+                    )
+                    .buckets(vec![0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+                )
+                .expect("valid"),
+            ),
         };
         for reason in CallEndReason::ALL {
             m.calls_ended.with_label_values(&[reason.as_str()]);
@@ -295,6 +307,47 @@ impl SignalingMetrics {
 pub struct HttpMetrics {
     pub requests: IntCounterVec,
     pub rate_limited: IntCounterVec,
+}
+
+/// The process as a whole: `tandem_build_info{version, commit}`, the standard process
+/// collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, …) and the budgets the
+/// operator set, to draw usage against (`tandem_memory_budget_bytes`,
+/// `tandem_file_storage_budget_bytes`).
+pub fn register_process(r: &Registry, memory_budget: u64, file_budget: u64) {
+    let info = reg(
+        r,
+        IntGaugeVec::new(
+            Opts::new(
+                "tandem_build_info",
+                "Always 1: the running tandem's version and the commit it was built from",
+            ),
+            &["version", "commit"],
+        )
+        .expect("valid metric"),
+    );
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TANDEM_COMMIT")])
+        .set(1);
+    if let Err(e) = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(error = %e, "the process metrics are not exported");
+    }
+    for (name, help, value) in [
+        (
+            "tandem_memory_budget_bytes",
+            "--memory-budget-mb: past it new guests, calls and uploads are refused",
+            memory_budget,
+        ),
+        (
+            "tandem_file_storage_budget_bytes",
+            "The shared files' storage budget (bytes stored count against it)",
+            file_budget,
+        ),
+    ] {
+        let g = reg(r, IntGauge::new(name, help).expect("valid metric"));
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
 }
 
 /// Every TCP listener's admission: refused connections and accept errors, by listener.
@@ -431,6 +484,8 @@ pub struct MediaMetrics {
     pub jitter: Histogram,
     pub rtt: Histogram,
     pub bandwidth: Histogram,
+    /// Per-call quality, observed once per call (registered by the media plane itself).
+    pub quality: crate::rtc::CallQualityMetrics,
     /// The media cores' tables.
     pub sizes: CoreSizes,
 }
@@ -518,6 +573,7 @@ impl MediaMetrics {
                 "Estimated bandwidth towards guests (TWCC)",
                 vec![1e5, 3e5, 5e5, 1e6, 2e6, 5e6, 1e7],
             ),
+            quality: crate::rtc::CallQualityMetrics::register(r),
         };
         for kind in KINDS {
             for dir in ["in", "out"] {
@@ -570,6 +626,7 @@ impl MediaMetrics {
             .inc_by(now.packets_unrouted - last.packets_unrouted);
         self.candidates_refused
             .inc_by(now.candidates_refused - last.candidates_refused);
+        self.quality.connections(last, now);
         self.peers.add(
             (now.peers_created - last.peers_created) as i64
                 - (now.peers_closed - last.peers_closed) as i64,

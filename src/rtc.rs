@@ -465,6 +465,7 @@ impl Worker {
         self.last_sizes = sizes;
         let m = &self.metrics;
         self.core.drain_samples(|s| m.sample(s));
+        self.core.drain_reports(|r| m.quality.report(&r));
     }
 }
 
@@ -569,4 +570,193 @@ impl MediaMetrics {
             Sample::Bandwidth(bps) => self.bandwidth.observe(bps as f64),
         }
     }
+}
+
+/// Call quality across calls: each call leg's figures observed once when the call ends (the
+/// leg's average), so that percentiles over these histograms are percentiles across calls.
+/// Labels are bounded: `kind` (audio, video), `direction` (in: guest to server, out: server to
+/// guest), `candidate` and `transport` of a leg's route.
+#[derive(Clone)]
+pub struct CallQualityMetrics {
+    figures: [prometheus::HistogramVec; 4],
+    fps: prometheus::HistogramVec,
+    freezes: prometheus::HistogramVec,
+    duration: prometheus::Histogram,
+    connections: prometheus::IntCounterVec,
+}
+
+impl CallQualityMetrics {
+    pub fn register(r: &prometheus::Registry) -> Self {
+        use prometheus::{Histogram, HistogramOpts, HistogramVec};
+        let vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            crate::metrics::reg(
+                r,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                    .expect("valid metric"),
+            )
+        };
+        let kd = &["kind", "direction"][..];
+        let m = CallQualityMetrics {
+            figures: [
+                vec(
+                    "tandem_call_quality_loss_ratio",
+                    "Per call leg: its average packet loss fraction (RTCP), observed when the call ends",
+                    kd,
+                    vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
+                ),
+                vec(
+                    "tandem_call_quality_jitter_seconds",
+                    "Per call leg: its average interarrival jitter (RTCP), observed when the call ends",
+                    kd,
+                    vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25],
+                ),
+                vec(
+                    "tandem_call_quality_rtt_seconds",
+                    "Per call leg: its average round-trip time (RTCP), observed when the call ends",
+                    kd,
+                    vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                ),
+                vec(
+                    "tandem_call_quality_bitrate_bps",
+                    "Per call leg: its average media bitrate, observed when the call ends",
+                    kd,
+                    vec![16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6],
+                ),
+            ],
+            fps: vec(
+                "tandem_call_quality_fps",
+                "Per call leg: its average video frame rate, observed when the call ends",
+                &["direction"],
+                vec![1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 60.0],
+            ),
+            freezes: vec(
+                "tandem_call_quality_freezes",
+                "Per call leg with video: video freezes (no frame for more than 500 ms), observed when the call ends",
+                &["direction"],
+                vec![0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
+            ),
+            duration: crate::metrics::reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tandem_call_duration_seconds",
+                        "Calls from accept to end (media sessions closed)",
+                    )
+                    .buckets(vec![10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
+                )
+                .expect("valid metric"),
+            ),
+            connections: crate::metrics::counter_vec(
+                r,
+                "tandem_media_connections_total",
+                "Call legs whose media connected (or moved to a new route), by the guest's candidate type (host, srflx, prflx, relay) and transport (udp, tcp)",
+                &["candidate", "transport"],
+            ),
+        };
+        for c in tandem_media::Route::CANDIDATES {
+            for t in tandem_media::Route::TRANSPORTS {
+                m.connections.with_label_values(&[c, t]);
+            }
+        }
+        m
+    }
+
+    /// Adds the connections one worker's core counted since `last`.
+    pub fn connections(
+        &self,
+        last: &tandem_media::MediaCounters,
+        now: &tandem_media::MediaCounters,
+    ) {
+        for (c, candidate) in tandem_media::Route::CANDIDATES.iter().enumerate() {
+            for (t, transport) in tandem_media::Route::TRANSPORTS.iter().enumerate() {
+                let d = now.connections[c][t].saturating_sub(last.connections[c][t]);
+                if d > 0 {
+                    self.connections
+                        .with_label_values(&[candidate, transport])
+                        .inc_by(d);
+                }
+            }
+        }
+    }
+
+    /// A call ended: each leg's figures into the histograms, and one log line for the call.
+    pub fn report(&self, r: &tandem_media::CallReport) {
+        use tandem_media::{Figure, KINDS};
+        const DIRS: [&str; 2] = ["in", "out"];
+        self.duration.observe(r.duration.as_secs_f64());
+        // The call's figures for the log line: by kind and direction, each leg's average and
+        // the worst leg's p95.
+        let mut figures = serde_json::Map::new();
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (d, dir) in DIRS.iter().enumerate() {
+                let mut entry = serde_json::Map::new();
+                for (f, figure) in Figure::ALL.iter().enumerate() {
+                    let mut avgs = Vec::new();
+                    let mut p95 = None::<f64>;
+                    for leg in &r.legs {
+                        let Some(s) = leg.figures[k][d][f] else {
+                            continue;
+                        };
+                        avgs.push(s.avg);
+                        p95 = Some(p95.map_or(s.p95, |p| p.max(s.p95)));
+                        match figure {
+                            Figure::Fps => self.fps.with_label_values(&[dir]).observe(s.avg),
+                            _ => self.figures[f]
+                                .with_label_values(&[kind, dir])
+                                .observe(s.avg),
+                        }
+                    }
+                    if let Some(p95) = p95 {
+                        let avg = avgs.iter().sum::<f64>() / avgs.len() as f64;
+                        entry.insert(
+                            figure.as_str().to_owned(),
+                            serde_json::json!({ "avg": round(avg), "p95": round(p95) }),
+                        );
+                    }
+                }
+                if k == 1 {
+                    let freezes: u32 = r
+                        .legs
+                        .iter()
+                        .filter(|l| l.video[d])
+                        .map(|l| l.freezes[d])
+                        .sum();
+                    for leg in r.legs.iter().filter(|l| l.video[d]) {
+                        self.freezes
+                            .with_label_values(&[dir])
+                            .observe(f64::from(leg.freezes[d]));
+                    }
+                    if r.legs.iter().any(|l| l.video[d]) {
+                        entry.insert("freezes".to_owned(), freezes.into());
+                    }
+                }
+                if !entry.is_empty() {
+                    figures.insert(format!("{kind}_{dir}"), entry.into());
+                }
+            }
+        }
+        let route = |i: usize| r.legs[i].route.map(|x| x.to_string()).unwrap_or_default();
+        tracing::info!(
+            target: "tandem::call",
+            call = %r.call,
+            room = %r.room,
+            duration_s = r.duration.as_secs(),
+            setup_ms = r.setup.map(|s| s.as_millis() as u64),
+            caller = %r.legs[0].guest,
+            caller_route = %route(0),
+            callee = %r.legs[1].guest,
+            callee_route = %route(1),
+            figures = %serde_json::Value::Object(figures),
+            "call quality"
+        );
+    }
+}
+
+/// Four significant digits are plenty in a log line.
+fn round(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let scale = 10f64.powi(3 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
 }

@@ -16,13 +16,14 @@ use str0m::media::{Direction as SdpDirection, KeyframeRequestKind, MediaKind};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
-use tandem_signaling::{CallId, MediaCommand, MediaEvent, SessionId};
+use tandem_signaling::{CallId, MediaCommand, MediaEvent, RoomId, SessionId};
 
 use crate::error::MediaError;
 use crate::peer::{
     kind_idx, Link, OutSlot, Peer, PeerIdx, Sub, TrackIn, MAX_MEDIA_PER_PEER,
     MAX_PENDING_CANDIDATES, PT_NONE, PT_UNKNOWN,
 };
+use crate::quality::{CallReport, Figure, Leg, LegReport, Route};
 use crate::stats::{Direction, MediaCounters, Sample, MAX_SAMPLES};
 use crate::WORKER_PREFIX_LEN;
 
@@ -41,6 +42,8 @@ const IMMEDIATE: Duration = Duration::from_micros(100);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest accepted session description, in bytes.
 const MAX_SDP_BYTES: usize = 64 * 1024;
+/// Call reports kept until the shell drains them; past it the oldest are dropped.
+const MAX_REPORTS: usize = 1024;
 /// Rounds of "drain the peers that got packets written" per flush; each round can only be
 /// caused by a keyframe request answered across peers, so this is never reached in practice.
 const MAX_FLUSH_ROUNDS: usize = 8;
@@ -105,6 +108,15 @@ struct Call {
     early_candidates: [Vec<Candidate>; 2],
     /// Deadline for each guest to send its first offer.
     offer_deadline: [Option<Instant>; 2],
+    room: RoomId,
+    /// When the media session opened (the callee accepted).
+    opened: Instant,
+    /// Each leg's media connected once.
+    connected: [bool; 2],
+    /// From `opened` until both legs first connected.
+    setup: Option<Duration>,
+    /// What each leg saw (kept across its reconnections).
+    legs: [Leg; 2],
 }
 
 impl Call {
@@ -134,6 +146,8 @@ pub struct MediaCore {
     events: VecDeque<MediaEvent>,
     counters: MediaCounters,
     samples: Vec<Sample>,
+    /// Quality reports of calls that ended, for the shell.
+    reports: VecDeque<CallReport>,
     last_now: Instant,
 }
 
@@ -173,6 +187,7 @@ impl MediaCore {
             events: VecDeque::new(),
             counters: MediaCounters::default(),
             samples: Vec::new(),
+            reports: VecDeque::new(),
             last_now: now,
         })
     }
@@ -206,16 +221,23 @@ impl MediaCore {
         }
     }
 
+    /// Hands the quality report of each call that ended since the last call to `f`.
+    pub fn drain_reports(&mut self, mut f: impl FnMut(CallReport)) {
+        for r in self.reports.drain(..) {
+            f(r);
+        }
+    }
+
     /// One command from the signaling core.
     pub fn handle_command(&mut self, cmd: MediaCommand, now: Instant) {
         let now = self.advance(now);
         match cmd {
             MediaCommand::Open {
                 call,
-                room: _,
+                room,
                 guests,
                 video: _,
-            } => self.open(call, guests, now),
+            } => self.open(call, room, guests, now),
             MediaCommand::Offer { call, guest, sdp } => self.offer(call, guest, &sdp, now),
             MediaCommand::Answer { call, guest, sdp } => self.answer(call, guest, &sdp, now),
             MediaCommand::Candidate {
@@ -357,7 +379,7 @@ impl MediaCore {
 
     // --- commands -------------------------------------------------------------------------
 
-    fn open(&mut self, call: CallId, guests: [SessionId; 2], now: Instant) {
+    fn open(&mut self, call: CallId, room: RoomId, guests: [SessionId; 2], now: Instant) {
         if !self.calls.contains_key(&call) && (self.calls.len() + 1) * 2 > self.cfg.max_peers {
             for guest in guests {
                 self.events.push_back(MediaEvent::Failed { call, guest });
@@ -370,6 +392,11 @@ impl MediaCore {
             peers: [None, None],
             early_candidates: [Vec::new(), Vec::new()],
             offer_deadline: [deadline, deadline],
+            room,
+            opened: now,
+            connected: [false; 2],
+            setup: None,
+            legs: Default::default(),
         });
     }
 
@@ -442,9 +469,7 @@ impl MediaCore {
             .into_iter()
             .chain(peer.pending_candidates.drain(..).collect::<Vec<_>>())
         {
-            if peer.admit_remote_candidate() {
-                peer.rtc.add_remote_candidate(cand);
-            } else {
+            if !peer.add_remote(cand) {
                 self.counters.candidates_refused += 1;
             }
         }
@@ -507,9 +532,7 @@ impl MediaCore {
         };
         match c.peers[side].and_then(|idx| self.peers[idx].as_mut()) {
             Some(peer) if peer.described => {
-                if peer.admit_remote_candidate() {
-                    peer.rtc.add_remote_candidate(cand);
-                } else {
+                if !peer.add_remote(cand) {
                     self.counters.candidates_refused += 1;
                 }
             }
@@ -534,6 +557,17 @@ impl MediaCore {
         for idx in c.peers.into_iter().flatten() {
             self.remove_peer(idx);
         }
+        if self.reports.len() >= MAX_REPORTS {
+            self.reports.pop_front();
+        }
+        let [a, b] = c.guests;
+        self.reports.push_back(CallReport {
+            call,
+            room: c.room,
+            duration: self.last_now.saturating_duration_since(c.opened),
+            setup: c.setup,
+            legs: [LegReport::new(a, &c.legs[0]), LegReport::new(b, &c.legs[1])],
+        });
     }
 
     fn reject(&mut self, call: CallId, guest: SessionId, err: &MediaError) {
@@ -606,6 +640,7 @@ impl MediaCore {
             nacks_seen: Vec::new(),
             poisoned: false,
             remote_candidates: 0,
+            remotes: Default::default(),
         };
         self.counters.peers_created += 1;
         let idx = match self.free.pop() {
@@ -923,6 +958,14 @@ impl MediaCore {
         let (call, guest) = (peer.call, peer.guest);
         match event {
             Event::Connected => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    if let Some(side) = c.side(guest) {
+                        c.connected[side] = true;
+                        if c.setup.is_none() && c.connected == [true; 2] {
+                            c.setup = Some(now.saturating_duration_since(c.opened));
+                        }
+                    }
+                }
                 peer.link = Link::Connected;
                 if !self.rebind_pending.contains(&call) {
                     self.rebind_pending.push(call);
@@ -981,20 +1024,16 @@ impl MediaCore {
                 self.request_keyframe(src, track, req.kind, now);
             }
             Event::MediaIngressStats(s) => {
-                let clock = if peer
-                    .tracks_in
-                    .iter()
-                    .any(|t| t.mid == s.mid && t.kind == MediaKind::Audio)
-                {
+                let kind = peer.kind_of(s.mid).unwrap_or(MediaKind::Video);
+                let clock = if kind == MediaKind::Audio {
                     48_000
                 } else {
                     90_000
                 };
+                let jitter = f64::from(s.jitter) / f64::from(clock);
                 push_sample(
                     &mut self.samples,
-                    Sample::Jitter(Duration::from_secs_f64(
-                        f64::from(s.jitter) / f64::from(clock),
-                    )),
+                    Sample::Jitter(Duration::from_secs_f64(jitter)),
                 );
                 if let Some(loss) = s.loss {
                     push_sample(&mut self.samples, Sample::Loss(loss));
@@ -1004,6 +1043,17 @@ impl MediaCore {
                 }
                 let delta = peer.nack_delta(s.mid, false, s.nacks);
                 self.counters.nacks_sent += delta;
+                if let Some(leg) = leg_of(&mut self.calls, call, guest) {
+                    let (k, d) = (kind_idx(kind), Direction::In);
+                    leg.point(k, d, Figure::Jitter, jitter);
+                    if let Some(loss) = s.loss {
+                        leg.point(k, d, Figure::Loss, f64::from(loss));
+                    }
+                    if let Some(rtt) = s.rtt {
+                        leg.point(k, d, Figure::Rtt, rtt.as_secs_f64());
+                    }
+                    leg.bytes(k, d, s.mid, s.bytes, s.timestamp);
+                }
             }
             Event::MediaEgressStats(s) => {
                 if let Some(loss) = s.loss {
@@ -1014,6 +1064,39 @@ impl MediaCore {
                 }
                 let delta = peer.nack_delta(s.mid, true, s.nacks);
                 self.counters.nacks_received += delta;
+                let kind = peer.kind_of(s.mid).unwrap_or(MediaKind::Video);
+                if let Some(leg) = leg_of(&mut self.calls, call, guest) {
+                    let (k, d) = (kind_idx(kind), Direction::Out);
+                    if let Some(loss) = s.loss {
+                        leg.point(k, d, Figure::Loss, f64::from(loss));
+                    }
+                    if let Some(rtt) = s.rtt {
+                        leg.point(k, d, Figure::Rtt, rtt.as_secs_f64());
+                    }
+                    if let Some(remote) = &s.remote {
+                        let clock = if kind == MediaKind::Audio {
+                            48_000
+                        } else {
+                            90_000
+                        };
+                        let jitter = f64::from(remote.jitter) / f64::from(clock);
+                        leg.point(k, d, Figure::Jitter, jitter);
+                    }
+                    leg.bytes(k, d, s.mid, s.bytes, s.timestamp);
+                }
+            }
+            Event::PeerStats(ps) => {
+                let Some(pair) = ps.selected_candidate_pair else {
+                    return;
+                };
+                let route = Route::new(peer.remotes.kind_of(pair.remote.addr), pair.protocol);
+                if let Some(leg) = leg_of(&mut self.calls, call, guest) {
+                    if leg.route != Some(route) {
+                        leg.route = Some(route);
+                        let (c, t) = route.index();
+                        self.counters.connections[c][t] += 1;
+                    }
+                }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 push_sample(&mut self.samples, Sample::Bandwidth(estimate.as_u64()));
@@ -1190,6 +1273,9 @@ impl MediaCore {
         ext.transport_cc = None;
         let seq = *pkt.seq_no;
         let ts = pkt.header.timestamp;
+        // A video frame's last packet: the frame rate and freezes of the call's legs.
+        let frame = (kind == MediaKind::Video && pkt.header.marker).then_some((sp.call, sp.guest));
+        let mut framed = false;
         for sub in &mut subs {
             let Some(dp) = self.peers[sub.peer].as_mut() else {
                 continue;
@@ -1249,9 +1335,20 @@ impl MediaCore {
             }
             self.counters.packets[k][Direction::Out as usize] += 1;
             self.counters.bytes[k][Direction::Out as usize] += len;
+            framed = true;
             let dst = sub.peer;
             if !self.dirty.contains(&dst) {
                 self.dirty.push(dst);
+            }
+        }
+        if let Some((call, guest)) = frame {
+            if let Some(c) = self.calls.get_mut(&call) {
+                if let Some(side) = c.side(guest) {
+                    c.legs[side].frame(Direction::In, pkt.timestamp);
+                    if framed {
+                        c.legs[1 - side].frame(Direction::Out, pkt.timestamp);
+                    }
+                }
             }
         }
         if let Some(sp) = self.peers[src].as_mut() {
@@ -1261,6 +1358,13 @@ impl MediaCore {
             *t = subs;
         }
     }
+}
+
+/// The quality record of `guest`'s leg of `call`.
+fn leg_of(calls: &mut HashMap<CallId, Call>, call: CallId, guest: SessionId) -> Option<&mut Leg> {
+    let c = calls.get_mut(&call)?;
+    let side = c.side(guest)?;
+    Some(&mut c.legs[side])
 }
 
 fn push_sample(samples: &mut Vec<Sample>, s: Sample) {

@@ -16,10 +16,12 @@
 mod core;
 mod error;
 mod peer;
+mod quality;
 mod stats;
 
 pub use crate::core::{MediaConfig, MediaCore, MediaOutput, Received};
 pub use crate::error::MediaError;
+pub use crate::quality::{CallReport, Figure, LegReport, Route, Summary};
 pub use crate::stats::{Direction, MediaCounters, Sample, KINDS};
 
 pub use str0m::net::{Protocol, Transmit};

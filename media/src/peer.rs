@@ -121,6 +121,8 @@ pub struct Peer {
     pub poisoned: bool,
     /// Remote candidates given to str0m so far (see [`MAX_REMOTE_CANDIDATES`]).
     pub remote_candidates: usize,
+    /// The candidates the guest signalled, to name the route its media took.
+    pub remotes: crate::quality::Remotes,
 }
 
 impl Peer {
@@ -131,6 +133,26 @@ impl Peer {
         }
         self.remote_candidates += 1;
         true
+    }
+
+    /// Gives a signalled remote candidate to str0m, unless the peer has
+    /// [`MAX_REMOTE_CANDIDATES`] already (`false`).
+    pub fn add_remote(&mut self, cand: str0m::Candidate) -> bool {
+        if !self.admit_remote_candidate() {
+            return false;
+        }
+        self.remotes.add(cand.addr(), cand.kind());
+        self.rtc.add_remote_candidate(cand);
+        true
+    }
+
+    /// The kind of the media section `mid` (a send slot or a received track).
+    pub fn kind_of(&self, mid: Mid) -> Option<MediaKind> {
+        self.slots
+            .iter()
+            .find(|s| s.mid == mid)
+            .map(|s| s.kind)
+            .or_else(|| self.tracks_in.iter().find(|t| t.mid == mid).map(|t| t.kind))
     }
 
     /// NACKs since the previous stats report of the same stream.

@@ -61,6 +61,9 @@ pub struct MediaCounters {
     /// Remote candidates refused past a peer's limit (trickled, or a STUN check from yet
     /// another source address, which is dropped).
     pub candidates_refused: u64,
+    /// Media legs that connected (or moved to a new route), by the guest's candidate type
+    /// ([`crate::Route::CANDIDATES`]) and transport ([`crate::Route::TRANSPORTS`]).
+    pub connections: [[u64; 2]; 4],
 }
 
 /// A quality observation, for histograms.

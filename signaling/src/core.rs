@@ -1986,6 +1986,7 @@ impl Core {
         let present = !s.away();
         if let Some(c) = self.cluster.as_mut() {
             let username = s.username.clone();
+            self.sessions.searching_from(id, now);
             c.searches.insert(id, interests.clone());
             self.sessions.set_state(id, State::Searching);
             self.out
@@ -2004,6 +2005,7 @@ impl Core {
             interests,
             present,
         };
+        self.sessions.searching_from(id, now);
         let pair = self.matchmaker.enqueue(entry, now)?;
         self.sessions.set_state(id, State::Searching);
         self.out
@@ -2065,6 +2067,11 @@ impl Core {
     }
 
     fn open_room_as(&mut self, room: RoomId, [a, b]: Pair, now: Instant) {
+        for id in [a, b] {
+            if let Some(waited) = self.sessions.take_search_wait(id, now) {
+                self.out.push(Output::MatchWait(waited));
+            }
+        }
         let names = [a, b].map(|id| self.sessions.enter_chat(id, room));
         if self.cluster.is_some() {
             self.record_homes(Some(room), [a, b], Some(names.clone()));

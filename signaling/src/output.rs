@@ -62,6 +62,9 @@ pub enum Output {
     /// A call's setup time: from the accept until both sides' media first connected. Once per
     /// call, for a histogram.
     CallSetup(Duration),
+    /// A guest of this core was paired this long after it started searching (for the time to
+    /// match histogram).
+    MatchWait(Duration),
     /// A chat ended: everything kept for it outside the core (its shared files) goes.
     RoomClosed(RoomId),
     /// A call ended (ringing or accepted, for any reason): what was handed out for it (TURN

@@ -76,6 +76,8 @@ pub(crate) struct Session {
     last_active: Instant,
     /// Bumped on every return; a grace timer only fires for its own generation.
     presence_gen: u64,
+    /// When it last started searching (taken when it is paired).
+    searching_since: Option<Instant>,
     limits: Limiters,
     flood: (Instant, u32),
 }
@@ -171,6 +173,7 @@ impl Sessions {
                 state: State::Online,
                 last_active: now,
                 presence_gen: 0,
+                searching_since: None,
                 limits,
                 flood: (now, 0),
             },
@@ -301,6 +304,19 @@ impl Sessions {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.state = state;
         }
+    }
+
+    /// The guest starts searching now.
+    pub(crate) fn searching_from(&mut self, id: SessionId, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.searching_since = Some(now);
+        }
+    }
+
+    /// How long the guest searched, if it started searching here (once per search).
+    pub(crate) fn take_search_wait(&mut self, id: SessionId, now: Instant) -> Option<Duration> {
+        let since = self.sessions.get_mut(&id)?.searching_since.take()?;
+        Some(now.saturating_duration_since(since))
     }
 
     /// Puts the guest in chat `room`: its username, for its partner's `chat:found`.

@@ -2866,7 +2866,7 @@ impl Model {
                 ) => {
                     prop_assert!(self.open.contains_key(call));
                 }
-                Output::CallSetup(_) => {}
+                Output::CallSetup(_) | Output::MatchWait(_) => {}
                 // A single-node core never emits these.
                 Output::Bus { .. }
                 | Output::Match(_)
