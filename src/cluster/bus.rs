@@ -244,11 +244,13 @@ impl BusMetrics {
     pub fn register(r: &Registry) -> anyhow::Result<BusMetrics> {
         fn vec(r: &Registry, name: &str, help: &str, label: &str) -> anyhow::Result<IntCounterVec> {
             let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            crate::metrics::record(&v);
             r.register(Box::new(v.clone()))?;
             Ok(v)
         }
         fn one(r: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
             let c = IntCounter::new(name, help)?;
+            crate::metrics::record(&c);
             r.register(Box::new(c.clone()))?;
             Ok(c)
         }
@@ -261,6 +263,7 @@ impl BusMetrics {
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
             ]),
         )?;
+        crate::metrics::record(&latency);
         r.register(Box::new(latency.clone()))?;
         let m = BusMetrics {
             sent: vec(

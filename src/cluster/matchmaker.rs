@@ -74,6 +74,7 @@ impl MatchMetrics {
             "tandem_cluster_match_queue",
             "Guests waiting in the cluster's match queue, as last read",
         )?;
+        crate::metrics::record(&queue);
         r.register(Box::new(queue.clone()))?;
         Ok(MatchMetrics { queue })
     }
