@@ -46,9 +46,11 @@ pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry
 /// Every metric registered in this process (name → type, help, label names), for
 /// docs/metrics.md (a test renders it from here and compares, so the document cannot drift).
 /// Registration goes through [`reg`], or calls this first.
-static CATALOG: std::sync::Mutex<
-    std::collections::BTreeMap<String, (&'static str, String, Vec<String>)>,
-> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// A registered metric: its type (`counter`, `gauge`, `histogram`), help and label names.
+type Described = (&'static str, String, Vec<String>);
+
+static CATALOG: std::sync::Mutex<std::collections::BTreeMap<String, Described>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// Notes `c`'s metrics in the catalog (see [`CATALOG`]).
 pub(crate) fn record<T: prometheus::core::Collector>(c: &T) {
