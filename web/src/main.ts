@@ -195,6 +195,11 @@ class App {
     if (!this.socket) {
       this.socket = io({
         auth: (cb) => cb({ token: this.saved.guest?.token ?? '' }),
+        // WebSocket first: one connection, so that a load balancer in front of several tandem
+        // nodes needs no sticky sessions. Long-polling only where WebSocket cannot get through
+        // (its requests must then reach one node: see deploy/README.md).
+        transports: ['websocket', 'polling'],
+        tryAllTransports: true,
         reconnection: false,
         autoConnect: false,
       });
