@@ -43,6 +43,15 @@ if ! redis-server --version; then
   exit 1
 fi
 
+# The dashboard and alert tests (tests/e2e/prometheus.test.mjs) run Debian's Prometheus on a free
+# port inside the suite's network namespace, and promtool on the rules (never the system service:
+# stopped if the package started it).
+if { ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; } \
+  && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 # The web client (web/): the page embedded in the binary is web/dist, committed so that running
 # needs no Node. It must be exactly what web/src builds; if not, rebuild and commit it
 # (`npm run build --prefix web`).
