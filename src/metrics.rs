@@ -240,6 +240,12 @@ impl SignalingMetrics {
         for name in ClientEvent::NAMES {
             m.event_latency.with_label_values(&[name]);
         }
+        for kind in ["delivered", "read"] {
+            m.receipts.with_label_values(&[kind]);
+        }
+        for scope in ["event", "connect"] {
+            m.rate_limited.with_label_values(&[scope]);
+        }
         for state in ["online", "searching", "in_chat", "idle"] {
             m.guests.with_label_values(&[state]);
         }
@@ -400,7 +406,7 @@ pub struct ConnMetrics {
 
 impl ConnMetrics {
     pub fn register(r: &Registry) -> Self {
-        ConnMetrics {
+        let m = ConnMetrics {
             connections_refused: counter_vec(
                 r,
                 "tandem_connections_refused_total",
@@ -421,13 +427,22 @@ impl ConnMetrics {
                 )
                 .expect("valid metric"),
             ),
+        };
+        for listener in ["http", "turn", "ice_tcp"] {
+            for reason in ["per_ip", "total"] {
+                m.connections_refused.with_label_values(&[listener, reason]);
+            }
+            for kind in ["descriptors", "other"] {
+                m.accept_errors.with_label_values(&[listener, kind]);
+            }
         }
+        m
     }
 }
 
 impl HttpMetrics {
     pub fn register(r: &Registry) -> Self {
-        Self {
+        let m = Self {
             requests: reg(
                 r,
                 IntCounterVec::new(
@@ -450,7 +465,17 @@ impl HttpMetrics {
                 )
                 .expect("valid"),
             ),
+        };
+        for limit in [
+            "ip",
+            "guest",
+            "guest_creation",
+            "sessions_per_ip",
+            "socket_handshake",
+        ] {
+            m.rate_limited.with_label_values(&[limit]);
         }
+        m
     }
 }
 
@@ -489,12 +514,16 @@ impl CoreSizes {
 /// Panics that escaped a worker thread (`media`, `turn`) or a background task (`task`); each
 /// makes the process exit non-zero (peer-level panics are `tandem_media_peer_panics_total`).
 pub fn worker_panics(r: &Registry) -> IntCounterVec {
-    counter_vec(
+    let c = counter_vec(
         r,
         "tandem_worker_panics_total",
         "Panics that escaped a worker thread or background task, by kind (media, turn, task); the process exits after one",
         &["kind"],
-    )
+    );
+    for kind in ["media", "turn", "task"] {
+        c.with_label_values(&[kind]);
+    }
+    c
 }
 
 pub fn encode(r: &Registry) -> String {

@@ -653,6 +653,17 @@ impl CallQualityMetrics {
                 &["candidate", "transport"],
             ),
         };
+        for kind in tandem_media::KINDS {
+            for dir in ["in", "out"] {
+                for f in &m.figures {
+                    f.with_label_values(&[kind, dir]);
+                }
+            }
+        }
+        for dir in ["in", "out"] {
+            m.fps.with_label_values(&[dir]);
+            m.freezes.with_label_values(&[dir]);
+        }
         for c in tandem_media::Route::CANDIDATES {
             for t in tandem_media::Route::TRANSPORTS {
                 m.connections.with_label_values(&[c, t]);
