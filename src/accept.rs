@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::limits::{Admission, ConnCaps};
-use crate::metrics::ConnMetrics;
 
 /// Pause after an accept error, so a full descriptor table is not spun on.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -80,5 +79,65 @@ fn accept_error_kind(e: &io::Error) -> &'static str {
     match e.raw_os_error().map(Errno::from_raw) {
         Some(Errno::EMFILE | Errno::ENFILE) => "descriptors",
         _ => "other",
+    }
+}
+
+pub use self::own_metrics::ConnMetrics;
+
+/// This component's metrics: it registers its own.
+mod own_metrics {
+    #![allow(unused_imports)]
+    use super::*;
+    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts, Registry,
+    };
+    use tandem_media::{MediaCounters, KINDS};
+    use tandem_signaling::wire::{EndReason, Stats};
+    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+
+    /// Every TCP listener's admission: refused connections and accept errors, by listener.
+    #[derive(Clone)]
+    pub struct ConnMetrics {
+        pub connections_refused: IntCounterVec,
+        pub accept_errors: IntCounterVec,
+        pub open_files_limit: IntGauge,
+    }
+
+    impl ConnMetrics {
+        pub fn register(r: &Registry) -> Self {
+            let m = ConnMetrics {
+                connections_refused: counter_vec(
+                    r,
+                    "tandem_connections_refused_total",
+                    "TCP connections closed at accept, by listener (http, turn, ice_tcp) and reason (per_ip: the client address holds its share; total: the listener holds its share of the descriptors)",
+                    &["listener", "reason"],
+                ),
+                accept_errors: counter_vec(
+                    r,
+                    "tandem_accept_errors_total",
+                    "Failed accepts, by listener and kind (descriptors: EMFILE/ENFILE); the listener backs off after each",
+                    &["listener", "kind"],
+                ),
+                open_files_limit: reg(
+                    r,
+                    IntGauge::new(
+                        "tandem_open_files_limit",
+                        "The process's soft RLIMIT_NOFILE after start-up raised it to the hard limit",
+                    )
+                    .expect("valid metric"),
+                ),
+            };
+            for listener in ["http", "turn", "ice_tcp"] {
+                for reason in ["per_ip", "total"] {
+                    m.connections_refused.with_label_values(&[listener, reason]);
+                }
+                for kind in ["descriptors", "other"] {
+                    m.accept_errors.with_label_values(&[listener, kind]);
+                }
+            }
+            m
+        }
     }
 }

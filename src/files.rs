@@ -28,7 +28,6 @@ use tandem_signaling::{FileId, RoomId, SessionId, SignalError};
 
 use crate::auth::bearer;
 use crate::http::ApiError;
-use crate::metrics::FileMetrics;
 use crate::App;
 
 /// Room for the multipart framing and the small fields around the file.
@@ -1143,5 +1142,116 @@ mod tests {
         }
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+pub use self::own_metrics::FileMetrics;
+
+/// This component's metrics: it registers its own.
+mod own_metrics {
+    #![allow(unused_imports)]
+    use super::*;
+    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts, Registry,
+    };
+    use tandem_media::{MediaCounters, KINDS};
+    use tandem_signaling::wire::{EndReason, Stats};
+    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+
+    /// Shared files: uploads and downloads by outcome, what is stored, what went and why.
+    #[derive(Clone)]
+    pub struct FileMetrics {
+        pub uploads: IntCounterVec,
+        pub upload_bytes: IntCounter,
+        pub downloads: IntCounterVec,
+        pub stored_files: IntGauge,
+        pub stored_bytes: IntGauge,
+        pub expirations: IntCounter,
+        pub deleted: IntCounterVec,
+    }
+
+    /// Every upload outcome label (pre-registered so dashboards see zeros).
+    pub const UPLOAD_OUTCOMES: [&str; 11] = [
+        "ok",
+        "unauthorized",
+        "rate_limited",
+        "not_in_chat",
+        "too_large",
+        "invalid_upload",
+        "unsupported_type",
+        "voice_too_long",
+        "storage_full",
+        "partner_away_queue_full",
+        "error",
+    ];
+    /// Every download outcome label.
+    pub const DOWNLOAD_OUTCOMES: [&str; 7] = [
+        "ok",
+        "unauthorized",
+        "invalid_signature",
+        "expired",
+        "not_found",
+        "forbidden",
+        "error",
+    ];
+
+    impl FileMetrics {
+        pub fn register(r: &Registry) -> Self {
+            let m = FileMetrics {
+                uploads: counter_vec(
+                    r,
+                    "tandem_file_uploads_total",
+                    "File uploads by category (unknown until the type is known) and outcome",
+                    &["category", "outcome"],
+                ),
+                upload_bytes: counter(
+                    r,
+                    "tandem_file_upload_bytes_total",
+                    "Bytes of accepted uploads",
+                ),
+                downloads: counter_vec(
+                    r,
+                    "tandem_file_downloads_total",
+                    "File downloads (GET and HEAD) by outcome",
+                    &["outcome"],
+                ),
+                stored_files: reg(
+                    r,
+                    IntGauge::new("tandem_files_stored", "Shared files stored now")
+                        .expect("valid metric"),
+                ),
+                stored_bytes: reg(
+                    r,
+                    IntGauge::new("tandem_file_bytes_stored", "Bytes of shared files stored now")
+                        .expect("valid metric"),
+                ),
+                expirations: counter(
+                    r,
+                    "tandem_file_expirations_total",
+                    "Shared files deleted because their lifetime ran out",
+                ),
+                deleted: counter_vec(
+                    r,
+                    "tandem_files_deleted_total",
+                    "Shared files deleted, by reason: expired, chat_ended, unsent (the chat ended during the upload)",
+                    &["reason"],
+                ),
+            };
+            for outcome in DOWNLOAD_OUTCOMES {
+                m.downloads.with_label_values(&[outcome]);
+            }
+            for cat in tandem_signaling::files::Category::ALL {
+                m.uploads.with_label_values(&[cat.as_str(), "ok"]);
+            }
+            for outcome in UPLOAD_OUTCOMES {
+                m.uploads.with_label_values(&["unknown", outcome]);
+            }
+            for reason in ["expired", "chat_ended", "unsent"] {
+                m.deleted.with_label_values(&[reason]);
+            }
+            m
+        }
     }
 }

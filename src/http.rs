@@ -586,3 +586,65 @@ mod tests {
         );
     }
 }
+
+pub use self::own_metrics::HttpMetrics;
+
+/// This component's metrics: it registers its own.
+mod own_metrics {
+    #![allow(unused_imports)]
+    use super::*;
+    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts, Registry,
+    };
+    use tandem_media::{MediaCounters, KINDS};
+    use tandem_signaling::wire::{EndReason, Stats};
+    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+
+    /// HTTP metrics, registered by [`HttpMetrics::register`].
+    #[derive(Clone)]
+    pub struct HttpMetrics {
+        pub requests: IntCounterVec,
+        pub rate_limited: IntCounterVec,
+    }
+
+    impl HttpMetrics {
+        pub fn register(r: &Registry) -> Self {
+            let m = Self {
+                requests: reg(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "tandem_http_requests_total",
+                            "HTTP requests, by route and status",
+                        ),
+                        &["route", "status"],
+                    )
+                    .expect("valid"),
+                ),
+                rate_limited: reg(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "tandem_http_rate_limited_total",
+                            "HTTP requests refused by a limit",
+                        ),
+                        &["limit"],
+                    )
+                    .expect("valid"),
+                ),
+            };
+            for limit in [
+                "ip",
+                "guest",
+                "guest_creation",
+                "sessions_per_ip",
+                "socket_handshake",
+            ] {
+                m.rate_limited.with_label_values(&[limit]);
+            }
+            m
+        }
+    }
+}

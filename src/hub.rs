@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cluster::Incoming;
 use crate::files::Files;
 use crate::link::{Job, Link, Peers};
-use crate::metrics::{CoreSizes, SignalingMetrics};
+use crate::metrics::CoreSizes;
 use crate::rtc::MediaPlane;
 use crate::turn::TurnAccess;
 
@@ -1011,5 +1011,299 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+pub use self::own_metrics::SignalingMetrics;
+
+/// This component's metrics: it registers its own.
+mod own_metrics {
+    #![allow(unused_imports)]
+    use super::*;
+    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts, Registry,
+    };
+    use tandem_media::{MediaCounters, KINDS};
+    use tandem_signaling::wire::{EndReason, Stats};
+    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+
+    /// Signaling metrics, registered by [`SignalingMetrics::register`].
+    #[derive(Clone)]
+    pub struct SignalingMetrics {
+        pub sockets_connected: IntGauge,
+        pub guests: IntGaugeVec,
+        pub guests_created: IntCounter,
+        pub matches: IntCounter,
+        pub chats_ended: IntCounterVec,
+        pub messages_relayed: IntCounter,
+        pub receipts: IntCounterVec,
+        pub refusals: IntCounterVec,
+        pub rate_limited: IntCounterVec,
+        pub connect_refusals: IntCounterVec,
+        pub undelivered: IntCounter,
+        pub sessions_expired: IntCounter,
+        pub sessions_reaped: IntCounter,
+        pub floods_closed: IntCounter,
+        pub event_latency: HistogramVec,
+        pub hub_batch: Histogram,
+        pub resident_memory: IntGauge,
+        pub calls: IntGaugeVec,
+        pub call_requests: IntCounter,
+        pub calls_accepted: IntCounter,
+        pub calls_ended: IntCounterVec,
+        pub call_setup: Histogram,
+        pub match_wait: Histogram,
+    }
+
+    impl SignalingMetrics {
+        pub fn register(r: &Registry) -> Self {
+            let counter = |name: &str, help: &str| counter(r, name, help);
+            let counter_vec =
+                |name: &str, help: &str, labels: &[&str]| counter_vec(r, name, help, labels);
+            let m = Self {
+                sockets_connected: reg(
+                    r,
+                    IntGauge::new("tandem_sockets_connected", "Socket.IO connections open now")
+                        .expect("valid"),
+                ),
+                guests: reg(
+                    r,
+                    IntGaugeVec::new(
+                        Opts::new("tandem_guests", "Guest sessions by state"),
+                        &["state"],
+                    )
+                    .expect("valid"),
+                ),
+                guests_created: counter("tandem_guests_created_total", "Guest sessions created"),
+                matches: counter("tandem_matches_total", "Pairs made"),
+                chats_ended: counter_vec(
+                    "tandem_chats_ended_total",
+                    "Chats ended, by reason",
+                    &["reason"],
+                ),
+                messages_relayed: counter(
+                    "tandem_messages_relayed_total",
+                    "Chat messages accepted and relayed",
+                ),
+                receipts: counter_vec(
+                    "tandem_receipts_total",
+                    "Receipts relayed, by kind",
+                    &["kind"],
+                ),
+                refusals: counter_vec(
+                    "tandem_refusals_total",
+                    "Client events refused, by code",
+                    &["code"],
+                ),
+                rate_limited: counter_vec(
+                    "tandem_rate_limited_total",
+                    "Rate-limit hits, by scope",
+                    &["scope"],
+                ),
+                connect_refusals: counter_vec(
+                    "tandem_connect_refusals_total",
+                    "Socket.IO connections refused, by reason",
+                    &["reason"],
+                ),
+                undelivered: counter(
+                    "tandem_messages_undelivered_total",
+                    "Deliveries that got no ack from the receiver (the message stays queued for its next socket)",
+                ),
+                sessions_expired: counter(
+                    "tandem_sessions_expired_total",
+                    "Guest sessions swept after expiry",
+                ),
+                sessions_reaped: counter(
+                    "tandem_sessions_reaped_total",
+                    "Guest sessions removed because no socket connected in time",
+                ),
+                floods_closed: counter(
+                    "tandem_flood_disconnects_total",
+                    "Sockets closed for a sustained flood",
+                ),
+                event_latency: reg(
+                    r,
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "tandem_event_handling_seconds",
+                            "Time from receiving a client event to answering it, by event",
+                        )
+                        .buckets(vec![
+                            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+                        ]),
+                        &["event"],
+                    )
+                    .expect("valid"),
+                ),
+                hub_batch: reg(
+                    r,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "tandem_hub_batch_size",
+                            "Commands the signaling hub handled per wake-up",
+                        )
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                    )
+                    .expect("valid"),
+                ),
+                resident_memory: reg(
+                    r,
+                    IntGauge::new(
+                        "tandem_process_resident_memory_bytes",
+                        "Resident memory of the process",
+                    )
+                    .expect("valid"),
+                ),
+                calls: reg(
+                    r,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "tandem_calls",
+                            "Calls now, by state (ringing, connecting, connected)",
+                        ),
+                        &["state"],
+                    )
+                    .expect("valid"),
+                ),
+                call_requests: counter("tandem_call_requests_total", "Calls requested"),
+                calls_accepted: counter("tandem_calls_accepted_total", "Calls accepted"),
+                calls_ended: counter_vec(
+                    "tandem_calls_ended_total",
+                    "Calls ended, by reason",
+                    &["reason"],
+                ),
+                call_setup: reg(
+                    r,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "tandem_call_setup_seconds",
+                            "Time from a call's accept to both guests' media connected",
+                        )
+                        .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+                    )
+                    .expect("valid"),
+                ),
+                match_wait: reg(
+                    r,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "tandem_match_wait_seconds",
+                            "Time to match: from a guest's match:start to its match:found (guests of this node whose chat opened here)",
+                        )
+                        .buckets(vec![0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+                    )
+                    .expect("valid"),
+                ),
+            };
+            for reason in CallEndReason::ALL {
+                m.calls_ended.with_label_values(&[reason.as_str()]);
+            }
+            // Pre-create every bounded label so dashboards see zeros, not gaps.
+            for reason in EndReason::ALL {
+                m.chats_ended.with_label_values(&[reason.as_str()]);
+            }
+            for e in SignalError::ALL {
+                m.refusals.with_label_values(&[e.code()]);
+            }
+            for name in ClientEvent::NAMES {
+                m.event_latency.with_label_values(&[name]);
+            }
+            for kind in ["delivered", "read"] {
+                m.receipts.with_label_values(&[kind]);
+            }
+            for scope in ["event", "connect"] {
+                m.rate_limited.with_label_values(&[scope]);
+            }
+            for state in ["online", "searching", "in_chat", "idle"] {
+                m.guests.with_label_values(&[state]);
+            }
+            m
+        }
+
+        /// Adds what the core counted since `last`.
+        pub fn apply_counters(&self, last: &Counters, now: &Counters) {
+            self.guests_created
+                .inc_by(now.guests_created - last.guests_created);
+            self.matches.inc_by(now.matches - last.matches);
+            for reason in EndReason::ALL {
+                let i = reason as usize;
+                bump(
+                    &self.chats_ended,
+                    reason.as_str(),
+                    now.chats_ended[i],
+                    last.chats_ended[i],
+                );
+            }
+            self.messages_relayed
+                .inc_by(now.messages_relayed - last.messages_relayed);
+            bump(
+                &self.receipts,
+                "delivered",
+                now.receipts_delivered,
+                last.receipts_delivered,
+            );
+            bump(
+                &self.receipts,
+                "read",
+                now.receipts_read,
+                last.receipts_read,
+            );
+            self.floods_closed
+                .inc_by(now.floods_closed - last.floods_closed);
+            self.sessions_expired
+                .inc_by(now.sessions_expired - last.sessions_expired);
+            self.sessions_reaped
+                .inc_by(now.sessions_reaped - last.sessions_reaped);
+            self.call_requests
+                .inc_by(now.calls_requested - last.calls_requested);
+            self.calls_accepted
+                .inc_by(now.calls_accepted - last.calls_accepted);
+            for reason in CallEndReason::ALL {
+                let i = reason as usize;
+                bump(
+                    &self.calls_ended,
+                    reason.as_str(),
+                    now.calls_ended[i],
+                    last.calls_ended[i],
+                );
+            }
+        }
+
+        pub fn apply_call_states(&self, s: &CallStates) {
+            self.calls
+                .with_label_values(&["ringing"])
+                .set(s.ringing as i64);
+            self.calls
+                .with_label_values(&["connecting"])
+                .set(s.connecting as i64);
+            self.calls
+                .with_label_values(&["connected"])
+                .set(s.connected as i64);
+        }
+
+        pub fn apply_stats(&self, s: &Stats) {
+            self.guests
+                .with_label_values(&["searching"])
+                .set(s.available_users as i64);
+            self.guests
+                .with_label_values(&["in_chat"])
+                .set(s.connected_users as i64);
+            let busy = s.available_users + s.connected_users;
+            self.guests
+                .with_label_values(&["online"])
+                .set(s.online_users.saturating_sub(busy) as i64);
+            self.guests
+                .with_label_values(&["idle"])
+                .set(s.total_users.saturating_sub(s.online_users) as i64);
+        }
+
+        pub fn refused(&self, e: SignalError) {
+            self.refusals.with_label_values(&[e.code()]).inc();
+            if e == SignalError::RateLimited {
+                self.rate_limited.with_label_values(&["event"]).inc();
+            }
+        }
     }
 }

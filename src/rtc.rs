@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::accept::Acceptor;
 use crate::hub::{Command, Hub};
 use crate::limits::ConnCaps;
-use crate::metrics::{ConnMetrics, MediaMetrics};
+use crate::metrics::ConnMetrics;
 use crate::supervise::{Beat, Stop, Supervisor};
 
 /// A worker's two inboxes: packets and connections; commands.
@@ -770,4 +770,189 @@ fn round(v: f64) -> f64 {
     }
     let scale = 10f64.powi(3 - v.abs().log10().floor() as i32);
     (v * scale).round() / scale
+}
+
+pub use self::own_metrics::MediaMetrics;
+
+/// This component's metrics: it registers its own.
+mod own_metrics {
+    #![allow(unused_imports)]
+    use super::*;
+    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts, Registry,
+    };
+    use tandem_media::{MediaCounters, KINDS};
+    use tandem_signaling::wire::{EndReason, Stats};
+    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+
+    /// Media-plane metrics, registered by [`MediaMetrics::register`]; every media worker adds to
+    /// the same series.
+    #[derive(Clone)]
+    pub struct MediaMetrics {
+        pub packets: IntCounterVec,
+        pub bytes: IntCounterVec,
+        pub nacks: IntCounterVec,
+        pub keyframe_requests: IntCounterVec,
+        pub ice_failures: IntCounter,
+        pub dtls_failures: IntCounter,
+        pub peer_panics: IntCounter,
+        pub peers: IntGauge,
+        pub unrouted: IntCounter,
+        pub candidates_refused: IntCounter,
+        pub handovers: IntCounter,
+        pub loss: Histogram,
+        pub jitter: Histogram,
+        pub rtt: Histogram,
+        pub bandwidth: Histogram,
+        /// Per-call quality, observed once per call (registered by the media plane itself).
+        pub quality: crate::rtc::CallQualityMetrics,
+        /// The media cores' tables.
+        pub sizes: CoreSizes,
+    }
+
+    impl MediaMetrics {
+        pub fn register(r: &Registry, sizes: CoreSizes) -> Self {
+            let counter = |name: &str, help: &str| counter(r, name, help);
+            let counter_vec =
+                |name: &str, help: &str, labels: &[&str]| counter_vec(r, name, help, labels);
+            let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+                reg(
+                    r,
+                    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                        .expect("valid metric"),
+                )
+            };
+            let m = MediaMetrics {
+                sizes,
+                packets: counter_vec(
+                    "tandem_media_packets_total",
+                    "RTP packets through the SFU, by kind and direction (in: from guests, out: forwarded)",
+                    &["kind", "direction"],
+                ),
+                bytes: counter_vec(
+                    "tandem_media_bytes_total",
+                    "RTP payload bytes through the SFU, by kind and direction",
+                    &["kind", "direction"],
+                ),
+                nacks: counter_vec(
+                    "tandem_media_nacks_total",
+                    "NACKs, by direction (received: from guests, served from buffers; sent: to guests for lost packets)",
+                    &["direction"],
+                ),
+                keyframe_requests: counter_vec(
+                    "tandem_media_keyframe_requests_total",
+                    "Keyframe requests forwarded to senders (pli, fir) or dropped by the 500 ms throttle",
+                    &["kind"],
+                ),
+                ice_failures: counter(
+                    "tandem_media_ice_failures_total",
+                    "Guests whose media did not connect (or reconnect) in time",
+                ),
+                dtls_failures: counter(
+                    "tandem_media_dtls_failures_total",
+                    "Guests whose DTLS handshake failed",
+                ),
+                peer_panics: counter(
+                    "tandem_media_peer_panics_total",
+                    "Media peers closed after the WebRTC stack panicked on them (other calls continue)",
+                ),
+                peers: reg(
+                    r,
+                    IntGauge::new("tandem_media_peers", "Media peers (guests in calls) now")
+                        .expect("valid"),
+                ),
+                unrouted: counter(
+                    "tandem_media_unrouted_packets_total",
+                    "RTP packets with no receiver to go to",
+                ),
+                candidates_refused: counter(
+                    "tandem_media_remote_candidates_refused_total",
+                    "Remote ICE candidates refused past a call participant's 20 (trickled, or STUN checks from yet another source address, dropped)",
+                ),
+                handovers: counter(
+                    "tandem_media_handovers_total",
+                    "Datagrams that reached another media worker's socket and were handed to the worker owning their call",
+                ),
+                loss: histogram(
+                    "tandem_media_loss_ratio",
+                    "Packet loss fraction from RTCP receiver reports",
+                    vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+                ),
+                jitter: histogram(
+                    "tandem_media_jitter_seconds",
+                    "Interarrival jitter from RTCP",
+                    vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1],
+                ),
+                rtt: histogram(
+                    "tandem_media_rtt_seconds",
+                    "Round-trip time from RTCP",
+                    vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                ),
+                bandwidth: histogram(
+                    "tandem_media_bandwidth_estimate_bps",
+                    "Estimated bandwidth towards guests (TWCC)",
+                    vec![1e5, 3e5, 5e5, 1e6, 2e6, 5e6, 1e7],
+                ),
+                quality: crate::rtc::CallQualityMetrics::register(r),
+            };
+            for kind in KINDS {
+                for dir in ["in", "out"] {
+                    m.packets.with_label_values(&[kind, dir]);
+                    m.bytes.with_label_values(&[kind, dir]);
+                }
+            }
+            for dir in ["received", "sent"] {
+                m.nacks.with_label_values(&[dir]);
+            }
+            for kind in ["pli", "fir", "throttled"] {
+                m.keyframe_requests.with_label_values(&[kind]);
+            }
+            m
+        }
+
+        /// Adds what one worker's core counted since `last`.
+        pub fn apply(&self, last: &MediaCounters, now: &MediaCounters) {
+            for (k, kind) in KINDS.iter().enumerate() {
+                for (d, dir) in ["in", "out"].iter().enumerate() {
+                    self.packets
+                        .with_label_values(&[kind, dir])
+                        .inc_by(now.packets[k][d] - last.packets[k][d]);
+                    self.bytes
+                        .with_label_values(&[kind, dir])
+                        .inc_by(now.bytes[k][d] - last.bytes[k][d]);
+                }
+            }
+            bump(
+                &self.nacks,
+                "received",
+                now.nacks_received,
+                last.nacks_received,
+            );
+            bump(&self.nacks, "sent", now.nacks_sent, last.nacks_sent);
+            let kf = &self.keyframe_requests;
+            bump(kf, "pli", now.plis_forwarded, last.plis_forwarded);
+            bump(kf, "fir", now.firs_forwarded, last.firs_forwarded);
+            let (t_now, t_last) = (
+                now.keyframe_requests_throttled,
+                last.keyframe_requests_throttled,
+            );
+            bump(kf, "throttled", t_now, t_last);
+            self.ice_failures
+                .inc_by(now.ice_failures - last.ice_failures);
+            self.dtls_failures
+                .inc_by(now.dtls_failures - last.dtls_failures);
+            self.peer_panics.inc_by(now.peer_panics - last.peer_panics);
+            self.unrouted
+                .inc_by(now.packets_unrouted - last.packets_unrouted);
+            self.candidates_refused
+                .inc_by(now.candidates_refused - last.candidates_refused);
+            self.quality.connections(last, now);
+            self.peers.add(
+                (now.peers_created - last.peers_created) as i64
+                    - (now.peers_closed - last.peers_closed) as i64,
+            );
+        }
+    }
 }

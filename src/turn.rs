@@ -42,7 +42,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::accept::Acceptor;
 use crate::limits::{Admission, ConnCaps};
-use crate::metrics::{ConnMetrics, TurnMetrics};
+use crate::metrics::ConnMetrics;
 use crate::supervise::{Beat, Stop, Supervisor};
 use crate::tls::MovableTcp;
 
@@ -1007,5 +1007,246 @@ impl Worker {
         let sizes = self.core.sizes();
         self.metrics.sizes.apply("turn", &self.last_sizes, &sizes);
         self.last_sizes = sizes;
+    }
+}
+
+pub use self::own_metrics::TurnMetrics;
+
+/// This component's metrics: it registers its own.
+mod own_metrics {
+    #![allow(unused_imports)]
+    use super::*;
+    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts, Registry,
+    };
+    use tandem_media::{MediaCounters, KINDS};
+    use tandem_signaling::wire::{EndReason, Stats};
+    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+
+    /// The bundled TURN server's metrics: live (every second), summed over the TURN workers.
+    #[derive(Clone)]
+    pub struct TurnMetrics {
+        pub allocations: IntGauge,
+        pub allocations_total: IntCounterVec,
+        pub auth_failures: IntCounterVec,
+        pub peers_denied: IntCounter,
+        pub relayed_packets: IntCounterVec,
+        pub relayed_bytes: IntCounterVec,
+        pub quota_refusals: IntCounterVec,
+        pub dropped: IntCounterVec,
+        pub requests: IntCounter,
+        pub error_responses: IntCounter,
+        /// The TURN cores' tables.
+        pub sizes: CoreSizes,
+    }
+
+    impl TurnMetrics {
+        pub fn register(r: &Registry, sizes: CoreSizes) -> Self {
+            TurnMetrics {
+                sizes,
+                allocations: reg(
+                    r,
+                    IntGauge::new("tandem_turn_allocations", "TURN allocations active")
+                        .expect("valid metric"),
+                ),
+                allocations_total: counter_vec(
+                    r,
+                    "tandem_turn_allocations_total",
+                    "TURN allocations by event: created, expired (lifetime ran out), deleted (refresh 0 or connection closed), revoked (their call ended)",
+                    &["event"],
+                ),
+                auth_failures: counter_vec(
+                    r,
+                    "tandem_turn_auth_failures_total",
+                    "TURN requests refused for authentication, by reason (missing is every client's first step)",
+                    &["reason"],
+                ),
+                peers_denied: counter(
+                    r,
+                    "tandem_turn_peers_denied_total",
+                    "TURN peer addresses refused by the peer filter",
+                ),
+                relayed_packets: counter_vec(
+                    r,
+                    "tandem_turn_relayed_packets_total",
+                    "Packets relayed by TURN, by direction, client transport and framing",
+                    &["direction", "transport", "framing"],
+                ),
+                relayed_bytes: counter_vec(
+                    r,
+                    "tandem_turn_relayed_bytes_total",
+                    "Payload bytes relayed by TURN, by direction, client transport and framing",
+                    &["direction", "transport", "framing"],
+                ),
+                quota_refusals: counter_vec(
+                    r,
+                    "tandem_turn_quota_refusals_total",
+                    "TURN requests refused by a quota: user (allocations per user, 486), capacity (508)",
+                    &["quota"],
+                ),
+                dropped: counter_vec(
+                    r,
+                    "tandem_turn_dropped_total",
+                    "TURN input dropped, by reason",
+                    &["reason"],
+                ),
+                requests: counter(r, "tandem_turn_requests_total", "TURN requests answered"),
+                error_responses: counter(
+                    r,
+                    "tandem_turn_error_responses_total",
+                    "TURN error responses sent",
+                ),
+            }
+        }
+
+        /// Adds one worker's counter deltas since `last`.
+        pub fn apply(&self, last: &tandem_turn::Counters, now: &tandem_turn::Counters) {
+            use tandem_turn::{Direction, RelayKind, Transport};
+            self.allocations
+                .add(now.allocations_active as i64 - last.allocations_active as i64);
+            bump(
+                &self.allocations_total,
+                "created",
+                now.allocations_created,
+                last.allocations_created,
+            );
+            bump(
+                &self.allocations_total,
+                "expired",
+                now.allocations_expired,
+                last.allocations_expired,
+            );
+            bump(
+                &self.allocations_total,
+                "deleted",
+                now.allocations_deleted,
+                last.allocations_deleted,
+            );
+            bump(
+                &self.allocations_total,
+                "revoked",
+                now.allocations_revoked,
+                last.allocations_revoked,
+            );
+            bump(
+                &self.auth_failures,
+                "revoked",
+                now.auth_revoked,
+                last.auth_revoked,
+            );
+            bump(
+                &self.auth_failures,
+                "missing",
+                now.auth_missing,
+                last.auth_missing,
+            );
+            bump(
+                &self.auth_failures,
+                "bad_integrity",
+                now.auth_bad_integrity,
+                last.auth_bad_integrity,
+            );
+            bump(
+                &self.auth_failures,
+                "unknown_user",
+                now.auth_unknown_user,
+                last.auth_unknown_user,
+            );
+            bump(
+                &self.auth_failures,
+                "stale_nonce",
+                now.auth_stale_nonce,
+                last.auth_stale_nonce,
+            );
+            bump(
+                &self.auth_failures,
+                "wrong_credentials",
+                now.auth_wrong_credentials,
+                last.auth_wrong_credentials,
+            );
+            self.peers_denied
+                .inc_by(now.peers_denied - last.peers_denied);
+            for (dir, dname) in [
+                (Direction::ClientToPeer, "client_to_peer"),
+                (Direction::PeerToClient, "peer_to_client"),
+            ] {
+                for t in Transport::ALL {
+                    for (kind, kname) in [
+                        (RelayKind::ChannelData, "channel_data"),
+                        (RelayKind::Indication, "indication"),
+                    ] {
+                        let (a, b) = (now.relayed(dir, t, kind), last.relayed(dir, t, kind));
+                        if a.packets > b.packets {
+                            let labels = [dname, t.as_str(), kname];
+                            self.relayed_packets
+                                .with_label_values(&labels)
+                                .inc_by(a.packets - b.packets);
+                            self.relayed_bytes
+                                .with_label_values(&labels)
+                                .inc_by(a.bytes - b.bytes);
+                        }
+                    }
+                }
+            }
+            bump(
+                &self.quota_refusals,
+                "user",
+                now.quota_user,
+                last.quota_user,
+            );
+            bump(
+                &self.quota_refusals,
+                "capacity",
+                now.quota_capacity,
+                last.quota_capacity,
+            );
+            bump(
+                &self.dropped,
+                "malformed",
+                now.malformed_dropped,
+                last.malformed_dropped,
+            );
+            bump(
+                &self.dropped,
+                "no_permission",
+                now.no_permission_dropped,
+                last.no_permission_dropped,
+            );
+            bump(
+                &self.dropped,
+                "unroutable",
+                now.unroutable_dropped,
+                last.unroutable_dropped,
+            );
+            bump(
+                &self.dropped,
+                "rate_limited",
+                now.rate_limited_dropped,
+                last.rate_limited_dropped,
+            );
+            bump(
+                &self.dropped,
+                "queue_full",
+                now.queue_full_dropped,
+                last.queue_full_dropped,
+            );
+            bump(
+                &self.dropped,
+                "bind_failed",
+                now.bind_failures,
+                last.bind_failures,
+            );
+            bump(
+                &self.dropped,
+                "unauthenticated_rate",
+                now.unauth_dropped,
+                last.unauth_dropped,
+            );
+            self.requests.inc_by(now.requests - last.requests);
+            self.error_responses
+                .inc_by(now.error_responses - last.error_responses);
+        }
     }
 }

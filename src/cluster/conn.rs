@@ -29,7 +29,7 @@ const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// What a command is, as the `command` label of the metrics (see
-/// [`crate::metrics::REDIS_COMMANDS`]).
+/// [`crate::cluster::metrics::REDIS_COMMANDS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Ping,
@@ -120,7 +120,7 @@ impl Fault {
     }
 }
 
-/// The fixed label of a client error (see [`crate::metrics::REDIS_ERROR_KINDS`]).
+/// The fixed label of a client error (see [`crate::cluster::metrics::REDIS_ERROR_KINDS`]).
 pub fn error_kind(e: &RedisError) -> &'static str {
     if e.is_timeout() {
         "timeout"
@@ -387,18 +387,18 @@ mod tests {
             Command::FileGet,
             Command::IpLimit,
         ] {
-            assert!(crate::metrics::REDIS_COMMANDS.contains(&c.label()));
+            assert!(crate::cluster::metrics::REDIS_COMMANDS.contains(&c.label()));
         }
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(error_kind(&io), "refused");
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert_eq!(error_kind(&io), "timeout");
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        assert!(crate::metrics::REDIS_ERROR_KINDS.contains(&error_kind(&io)));
+        assert!(crate::cluster::metrics::REDIS_ERROR_KINDS.contains(&error_kind(&io)));
         let parse = RedisError::from((ErrorKind::Parse, "bad"));
         assert_eq!(error_kind(&parse), "response");
         for kind in [Fault::timeout().kind, Fault::response("x").kind] {
-            assert!(crate::metrics::REDIS_ERROR_KINDS.contains(&kind));
+            assert!(crate::cluster::metrics::REDIS_ERROR_KINDS.contains(&kind));
         }
     }
 }

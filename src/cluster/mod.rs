@@ -13,6 +13,7 @@
 pub mod bus;
 mod conn;
 pub mod matchmaker;
+pub mod metrics;
 mod registry;
 
 use std::net::SocketAddr;
