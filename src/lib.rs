@@ -34,7 +34,6 @@ use prometheus::Registry;
 use rand::RngCore;
 use socketioxide::SocketIo;
 use tandem_config::Config;
-use tandem_signaling::CoreConfig;
 use tokio::net::TcpListener;
 
 /// How long a draining server keeps listening after it closed every socket.
@@ -67,32 +66,6 @@ pub struct App {
     cluster: Option<cluster::Cluster>,
     /// `--guest-creations-per-min`, counted cluster-wide too with `--redis-url`.
     creations_per_min: u32,
-}
-
-fn core_config(c: &Config) -> CoreConfig {
-    CoreConfig {
-        token_ttl: c.token_ttl(),
-        grace_period: c.grace_period(),
-        repair_cooldown: c.repair_cooldown(),
-        typing_timeout: c.typing_timeout(),
-        away_queue_max: c.away_queue_max,
-        max_sockets_per_guest: c.max_sockets_per_guest as usize,
-        max_sessions: c.max_sessions,
-        max_sessions_per_ip: c.max_sessions_per_ip as usize,
-        connect_timeout: c.guest_connect_timeout(),
-        chat_messages_per_sec: c.chat_messages_per_sec,
-        match_per_sec: c.match_per_sec,
-        match_burst: c.match_burst,
-        typing_per_sec: c.typing_per_sec,
-        events_per_sec: c.events_per_sec,
-        ice_candidates_per_sec: c.ice_candidates_per_sec,
-        flood_refusals: c.flood_refusals,
-        flood_window: c.flood_window(),
-        stats_interval: c.stats_interval(),
-        active_window: c.active_window(),
-        ring_timeout: c.call_ring_timeout(),
-        ..CoreConfig::default()
-    }
 }
 
 fn turn_settings(
@@ -239,7 +212,7 @@ pub async fn run(
     // This node's share of the live statistics, for its registry entry (the hub updates it).
     let shared_stats = link.as_ref().map(|(l, _)| l.stats()).unwrap_or_default();
     let (hub, hub_task) = hub::spawn(
-        core_config(&cfg),
+        cfg.signaling_core(),
         io.clone(),
         signaling_metrics.clone(),
         core_sizes.clone(),

@@ -3,13 +3,17 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use tandem_config::LogFormat;
+use tandem_config::{Invocation, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let config = match tandem_config::load() {
-        Ok(c) => c,
+fn main() -> std::process::ExitCode {
+    let config = match tandem_config::invocation() {
+        Ok(Invocation::Run(config)) => config,
+        // Validated like a start, and nothing started: no runtime, no socket, no Redis.
+        Ok(Invocation::CheckConfig(effective)) => {
+            print!("{effective}");
+            return std::process::ExitCode::SUCCESS;
+        }
         Err(e) => e.exit(),
     };
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -18,13 +22,26 @@ async fn main() -> std::process::ExitCode {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Text => fmt.init(),
     }
-    match tandem::run(config, shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    // What `#[tokio::main]` builds.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "tandem stopped");
-            std::process::ExitCode::FAILURE
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
         }
-    }
+    };
+    runtime.block_on(async {
+        match tandem::run(config, shutdown_signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "tandem stopped");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// Resolves on the first SIGINT/SIGTERM; a second one exits at once.

@@ -994,3 +994,364 @@ fn node_name() {
         assert!(message.contains("node_name"), "{bad:?}: {message}");
     }
 }
+
+fn invoke(rest: &[&str], vars: &[(&str, &str)]) -> Result<Invocation, ConfigError> {
+    invocation_from(args(rest), &env(vars))
+}
+
+fn check_config(rest: &[&str], vars: &[(&str, &str)]) -> Effective {
+    match invoke(&[&["check-config"], rest].concat(), vars) {
+        Ok(Invocation::CheckConfig(effective)) => effective,
+        Ok(Invocation::Run(_)) => panic!("check-config ran the server"),
+        Err(err) => panic!("unexpected error: {err}"),
+    }
+}
+
+/// The `key  origin  value` line of `check-config`'s output for `key`.
+fn line_of<'a>(printed: &'a str, key: &str) -> Vec<&'a str> {
+    let line = printed
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no line for {key} in:\n{printed}"));
+    let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let (origin, value) = rest.trim_start().split_once(' ').unwrap_or((rest, ""));
+    vec![key, origin, value.trim_start()]
+}
+
+#[test]
+fn plain_invocation_runs_the_server() {
+    let Ok(Invocation::Run(config)) = invoke(&["--match-burst", "4"], &[]) else {
+        panic!("expected Run");
+    };
+    assert_eq!(config.match_burst, 4);
+}
+
+#[test]
+fn check_config_shows_values_and_where_they_came_from() {
+    let file = toml_file("match_burst = 5\nmax_calls = 7\n");
+    let effective = check_config(
+        &["--config", &path_of(&file), "--bind", "127.0.0.1:9000"],
+        &[
+            ("TANDEM_JWT_SECRET", GOOD_SECRET),
+            ("TANDEM_MAX_CALLS", "8"),
+        ],
+    );
+    assert_eq!(effective.origin("match_burst"), Some(Origin::File));
+    assert_eq!(effective.origin("max_calls"), Some(Origin::Env));
+    assert_eq!(effective.origin("bind"), Some(Origin::Flag));
+    assert_eq!(effective.origin("jwt_secret"), Some(Origin::Env));
+    assert_eq!(effective.origin("max_sessions"), Some(Origin::Default));
+    assert_eq!(effective.origin("no_such_key"), None);
+    assert_eq!(effective.config().max_calls, 8);
+
+    let printed = effective.to_string();
+    assert!(!printed.contains(GOOD_SECRET), "{printed}");
+    assert_eq!(
+        line_of(&printed, "bind"),
+        ["bind", "flag", "127.0.0.1:9000"]
+    );
+    assert_eq!(
+        line_of(&printed, "match_burst"),
+        ["match_burst", "file", "5"]
+    );
+    assert_eq!(line_of(&printed, "max_calls"), ["max_calls", "env", "8"]);
+    assert_eq!(
+        line_of(&printed, "jwt_secret"),
+        ["jwt_secret", "env", "[redacted]"]
+    );
+    assert_eq!(
+        line_of(&printed, "max_sessions"),
+        ["max_sessions", "default", "100000"]
+    );
+    // No value: what `--help` says happens then.
+    assert_eq!(
+        line_of(&printed, "turn_secret"),
+        ["turn_secret", "default", "(random at each start)"]
+    );
+    assert_eq!(
+        line_of(&printed, "allowed_origin"),
+        ["allowed_origin", "default", "(none)"]
+    );
+    assert!(
+        printed.starts_with(&format!("# config file: {} (flag)\n", path_of(&file))),
+        "{printed}"
+    );
+
+    // One line per setting, under its section's heading, in `--help` order.
+    let settings: Vec<&str> = printed.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(settings.len(), FIELDS.len());
+    let headings: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .skip(1)
+        .collect();
+    assert_eq!(headings, SECTIONS);
+}
+
+#[test]
+fn check_config_takes_flags_before_or_after_it_and_the_file_from_env() {
+    let after = check_config(&["--match-burst", "6"], &[]);
+    assert_eq!(after.config().match_burst, 6);
+    let Ok(Invocation::CheckConfig(before)) = invoke(&["--match-burst", "6", "check-config"], &[])
+    else {
+        panic!("expected CheckConfig");
+    };
+    assert_eq!(before.origin("match_burst"), Some(Origin::Flag));
+
+    let file = toml_file("match_burst = 5\n");
+    let effective = check_config(&[], &[("TANDEM_CONFIG", &path_of(&file))]);
+    assert!(
+        effective
+            .to_string()
+            .starts_with(&format!("# config file: {} (env)\n", path_of(&file))),
+        "{effective}"
+    );
+    assert!(check_config(&[], &[])
+        .to_string()
+        .starts_with("# config file: none\n"));
+}
+
+#[test]
+fn check_config_refuses_what_a_start_refuses_with_the_same_message() {
+    let file = toml_file("match_burst = 0\n");
+    let path = path_of(&file);
+    let start = err(&["--config", &path], &[]);
+    let Err(check) = invoke(&["check-config", "--config", &path], &[]) else {
+        panic!("accepted a bad config");
+    };
+    assert_eq!(check.to_string(), start);
+    assert!(start.contains("match_burst"), "{start}");
+    assert!(start.contains(&path), "names the file: {start}");
+
+    let Err(ConfigError::UnknownEnv { .. }) = invoke(&["check-config"], &[("TANDEM_BOGUS", "1")])
+    else {
+        panic!("expected the unknown variable refused");
+    };
+    let Err(ConfigError::Cli(e)) = invoke(&["check-confg"], &[]) else {
+        panic!("expected a clap error");
+    };
+    assert_eq!(e.kind(), ErrorKind::InvalidSubcommand);
+}
+
+#[test]
+fn check_config_redacts_redis_passwords() {
+    let effective = check_config(
+        &[
+            "--redis-url",
+            "redis://admin:hunter2hunter2@r:6379/0",
+            "--jwt-secret",
+            GOOD_SECRET,
+        ],
+        &[("TANDEM_TURN_SECRET", TURN_SECRET)],
+    );
+    let printed = effective.to_string();
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(!printed.contains(TURN_SECRET), "{printed}");
+    assert_eq!(
+        line_of(&printed, "redis_url"),
+        ["redis_url", "flag", "redis://admin:[redacted]@r:6379/0"]
+    );
+    assert_eq!(
+        line_of(&printed, "turn_secret"),
+        ["turn_secret", "env", "[redacted]"]
+    );
+}
+
+/// The `--help` sections, in order.
+const SECTIONS: [&str; 7] = [
+    "HTTP and limits",
+    "Chat",
+    "Media",
+    "TURN",
+    "Files",
+    "Cluster",
+    "Logs",
+];
+
+/// Every flag of the clap definition (the source of `--help`): its section
+/// (`None`: clap's own "Options"), name and the default its help shows.
+fn flags_in_help() -> Vec<(Option<String>, String, String)> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            if matches!(long, "help" | "version") {
+                return None;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let default = help
+                .split_once("[default: ")
+                .and_then(|(_, rest)| rest.split_once("] [env: "))
+                .map(|(default, _)| default.to_owned())
+                .unwrap_or_else(|| panic!("--{long} shows no default: {help}"));
+            let section = arg.get_help_heading().map(str::to_owned);
+            Some((section, format!("--{long}"), default))
+        })
+        .collect()
+}
+
+#[test]
+fn help_is_grouped_by_section() {
+    let flags = flags_in_help();
+    assert_eq!(flags.len(), FIELDS.len() + 1, "every setting and --config");
+    for (section, flag, _) in &flags {
+        match section {
+            None => assert_eq!(flag, "--config"),
+            Some(section) => assert!(SECTIONS.contains(&section.as_str()), "{flag}: {section}"),
+        }
+    }
+    let Err(ConfigError::Cli(e)) = load_with(&["--help"], &[]) else {
+        panic!("expected help");
+    };
+    let help = e.to_string();
+    let at: Vec<usize> = SECTIONS
+        .iter()
+        .map(|section| {
+            help.find(&format!("\n{section}:\n"))
+                .unwrap_or_else(|| panic!("no section {section} in:\n{help}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "sections out of order");
+    // Flags sit under their own section.
+    let turn = help.find("\nTURN:\n").unwrap();
+    let files = help.find("\nFiles:\n").unwrap();
+    let realm = help.find("--turn-realm").unwrap();
+    assert!(turn < realm && realm < files, "{help}");
+    assert!(help.contains("check-config"), "{help}");
+}
+
+/// The settings tables of the README's Configuration section: per row its
+/// section (the `###` heading above it; `None` before the first), flag and
+/// default, backticks removed.
+fn flags_in_readme() -> Vec<(Option<String>, String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).expect("README.md");
+    let start = readme
+        .find("\n## Configuration\n")
+        .expect("README has a Configuration section");
+    let text = &readme[start + 1..];
+    let end = text[3..].find("\n## ").map_or(text.len(), |i| i + 3);
+    let mut section = None;
+    let mut rows = Vec::new();
+    for line in text[..end].lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            section = Some(heading.trim().to_owned());
+            continue;
+        }
+        if !line.starts_with("| `--") {
+            continue;
+        }
+        let cells: Vec<String> = line
+            .replace("\\|", "\u{0}")
+            .split('|')
+            .map(|cell| cell.replace('\u{0}', "|").trim().to_owned())
+            .collect();
+        assert!(cells.len() >= 4, "not a table row: {line}");
+        let flags: Vec<&str> = cells[1]
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|word| word.starts_with("--"))
+            .collect();
+        assert_eq!(flags.len(), 1, "one flag per row: {line}");
+        rows.push((
+            section.clone(),
+            flags[0].to_owned(),
+            cells[2].replace('`', ""),
+        ));
+    }
+    rows
+}
+
+#[test]
+fn readme_settings_table_matches_help() {
+    let help = flags_in_help();
+    let readme = flags_in_readme();
+    let mut problems = Vec::new();
+    for (section, flag, default) in &help {
+        match readme.iter().find(|(_, f, _)| f == flag) {
+            None => problems.push(format!("{flag} is missing from the README")),
+            Some((readme_section, _, readme_default)) => {
+                if readme_default != default {
+                    problems.push(format!(
+                        "{flag}: README default `{readme_default}`, --help `{default}`"
+                    ));
+                }
+                if readme_section != section {
+                    problems.push(format!(
+                        "{flag}: README section {readme_section:?}, --help {section:?}"
+                    ));
+                }
+            }
+        }
+    }
+    for (i, (_, flag, _)) in readme.iter().enumerate() {
+        if !help.iter().any(|(_, f, _)| f == flag) {
+            problems.push(format!("the README lists {flag}, which does not exist"));
+        }
+        if readme[..i].iter().any(|(_, f, _)| f == flag) {
+            problems.push(format!("the README lists {flag} twice"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "README.md's settings tables disagree with --help:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn defaults_agree_with_the_cores() {
+    let c = Config::default();
+    // The whole signaling core config a default `Config` maps to is the core's own default.
+    assert_eq!(
+        format!("{:?}", c.signaling_core()),
+        format!("{:?}", tandem_signaling::CoreConfig::default())
+    );
+    // A changed setting reaches the core.
+    let changed = ok(&["--match-burst", "9", "--stats-interval-ms", "250"], &[]).signaling_core();
+    assert_eq!(changed.match_burst, 9);
+    assert_eq!(changed.stats_interval, Duration::from_millis(250));
+
+    let media = tandem_media::MediaConfig::default();
+    assert_eq!(c.call_connect_timeout(), media.connect_timeout);
+    assert_eq!(c.rtc_udp_port, media.udp_addr.port());
+    // A call is two peers; one media worker holds them all.
+    assert_eq!(c.max_calls * 2, media.max_peers);
+
+    let turn = tandem_turn::Config::default();
+    assert_eq!(c.turn_realm, turn.realm);
+    assert_eq!(
+        c.turn_relay_ports.min..=c.turn_relay_ports.max,
+        turn.port_range
+    );
+    assert_eq!(
+        c.turn_max_allocations_per_user as usize,
+        turn.max_allocations_per_user
+    );
+    assert_eq!(
+        c.turn_max_permissions as usize,
+        turn.max_permissions_per_allocation
+    );
+    assert_eq!(c.turn_allow_loopback_peers, turn.allow_loopback_peers);
+    assert_eq!(c.turn_open_relay, turn.open_relay);
+}
+
+#[test]
+fn help_shows_the_real_defaults() {
+    // Settings with a value by default show that value, taken from the default itself.
+    let c = Config::default();
+    let help = flags_in_help();
+    let shown = |flag: &str| {
+        help.iter()
+            .find(|(_, f, _)| f == flag)
+            .map(|(_, _, d)| d.clone())
+            .unwrap_or_else(|| panic!("no {flag}"))
+    };
+    assert_eq!(shown("--token-ttl-secs"), c.token_ttl_secs.to_string());
+    assert_eq!(shown("--stats-interval-ms"), "1000");
+    assert_eq!(shown("--turn-relay-ports"), "49152-65535");
+    assert_eq!(shown("--bind"), "0.0.0.0:8080");
+    assert_eq!(shown("--max-file-size"), "10485760");
+    assert_eq!(shown("--jwt-secret"), "random at each start");
+    assert_eq!(shown("--config"), "none");
+}

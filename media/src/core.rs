@@ -48,7 +48,9 @@ const MAX_REPORTS: usize = 1024;
 /// caused by a keyframe request answered across peers, so this is never reached in practice.
 const MAX_FLUSH_ROUNDS: usize = 8;
 
-/// The media core's tunables.
+/// The media core's tunables. `Default` is where their defaults are written: tandem-config's
+/// `--call-connect-timeout-secs`, `--rtc-udp-port` and `--max-calls` (a call is two peers of
+/// one worker) default to these values.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
     /// This core's worker index (0..=255); it prefixes every ICE ufrag so the shell can route

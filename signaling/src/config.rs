@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::ids::NodeId;
 
-/// The core's tunables. `Default` matches the documented defaults.
+/// The core's tunables. `Default` is where their defaults are written: tandem-config's
+/// settings for them (`--token-ttl-secs`, `--match-burst`, …) default to these values.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub token_ttl: Duration,

@@ -10,7 +10,9 @@ use crate::cidr::Cidr;
 use crate::error::TurnError;
 
 /// The TURN core's settings. [`Config::default`] has every limit at its documented default;
-/// `auth_secret` must be set.
+/// `auth_secret` must be set. tandem-config's `--turn-realm`, `--turn-relay-ports`,
+/// `--turn-max-allocations-per-user`, `--turn-max-permissions`, `--turn-open-relay` and
+/// `--turn-allow-loopback-peers` default to these values.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// REALM sent to clients and mixed into the long-term key.
