@@ -85,7 +85,7 @@ pub fn register_process(r: &Registry, memory_budget: u64, file_budget: u64) {
         )
         .expect("valid metric"),
     );
-    info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TANDEM_COMMIT")])
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_COMMIT")])
         .set(1);
     let process = prometheus::process_collector::ProcessCollector::for_self();
     {
