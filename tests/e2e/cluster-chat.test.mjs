@@ -111,6 +111,28 @@ async function retryWhileUnavailable(what, attempt, timeoutMs = 15_000, everyMs 
   }
 }
 
+/**
+ * A redis-server that a test kills and starts again, empty, on the same port (`restart()`,
+ * resolving with the new one). At the end the nodes stop first (they leave the registry while
+ * some Redis is there), then the Redis running then.
+ */
+async function restartableRedis(t) {
+  const first = await startRedis();
+  let current = first;
+  t.after(async () => {
+    await Promise.all(first.nodes.map((node) => node.stop()));
+    await current.stop();
+  });
+  return {
+    first,
+    async restart() {
+      await current.kill();
+      current = await startRedis({ port: first.port });
+      return current;
+    },
+  };
+}
+
 /** Waits until every node's /readyz answers `status`. */
 async function allReady(nodes, status, timeoutMs = WAIT) {
   await Promise.all(nodes.map((node) => until(
@@ -434,14 +456,8 @@ test('300 guests on three nodes searching at once: each paired exactly once, par
 });
 
 test('Redis stopped mid-chat: a same-node chat goes on, cross-node messages are refused (service_unavailable), and all flows again once Redis is back', { timeout: 120_000 }, async (t) => {
-  const first = await startRedis();
-  const port = first.port;
-  let current = first;
-  // The nodes first (they leave the registry while some Redis is there), then the Redis running now.
-  t.after(async () => {
-    await Promise.all(first.nodes.map((node) => node.stop()));
-    await current.stop();
-  });
+  const redis = await restartableRedis(t);
+  const first = redis.first;
   const { nodes } = await clusterFor(t, first, 2);
   // A same-node pair on node 1, then a cross-node pair (node 1 and node 2).
   const local = await pairAcross(nodes[0], nodes[0]);
@@ -491,7 +507,7 @@ test('Redis stopped mid-chat: a same-node chat goes on, cross-node messages are 
   await expectNone(cb, 'chat:ended', 0);
 
   // Redis back on the same port (empty).
-  current = await startRedis({ port });
+  await redis.restart();
   const back = Date.now();
 
   // Cross-node messages flow again within ~10 s (refusals meanwhile must be service_unavailable).
@@ -770,13 +786,8 @@ test('the home node killed while the partner was away: what the survivor sent an
 });
 
 test('Redis restarted empty: every node writes its guests, chats, searches and files again; a guest moves to a node that never held it, a searching guest is paired, a file downloads elsewhere', { timeout: 120_000 }, async (t) => {
-  const first = await startRedis();
-  const port = first.port;
-  let current = first;
-  t.after(async () => {
-    await Promise.all(first.nodes.map((node) => node.stop()));
-    await current.stop();
-  });
+  const redis = await restartableRedis(t);
+  const first = redis.first;
   const { nodes } = await clusterFor(t, first, 3, { args: ['--grace-period-secs', '30'] });
   // A (node 1) and B (node 2, the home) chat; A shares a file through node 1; S searches on node 1.
   const { A, B, roomId } = await pairAcross(nodes[0], nodes[1]);
@@ -791,8 +802,7 @@ test('Redis restarted empty: every node writes its guests, chats, searches and f
   for (const m of before) assert.match(m.text, /^tandem_cluster_restores_total 0$/m);
 
   // Redis restarts on the same port, empty (no snapshot, no AOF).
-  await first.kill();
-  current = await startRedis({ port });
+  const current = await redis.restart();
   const back = Date.now();
   await Promise.all(nodes.map((node) => until(`${node.name} noticed Redis lost its data`, async () => {
     const text = (await api(node.url, '/metrics')).text;

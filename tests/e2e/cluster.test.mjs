@@ -15,6 +15,7 @@ import {
 
 const NODES_KEY = 'tandem:{cluster}:nodes';
 const INFO_KEY = 'tandem:{cluster}:node-info';
+const EPOCH_KEY = 'tandem:{cluster}:epoch';
 
 /** The value of an unlabelled metric (or one with exactly `labels`), or null. */
 async function metric(url, name, labels = '') {
@@ -169,12 +170,14 @@ test('three nodes on one Redis: each counts all three; the registry holds their 
     const ttl = await redis.command('PTTL', key);
     assert.ok(ttl > 0 && ttl <= 60_000, `${key} PTTL ${ttl}`);
   }
-  // Besides the registry, only the guest's shared session record, which expires with its token,
-  // and its address's count of guest creations (a one-minute window).
+  // Besides the registry and its data epoch (one short string, kept: its change tells the nodes
+  // that Redis lost its data), only the guest's shared session record, which expires with its
+  // token, and its address's count of guest creations (a one-minute window).
   const keys = await redis.command('KEYS', 'tandem:*');
   const record = `tandem:s:${guest.guest.sessionId}`;
   const creations = 'tandem:ip:127.0.0.1:guests';
-  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, record, creations].sort());
+  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, EPOCH_KEY, record, creations].sort());
+  assert.equal(await redis.command('PTTL', EPOCH_KEY), -1, 'the epoch never expires');
   const ttl = await redis.command('PTTL', record);
   assert.ok(ttl > 0 && ttl <= 2 * 3600_000, `${record} PTTL ${ttl}`);
   const window = await redis.command('PTTL', creations);

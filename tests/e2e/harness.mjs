@@ -309,6 +309,25 @@ export function runToExit(args, timeoutMs = 15_000, extraEnv = {}) {
 const REDIS_SERVER = process.env.TANDEM_E2E_REDIS_SERVER || 'redis-server';
 const liveRedis = new Set();
 
+
+/**
+ * Runs a program to completion with its stdout and stderr together (killed by PID after `ms`);
+ * resolves with `{ code, out }`.
+ */
+export function runProgram(cmd, args, ms = 60_000) {
+  return new Promise((resolve) => {
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout.on('data', (c) => (out += c));
+    proc.stderr.on('data', (c) => (out += c));
+    const killer = setTimeout(() => process.kill(proc.pid, 'SIGKILL'), ms);
+    proc.once('exit', (code) => {
+      clearTimeout(killer);
+      resolve({ code, out });
+    });
+  });
+}
+
 /**
  * Sends one command to the Redis at 127.0.0.1:`port` over a fresh connection and resolves with
  * its reply (strings, numbers, arrays, null; an error reply rejects). A tiny RESP client, so

@@ -22,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
+  runProgram,
   serverFor, redisFor, freePort, freeUdpPort, pair, emitAck, assertOk, assertRefused, waitFor, api,
   connect, rawConn, sendText, sleep, hex,
 } from './harness.mjs';
@@ -96,20 +97,8 @@ function pendingMetric(expr) {
   return PENDING_NEW_METRICS.find((name) => new RegExp(`\\b${name}(_bucket|_count|_sum)?\\b`).test(expr));
 }
 
-/** Runs a program to completion; resolves with `{ code, out }` (killed by PID after `ms`). */
-function run(cmd, args, ms = 60_000) {
-  return new Promise((resolvePromise) => {
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    proc.stdout.on('data', (c) => (out += c));
-    proc.stderr.on('data', (c) => (out += c));
-    const killer = setTimeout(() => process.kill(proc.pid, 'SIGKILL'), ms);
-    proc.once('exit', (code) => {
-      clearTimeout(killer);
-      resolvePromise({ code, out });
-    });
-  });
-}
+/** Runs a program to completion: see the harness's `runProgram`. */
+const run = runProgram;
 
 // ---------------------------------------------------------------------------------------------
 // Prometheus

@@ -15,6 +15,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
 import {
+  runProgram,
   serverFor, freePort, freeUdpPort, createGuest, api, sleep, pair, emitAck, assertOk, waitFor,
   assertHttpError, processStats,
 } from './harness.mjs';
@@ -43,17 +44,7 @@ after(() => {
 
 /** Runs turnutils_uclient to completion (killed by PID after `ms`); resolves with its output. */
 function uclient(args, ms = 60_000) {
-  return new Promise((resolve) => {
-    const proc = spawn(UCLIENT, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    proc.stdout.on('data', (c) => (out += c));
-    proc.stderr.on('data', (c) => (out += c));
-    const killer = setTimeout(() => process.kill(proc.pid, 'SIGKILL'), ms);
-    proc.once('exit', (code) => {
-      clearTimeout(killer);
-      resolve({ code, out });
-    });
-  });
+  return runProgram(UCLIENT, args, ms);
 }
 
 /** The totals turnutils_uclient prints at the end of a run. */
