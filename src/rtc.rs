@@ -801,6 +801,7 @@ mod own_metrics {
         pub peers: IntGauge,
         pub unrouted: IntCounter,
         pub candidates_refused: IntCounter,
+        pub rembs: IntCounter,
         pub handovers: IntCounter,
         pub loss: Histogram,
         pub jitter: Histogram,
@@ -870,6 +871,10 @@ mod own_metrics {
                 candidates_refused: counter(
                     "tandem_media_remote_candidates_refused_total",
                     "Remote ICE candidates refused past a call participant's 20 (trickled, or STUN checks from yet another source address, dropped)",
+                ),
+                rembs: counter(
+                    "tandem_media_remb_total",
+                    "Receiver ceilings (REMB) sent to video senders: each receiver's downlink estimate, less an audio share, which the sender's congestion control obeys",
                 ),
                 handovers: counter(
                     "tandem_media_handovers_total",
@@ -948,6 +953,7 @@ mod own_metrics {
                 .inc_by(now.packets_unrouted - last.packets_unrouted);
             self.candidates_refused
                 .inc_by(now.candidates_refused - last.candidates_refused);
+            self.rembs.inc_by(now.rembs_sent - last.rembs_sent);
             self.quality.connections(last, now);
             self.peers.add(
                 (now.peers_created - last.peers_created) as i64

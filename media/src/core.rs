@@ -42,6 +42,14 @@ const IMMEDIATE: Duration = Duration::from_micros(100);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest accepted session description, in bytes.
 const MAX_SDP_BYTES: usize = 64 * 1024;
+/// Of a guest's downlink estimate, what is kept for the audio it receives; the rest is the
+/// ceiling told to the sender of its video.
+pub const AUDIO_SHARE_BPS: u64 = 64_000;
+/// The lowest ceiling told to a video sender (below it a browser's video stops being useful,
+/// and an estimate that low is as likely noise).
+pub const MIN_VIDEO_BPS: u64 = 100_000;
+/// How often a video sender is told its receiver's ceiling while it holds (sooner when it falls).
+pub const REMB_INTERVAL: Duration = Duration::from_millis(500);
 /// Call reports kept until the shell drains them; past it the oldest are dropped.
 const MAX_REPORTS: usize = 1024;
 /// Rounds of "drain the peers that got packets written" per flush; each round can only be
@@ -643,6 +651,7 @@ impl MediaCore {
             poisoned: false,
             remote_candidates: 0,
             remotes: Default::default(),
+            estimate: None,
         };
         self.counters.peers_created += 1;
         let idx = match self.free.pop() {
@@ -997,6 +1006,7 @@ impl MediaCore {
                         kind: m.kind,
                         subs: Vec::new(),
                         last_keyframe_request: None,
+                        last_remb: None,
                     });
                 }
                 if m.direction.is_sending() && !peer.slots.iter().any(|s| s.mid == m.mid) {
@@ -1086,6 +1096,11 @@ impl MediaCore {
                     }
                     leg.bytes(k, d, s.mid, s.bytes, s.timestamp);
                 }
+                if kind == MediaKind::Video {
+                    // The ceiling is told again with every stats report of the video this guest
+                    // receives, whether or not its estimate moved.
+                    self.feed_back_all(idx, now);
+                }
             }
             Event::PeerStats(ps) => {
                 let Some(pair) = ps.selected_candidate_pair else {
@@ -1102,9 +1117,59 @@ impl MediaCore {
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 push_sample(&mut self.samples, Sample::Bandwidth(estimate.as_u64()));
+                peer.estimate = Some(estimate.as_u64());
+                self.feed_back_all(idx, now);
             }
             _ => {}
         }
+    }
+
+    /// What guest `idx`'s downlink holds (its bandwidth estimate), less a share for audio, is
+    /// what the video it receives may use: told to each sender of that video as REMB, which the
+    /// sender's congestion control obeys as a ceiling (the SFU forwards, it never transcodes).
+    fn feed_back_all(&mut self, idx: PeerIdx, now: Instant) {
+        let Some(peer) = self.peers[idx].as_ref() else {
+            return;
+        };
+        let Some(estimate) = peer.estimate else {
+            return;
+        };
+        let video = estimate.saturating_sub(AUDIO_SHARE_BPS).max(MIN_VIDEO_BPS);
+        let sources: Vec<(PeerIdx, usize)> = peer
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video)
+            .filter_map(|s| s.source)
+            .collect();
+        for (src, track) in sources {
+            self.feed_back(src, track, video, now);
+        }
+    }
+
+    /// Tells the sender of track `track` of peer `src` (REMB) that its receiver takes at most
+    /// `bps`: at most every [`REMB_INTERVAL`], sooner when the figure falls by a tenth or more.
+    fn feed_back(&mut self, src: PeerIdx, track: usize, bps: u64, now: Instant) {
+        let Some(p) = self.peers[src].as_mut() else {
+            return;
+        };
+        let Some(t) = p.tracks_in.get_mut(track) else {
+            return;
+        };
+        if let Some((at, last)) = t.last_remb {
+            let falling = bps.saturating_mul(10) <= last.saturating_mul(9);
+            if now.saturating_duration_since(at) < REMB_INTERVAL && !falling {
+                return;
+            }
+        }
+        let mid = t.mid;
+        let mut api = p.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            return;
+        };
+        rx.request_remb(Bitrate::bps(bps));
+        t.last_remb = Some((now, bps));
+        self.counters.rembs_sent += 1;
+        self.mark_dirty(src);
     }
 
     fn request_keyframe(

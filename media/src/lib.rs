@@ -19,7 +19,9 @@ mod peer;
 mod quality;
 mod stats;
 
-pub use crate::core::{MediaConfig, MediaCore, MediaOutput, Received};
+pub use crate::core::{
+    MediaConfig, MediaCore, MediaOutput, Received, AUDIO_SHARE_BPS, MIN_VIDEO_BPS, REMB_INTERVAL,
+};
 pub use crate::error::MediaError;
 pub use crate::quality::{CallReport, Figure, LegReport, Route, Summary};
 pub use crate::stats::{Direction, MediaCounters, Sample, KINDS};

@@ -28,6 +28,8 @@ pub struct TrackIn {
     pub subs: Vec<Sub>,
     /// Last keyframe request sent upstream, for the 500 ms throttle.
     pub last_keyframe_request: Option<Instant>,
+    /// Last receiver ceiling (REMB) sent upstream: when, and bits per second.
+    pub last_remb: Option<(Instant, u64)>,
 }
 
 /// One receiver of a track: which of its send slots carries it and how headers are rewritten.
@@ -123,6 +125,8 @@ pub struct Peer {
     pub remote_candidates: usize,
     /// The candidates the guest signalled, to name the route its media took.
     pub remotes: crate::quality::Remotes,
+    /// The bandwidth estimate towards this guest (bits/s), once str0m made one.
+    pub estimate: Option<u64>,
 }
 
 impl Peer {

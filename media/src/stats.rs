@@ -43,6 +43,8 @@ pub struct MediaCounters {
     pub plis_forwarded: u64,
     /// Keyframe requests (FIR) forwarded to the sender.
     pub firs_forwarded: u64,
+    /// Receiver ceilings (REMB) sent to video senders.
+    pub rembs_sent: u64,
     /// Keyframe requests dropped by the 500 ms throttle.
     pub keyframe_requests_throttled: u64,
     /// Peers that never connected in time.

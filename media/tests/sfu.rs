@@ -1161,3 +1161,68 @@ fn trickled_candidates_are_capped_too() {
     assert!((20..=40).contains(&refused), "refused {refused} of 40");
     assert!(sim.clients.iter().all(|c| c.connected()));
 }
+
+/// The REMB ceilings client `c` (a sender) got for its video, with when.
+fn rembs(c: &Client) -> Vec<(Instant, u64)> {
+    c.events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Remb { estimate, mid })
+                if *mid == c.video_mid =>
+            {
+                Some((*t, estimate.as_u64()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_receivers_downlink_estimate_reaches_the_sender_as_remb() {
+    let mut sim = Sim::connected_call();
+    sim.stream(&[0], Duration::from_secs(3), |_| {});
+    let open = rembs(&sim.clients[0]);
+    assert!(open.len() >= 3, "A is told B's ceiling regularly: {open:?}");
+    // The ceiling is B's estimate (str0m's 1 Mbit/s start here) less the audio share.
+    let mut estimates = Vec::new();
+    sim.core.drain_samples(|s| {
+        if let tandem_media::Sample::Bandwidth(b) = s {
+            estimates.push(b);
+        }
+    });
+    let last = *estimates.last().expect("B's downlink estimate");
+    assert_eq!(
+        open.last().expect("some").1,
+        last - tandem_media::AUDIO_SHARE_BPS
+    );
+    // Bounded: at most one every 500 ms unless it falls.
+    let (_, before) = *open.last().expect("some");
+    assert!(before >= tandem_media::MIN_VIDEO_BPS, "{open:?}");
+    // B is never told anything: it sends no video.
+    assert!(rembs(&sim.clients[1]).is_empty());
+
+    // B's downlink now loses half of what the server sends it: its estimate falls, and
+    // so does the ceiling A is told.
+    let mut n = 0u32;
+    sim.filter = Box::new(move |l, d| {
+        if l != Leg::Down(1) || !matches!(classify(d), Kind::Rtp(_)) {
+            return false;
+        }
+        n += 1;
+        n % 2 == 0
+    });
+    let t = sim.now;
+    sim.stream(&[0], Duration::from_secs(8), |_| {});
+    let lossy: Vec<_> = rembs(&sim.clients[0])
+        .into_iter()
+        .filter(|(at, _)| *at > t)
+        .collect();
+    let (_, after) = *lossy.last().expect("A is still told B's ceiling");
+    assert!(
+        after * 10 < before * 8,
+        "B's losses bring A's ceiling down: before {before}, after {after} ({lossy:?})"
+    );
+    // Every ceiling sent is counted.
+    let events = sim.core.counters().rembs_sent;
+    assert!(events as usize >= open.len() + lossy.len(), "{events}");
+}
