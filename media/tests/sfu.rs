@@ -1209,7 +1209,7 @@ fn the_receivers_downlink_estimate_reaches_the_sender_as_remb() {
             return false;
         }
         n += 1;
-        n % 2 == 0
+        n.is_multiple_of(2)
     });
     let t = sim.now;
     sim.stream(&[0], Duration::from_secs(8), |_| {});
