@@ -874,7 +874,7 @@ mod own_metrics {
                 ),
                 rembs: counter(
                     "tandem_media_remb_total",
-                    "Receiver ceilings (REMB) sent to video senders: each receiver's downlink estimate, less an audio share, which the sender's congestion control obeys",
+                    "Receiver ceilings (REMB) sent to video senders: each receiver's downlink estimate (less a margin), which the sender's congestion control obeys",
                 ),
                 handovers: counter(
                     "tandem_media_handovers_total",

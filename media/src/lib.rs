@@ -20,7 +20,8 @@ mod quality;
 mod stats;
 
 pub use crate::core::{
-    MediaConfig, MediaCore, MediaOutput, Received, AUDIO_SHARE_BPS, MIN_VIDEO_BPS, REMB_INTERVAL,
+    MediaConfig, MediaCore, MediaOutput, Received, CEILING_PERCENT, MIN_VIDEO_BPS,
+    PROBE_CEILING_BPS, PROBE_INTERVAL, REMB_INTERVAL,
 };
 pub use crate::error::MediaError;
 pub use crate::quality::{CallReport, Figure, LegReport, Route, Summary};

@@ -145,7 +145,9 @@ async function startServerOnce(extraArgs = [], opts = {}) {
   const port = await freePort();
   const secret = `e2e-${hex(36)}`; // 40 characters
   const flags = new Map();
-  flags.set('--bind', [`127.0.0.1:${port}`]);
+  // opts.bindHost: listen on another address than loopback (e.g. 0.0.0.0, for browsers in
+  // network namespaces of their own); `url` stays on loopback.
+  flags.set('--bind', [`${opts.bindHost ?? '127.0.0.1'}:${port}`]);
   flags.set('--jwt-secret', [secret]);
   for (const [k, v] of Object.entries(DEFAULT_FLAGS)) flags.set(k, [v]);
   if (media) for (const [k, v] of Object.entries(await mediaFlags())) flags.set(k, [v]);

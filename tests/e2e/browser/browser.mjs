@@ -123,8 +123,11 @@ export const VIEWPORTS = {
  * Launches Chromium once (call in `before`; call `close()` in `after`, which also removes its
  * profile directory). Fails with a clear message when Chromium is not installed.
  */
-/** `extraArgs`: more Chromium flags for this browser (e.g. a certificate to trust). */
-export async function launchBrowser(extraArgs = []) {
+/**
+ * `extraArgs`: more Chromium flags for this browser (e.g. a certificate to trust);
+ * `executablePath`: a wrapper that starts Chromium elsewhere (e.g. in a network namespace).
+ */
+export async function launchBrowser(extraArgs = [], { executablePath = CHROMIUM } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} is missing: the browser tests need Debian's chromium (apt-get install chromium)`);
   }
@@ -132,7 +135,7 @@ export async function launchBrowser(extraArgs = []) {
   let browser;
   try {
     browser = await chromium.launch({
-      executablePath: CHROMIUM,
+      executablePath,
       headless: true,
       ignoreDefaultArgs: true,
       args: chromiumArgs(userDataDir, extraArgs),

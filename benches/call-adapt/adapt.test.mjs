@@ -1,0 +1,179 @@
+// A measurement, not (yet) a CI test: run it with `benches/call-adapt/run.sh` (root: it makes
+// network namespaces). It passes most runs, but the frame rate B decodes under the shaping
+// varies from run to run (2.5 to 20 fps over 10 s, with no packet lost and the bitrate there),
+// so it would be a flaky test; see the closing note of issue 16.
+//
+// The sender adapts to the receiver's network: two Chromiums, each in a network namespace of its
+// own joined to the test's by a veth pair, call each other through tandem's SFU. B's downlink is
+// then shaped with `tc … tbf` (200 kbit/s) while A's stays open: tandem feeds B's downlink
+// estimate back to A as REMB, so A's encoder settles below B's capacity and B keeps decoding
+// video; once the shaping is lifted, A's bitrate recovers. Bitrates, frame rates and losses are
+// the pages' own getStats().
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { serverFor } from '../../tests/e2e/harness.mjs';
+import {
+  launchBrowser, guestFor, start, waitView, partnerIs, waitCall, pcStats, inbound, outbound,
+  summarize, report, sleep, CHROMIUM,
+} from '../../tests/e2e/browser/browser.mjs';
+
+/** B's downlink while shaped, bits per second. */
+const SHAPED_BPS = 200_000;
+
+const run = (cmd, ...args) => execFileSync(cmd, args, { stdio: 'pipe' }).toString();
+
+const hosts = [];
+const browsers = [];
+let scratch;
+
+/** Network namespace `n` (1, 2) joined to the test's by a veth pair: 10.201.n.2 there, 10.201.n.1 here. */
+function makeHost(n) {
+  const ns = `tandem-adapt-${process.pid}-${n}`;
+  const here = `tad${n}h`;
+  const there = `tad${n}g`;
+  run('ip', 'netns', 'add', ns);
+  hosts.push(ns);
+  run('ip', 'link', 'add', here, 'type', 'veth', 'peer', 'name', there);
+  run('ip', 'link', 'set', there, 'netns', ns);
+  run('ip', 'addr', 'add', `10.201.${n}.1/24`, 'dev', here);
+  run('ip', 'link', 'set', here, 'up');
+  run('ip', '-n', ns, 'addr', 'add', `10.201.${n}.2/24`, 'dev', there);
+  run('ip', '-n', ns, 'link', 'set', there, 'up');
+  run('ip', '-n', ns, 'link', 'set', 'lo', 'up');
+  run('ip', '-n', ns, 'route', 'add', 'default', 'via', `10.201.${n}.1`);
+  return { ns, iface: here, address: `10.201.${n}.1` };
+}
+
+/**
+ * A Chromium started inside `host`'s namespace (through a wrapper script), taking `origin` (plain
+ * HTTP on a non-loopback address) as secure, so that the page may use the camera.
+ */
+async function browserIn(host, origin) {
+  const wrapper = join(scratch, `chromium-${host.ns}`);
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${host.ns} ${CHROMIUM} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  const b = await launchBrowser([`--unsafely-treat-insecure-origin-as-secure=${origin}`], { executablePath: wrapper });
+  browsers.push(b);
+  return b;
+}
+
+before(() => {
+  scratch = mkdtempSync(join(tmpdir(), 'tandem-e2e-adapt-'));
+});
+after(async () => {
+  for (const b of browsers) await b.close().catch(() => {});
+  for (const ns of hosts) {
+    try {
+      run('ip', 'netns', 'del', ns);
+    } catch {
+      // already gone
+    }
+  }
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+/** `g`'s outgoing video bitrate (bits/s) and frames encoded per second over `ms`. */
+async function sending(g, ms = 3000) {
+  const s0 = outbound(await pcStats(g), 'video');
+  await sleep(ms);
+  const s1 = outbound(await pcStats(g), 'video');
+  assert.ok(s0 && s1, `${g.name} sends no video: ${summarize(await pcStats(g))}`);
+  const secs = (s1.timestamp - s0.timestamp) / 1000;
+  return {
+    bps: ((s1.bytesSent - s0.bytesSent) * 8) / secs,
+    fps: (s1.framesEncoded - s0.framesEncoded) / secs,
+    target: s1.targetBitrate,
+  };
+}
+
+/** What `g` receives of video over `ms`: frames decoded per second, and the loss ratio. */
+async function receiving(g, ms = 5000) {
+  const s0 = inbound(await pcStats(g), 'video');
+  await sleep(ms);
+  const s1 = inbound(await pcStats(g), 'video');
+  assert.ok(s0 && s1, `${g.name} receives no video: ${summarize(await pcStats(g))}`);
+  const secs = (s1.timestamp - s0.timestamp) / 1000;
+  const lost = (s1.packetsLost ?? 0) - (s0.packetsLost ?? 0);
+  const got = s1.packetsReceived - s0.packetsReceived;
+  return {
+    fps: (s1.framesDecoded - s0.framesDecoded) / secs,
+    loss: lost / Math.max(1, lost + got),
+    bps: ((s1.bytesReceived - s0.bytesReceived) * 8) / secs,
+  };
+}
+
+/** Polls `probe` (resolving with a value, or null) until it answers, for at most `ms`. */
+async function within(ms, probe) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    last = await probe();
+    if (last.ok) return last;
+  }
+  return last;
+}
+
+test('a sender on an open uplink settles below its receiver\'s shaped downlink (REMB from the SFU), the receiver keeps decoding, and it recovers when the shaping is lifted', { timeout: 240_000 }, async (t) => {
+  const hostA = makeHost(1);
+  const hostB = makeHost(2);
+  // Both hosts reach the server at hostA's address (media candidates name one address).
+  const server = await serverFor(t, ['--node-ip', hostA.address], { media: true, bindHost: '0.0.0.0' });
+  const at = (host) => ({ ...server, url: `http://${host.address}:${server.port}` });
+  const bA = await browserIn(hostA, at(hostA).url);
+  const bB = await browserIn(hostB, at(hostB).url);
+  const A = await guestFor(t, bA, at(hostA), { name: 'A' });
+  const B = await guestFor(t, bB, at(hostB), { name: 'B' });
+  await start(A, 'Adapt A');
+  await waitView(A, 'searching');
+  await start(B, 'Adapt B');
+  await waitView(A, 'chat');
+  await waitView(B, 'chat');
+  await partnerIs(B, 'Adapt A');
+
+  await A.page.click('#call-video');
+  await waitCall(B, 'ringing');
+  await B.page.click('#call-accept');
+  await waitCall(A, 'connected');
+  await waitCall(B, 'connected');
+
+  // Unshaped, A's video ramps up well past what B's downlink will hold.
+  const open = await within(30_000, async () => {
+    const s = await sending(A);
+    return { ...s, ok: s.bps > 2 * SHAPED_BPS };
+  });
+  const openB = await receiving(B, 3000);
+  t.diagnostic(`unshaped: A sends ${(open.bps / 1000).toFixed(0)} kbit/s at ${open.fps.toFixed(1)} fps; B decodes ${openB.fps.toFixed(1)} fps`);
+  assert.ok(open.ok, `A's video never went past ${2 * SHAPED_BPS / 1000} kbit/s unshaped: ${JSON.stringify(open)}\n${await report(A)}`);
+
+  // B's downlink holds 200 kbit/s from now on (A's uplink stays open).
+  run('tc', 'qdisc', 'add', 'dev', hostB.iface, 'root', 'tbf', 'rate', `${SHAPED_BPS / 1000}kbit`, 'burst', '16kb', 'latency', '200ms');
+  const shapedAt = Date.now();
+  const settled = await within(15_000, async () => {
+    const s = await sending(A, 2000);
+    return { ...s, ok: s.bps < 0.9 * SHAPED_BPS };
+  });
+  t.diagnostic(`shaped: A sends ${(settled.bps / 1000).toFixed(0)} kbit/s after ${Date.now() - shapedAt} ms`);
+  assert.ok(settled.ok, `A kept sending ${(settled.bps / 1000).toFixed(0)} kbit/s to a partner whose downlink holds ${SHAPED_BPS / 1000} kbit/s: ${JSON.stringify(settled)}\n${summarize(await pcStats(A))}`);
+  // B keeps decoding video, with little loss (without the ceiling, A's 400+ kbit/s into a
+  // 200 kbit/s downlink lose half of what A sends). The frame rate B decodes under the shaping
+  // varies from run to run (see the top of this file).
+  await sleep(5000);
+  const got = await receiving(B, 10_000);
+  t.diagnostic(`shaped: B decodes ${got.fps.toFixed(1)} fps, loss ${(got.loss * 100).toFixed(1)} %, ${(got.bps / 1000).toFixed(0)} kbit/s`);
+  assert.ok(got.fps > 5, `B decodes ${got.fps.toFixed(1)} fps under the shaping: ${summarize(await pcStats(B))}`);
+  assert.ok(got.loss < 0.05, `B loses ${(got.loss * 100).toFixed(1)} % of its video under the shaping`);
+
+  // The shaping is lifted: A's bitrate recovers.
+  run('tc', 'qdisc', 'del', 'dev', hostB.iface, 'root');
+  const back = await within(60_000, async () => {
+    const s = await sending(A);
+    return { ...s, ok: s.bps > 2 * SHAPED_BPS };
+  });
+  t.diagnostic(`lifted: A sends ${(back.bps / 1000).toFixed(0)} kbit/s`);
+  assert.ok(back.ok, `A's video did not recover once B's downlink was open again: ${JSON.stringify(back)}`);
+  await B.page.click('#call-hangup').catch(() => {});
+});
