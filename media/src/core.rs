@@ -44,10 +44,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const MAX_SDP_BYTES: usize = 64 * 1024;
 /// The share of a guest's downlink estimate its senders are told they may use, in percent.
 pub const CEILING_PERCENT: u64 = 95;
-/// Probes for more of a guest's downlink go up to this (what a browser's 720p video wants).
-pub const PROBE_CEILING_BPS: u64 = 2_500_000;
-/// How often a guest's downlink below [`PROBE_CEILING_BPS`] is probed for more.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// The lowest ceiling told to a video sender (below it a browser's video stops being useful,
 /// and an estimate that low is as likely noise).
 pub const MIN_VIDEO_BPS: u64 = 100_000;
@@ -655,7 +651,6 @@ impl MediaCore {
             remote_candidates: 0,
             remotes: Default::default(),
             estimate: None,
-            next_probe: None,
         };
         self.counters.peers_created += 1;
         let idx = match self.free.pop() {
@@ -1130,12 +1125,11 @@ impl MediaCore {
 
     /// What guest `idx`'s downlink holds (its bandwidth estimate, less a margin) is what its
     /// senders may send it: told to each sender of the video it receives as REMB, which the sender's congestion
-    /// control obeys as a ceiling on all it sends (the SFU forwards, it never transcodes). While
-    /// the estimate is below [`PROBE_CEILING_BPS`], str0m probes towards 1.5 times it every
-    /// [`PROBE_INTERVAL`]: a capped sender never fills the link by itself, so without probes the
-    /// estimate (and the ceiling) would not grow back once the downlink frees up.
+    /// control obeys as a ceiling on all it sends (the SFU forwards, it never transcodes). The
+    /// estimate grows back by itself once the downlink frees up (measured: probing for more, by
+    /// padding, only added delay at a shaped link; `benches/call-adapt`).
     fn feed_back_all(&mut self, idx: PeerIdx, now: Instant) {
-        let Some(peer) = self.peers[idx].as_mut() else {
+        let Some(peer) = self.peers[idx].as_ref() else {
             return;
         };
         let Some(estimate) = peer.estimate else {
@@ -1149,15 +1143,6 @@ impl MediaCore {
             .collect();
         if sources.is_empty() {
             return;
-        }
-        if estimate < PROBE_CEILING_BPS && peer.next_probe.is_none_or(|t| t <= now) {
-            peer.next_probe = Some(now + PROBE_INTERVAL);
-            let target = (estimate / 2 * 3).min(PROBE_CEILING_BPS);
-            let mut bwe = peer.rtc.bwe();
-            // Only a raised desired bitrate asks for a probe: lower it to the estimate first.
-            bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(estimate));
-            bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(target));
-            self.mark_dirty(idx);
         }
         // A margin under the estimate keeps the bottleneck's queue short (a full queue is
         // delay, and late frames are frames the receiver drops).

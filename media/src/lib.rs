@@ -20,8 +20,7 @@ mod quality;
 mod stats;
 
 pub use crate::core::{
-    MediaConfig, MediaCore, MediaOutput, Received, CEILING_PERCENT, MIN_VIDEO_BPS,
-    PROBE_CEILING_BPS, PROBE_INTERVAL, REMB_INTERVAL,
+    MediaConfig, MediaCore, MediaOutput, Received, CEILING_PERCENT, MIN_VIDEO_BPS, REMB_INTERVAL,
 };
 pub use crate::error::MediaError;
 pub use crate::quality::{CallReport, Figure, LegReport, Route, Summary};

@@ -127,8 +127,6 @@ pub struct Peer {
     pub remotes: crate::quality::Remotes,
     /// The bandwidth estimate towards this guest (bits/s), once str0m made one.
     pub estimate: Option<u64>,
-    /// When its downlink may be probed for more next (see `MediaCore::feed_back_all`).
-    pub next_probe: Option<Instant>,
 }
 
 impl Peer {

@@ -1183,7 +1183,7 @@ fn the_receivers_downlink_estimate_reaches_the_sender_as_remb() {
     sim.stream(&[0], Duration::from_secs(3), |_| {});
     let open = rembs(&sim.clients[0]);
     assert!(open.len() >= 3, "A is told B's ceiling regularly: {open:?}");
-    // The ceiling is B's estimate (str0m's 1 Mbit/s start, growing with its probes) less a margin.
+    // The ceiling is B's estimate (str0m's 1 Mbit/s start here) less a margin.
     let mut estimates = Vec::new();
     sim.core.drain_samples(|s| {
         if let tandem_media::Sample::Bandwidth(b) = s {
