@@ -222,6 +222,7 @@ test('drag and drop, expiry, refusals (type, size) and cancelling an upload', as
   release();
   await A.page.unroute('**/api/files');
   await sleep(500);
-  const cards = await B.page.$$eval('#messages li.msg[data-type]', (els) => els.length);
-  assert.equal(cards, 1, 'only the dropped image reached Bob');
+  const cards = await B.page.$$eval('#messages li.msg[data-type]', (els) =>
+    els.map((li) => `${li.getAttribute('data-type')}/${li.getAttribute('data-from') ?? ''}: ${li.textContent?.trim().slice(0, 80)}`));
+  assert.equal(cards.length, 1, `only the dropped image reached Bob; Bob shows ${JSON.stringify(cards)}\n${await report(B)}`);
 });
