@@ -206,22 +206,29 @@ test('drag and drop, expiry, refusals (type, size) and cancelling an upload', as
   const metrics = await (await fetch(`${server.url}/metrics`)).text();
   assert.match(metrics, /^tandem_file_uploads_total\{category="unknown",outcome="too_large"\} 0$/m, 'the big file never reached the server');
 
-  // An upload under way shows #upload-progress and can be cancelled (the request is held back).
-  let release;
-  const held = new Promise((r) => (release = r));
-  await A.page.route('**/api/files', async (route) => {
-    await held;
-    await route.abort().catch(() => {});
+  // An upload under way shows #upload-progress and can be cancelled. A's uploads crawl at 8 KB/s
+  // (Chromium's own network throttling, so the request really is on its way to tandem) and the
+  // file is 200 KB: cancelled after its progress shows, it never completes; tandem drops the
+  // half-sent body and posts nothing.
+  const cdp = await A.context.newCDPSession(A.page);
+  await cdp.send('Network.enable');
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 8 * 1024,
   });
-  await A.page.setInputFiles('#file-input', { name: 'later.pdf', mimeType: 'application/pdf', buffer: PDF });
+  const slow = Buffer.concat([PDF, Buffer.alloc(200 * 1024)]);
+  await A.page.setInputFiles('#file-input', { name: 'later.pdf', mimeType: 'application/pdf', buffer: slow });
   await waitShown(A, '#upload-progress', true);
   assert.match((await text(A, '#upload-label')) ?? '', /later\.pdf/);
   await screenshot(A.page, 'files-uploading');
   await A.page.click('#upload-cancel');
   await waitShown(A, '#upload-progress', false);
-  release();
-  await A.page.unroute('**/api/files');
-  await sleep(500);
+  await waitUntil(A, 'the cancel notice', () => /cancelled/.test(document.querySelector('#notice')?.textContent ?? ''));
+  // Full speed again: an upload that was not really stopped would now arrive within the second.
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
+  await cdp.detach();
+  await sleep(1500);
   const cards = await B.page.$$eval('#messages li.msg[data-type]', (els) =>
     els.map((li) => `${li.getAttribute('data-type')}/${li.getAttribute('data-from') ?? ''}: ${li.textContent?.trim().slice(0, 80)}`));
   assert.equal(cards.length, 1, `only the dropped image reached Bob; Bob shows ${JSON.stringify(cards)}\n${await report(B)}`);
