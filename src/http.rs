@@ -591,16 +591,8 @@ pub use self::own_metrics::HttpMetrics;
 
 /// This component's metrics: it registers its own.
 mod own_metrics {
-    #![allow(unused_imports)]
-    use super::*;
-    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
-    use prometheus::{
-        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-        Opts, Registry,
-    };
-    use tandem_media::{MediaCounters, KINDS};
-    use tandem_signaling::wire::{EndReason, Stats};
-    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+    use crate::metrics::reg;
+    use prometheus::{IntCounterVec, Opts, Registry};
 
     /// HTTP metrics, registered by [`HttpMetrics::register`].
     #[derive(Clone)]

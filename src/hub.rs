@@ -1018,14 +1018,12 @@ pub use self::own_metrics::SignalingMetrics;
 
 /// This component's metrics: it registers its own.
 mod own_metrics {
-    #![allow(unused_imports)]
-    use super::*;
-    use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+    use crate::metrics::{bump, counter, counter_vec, reg};
     use prometheus::{
         Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
         Opts, Registry,
     };
-    use tandem_media::{MediaCounters, KINDS};
+
     use tandem_signaling::wire::{EndReason, Stats};
     use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
 

@@ -776,16 +776,9 @@ pub use self::own_metrics::MediaMetrics;
 
 /// This component's metrics: it registers its own.
 mod own_metrics {
-    #![allow(unused_imports)]
-    use super::*;
     use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
-    use prometheus::{
-        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-        Opts, Registry,
-    };
+    use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Registry};
     use tandem_media::{MediaCounters, KINDS};
-    use tandem_signaling::wire::{EndReason, Stats};
-    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
 
     /// Media-plane metrics, registered by [`MediaMetrics::register`]; every media worker adds to
     /// the same series.

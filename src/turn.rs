@@ -1014,16 +1014,8 @@ pub use self::own_metrics::TurnMetrics;
 
 /// This component's metrics: it registers its own.
 mod own_metrics {
-    #![allow(unused_imports)]
-    use super::*;
     use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
-    use prometheus::{
-        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-        Opts, Registry,
-    };
-    use tandem_media::{MediaCounters, KINDS};
-    use tandem_signaling::wire::{EndReason, Stats};
-    use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
+    use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
     /// The bundled TURN server's metrics: live (every second), summed over the TURN workers.
     #[derive(Clone)]

@@ -1036,12 +1036,7 @@ impl MediaCore {
             }
             Event::MediaIngressStats(s) => {
                 let kind = peer.kind_of(s.mid).unwrap_or(MediaKind::Video);
-                let clock = if kind == MediaKind::Audio {
-                    48_000
-                } else {
-                    90_000
-                };
-                let jitter = f64::from(s.jitter) / f64::from(clock);
+                let jitter = f64::from(s.jitter) / clock_rate(kind);
                 push_sample(
                     &mut self.samples,
                     Sample::Jitter(Duration::from_secs_f64(jitter)),
@@ -1085,12 +1080,7 @@ impl MediaCore {
                         leg.point(k, d, Figure::Rtt, rtt.as_secs_f64());
                     }
                     if let Some(remote) = &s.remote {
-                        let clock = if kind == MediaKind::Audio {
-                            48_000
-                        } else {
-                            90_000
-                        };
-                        let jitter = f64::from(remote.jitter) / f64::from(clock);
+                        let jitter = f64::from(remote.jitter) / clock_rate(kind);
                         leg.point(k, d, Figure::Jitter, jitter);
                     }
                     leg.bytes(k, d, s.mid, s.bytes, s.timestamp);
@@ -1124,10 +1114,10 @@ impl MediaCore {
     }
 
     /// What guest `idx`'s downlink holds (its bandwidth estimate, less a margin) is what its
-    /// senders may send it: told to each sender of the video it receives as REMB, which the sender's congestion
-    /// control obeys as a ceiling on all it sends (the SFU forwards, it never transcodes). The
-    /// estimate grows back by itself once the downlink frees up (measured: probing for more, by
-    /// padding, only added delay at a shaped link; `benches/call-adapt`).
+    /// senders may send it: told to each sender of the video it receives as REMB, which the
+    /// sender's congestion control obeys as a ceiling on all it sends (the SFU forwards, it never
+    /// transcodes). The estimate grows back by itself once the downlink frees up (measured:
+    /// probing for more, by padding, only added delay at a shaped link; `benches/call-adapt`).
     fn feed_back_all(&mut self, idx: PeerIdx, now: Instant) {
         let Some(peer) = self.peers[idx].as_ref() else {
             return;
@@ -1430,6 +1420,15 @@ impl MediaCore {
             subs.append(t);
             *t = subs;
         }
+    }
+}
+
+/// The RTP clock rate of a kind of media (Opus 48 kHz, video 90 kHz), to turn RTCP jitter into
+/// seconds.
+fn clock_rate(kind: MediaKind) -> f64 {
+    match kind {
+        MediaKind::Audio => 48_000.0,
+        MediaKind::Video => 90_000.0,
     }
 }
 

@@ -1,13 +1,9 @@
 //! The cluster shell's metrics (only with `--redis-url`).
 
-#![allow(unused_imports)]
-
-use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
+use crate::metrics::{counter, counter_vec, reg};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use tandem_signaling::{CallEndReason, CallStates, ClientEvent, Counters, SignalError};
 
 /// The Redis commands the cluster shell sends, as the `command` label (a fixed set).
 pub const REDIS_COMMANDS: &[&str] = &[

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serverFor } from '../harness.mjs';
 import {
-  launchBrowser, guestFor, start, waitView, partnerIs, waitCall, pcStats, inbound, outbound,
+  launchBrowser, guestFor, pairGuests, waitCall, pcStats, inbound, outbound,
   summarize, report, sleep, CHROMIUM,
 } from './browser.mjs';
 
@@ -133,12 +133,7 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
   const bB = await browserIn(hostB, at(hostB).url);
   const A = await guestFor(t, bA, at(hostA), { name: 'A' });
   const B = await guestFor(t, bB, at(hostB), { name: 'B' });
-  await start(A, 'Adapt A');
-  await waitView(A, 'searching');
-  await start(B, 'Adapt B');
-  await waitView(A, 'chat');
-  await waitView(B, 'chat');
-  await partnerIs(B, 'Adapt A');
+  await pairGuests(A, B, ['Adapt A', 'Adapt B']);
 
   await A.page.click('#call-video');
   await waitCall(B, 'ringing');

@@ -448,6 +448,12 @@ export const partnerIs = (g, name) =>
 export async function chatPair(b, server, t, names = [`Ann${Math.floor(Math.random() * 1e4)}`, `Bob${Math.floor(Math.random() * 1e4)}`]) {
   const A = await guestFor(t, b, server, { name: 'A' });
   const B = await guestFor(t, b, server, { name: 'B' });
+  await pairGuests(A, B, names);
+  return { A, B, names };
+}
+
+/** Guests `A` and `B` (pages already open, in any browsers) start, A first; resolves once they are in a chat with each other. */
+export async function pairGuests(A, B, names) {
   await start(A, names[0]);
   await waitView(A, 'searching');
   await start(B, names[1]);
@@ -455,7 +461,6 @@ export async function chatPair(b, server, t, names = [`Ann${Math.floor(Math.rand
   await waitView(B, 'chat');
   await partnerIs(A, names[1]);
   await partnerIs(B, names[0]);
-  return { A, B, names };
 }
 
 /** Types `content` into the composer and sends it with Enter. */
