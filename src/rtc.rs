@@ -564,9 +564,9 @@ async fn serve_tcp(
 impl MediaMetrics {
     fn sample(&self, s: Sample) {
         match s {
-            Sample::Loss(l) => self.loss.observe(f64::from(l)),
-            Sample::Jitter(d) => self.jitter.observe(d.as_secs_f64()),
-            Sample::Rtt(d) => self.rtt.observe(d.as_secs_f64()),
+            Sample::Loss(k, l) => self.loss[k.min(1)].observe(f64::from(l)),
+            Sample::Jitter(k, d) => self.jitter[k.min(1)].observe(d.as_secs_f64()),
+            Sample::Rtt(k, d) => self.rtt[k.min(1)].observe(d.as_secs_f64()),
             Sample::Bandwidth(bps) => self.bandwidth.observe(bps as f64),
         }
     }
@@ -777,7 +777,9 @@ pub use self::own_metrics::MediaMetrics;
 /// This component's metrics: it registers its own.
 mod own_metrics {
     use crate::metrics::{bump, counter, counter_vec, reg, CoreSizes};
-    use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Registry};
+    use prometheus::{
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
+    };
     use tandem_media::{MediaCounters, KINDS};
 
     /// Media-plane metrics, registered by [`MediaMetrics::register`]; every media worker adds to
@@ -796,9 +798,10 @@ mod own_metrics {
         pub candidates_refused: IntCounter,
         pub rembs: IntCounter,
         pub handovers: IntCounter,
-        pub loss: Histogram,
-        pub jitter: Histogram,
-        pub rtt: Histogram,
+        /// By kind, indexed as [`tandem_media::KINDS`].
+        pub loss: [Histogram; 2],
+        pub jitter: [Histogram; 2],
+        pub rtt: [Histogram; 2],
         pub bandwidth: Histogram,
         /// Per-call quality, observed once per call (registered by the media plane itself).
         pub quality: crate::rtc::CallQualityMetrics,
@@ -817,6 +820,14 @@ mod own_metrics {
                     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                         .expect("valid metric"),
                 )
+            };
+            let by_kind = |name: &str, help: &str, buckets: Vec<f64>| {
+                let vec = reg(
+                    r,
+                    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["kind"])
+                        .expect("valid metric"),
+                );
+                KINDS.map(|kind| vec.with_label_values(&[kind]))
             };
             let m = MediaMetrics {
                 sizes,
@@ -873,19 +884,19 @@ mod own_metrics {
                     "tandem_media_handovers_total",
                     "Datagrams that reached another media worker's socket and were handed to the worker owning their call",
                 ),
-                loss: histogram(
+                loss: by_kind(
                     "tandem_media_loss_ratio",
-                    "Packet loss fraction from RTCP receiver reports",
+                    "Packet loss fraction from RTCP receiver reports, by kind",
                     vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
                 ),
-                jitter: histogram(
+                jitter: by_kind(
                     "tandem_media_jitter_seconds",
-                    "Interarrival jitter from RTCP",
+                    "Interarrival jitter from RTCP, by kind",
                     vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1],
                 ),
-                rtt: histogram(
+                rtt: by_kind(
                     "tandem_media_rtt_seconds",
-                    "Round-trip time from RTCP",
+                    "Round-trip time from RTCP, by kind",
                     vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
                 ),
                 bandwidth: histogram(

@@ -1036,16 +1036,17 @@ impl MediaCore {
             }
             Event::MediaIngressStats(s) => {
                 let kind = peer.kind_of(s.mid).unwrap_or(MediaKind::Video);
+                let ki = kind_idx(kind);
                 let jitter = f64::from(s.jitter) / clock_rate(kind);
                 push_sample(
                     &mut self.samples,
-                    Sample::Jitter(Duration::from_secs_f64(jitter)),
+                    Sample::Jitter(ki, Duration::from_secs_f64(jitter)),
                 );
                 if let Some(loss) = s.loss {
-                    push_sample(&mut self.samples, Sample::Loss(loss));
+                    push_sample(&mut self.samples, Sample::Loss(ki, loss));
                 }
                 if let Some(rtt) = s.rtt {
-                    push_sample(&mut self.samples, Sample::Rtt(rtt));
+                    push_sample(&mut self.samples, Sample::Rtt(ki, rtt));
                 }
                 let delta = peer.nack_delta(s.mid, false, s.nacks);
                 self.counters.nacks_sent += delta;
@@ -1062,15 +1063,15 @@ impl MediaCore {
                 }
             }
             Event::MediaEgressStats(s) => {
+                let kind = peer.kind_of(s.mid).unwrap_or(MediaKind::Video);
                 if let Some(loss) = s.loss {
-                    push_sample(&mut self.samples, Sample::Loss(loss));
+                    push_sample(&mut self.samples, Sample::Loss(kind_idx(kind), loss));
                 }
                 if let Some(rtt) = s.rtt {
-                    push_sample(&mut self.samples, Sample::Rtt(rtt));
+                    push_sample(&mut self.samples, Sample::Rtt(kind_idx(kind), rtt));
                 }
                 let delta = peer.nack_delta(s.mid, true, s.nacks);
                 self.counters.nacks_received += delta;
-                let kind = peer.kind_of(s.mid).unwrap_or(MediaKind::Video);
                 if let Some(leg) = leg_of(&mut self.calls, call, guest) {
                     let (k, d) = (kind_idx(kind), Direction::Out);
                     if let Some(loss) = s.loss {

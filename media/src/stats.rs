@@ -68,15 +68,16 @@ pub struct MediaCounters {
     pub connections: [[u64; 2]; 4],
 }
 
-/// A quality observation, for histograms.
+/// A quality observation, for histograms. The `usize` of loss, jitter and RTT is the media kind,
+/// an index into [`crate::KINDS`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sample {
     /// Fraction lost (0..=1) from an RTCP receiver report.
-    Loss(f32),
+    Loss(usize, f32),
     /// Interarrival jitter.
-    Jitter(Duration),
+    Jitter(usize, Duration),
     /// Round-trip time from RTCP.
-    Rtt(Duration),
+    Rtt(usize, Duration),
     /// Estimated bandwidth towards a guest, bits per second.
     Bandwidth(u64),
 }

@@ -47,8 +47,9 @@ test('a call is visible in /metrics: states, setup time, forwarded packets by ki
       return (
         get(m, 'tandem_media_packets_total{direction="out",kind="video"}') > 50 &&
         get(m, 'tandem_media_packets_total{direction="out",kind="audio"}') > 50 &&
-        get(m, 'tandem_media_rtt_seconds_count') > 0 &&
-        get(m, 'tandem_media_jitter_seconds_count') > 0 &&
+        // RTT from the guests' receiver reports of the video sent to them (the call's "out" figures).
+        get(m, 'tandem_media_rtt_seconds_count{kind="video"}') > 0 &&
+        get(m, 'tandem_media_jitter_seconds_count{kind="video"}') > 0 &&
         get(m, 'tandem_media_bandwidth_estimate_bps_count') > 0 &&
         // Each receiver's downlink estimate goes back to the video's sender as REMB.
         get(m, 'tandem_media_remb_total') > 0

@@ -332,7 +332,7 @@ test('every dashboard panel and alert expression evaluates in a real Prometheus 
   let scraped = '';
   await until(async () => {
     scraped = (await api(main.url, '/metrics')).text;
-    return /^tandem_media_rtt_seconds_count [1-9]/m.test(scraped) && /^tandem_media_bandwidth_estimate_bps_count [1-9]/m.test(scraped);
+    return /^tandem_media_rtt_seconds_count\{kind="(audio|video)"\} [1-9]/m.test(scraped) && /^tandem_media_bandwidth_estimate_bps_count [1-9]/m.test(scraped);
   }, 15_000, () => `no RTCP in /metrics:\n${scraped.split('\n').filter((l) => l.startsWith('tandem_media')).join('\n')}`, 250);
   assertOk(await emitAck(a, 'call:end'), 'call:end');
   await waitFor(b, 'call:ended');
