@@ -179,11 +179,7 @@ pub async fn socketio_handshakes(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let uri = req.uri();
-    let handshake = uri.path().starts_with("/socket.io")
-        && !uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
+    let handshake = is_socket_handshake(req.uri());
     if let (true, Some(ip)) = (handshake, ip_of(&req)) {
         let verdict = app.http_limits.handshake(ip);
         if !matches!(verdict, Handshake::Allowed) {
@@ -201,6 +197,56 @@ pub async fn socketio_handshakes(
         }
     }
     next.run(req).await
+}
+
+/// The headers a Socket.IO connection needs after its handshake: the WebSocket upgrade's, and
+/// what admission reads (`Origin`, `Host`). The client address was taken from the connection
+/// (and a trusted proxy's forwarding headers) before this.
+const SOCKET_HEADERS: [header::HeaderName; 9] = [
+    header::HOST,
+    header::ORIGIN,
+    header::UPGRADE,
+    header::CONNECTION,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+];
+
+/// Whether a request opens a Socket.IO connection: under `/socket.io`, without a `sid` (a new
+/// polling session, or a WebSocket opened directly).
+fn is_socket_handshake(uri: &http::Uri) -> bool {
+    uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")))
+}
+
+/// A Socket.IO handshake as its socket keeps it for its whole life (socketioxide holds its
+/// parts): only [`SOCKET_HEADERS`], and those and the URI copied out of hyper's read buffer.
+/// Parsed header values and the URI are views of that 8 KiB buffer, so one kept header (or
+/// the router's copy of the URI) kept it all alive: 8 KiB per connected guest, and a browser's
+/// cookies and client hints on top. Applied as the request comes off the connection, before
+/// anything clones a part of it. Other requests pass as they are.
+pub fn lean_handshake<B>(req: http::Request<B>) -> http::Request<B> {
+    if !is_socket_handshake(req.uri()) {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut headers = http::HeaderMap::with_capacity(SOCKET_HEADERS.len());
+    for name in SOCKET_HEADERS {
+        for value in parts.headers.get_all(&name) {
+            if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(name.clone(), value);
+            }
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    http::Request::from_parts(parts, body)
 }
 
 /// Per-IP and per-guest request limits on `/api/*`.
@@ -560,6 +606,38 @@ async fn api_method_not_allowed() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_handshake_keeps_only_the_headers_its_socket_needs() {
+        let req = http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket")
+            .header(header::HOST, "chat.example")
+            .header(header::ORIGIN, "https://chat.example")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(header::COOKIE, "a=".to_owned() + &"x".repeat(4000))
+            .header(header::USER_AGENT, "Mozilla/5.0")
+            .body(())
+            .expect("a valid request");
+        let lean = lean_handshake(req);
+        assert_eq!(lean.uri(), "/socket.io/?EIO=4&transport=websocket");
+        let names: Vec<_> = lean.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "origin", "upgrade", "sec-websocket-key"]);
+        assert_eq!(lean.headers()[header::ORIGIN], "https://chat.example");
+
+        // Anything else (a polling request of a session, the API) passes as it is.
+        for uri in ["/socket.io/?EIO=4&transport=polling&sid=abc", "/api/guest"] {
+            let req = http::Request::builder()
+                .uri(uri)
+                .header(header::COOKIE, "a=b")
+                .body(())
+                .expect("a valid request");
+            assert!(
+                lean_handshake(req).headers().contains_key(header::COOKIE),
+                "{uri}"
+            );
+        }
+    }
 
     #[test]
     fn ice_servers_shape() {

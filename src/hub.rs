@@ -133,11 +133,6 @@ pub enum Command {
         session: SessionId,
         lives: Option<std::time::Duration>,
     },
-    /// A socket of the receiver acknowledged a chat message.
-    Delivered {
-        room: RoomId,
-        msg: MessageId,
-    },
     Stats {
         reply: oneshot::Sender<Stats>,
     },
@@ -326,14 +321,14 @@ pub fn spawn(
         None => (None, None, None),
     };
     let core = Core::new(cfg, seed, Instant::now(), unix_ms);
-    let hub = Hub { tx: tx.clone() };
+    let hub = Hub { tx };
     let task = HubTask {
         core,
         io,
         metrics,
         sockets: HashMap::new(),
         guests: HashMap::new(),
-        feedback: Hub { tx },
+        acks: Default::default(),
         last: Default::default(),
         media: None,
         turn: None,
@@ -361,8 +356,8 @@ struct HubTask {
     sockets: HashMap<ConnId, (SessionId, SocketRef)>,
     /// This node's connections by guest.
     guests: HashMap<SessionId, Vec<ConnId>>,
-    /// For delivery-ack tasks to report back.
-    feedback: Hub,
+    /// Partner messages waiting for their first ack.
+    acks: futures_util::stream::FuturesUnordered<AckWait>,
     last: tandem_signaling::Counters,
     media: Option<MediaPlane>,
     turn: Option<TurnAccess>,
@@ -412,6 +407,10 @@ impl HubTask {
                         self.handle(cmd);
                     }
                 }
+                Some(acked) = self.acks.next(), if !self.acks.is_empty() => match acked {
+                    Some((room, msg)) => self.core.handle_delivered(room, msg, Instant::now()),
+                    None => self.metrics.undelivered.inc(),
+                },
                 n = recv_bus(&mut incoming, &mut from_bus) => {
                     if n == 0 {
                         // The bus stopped: the node serves on alone.
@@ -618,7 +617,6 @@ impl HubTask {
                     .with_label_values(&[name])
                     .observe(received.elapsed().as_secs_f64());
             }
-            Command::Delivered { room, msg } => self.core.handle_delivered(room, msg, now),
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
             }
@@ -718,10 +716,14 @@ impl HubTask {
                     }
                     self.emit(to, &event);
                 }
-                Output::Deliver { to, message } => self.deliver(self.sockets_of(to), &message),
+                Output::Deliver { to, message } => {
+                    let wait = self.deliver(self.sockets_of(to), &message);
+                    self.wait_ack(wait);
+                }
                 Output::Redeliver { conn, message } => {
                     let socket = self.sockets.get(&conn).map(|(_, s)| s);
-                    self.deliver(socket, &message);
+                    let wait = self.deliver(socket, &message);
+                    self.wait_ack(wait);
                 }
                 Output::Media(cmd) => match &self.media {
                     Some(m) => m.command(cmd),
@@ -798,7 +800,10 @@ impl HubTask {
                     name,
                     payload,
                     ack,
-                } => self.relay(to, &name, &payload, ack),
+                } => {
+                    let wait = self.relay(to, &name, &payload, ack);
+                    self.wait_ack(wait);
+                }
                 Output::CallEnded(call) => {
                     if let Some(turn) = &self.turn {
                         turn.revoke(&call.to_string());
@@ -874,7 +879,7 @@ impl HubTask {
         name: &str,
         payload: &serde_json::Value,
         ack: Option<(RoomId, MessageId)>,
-    ) {
+    ) -> Option<AckWait> {
         let sockets: Vec<&SocketRef> = match to {
             Target::Conn(conn) => self
                 .sockets
@@ -889,7 +894,7 @@ impl HubTask {
             for s in sockets {
                 let _ = s.emit(name, payload);
             }
-            return;
+            return None;
         };
         let mut streams = Vec::new();
         for s in sockets {
@@ -897,7 +902,7 @@ impl HubTask {
                 streams.push(Box::pin(acks));
             }
         }
-        self.await_delivery(streams, room, msg);
+        Some(await_delivery(streams, room, msg))
     }
 
     /// This node's sockets of one guest.
@@ -913,45 +918,26 @@ impl HubTask {
     /// that closed, or died silently until the heartbeat closed it): the core keeps the message
     /// until an ack and hands it to the receiver's next socket. The ack wait (the Socket.IO ack
     /// timeout) outlasts the heartbeat, so a live socket's late ack still counts.
-    fn deliver<'a>(&self, sockets: impl IntoIterator<Item = &'a SocketRef>, message: &ChatMessage) {
+    fn deliver<'a>(
+        &self,
+        sockets: impl IntoIterator<Item = &'a SocketRef>,
+        message: &ChatMessage,
+    ) -> Option<AckWait> {
         let mut streams = Vec::new();
         for s in sockets {
             if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", message) {
                 streams.push(Box::pin(acks));
             }
         }
-        self.await_delivery(streams, message.room_id, message.id);
+        Some(await_delivery(streams, message.room_id, message.id))
     }
 
-    /// The first ack of `streams` (a partner message's emits) makes the delivered receipt.
-    fn await_delivery<S>(&self, streams: Vec<std::pin::Pin<Box<S>>>, room: RoomId, msg: MessageId)
-    where
-        S: futures_util::Stream<
-                Item = (
-                    socketioxide::socket::Sid,
-                    Result<serde_json::Value, AckError>,
-                ),
-            > + Send
-            + 'static,
-    {
-        if streams.is_empty() {
-            self.metrics.undelivered.inc();
-            return;
+    /// Waits, in the hub's own task (no task per message, no channel back), for the first ack
+    /// of a partner message; [`HubTask::run`] polls these beside its inbox.
+    fn wait_ack(&mut self, wait: Option<AckWait>) {
+        if let Some(wait) = wait {
+            self.acks.push(wait);
         }
-        let hub = self.feedback.clone();
-        let unacked = self.metrics.undelivered.clone();
-        tokio::spawn(async move {
-            let mut acks = futures_util::stream::select_all(streams);
-            while let Some((_, res)) = acks.next().await {
-                // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
-                // carries no payload at all).
-                if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
-                    hub.send(Command::Delivered { room, msg }).await;
-                    return;
-                }
-            }
-            unacked.inc();
-        });
     }
 
     fn emit(&self, to: Target, event: &ServerEvent) {
@@ -976,6 +962,38 @@ impl HubTask {
             }
         }
     }
+}
+
+/// A partner message's wait for its first ack: the message (to receipt as delivered), or
+/// `None` when no socket acked it (the core keeps it for the receiver's next socket).
+type AckWait =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(RoomId, MessageId)>> + Send>>;
+
+/// The first ack of `streams` (a partner message's emits) makes the delivered receipt.
+fn await_delivery<S>(streams: Vec<std::pin::Pin<Box<S>>>, room: RoomId, msg: MessageId) -> AckWait
+where
+    S: futures_util::Stream<
+            Item = (
+                socketioxide::socket::Sid,
+                Result<serde_json::Value, AckError>,
+            ),
+        > + Send
+        + 'static,
+{
+    Box::pin(async move {
+        if streams.is_empty() {
+            return None;
+        }
+        let mut acks = futures_util::stream::select_all(streams);
+        while let Some((_, res)) = acks.next().await {
+            // Any answer counts, even one whose payload we cannot decode (a bare `ack()`
+            // carries no payload at all).
+            if matches!(res, Ok(_) | Err(AckError::Decode(_))) {
+                return Some((room, msg));
+            }
+        }
+        None
+    })
 }
 
 /// A client event's name as a metric label: one of the names clients may send, else `None`.

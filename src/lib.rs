@@ -171,6 +171,10 @@ pub async fn run(
         .ws_max_message_size(cfg.max_message_bytes as usize)
         .ws_max_frame_size(cfg.max_message_bytes as usize)
         .max_buffer_size(1024)
+        // tungstenite zero-fills its whole read buffer before every read, so all of it is
+        // resident per connection: 1 KiB holds a typical chat frame (a larger one is read in
+        // several calls) at a quarter of the default's memory and memset.
+        .ws_read_buffer_size(1024)
         // A dead client is noticed within pingInterval + pingTimeout; a chat message's ack is
         // awaited twice that (a live socket's ack delayed by TCP retransmissions still counts;
         // a message without an ack stays queued for the receiver's next socket anyway).

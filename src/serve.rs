@@ -59,6 +59,7 @@ pub async fn serve(
             let trusted = settings.trusted.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let client = trusted.client(peer, req.headers());
+                let req = crate::http::lean_handshake(req);
                 let mut req = req.map(|b| Body::new(TimeoutBody::new(body_timeout, b)));
                 req.extensions_mut().insert(ConnectInfo(client));
                 let router = router.clone();

@@ -441,6 +441,12 @@ settings! {
         bind: req SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080));
             env "TANDEM_BIND", arg(value_name = "ADDR");
 
+        /// Threads serving HTTP and Socket.IO (media and TURN have their own). One
+        /// costs the least CPU per message (no wake-ups across threads; the chat hub
+        /// is one task anyway); more help only when socket I/O, not the hub, is the limit
+        signaling_threads: req usize = 1;
+            env "TANDEM_SIGNALING_THREADS", arg(value_name = "N");
+
         /// Key for signing guest tokens, at least 32 bytes; prefer the env var or
         /// config file, as flags show up in `ps`. If unset, a random key is made at
         /// each start, so tokens do not survive a restart

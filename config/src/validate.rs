@@ -151,6 +151,8 @@ pub(crate) fn check(
         in_range(value, key, 1, max).map_err(|m| fail(key, m))?;
     }
 
+    in_range(config.signaling_threads as u64, "signaling_threads", 1, 64)
+        .map_err(|m| fail("signaling_threads", m))?;
     if let Some(workers) = config.rtc_udp_workers {
         in_range(workers as u64, "rtc_udp_workers", 1, 64)
             .map_err(|m| fail("rtc_udp_workers", m))?;
