@@ -612,10 +612,9 @@ impl HubTask {
                 // `chat:message:sent` and its ack then leave in one write.
                 self.drain();
                 self.answer(reply, result);
-                self.metrics
-                    .event_latency
-                    .with_label_values(&[name])
-                    .observe(received.elapsed().as_secs_f64());
+                if let Some(h) = self.metrics.event_latency(name) {
+                    h.observe(received.elapsed().as_secs_f64());
+                }
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.core.stats(now));
@@ -862,11 +861,8 @@ impl HubTask {
     }
 
     fn observe(&self, label: Option<&'static str>, received: Instant) {
-        if let Some(label) = label {
-            self.metrics
-                .event_latency
-                .with_label_values(&[label])
-                .observe(received.elapsed().as_secs_f64());
+        if let Some(h) = label.and_then(|l| self.metrics.event_latency(l)) {
+            h.observe(received.elapsed().as_secs_f64());
         }
     }
 
@@ -1036,7 +1032,9 @@ pub use self::own_metrics::SignalingMetrics;
 
 /// This component's metrics: it registers its own.
 mod own_metrics {
-    use crate::metrics::{bump, counter, counter_vec, reg};
+    use std::sync::Arc;
+
+    use crate::metrics::{bump_moved, counter, counter_vec, reg};
     use prometheus::{
         Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
         Opts, Registry,
@@ -1063,6 +1061,9 @@ mod own_metrics {
         pub sessions_reaped: IntCounter,
         pub floods_closed: IntCounter,
         pub event_latency: HistogramVec,
+        /// `event_latency` of each name in [`ClientEvent::NAMES`], resolved once: the label
+        /// lookup hashes and locks, once per event otherwise.
+        event_latency_of: Arc<[Histogram]>,
         pub hub_batch: Histogram,
         pub resident_memory: IntGauge,
         pub calls: IntGaugeVec,
@@ -1078,7 +1079,8 @@ mod own_metrics {
             let counter = |name: &str, help: &str| counter(r, name, help);
             let counter_vec =
                 |name: &str, help: &str, labels: &[&str]| counter_vec(r, name, help, labels);
-            let m = Self {
+            let mut m = Self {
+                event_latency_of: Arc::from([]),
                 sockets_connected: reg(
                     r,
                     IntGauge::new("tandem_sockets_connected", "Socket.IO connections open now")
@@ -1223,9 +1225,10 @@ mod own_metrics {
             for e in SignalError::ALL {
                 m.refusals.with_label_values(&[e.code()]);
             }
-            for name in ClientEvent::NAMES {
-                m.event_latency.with_label_values(&[name]);
-            }
+            m.event_latency_of = ClientEvent::NAMES
+                .iter()
+                .map(|name| m.event_latency.with_label_values(&[name]))
+                .collect();
             for kind in ["delivered", "read"] {
                 m.receipts.with_label_values(&[kind]);
             }
@@ -1238,6 +1241,12 @@ mod own_metrics {
             m
         }
 
+        /// The handling-time histogram of a client event by name (`None`: not a client event).
+        pub fn event_latency(&self, name: &str) -> Option<&Histogram> {
+            let i = ClientEvent::NAMES.iter().position(|n| *n == name)?;
+            self.event_latency_of.get(i)
+        }
+
         /// Adds what the core counted since `last`.
         pub fn apply_counters(&self, last: &Counters, now: &Counters) {
             self.guests_created
@@ -1245,7 +1254,7 @@ mod own_metrics {
             self.matches.inc_by(now.matches - last.matches);
             for reason in EndReason::ALL {
                 let i = reason as usize;
-                bump(
+                bump_moved(
                     &self.chats_ended,
                     reason.as_str(),
                     now.chats_ended[i],
@@ -1254,13 +1263,13 @@ mod own_metrics {
             }
             self.messages_relayed
                 .inc_by(now.messages_relayed - last.messages_relayed);
-            bump(
+            bump_moved(
                 &self.receipts,
                 "delivered",
                 now.receipts_delivered,
                 last.receipts_delivered,
             );
-            bump(
+            bump_moved(
                 &self.receipts,
                 "read",
                 now.receipts_read,
@@ -1278,7 +1287,7 @@ mod own_metrics {
                 .inc_by(now.calls_accepted - last.calls_accepted);
             for reason in CallEndReason::ALL {
                 let i = reason as usize;
-                bump(
+                bump_moved(
                     &self.calls_ended,
                     reason.as_str(),
                     now.calls_ended[i],

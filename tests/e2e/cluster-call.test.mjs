@@ -183,7 +183,13 @@ test('a call between guests on two nodes: media through the home node\'s SFU bot
   const sel = await selectedPair(pb.pc);
   assert.equal(sel.local?.candidateType, 'relay', `B's selected local candidate: ${JSON.stringify(sel.local)}`);
   assert.equal(sel.remote?.port, Number(entries[n1.name].media.split(':').pop()), `B's selected remote candidate is node-1's SFU: ${JSON.stringify(sel.remote)}`);
-  assert.ok(await metric(n1, 'tandem_turn_allocations_total{event="created"}') > allocationsBefore, 'an allocation on node-1\'s TURN server');
+  // The TURN workers publish their counters once a second.
+  let created = 0;
+  await until(
+    async () => (created = await metric(n1, 'tandem_turn_allocations_total{event="created"}')) > allocationsBefore,
+    5000,
+    () => `no allocation on node-1's TURN server: ${created} created, ${allocationsBefore} before`,
+  );
   assert.equal(await metric(n2, 'tandem_turn_allocations_total{event="created"}'), 0, 'none on node-2\'s');
   await expectNone(a, 'error', 0);
   await expectNone(b, 'error', 0);

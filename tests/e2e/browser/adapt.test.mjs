@@ -169,11 +169,14 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
   assert.ok(got.fps > 5, `B decodes ${got.fps.toFixed(1)} fps under the shaping: ${summarize(await pcStats(B))}`);
   assert.ok(got.loss < 0.05, `B loses ${(got.loss * 100).toFixed(1)} % of its video under the shaping`);
 
-  // The shaping is lifted: A's bitrate recovers.
+  // The shaping is lifted: A's bitrate recovers, well past what the shaped link held. Without
+  // probing it climbs with B's estimate, step by step (410–490 kbit/s within the minute on an
+  // idle box; 346 once with the whole suite running, the encoder short of CPU): 1.5× the
+  // shaped capacity is asked.
   run('tc', 'qdisc', 'del', 'dev', hostB.iface, 'root');
   const back = await within(60_000, async () => {
     const s = await sending(A);
-    return { ...s, ok: s.bps > 2 * SHAPED_BPS };
+    return { ...s, ok: s.bps > 1.5 * SHAPED_BPS };
   });
   t.diagnostic(`lifted: A sends ${(back.bps / 1000).toFixed(0)} kbit/s`);
   assert.ok(back.ok, `A's video did not recover once B's downlink was open again: ${JSON.stringify(back)}`);
