@@ -14,6 +14,8 @@ COPY media media
 COPY turn turn
 COPY benches benches
 COPY src src
+# The forks of [patch.crates-io] (vendor/README.md).
+COPY vendor vendor
 # The web client embedded in the binary (committed, built from web/src; no Node needed here).
 COPY web/dist web/dist
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
