@@ -800,8 +800,9 @@ impl HubTask {
                     payload,
                     ack,
                 } => {
-                    let wait = self.relay(to, &name, &payload, ack);
-                    self.wait_ack(wait);
+                    if let Some(wait) = self.relay(to, &name, &payload, ack) {
+                        self.wait_ack(wait);
+                    }
                 }
                 Output::CallEnded(call) => {
                     if let Some(turn) = &self.turn {
@@ -918,22 +919,20 @@ impl HubTask {
         &self,
         sockets: impl IntoIterator<Item = &'a SocketRef>,
         message: &ChatMessage,
-    ) -> Option<AckWait> {
+    ) -> AckWait {
         let mut streams = Vec::new();
         for s in sockets {
             if let Ok(acks) = s.emit_with_ack::<_, serde_json::Value>("chat:message", message) {
                 streams.push(Box::pin(acks));
             }
         }
-        Some(await_delivery(streams, message.room_id, message.id))
+        await_delivery(streams, message.room_id, message.id)
     }
 
     /// Waits, in the hub's own task (no task per message, no channel back), for the first ack
     /// of a partner message; [`HubTask::run`] polls these beside its inbox.
-    fn wait_ack(&mut self, wait: Option<AckWait>) {
-        if let Some(wait) = wait {
-            self.acks.push(wait);
-        }
+    fn wait_ack(&mut self, wait: AckWait) {
+        self.acks.push(wait);
     }
 
     fn emit(&self, to: Target, event: &ServerEvent) {
