@@ -46,6 +46,11 @@ const MAX_ENDS: usize = 65_536;
 /// How often partner messages the bus refused are handed out again.
 const BUS_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a session record in Redis may lag behind what the bus said: a chat's home writes
+/// its guests' records through its Redis worker, while it tells their nodes over the bus at
+/// once. A record read within this time of a pairing does not undo it.
+const RECORD_LAG: Duration = Duration::from_secs(10);
+
 /// A clustered core's view of the other nodes (absent on a single node).
 #[derive(Default)]
 struct Cluster {
@@ -64,6 +69,9 @@ struct Cluster {
     homes: HashMap<SessionId, (NodeId, RoomId)>,
     /// Guest's-node side: those chats' homes.
     remote_rooms: HashMap<RoomId, NodeId>,
+    /// Guest's-node side: when the bus told of each entry of `homes` (its pairing); a session
+    /// record read before [`RECORD_LAG`] has passed may not know it yet.
+    homed_at: HashMap<SessionId, Instant>,
     /// Forwarded events: bus request id → (socket, the shell's request id).
     pending: HashMap<u64, (ConnId, u64)>,
     next_req: u64,
@@ -340,11 +348,12 @@ impl Core {
                 alive,
                 call,
             })) if node != me => {
-                // A chat of this node's own is never overridden (the record lags behind it).
+                // A chat of this node's own is never overridden (the record lags behind it),
+                // nor one the bus told of moments ago.
                 let local = match self.sessions.state(id) {
                     Some(State::InChat(r)) => self.rooms.contains(r),
                     _ => false,
-                };
+                } || self.newly_homed(id, now);
                 let c = self.cluster.as_mut().expect("checked above: clustered");
                 if let Some(p) = partner {
                     c.partners.insert(id, p);
@@ -377,7 +386,9 @@ impl Core {
                     }
                 }
             }
-            Some(None) => {
+            // No chat in the record: it ended while the guest was elsewhere, unless the record
+            // was read before its home wrote the pairing the bus already told of.
+            Some(None) if !self.newly_homed(id, now) => {
                 if let Some((_, room)) = self.cluster.as_ref().and_then(|c| c.homes.get(&id)) {
                     let room = *room;
                     self.release_local(id, room, now);
@@ -900,6 +911,14 @@ impl Core {
         })
     }
 
+    /// (Cluster.) The bus told of `id`'s chat elsewhere less than [`RECORD_LAG`] ago.
+    fn newly_homed(&self, id: SessionId, now: Instant) -> bool {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.homed_at.get(&id))
+            .is_some_and(|&at| now.saturating_duration_since(at) < RECORD_LAG)
+    }
+
     pub fn chat_of(&self, id: SessionId) -> Option<(RoomId, SessionId)> {
         let State::InChat(room) = self.sessions.state(id)? else {
             return None;
@@ -1281,6 +1300,7 @@ impl Core {
             return;
         };
         c.homes.remove(&g);
+        c.homed_at.remove(&g);
         c.remote_rooms.remove(&room);
         let partner = c.partners.remove(&g);
         let had_call = c.remote_calls.get(&g).is_some_and(|(_, r, _)| *r == room);
@@ -1454,6 +1474,7 @@ impl Core {
                     self.sessions.set_state(sid, State::InChat(room));
                     if let Some(c) = self.cluster.as_mut() {
                         c.homes.insert(sid, (from, room));
+                        c.homed_at.insert(sid, now);
                         c.remote_rooms.insert(room, from);
                         c.partners.insert(sid, (partner, partner_name));
                     }
@@ -1675,6 +1696,7 @@ impl Core {
         c.remote_rooms.remove(&room);
         if c.homes.get(&id).is_some_and(|(_, r)| *r == room) {
             c.homes.remove(&id);
+            c.homed_at.remove(&id);
             c.partners.remove(&id);
             c.outbox.remove(&id);
             if self.sessions.state(id) == Some(State::InChat(room)) {
@@ -2331,6 +2353,7 @@ impl Core {
         self.forget_remote_call(id, None);
         if let Some(c) = self.cluster.as_mut() {
             c.searches.remove(&id);
+            c.homed_at.remove(&id);
             // Gone from here while its chat lives elsewhere: for the home it is away (its
             // grace period ends the chat).
             if let Some((home, room)) = c.homes.remove(&id) {

@@ -1550,3 +1550,40 @@ fn a_redis_that_comes_back_empty_is_written_again_by_every_node() {
     sim.ev(d, "match:start", json!({})).unwrap();
     assert_eq!(sim.mm.queue.len(), 2);
 }
+
+#[test]
+fn a_record_that_lags_behind_the_pairing_does_not_end_the_chat_on_the_guests_node() {
+    let mut sim = Sim::new(2);
+    let a = sim.guest(0, "Ann");
+    let b = sim.guest(1, "Bob");
+    sim.ev(a, "match:start", json!({})).unwrap();
+    sim.ev(b, "match:start", json!({})).unwrap();
+    assert_eq!(sim.home(a), 1);
+    let (room, partner) = sim.cores[0].chat_anywhere(a.id).expect("told by the home");
+    assert_eq!(partner, b.id);
+    // An upload of Ann reaches node 0 before the home wrote Ann's record: it has no chat yet.
+    let now = sim.now;
+    sim.cores[0]
+        .adopt(a.id, "Ann", Some(None), None, now)
+        .unwrap();
+    assert_eq!(sim.cores[0].chat_anywhere(a.id), Some((room, b.id)));
+    // Nor does a record that still names an older chat elsewhere.
+    let stale = RecordHome {
+        node: sim.ids[1],
+        room: RoomId::from_raw(7),
+        partner: None,
+        alive: false,
+        call: None,
+    };
+    sim.cores[0]
+        .adopt(a.id, "Ann", Some(Some(stale)), None, now)
+        .unwrap();
+    assert_eq!(sim.cores[0].chat_anywhere(a.id), Some((room, b.id)));
+    // Long after the pairing, a record without a chat is believed: it ended elsewhere.
+    sim.advance(Duration::from_secs(11));
+    let now = sim.now;
+    sim.cores[0]
+        .adopt(a.id, "Ann", Some(None), None, now)
+        .unwrap();
+    assert_eq!(sim.cores[0].chat_anywhere(a.id), None);
+}
