@@ -159,6 +159,10 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
+        if socket.protocol == ProtocolVersion::V4 {
+            // tandem: one task reads, writes and beats for a direct websocket session.
+            return serve_direct(&engine, &socket, ws).await;
+        }
         socket
             .clone()
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
@@ -195,6 +199,236 @@ where
     Ok(())
 }
 
+/// What the connection does after a message from the client.
+enum Flow {
+    Go,
+    /// The client closed the session (an engine.io close packet or a websocket close frame).
+    Closed,
+}
+
+/// Hands one websocket message of the client to the engine and its handler.
+fn on_ws_message<H: EngineIoHandler>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    msg: Message,
+    pong: impl FnOnce(),
+) -> Result<Flow, Error> {
+    match msg {
+        Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
+            Packet::Close => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("[sid={}] closing session", socket.id);
+                engine.close_session(socket.id, DisconnectReason::TransportClose);
+                Ok(Flow::Closed)
+            }
+            Packet::Pong | Packet::Ping => {
+                pong();
+                Ok(Flow::Go)
+            }
+            Packet::Message(msg) => {
+                engine.handler.on_message(msg, socket.clone());
+                Ok(Flow::Go)
+            }
+            p => Err(Error::BadPacket(p)),
+        },
+        Message::Binary(mut data) => {
+            if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
+                // The first byte is the message type, which we don't need.
+                data = data.split_off(1);
+            }
+            engine.handler.on_binary(data, socket.clone());
+            Ok(Flow::Go)
+        }
+        Message::Close(_) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("websocket closed, closing session");
+            engine.close_session(socket.id, DisconnectReason::TransportClose);
+            Ok(Flow::Closed)
+        }
+        _ => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "unexpected ws message");
+            Ok(Flow::Go)
+        }
+    }
+}
+
+/// Feeds one packet to the websocket (flushed by the caller).
+async fn feed_packet<S>(
+    ws: &mut WebSocketStream<S>,
+    protocol: ProtocolVersion,
+    packet: Packet,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match packet {
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+            if protocol == ProtocolVersion::V3 {
+                let mut buff = Vec::with_capacity(bin.len() + 1);
+                buff.push(0x04);
+                buff.extend(bin);
+                ws.feed(Message::Binary(buff.into())).await
+            } else {
+                ws.feed(Message::Binary(bin)).await
+            }
+        }
+        Packet::Noop => Ok(()),
+        packet => {
+            let packet: String = packet.try_into().unwrap_or_default();
+            ws.feed(Message::Text(packet.into())).await
+        }
+    }
+}
+
+/// tandem: a direct (not upgraded) engine.io v4 websocket session served by the one task that
+/// accepted it: it reads the client's packets, writes the socket's outgoing packets and runs
+/// the heartbeat, with no writer or heartbeat task and no split (lock) of the websocket. Per
+/// connection this saves two tasks (about 3.5 KiB resident), and a message written to the
+/// client wakes one task instead of passing through a second one.
+///
+/// The order of the upstream tasks is kept: buffered packets are written before the session's
+/// cancellation is seen (a close packet goes out before the socket closes); a ping goes out every
+/// `ping_interval` and a pong must come within `ping_timeout`.
+async fn serve_direct<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    mut ws: WebSocketStream<S>,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(mut rx) = socket
+        .internal_rx
+        .lock()
+        .with_cancellation_token(&socket.cancellation_token)
+        .await
+    else {
+        return Ok(());
+    };
+    let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
+    let protocol = socket.protocol;
+    let cancelled = socket.cancellation_token.cancelled();
+    tokio::pin!(cancelled);
+    let beat = tokio::time::sleep(interval);
+    tokio::pin!(beat);
+    // When the ping in flight was sent (None: no pong awaited).
+    let mut ping_sent: Option<tokio::time::Instant> = None;
+    // Some(reason): the session is over and this task closes it.
+    let mut end: Option<DisconnectReason> = None;
+    {
+        let InternalRx {
+            buffered_rx,
+            volatile_rx,
+            ..
+        } = &mut *rx;
+        // Volatile packets as a stream, so that waiting for them is set up once, not per wake-up.
+        let volatile = futures_util::stream::unfold(volatile_rx, |rx| async move {
+            rx.changed().await.ok()?;
+            let val = rx.borrow_and_update().clone();
+            Some((val, rx))
+        });
+        tokio::pin!(volatile);
+        loop {
+            tokio::select! {
+                biased;
+                items = buffered_rx.recv() => {
+                    let Some(packets) = items else { break };
+                    let mut failed = false;
+                    for p in packets {
+                        failed |= feed_packet(&mut ws, protocol, p).await.is_err();
+                    }
+                    while let Ok(packets) = buffered_rx.try_recv() {
+                        for p in packets {
+                            failed |= feed_packet(&mut ws, protocol, p).await.is_err();
+                        }
+                    }
+                    failed |= ws.flush().await.is_err();
+                    if failed {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!(sid = %socket.id, "error sending packets");
+                    }
+                }
+                _ = &mut cancelled => break,
+                msg = ws.next() => match msg {
+                    Some(Ok(msg)) => {
+                        let pong = || {
+                            if let Some(at) = ping_sent.take() {
+                                beat.as_mut().reset(at + interval);
+                            }
+                        };
+                        match on_ws_message(engine, socket, msg, pong) {
+                            Ok(Flow::Go) => {}
+                            Ok(Flow::Closed) => {
+                                end = Some(DisconnectReason::TransportClose);
+                                break;
+                            }
+                            Err(e) => {
+                                #[cfg(feature = "tracing")]
+                                tracing::debug!("error when handling packet: {:?}", e);
+                                end = Some(
+                                    Option::<DisconnectReason>::from(&e)
+                                        .unwrap_or(DisconnectReason::TransportError),
+                                );
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let e = Error::from(e);
+                        end = Some(
+                            Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError),
+                        );
+                        break;
+                    }
+                    None => {
+                        end = Some(DisconnectReason::TransportClose);
+                        break;
+                    }
+                },
+                Some(val) = volatile.next() => {
+                    if let Some(packets) = val {
+                        for p in packets {
+                            let _ = feed_packet(&mut ws, protocol, p).await;
+                        }
+                        let _ = ws.flush().await;
+                    }
+                }
+                () = &mut beat => {
+                    if ping_sent.is_some() {
+                        // No pong within the timeout: the socket says goodbye (a close packet, then
+                        // the session's cancellation) through the loop.
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!(id = ?socket.id, "heartbeat timeout");
+                        socket.close(DisconnectReason::HeartbeatTimeout);
+                        beat.as_mut().reset(tokio::time::Instant::now() + interval + timeout);
+                        continue;
+                    }
+                    let now = tokio::time::Instant::now();
+                    let sent = ws.send(Message::Text(String::from(Packet::Ping).into())).await;
+                    if sent.is_err() {
+                        end = Some(DisconnectReason::TransportError);
+                        break;
+                    }
+                    ping_sent = Some(now);
+                    beat.as_mut().reset(now + timeout);
+                }
+            }
+        }
+    }
+    // Let the engine close the channel (it waits for this lock), then say goodbye.
+    drop(rx);
+    if let Some(reason) = end {
+        engine.close_session(socket.id, reason);
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        ws.flush().await.ok();
+        ws.close(None).await.ok();
+    })
+    .await;
+    Ok(())
+}
+
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
@@ -205,45 +439,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     while let Some(msg) = rx.try_next().await? {
-        match msg {
-            Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
-                Packet::Close => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] closing session", socket.id);
-                    engine.close_session(socket.id, DisconnectReason::TransportClose);
-                    break;
-                }
-                Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
-                    Ok::<(), Error>(())
-                }
-                Packet::Message(msg) => {
-                    engine.handler.on_message(msg, socket.clone());
-                    Ok(())
-                }
-                p => return Err(Error::BadPacket(p)),
-            },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
-            }
-            Message::Close(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("websocket closed, closing session");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-                break;
-            }
-            _ => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "unexpected ws message");
-                Ok(())
-            }
-        }?
+        let pong = || {
+            // A full channel means that the client is already known to be alive.
+            socket.heartbeat_tx.try_send(()).ok();
+        };
+        if let Flow::Closed = on_ws_message(engine, socket, msg, pong)? {
+            break;
+        }
     }
     Ok(())
 }
