@@ -1,10 +1,10 @@
 //! Socket.IO: admission (middleware), connection setup, and in-order dispatch of client events.
 //!
-//! socketioxide runs each event handler in its own task, which can reorder two events of one
-//! socket. Dispatch therefore happens in the [`Inbound`] extractor, which socketioxide calls
-//! synchronously in packet order; the handler itself is empty.
+//! socketioxide runs each `async` event handler in its own task, which can reorder two events of
+//! one socket (and costs a task per event). Dispatch therefore happens in [`Inbound`], a
+//! handler of our own that socketioxide calls synchronously, in packet order, on the
+//! connection's task: no task is spawned per event.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use axum::extract::ConnectInfo;
 use serde_json::Value;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
-use socketioxide::handler::message::FromMessage;
+use socketioxide::handler::message::MessageHandler;
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::Socket;
 use socketioxide::SocketIo;
@@ -235,7 +235,7 @@ fn on_connect(s: SocketRef, app: Arc<App>) {
             tracing::debug!(conn = conn.0, "socket disconnected");
         }
     });
-    s.on_fallback(async |_: Inbound| {});
+    s.on_fallback(Inbound);
     if app
         .hub
         .try_send(Command::Connect {
@@ -249,19 +249,14 @@ fn on_connect(s: SocketRef, app: Arc<App>) {
     }
 }
 
-/// Extracting this dispatches the event to the hub, in the socket's packet order.
+/// The handler of every event: dispatches it to the hub in the socket's packet order, inline
+/// (socketioxide spawns a task for each call of an `async` handler; this one is not).
+#[derive(Clone, Copy)]
 struct Inbound;
 
-impl FromMessage<LocalAdapter> for Inbound {
-    type Error = Infallible;
-
-    fn from_message(
-        s: Arc<Socket<LocalAdapter>>,
-        mut v: RawValue,
-        ack_id: Option<i64>,
-    ) -> Result<Self, Infallible> {
+impl MessageHandler<LocalAdapter, Inbound> for Inbound {
+    fn call(&self, s: Arc<Socket<LocalAdapter>>, mut v: RawValue, ack_id: Option<i64>) {
         dispatch(&s, &mut v, ack_id);
-        Ok(Inbound)
     }
 }
 
@@ -313,3 +308,4 @@ fn dispatch(s: &Arc<Socket<LocalAdapter>>, v: &mut RawValue, ack_id: Option<i64>
         reply.refuse(SignalError::ServerBusy);
     }
 }
+
