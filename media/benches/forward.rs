@@ -27,6 +27,7 @@ fn main() {
     for round in 0..5 {
         let before = sim.core.counters();
         sim.core_time = Duration::ZERO;
+        sim.core_split = Default::default();
         sim.client_rx_time = Duration::ZERO;
         sim.client_rx = 0;
         let wall = Instant::now();
@@ -52,6 +53,19 @@ fn main() {
             per_packet / baseline,
         );
     }
+    println!(
+        "last round's core time by call: {}",
+        ["timeouts", "receives", "output polls"]
+            .iter()
+            .zip(sim.core_split)
+            .map(|(what, (t, n))| format!(
+                "{what} {:.1} ms in {n} calls ({:.2} µs each)",
+                t.as_secs_f64() * 1e3,
+                t.as_secs_f64() * 1e6 / n.max(1) as f64
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     println!(
         "media core: best {best:.2} µs per forwarded packet = {:.0} forwarded packets/s per core \
          of user-space work alone, {best_ratio:.2}x one str0m receive",

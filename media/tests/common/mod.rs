@@ -234,6 +234,8 @@ pub struct Sim {
     pub wire: VecDeque<InFlight>,
     /// Real (not simulated) time spent inside the core's calls, for the forwarding benchmark.
     pub core_time: Duration,
+    /// `core_time` split by call: [timeouts, receives, output polls], and how many of each.
+    pub core_split: [(Duration, u64); 3],
     /// Real time the clients spent receiving the core's datagrams, and how many (the
     /// benchmark's baseline: str0m's own cost per received packet).
     pub client_rx_time: Duration,
@@ -273,6 +275,7 @@ impl Sim {
             latency: Duration::from_millis(5),
             wire: VecDeque::new(),
             core_time: Duration::ZERO,
+            core_split: Default::default(),
             client_rx_time: Duration::ZERO,
             client_rx: 0,
         }
@@ -391,6 +394,8 @@ impl Sim {
             let t = std::time::Instant::now();
             self.core.handle_timeout(self.now);
             self.core_time += t.elapsed();
+            self.core_split[0].0 += t.elapsed();
+            self.core_split[0].1 += 1;
         }
         for c in &mut self.clients {
             if self.now >= c.next_timeout {
@@ -441,6 +446,8 @@ impl Sim {
                 let started = std::time::Instant::now();
                 let polled = self.core.poll_output();
                 self.core_time += started.elapsed();
+                self.core_split[2].0 += started.elapsed();
+                self.core_split[2].1 += 1;
                 let t = match polled {
                     None => break,
                     Some(MediaOutput::Event(e)) => {
@@ -493,6 +500,8 @@ impl Sim {
                     self.now,
                 );
                 self.core_time += started.elapsed();
+                self.core_split[1].0 += started.elapsed();
+                self.core_split[1].1 += 1;
                 match r {
                     Received::Handled => self.clients[i].up_handled += 1,
                     Received::Unknown => self.clients[i].up_unknown += 1,
