@@ -308,4 +308,3 @@ fn dispatch(s: &Arc<Socket<LocalAdapter>>, v: &mut RawValue, ack_id: Option<i64>
         reply.refuse(SignalError::ServerBusy);
     }
 }
-

@@ -147,7 +147,7 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
     return { ...s, ok: s.bps > 2 * SHAPED_BPS };
   });
   const openB = await receiving(B, 3000);
-  t.diagnostic(`unshaped: A sends ${(open.bps / 1000).toFixed(0)} kbit/s at ${open.fps.toFixed(1)} fps; B decodes ${openB.fps.toFixed(1)} fps`);
+  t.diagnostic(`unshaped: A sends ${(open.bps / 1000).toFixed(0)} kbit/s at ${open.fps.toFixed(1)} fps; B decodes ${openB.fps.toFixed(1)} fps, jitter buffer ${openB.jitterBufferMs.toFixed(0)} ms`);
   assert.ok(open.ok, `A's video never went past ${2 * SHAPED_BPS / 1000} kbit/s unshaped: ${JSON.stringify(open)}\n${await report(A)}`);
 
   // B's downlink holds 200 kbit/s from now on (A's uplink stays open).
