@@ -1,9 +1,14 @@
 //! Batched UDP I/O for the media workers, on `quinn-udp`: several datagrams per receive call
 //! (`recvmmsg`, and GRO where the kernel coalesces a flow), and runs of equal-sized datagrams to
 //! one address in one send call (UDP GSO: a video frame's packets leave in one `sendmsg`).
+//!
+//! A socket bound to the unspecified address answers each remote from the local address that
+//! remote wrote to (`IP_PKTINFO`): on a host with several addresses, the kernel would otherwise
+//! pick the source by route, and a browser's ICE drops an answer from an address it did not ask.
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
@@ -15,6 +20,9 @@ const RECV_SLOTS: usize = 8;
 const MAX_DATAGRAM: usize = 2048;
 /// The most one GSO send may carry (the IP payload limit, with room for headers).
 const MAX_GSO_BYTES: usize = 65_000;
+/// Remotes whose local address a wildcard-bound socket remembers, at most; past it the map is
+/// cleared and learned again from the next datagrams.
+const MAX_REPLY_ADDRS: usize = 16_384;
 
 /// A worker's UDP socket with its batch buffers.
 pub struct BatchSocket {
@@ -26,12 +34,16 @@ pub struct BatchSocket {
     /// Cleared after a GSO send failed for a reason other than a full buffer (a device
     /// without segmentation offload, say): from then on every datagram goes on its own.
     gso: bool,
+    /// Bound to the unspecified address: the local address each remote last wrote to, which
+    /// answers to it leave from.
+    reply_from: Option<HashMap<SocketAddr, IpAddr>>,
 }
 
 impl BatchSocket {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<BatchSocket> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
+        let wildcard = socket.local_addr()?.ip().is_unspecified();
         let socket = UdpSocket::from_std(socket)?;
         // A GRO read can hold several datagrams of one flow back to back.
         let slot = MAX_DATAGRAM * state.gro_segments().max(1);
@@ -42,6 +54,7 @@ impl BatchSocket {
             gso_buf: Vec::with_capacity(MAX_GSO_BYTES),
             gso: state.max_gso_segments() > 1,
             state,
+            reply_from: wildcard.then(HashMap::new),
         })
     }
 
@@ -68,6 +81,14 @@ impl BatchSocket {
                 }
             };
             for (m, buf) in self.meta.iter().zip(slices.iter()).take(n) {
+                if let (Some(map), Some(dst)) = (self.reply_from.as_mut(), m.dst_ip) {
+                    if map.get(&m.addr) != Some(&dst) {
+                        if map.len() >= MAX_REPLY_ADDRS {
+                            map.clear();
+                        }
+                        map.insert(m.addr, dst);
+                    }
+                }
                 let data = &buf[..m.len.min(buf.len())];
                 let stride = if m.stride == 0 { data.len() } else { m.stride };
                 for d in data.chunks(stride.max(1)) {
@@ -141,7 +162,10 @@ impl BatchSocket {
             ecn: None,
             contents,
             segment_size: segment,
-            src_ip: None,
+            src_ip: self
+                .reply_from
+                .as_ref()
+                .and_then(|m| m.get(&destination).copied()),
         };
         let state = &self.state;
         let socket = &self.socket;
@@ -209,6 +233,43 @@ mod tests {
                 Ok(g) => assert_eq!(&g, c, "datagram {} intact and in order", c[0]),
                 Err(e) => panic!("datagram {} ({} bytes) did not arrive: {e}", c[0], c.len()),
             }
+        }
+    }
+
+    /// Bound to 0.0.0.0 and written to at 127.0.0.2, the socket answers from 127.0.0.2, not
+    /// from the address the kernel's route would pick (127.0.0.1).
+    #[tokio::test]
+    async fn a_wildcard_socket_answers_from_the_address_it_was_written_to() {
+        let mut server = BatchSocket::new(
+            std::net::UdpSocket::bind("0.0.0.0:0").expect("bind the unspecified address"),
+        )
+        .expect("batch socket");
+        let port = server.socket.local_addr().expect("addr").port();
+        let client = loopback();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        for ip in ["127.0.0.2", "127.0.0.1", "127.0.0.3"] {
+            let asked: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+            client.send_to(b"ping", asked).expect("send");
+            let mut from = None;
+            while from.is_none() {
+                tokio::time::timeout(std::time::Duration::from_secs(5), server.readable())
+                    .await
+                    .expect("the datagram arrives")
+                    .expect("readable");
+                server.recv_batch(RECV_SLOTS, |source, _| from = Some(source));
+            }
+            let from = from.expect("a datagram");
+            server.socket.writable().await.expect("writable");
+            server.send_all(&[(from, b"pong".to_vec())], |(d, c)| (*d, &c[..]));
+            let mut buf = [0u8; 16];
+            let (n, answered_from) = client.recv_from(&mut buf).expect("an answer");
+            assert_eq!(&buf[..n], b"pong");
+            assert_eq!(
+                answered_from, asked,
+                "the answer comes from the address asked"
+            );
         }
     }
 
