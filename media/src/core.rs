@@ -44,6 +44,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const MAX_SDP_BYTES: usize = 64 * 1024;
 /// The share of a guest's downlink estimate its senders are told they may use, in percent.
 pub const CEILING_PERCENT: u64 = 95;
+
 /// The lowest ceiling told to a video sender (below it a browser's video stops being useful,
 /// and an estimate that low is as likely noise).
 pub const MIN_VIDEO_BPS: u64 = 100_000;
@@ -650,7 +651,7 @@ impl MediaCore {
             poisoned: false,
             remote_candidates: 0,
             remotes: Default::default(),
-            estimate: None,
+            ceiling: crate::quality::Ceiling::default(),
         };
         self.counters.peers_created += 1;
         let idx = match self.free.pop() {
@@ -1086,6 +1087,9 @@ impl MediaCore {
                     }
                     leg.bytes(k, d, s.mid, s.bytes, s.timestamp);
                 }
+                if let Some(loss) = s.loss {
+                    peer.ceiling.on_loss(loss, now);
+                }
                 if kind == MediaKind::Video {
                     // The ceiling is told again with every stats report of the video this guest
                     // receives, whether or not its estimate moved.
@@ -1107,7 +1111,7 @@ impl MediaCore {
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 push_sample(&mut self.samples, Sample::Bandwidth(estimate.as_u64()));
-                peer.estimate = Some(estimate.as_u64());
+                peer.ceiling.on_estimate(estimate.as_u64(), now);
                 self.feed_back_all(idx, now);
             }
             _ => {}
@@ -1117,13 +1121,16 @@ impl MediaCore {
     /// What guest `idx`'s downlink holds (its bandwidth estimate, less a margin) is what its
     /// senders may send it: told to each sender of the video it receives as REMB, which the
     /// sender's congestion control obeys as a ceiling on all it sends (the SFU forwards, it never
-    /// transcodes). The estimate grows back by itself once the downlink frees up (measured:
-    /// probing for more, by padding, only added delay at a shaped link; `benches/call-adapt`).
+    /// transcodes). The ceiling ([`crate::quality::Ceiling`]) is the estimate less a margin, cut
+    /// by heavy loss in the guest's receiver reports and raised by steps while they show none:
+    /// a fallen estimate does not grow back by itself once the downlink frees up, as the sender
+    /// held below it never sends more (probing, by padding, misreads a token-bucket link:
+    /// `benches/call-adapt`).
     fn feed_back_all(&mut self, idx: PeerIdx, now: Instant) {
         let Some(peer) = self.peers[idx].as_ref() else {
             return;
         };
-        let Some(estimate) = peer.estimate else {
+        let Some(ceiling) = peer.ceiling.bps() else {
             return;
         };
         let sources: Vec<(PeerIdx, usize)> = peer
@@ -1135,9 +1142,6 @@ impl MediaCore {
         if sources.is_empty() {
             return;
         }
-        // A margin under the estimate keeps the bottleneck's queue short (a full queue is
-        // delay, and late frames are frames the receiver drops).
-        let ceiling = (estimate / 100 * CEILING_PERCENT).max(MIN_VIDEO_BPS);
         for (src, track) in sources {
             self.feed_back(src, track, ceiling, now);
         }

@@ -125,8 +125,8 @@ pub struct Peer {
     pub remote_candidates: usize,
     /// The candidates the guest signalled, to name the route its media took.
     pub remotes: crate::quality::Remotes,
-    /// The bandwidth estimate towards this guest (bits/s), once str0m made one.
-    pub estimate: Option<u64>,
+    /// What this guest's senders may send it, from its downlink estimate and receiver reports.
+    pub ceiling: crate::quality::Ceiling,
 }
 
 impl Peer {

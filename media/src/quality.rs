@@ -319,6 +319,88 @@ impl Remotes {
     }
 }
 
+/// After a cut (the estimate fell, or a report showed heavy loss), the ceiling holds this long
+/// before it may rise again.
+pub const CEILING_HOLD: Duration = Duration::from_secs(2);
+/// The ceiling rises at most once per this long, by [`CEILING_STEP_PERCENT`].
+pub const CEILING_STEP_EVERY: Duration = Duration::from_secs(1);
+/// How much the ceiling rises per step while the guest's receiver reports show no loss.
+pub const CEILING_STEP_PERCENT: u64 = 8;
+/// The highest ceiling ever told (what a browser's single video stream may usefully carry).
+pub const MAX_CEILING_BPS: u64 = 2_500_000;
+/// Loss in a receiver report below which the ceiling may rise, and above which it is cut.
+const LOSS_LOW: f32 = 0.02;
+const LOSS_HIGH: f32 = 0.10;
+
+/// What a guest's senders may send it, bits per second: its downlink estimate less a margin
+/// ([`crate::CEILING_PERCENT`]), and also raised step by step while the guest's receiver
+/// reports show no loss, as the loss-based half of Google's congestion control does.
+///
+/// The raising is what lets a ceiling come back up. str0m's delay-based estimate only grows
+/// while the link is used, and the senders, held below it by this very ceiling, never use more:
+/// without probing an estimate that fell (a shaped downlink) would stay down after the link
+/// frees up. Probing (str0m's padding clusters) is no way out on a token-bucket link: a
+/// cluster fits in the bucket's burst and reads as megabits on a 200 kbit/s link.
+#[derive(Debug, Default, Clone)]
+pub struct Ceiling {
+    bps: Option<u64>,
+    /// The last estimate from str0m.
+    estimate: u64,
+    /// No rise before this (after a cut).
+    hold_until: Option<Instant>,
+    /// When it last rose by a step.
+    stepped: Option<Instant>,
+}
+
+impl Ceiling {
+    /// str0m's estimate of the guest's downlink changed: a fall cuts the ceiling to it (less
+    /// the margin) at once and holds it there for a while; a rise lifts it to it.
+    pub fn on_estimate(&mut self, estimate: u64, now: Instant) {
+        let target = estimate / 100 * crate::CEILING_PERCENT;
+        let bps = match self.bps {
+            Some(bps) if estimate < self.estimate => {
+                self.hold_until = Some(now + CEILING_HOLD);
+                bps.min(target)
+            }
+            Some(bps) => bps.max(target),
+            None => target,
+        };
+        self.bps = Some(bps.min(MAX_CEILING_BPS));
+        self.estimate = estimate;
+    }
+
+    /// A receiver report of the guest: `loss`, the fraction of what the server sent it that
+    /// it lost since the report before. Heavy loss cuts the ceiling in proportion; none lets it
+    /// rise a step (at most once per [`CEILING_STEP_EVERY`], not during a hold).
+    pub fn on_loss(&mut self, loss: f32, now: Instant) {
+        let Some(bps) = self.bps else {
+            return;
+        };
+        if loss > LOSS_HIGH {
+            // Keeps 1 − loss / 2 of it (in thousandths).
+            let kept = 1000 - (500.0 * loss.min(1.0)).round() as u64;
+            self.bps = Some(bps / 1000 * kept);
+            self.hold_until = Some(now + CEILING_HOLD);
+            return;
+        }
+        let held = self.hold_until.is_some_and(|t| now < t);
+        let recent = self
+            .stepped
+            .is_some_and(|t| now.saturating_duration_since(t) < CEILING_STEP_EVERY);
+        if loss < LOSS_LOW && !held && !recent {
+            let up = bps.saturating_mul(100 + CEILING_STEP_PERCENT) / 100;
+            self.bps = Some(up.min(MAX_CEILING_BPS));
+            self.stepped = Some(now);
+        }
+    }
+
+    /// The ceiling to tell the senders (never under [`crate::MIN_VIDEO_BPS`]); none before
+    /// str0m's first estimate.
+    pub fn bps(&self) -> Option<u64> {
+        self.bps.map(|b| b.max(crate::MIN_VIDEO_BPS))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +466,81 @@ mod tests {
         remotes.add(addr, CandidateKind::ServerReflexive);
         assert_eq!(remotes.kind_of(addr), Some(CandidateKind::ServerReflexive));
         assert_eq!(remotes.kind_of("192.0.2.1:5001".parse().unwrap()), None);
+    }
+
+    fn ceiling_after(estimate: u64, t0: Instant) -> Ceiling {
+        let mut c = Ceiling::default();
+        c.on_estimate(estimate, t0);
+        c
+    }
+
+    #[test]
+    fn the_ceiling_is_the_estimate_less_the_margin_and_follows_a_fall_at_once() {
+        let t0 = Instant::now();
+        let mut c = ceiling_after(1_000_000, t0);
+        assert_eq!(c.bps(), Some(950_000));
+        c.on_estimate(400_000, t0 + Duration::from_millis(100));
+        assert_eq!(c.bps(), Some(380_000));
+        // Never told under the floor.
+        c.on_estimate(50_000, t0 + Duration::from_millis(200));
+        assert_eq!(c.bps(), Some(crate::MIN_VIDEO_BPS));
+        assert_eq!(Ceiling::default().bps(), None, "nothing before an estimate");
+    }
+
+    #[test]
+    fn without_loss_the_ceiling_climbs_back_by_steps_after_the_hold() {
+        let t0 = Instant::now();
+        let mut c = ceiling_after(1_000_000, t0);
+        // Shaped: the estimate falls to 200 kbit/s, then holds there (the sender, held at
+        // the ceiling, gives str0m nothing to grow it on).
+        c.on_estimate(200_000, t0);
+        let low = c.bps().unwrap();
+        assert_eq!(low, 190_000);
+        // Within the hold: no rise.
+        c.on_loss(0.0, t0 + Duration::from_secs(1));
+        assert_eq!(c.bps(), Some(low));
+        // Past it, one step per second while the reports show no loss.
+        let mut t = t0 + CEILING_HOLD;
+        let mut seen = vec![];
+        for _ in 0..10 {
+            c.on_loss(0.0, t);
+            c.on_loss(0.0, t + Duration::from_millis(300)); // a second report: no extra step
+            seen.push(c.bps().unwrap());
+            t += CEILING_STEP_EVERY;
+        }
+        assert!(seen.windows(2).all(|w| w[1] > w[0]), "{seen:?}");
+        let expected = (0..10).fold(low, |b, _| b * (100 + CEILING_STEP_PERCENT) / 100);
+        assert_eq!(*seen.last().unwrap(), expected, "{seen:?}");
+        // Some loss (2–10 %): it holds.
+        let before = c.bps().unwrap();
+        c.on_loss(0.05, t);
+        assert_eq!(c.bps(), Some(before));
+        // An estimate that rises lifts it; one that falls from there cuts it.
+        c.on_estimate(2_000_000, t);
+        assert_eq!(c.bps(), Some(1_900_000));
+        c.on_estimate(1_000_000, t);
+        assert_eq!(c.bps(), Some(950_000));
+    }
+
+    #[test]
+    fn heavy_loss_cuts_the_ceiling_in_proportion_and_holds_it() {
+        let t0 = Instant::now();
+        let mut c = ceiling_after(1_000_000, t0);
+        c.on_loss(0.4, t0 + Duration::from_secs(5));
+        assert_eq!(c.bps(), Some(760_000), "950k × (1 − 0.5 × 0.4)");
+        c.on_loss(0.0, t0 + Duration::from_secs(6));
+        assert_eq!(c.bps(), Some(760_000), "held after the cut");
+        c.on_loss(0.0, t0 + Duration::from_secs(5) + CEILING_HOLD);
+        assert!(c.bps().unwrap() > 760_000);
+    }
+
+    #[test]
+    fn the_ceiling_never_passes_the_top() {
+        let t0 = Instant::now();
+        let mut c = ceiling_after(MAX_CEILING_BPS, t0);
+        for i in 1..100 {
+            c.on_loss(0.0, t0 + CEILING_STEP_EVERY * i);
+        }
+        assert_eq!(c.bps(), Some(MAX_CEILING_BPS));
     }
 }

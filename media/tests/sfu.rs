@@ -1190,14 +1190,21 @@ fn the_receivers_downlink_estimate_reaches_the_sender_as_remb() {
             estimates.push(b);
         }
     });
-    let told = open.last().expect("some").1;
-    // (Less the margin; REMB carries a mantissa and an exponent: close, not exact.)
+    let told = open.first().expect("some").1;
+    // The first is B's first estimate less the margin (REMB carries a mantissa and an exponent:
+    // close, not exact); later ones may be higher (no loss: the ceiling rises by steps).
     assert!(
         estimates.iter().any(|e| {
             let ceiling = e / 100 * tandem_media::CEILING_PERCENT;
             ceiling.abs_diff(told) * 100 <= ceiling
         }),
         "{told} is one of B's estimates {estimates:?}"
+    );
+    let last_estimate = *estimates.last().expect("an estimate");
+    assert!(
+        open.iter()
+            .all(|(_, b)| *b * 100 >= last_estimate.min(open[0].1) * 90),
+        "never far below B's estimate: {open:?} ({estimates:?})"
     );
     // Bounded: at most one every 500 ms unless it falls.
     let (_, before) = *open.last().expect("some");

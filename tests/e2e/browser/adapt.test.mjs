@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { serverFor } from '../harness.mjs';
 import {
   launchBrowser, guestFor, pairGuests, waitCall, pcStats, inbound, outbound,
-  summarize, report, sleep, CHROMIUM,
+  summarize, report, sleep, CHROMIUM, selectedPair,
 } from './browser.mjs';
 
 /** B's downlink while shaped, bits per second. */
@@ -147,6 +147,17 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
     return { ...s, ok: s.bps > 2 * SHAPED_BPS };
   });
   const openB = await receiving(B, 3000);
+  // B reaches the server's address through the test's namespace, a router with an address on
+  // each side: B's media must run on its direct UDP path (a server that answered from its other
+  // address would leave B only the TURN/TCP relay, where losses become TCP retransmissions
+  // that no receiver report shows).
+  const path = async (g) => {
+    const { local, remote } = selectedPair(await pcStats(g));
+    return `${local?.protocol}/${local?.candidateType} → ${remote?.address ?? remote?.ip}:${remote?.port}/${remote?.protocol}`;
+  };
+  const pathB = await path(B);
+  t.diagnostic(`B's media path: ${pathB}`);
+  assert.match(pathB, /^udp\/host → /, `B's media must go over its direct UDP path, not a relay: ${pathB}`);
   t.diagnostic(`unshaped: A sends ${(open.bps / 1000).toFixed(0)} kbit/s at ${open.fps.toFixed(1)} fps; B decodes ${openB.fps.toFixed(1)} fps, jitter buffer ${openB.jitterBufferMs.toFixed(0)} ms`);
   assert.ok(open.ok, `A's video never went past ${2 * SHAPED_BPS / 1000} kbit/s unshaped: ${JSON.stringify(open)}\n${await report(A)}`);
 
@@ -160,9 +171,8 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
   t.diagnostic(`shaped: A sends ${(settled.bps / 1000).toFixed(0)} kbit/s after ${Date.now() - shapedAt} ms`);
   assert.ok(settled.ok, `A kept sending ${(settled.bps / 1000).toFixed(0)} kbit/s to a partner whose downlink holds ${SHAPED_BPS / 1000} kbit/s: ${JSON.stringify(settled)}\n${summarize(await pcStats(A))}`);
   // B keeps decoding video, with little loss (without the ceiling, A's 400+ kbit/s into a
-  // 200 kbit/s downlink lose half of what A sends). B decodes 10 to 16 frames/s of A's 20 here
-  // (its jitter buffer holds 1.3 to 3.3 s under the shaping, and drops some): the floor asked is
-  // 5, so that a loaded machine does not fail it.
+  // 200 kbit/s downlink lose half of what A sends). B decodes about 14 frames/s of A's 20 here
+  // on an idle box: the floor asked is 5, so that a loaded machine does not fail it.
   await sleep(5000);
   const got = await receiving(B, 10_000);
   t.diagnostic(`shaped: B decodes ${got.fps.toFixed(1)} fps, loss ${(got.loss * 100).toFixed(1)} %, ${(got.bps / 1000).toFixed(0)} kbit/s; ${JSON.stringify({ received: got.received, dropped: got.dropped, freezes: got.freezes, nacks: got.nacks, plis: got.plis, jitterBufferMs: got.jitterBufferMs })}`);
@@ -170,9 +180,9 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
   assert.ok(got.loss < 0.05, `B loses ${(got.loss * 100).toFixed(1)} % of its video under the shaping`);
 
   // The shaping is lifted: A's bitrate recovers, well past what the shaped link held. Without
-  // probing it climbs with B's estimate, step by step (410–490 kbit/s within the minute on an
-  // idle box; 346 once with the whole suite running, the encoder short of CPU): 1.5× the
-  // shaped capacity is asked.
+  // probing, the ceiling climbs by steps while B reports no loss (a fallen estimate would not
+  // grow back by itself: A, held below it, never sends more; before the steps A stayed at
+  // 36 kbit/s): 1.5× the shaped capacity is asked.
   run('tc', 'qdisc', 'del', 'dev', hostB.iface, 'root');
   const back = await within(60_000, async () => {
     const s = await sending(A);
