@@ -500,7 +500,9 @@ struct Worker {
     index: usize,
     core: Server,
     quota: Arc<UserQuota>,
-    udp: UdpSocket,
+    /// The client socket; bound to the unspecified address, it answers each client from the
+    /// address the client wrote to.
+    udp: crate::udp::ReplySocket,
     relays: HashMap<u16, Relay>,
     /// Each TCP/TLS client's writer.
     streams: HashMap<SocketAddr, Writer>,
@@ -639,7 +641,7 @@ async fn worker(
     beat: Beat,
     stop: Stop,
 ) {
-    let udp = match UdpSocket::from_std(udp) {
+    let udp = match crate::udp::ReplySocket::new(udp) {
         Ok(s) => s,
         Err(e) => {
             // Supervised: the process learns this worker is gone.

@@ -34,16 +34,104 @@ pub struct BatchSocket {
     /// Cleared after a GSO send failed for a reason other than a full buffer (a device
     /// without segmentation offload, say): from then on every datagram goes on its own.
     gso: bool,
-    /// Bound to the unspecified address: the local address each remote last wrote to, which
-    /// answers to it leave from.
-    reply_from: Option<HashMap<SocketAddr, IpAddr>>,
+    reply_from: ReplyFrom,
+}
+
+/// For a socket bound to the unspecified address: the local address each remote last wrote to,
+/// which answers to it leave from (nothing to remember for a socket bound to one address).
+struct ReplyFrom(Option<HashMap<SocketAddr, IpAddr>>);
+
+impl ReplyFrom {
+    fn for_socket(socket: &std::net::UdpSocket) -> io::Result<ReplyFrom> {
+        let wildcard = socket.local_addr()?.ip().is_unspecified();
+        Ok(ReplyFrom(wildcard.then(HashMap::new)))
+    }
+
+    fn learn(&mut self, remote: SocketAddr, local: Option<IpAddr>) {
+        if let (Some(map), Some(local)) = (self.0.as_mut(), local) {
+            if map.get(&remote) != Some(&local) {
+                if map.len() >= MAX_REPLY_ADDRS {
+                    map.clear();
+                }
+                map.insert(remote, local);
+            }
+        }
+    }
+
+    fn source(&self, remote: SocketAddr) -> Option<IpAddr> {
+        self.0.as_ref().and_then(|m| m.get(&remote).copied())
+    }
+}
+
+/// A UDP socket read and written one datagram at a time (a TURN worker's client socket), which
+/// answers each remote from the address it wrote to.
+pub struct ReplySocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    reply_from: ReplyFrom,
+}
+
+impl ReplySocket {
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<ReplySocket> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        // One datagram per read: no receive offload coalescing a flow's datagrams.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::UdpGroSegment,
+            &false,
+        );
+        let reply_from = ReplyFrom::for_socket(&socket)?;
+        Ok(ReplySocket {
+            socket: UdpSocket::from_std(socket)?,
+            state,
+            reply_from,
+        })
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// One datagram into `buf`: its length and source (`WouldBlock` when none is queued).
+    pub fn try_recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let mut meta = [RecvMeta::default()];
+        let state = &self.state;
+        let socket = &self.socket;
+        let mut slices = [IoSliceMut::new(buf)];
+        let n = socket.try_io(Interest::READABLE, || {
+            state.recv(socket.into(), &mut slices, &mut meta)
+        })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let [m] = meta;
+        self.reply_from.learn(m.addr, m.dst_ip);
+        Ok((m.len, m.addr))
+    }
+
+    /// Sends one datagram to `to`, from the address `to` last wrote to.
+    pub fn try_send_to(&self, contents: &[u8], to: SocketAddr) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: self.reply_from.source(to),
+        };
+        let state = &self.state;
+        let socket = &self.socket;
+        socket.try_io(Interest::WRITABLE, || {
+            state.try_send(socket.into(), &transmit)
+        })
+    }
 }
 
 impl BatchSocket {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<BatchSocket> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
-        let wildcard = socket.local_addr()?.ip().is_unspecified();
+        let reply_from = ReplyFrom::for_socket(&socket)?;
         let socket = UdpSocket::from_std(socket)?;
         // A GRO read can hold several datagrams of one flow back to back.
         let slot = MAX_DATAGRAM * state.gro_segments().max(1);
@@ -54,7 +142,7 @@ impl BatchSocket {
             gso_buf: Vec::with_capacity(MAX_GSO_BYTES),
             gso: state.max_gso_segments() > 1,
             state,
-            reply_from: wildcard.then(HashMap::new),
+            reply_from,
         })
     }
 
@@ -81,14 +169,7 @@ impl BatchSocket {
                 }
             };
             for (m, buf) in self.meta.iter().zip(slices.iter()).take(n) {
-                if let (Some(map), Some(dst)) = (self.reply_from.as_mut(), m.dst_ip) {
-                    if map.get(&m.addr) != Some(&dst) {
-                        if map.len() >= MAX_REPLY_ADDRS {
-                            map.clear();
-                        }
-                        map.insert(m.addr, dst);
-                    }
-                }
+                self.reply_from.learn(m.addr, m.dst_ip);
                 let data = &buf[..m.len.min(buf.len())];
                 let stride = if m.stride == 0 { data.len() } else { m.stride };
                 for d in data.chunks(stride.max(1)) {
@@ -162,10 +243,7 @@ impl BatchSocket {
             ecn: None,
             contents,
             segment_size: segment,
-            src_ip: self
-                .reply_from
-                .as_ref()
-                .and_then(|m| m.get(&destination).copied()),
+            src_ip: self.reply_from.source(destination),
         };
         let state = &self.state;
         let socket = &self.socket;
@@ -270,6 +348,42 @@ mod tests {
                 answered_from, asked,
                 "the answer comes from the address asked"
             );
+        }
+    }
+
+    /// The same for the one-datagram socket (a TURN worker's).
+    #[tokio::test]
+    async fn a_wildcard_reply_socket_answers_from_the_address_it_was_written_to() {
+        let mut server = ReplySocket::new(
+            std::net::UdpSocket::bind("0.0.0.0:0").expect("bind the unspecified address"),
+        )
+        .expect("reply socket");
+        let port = server.socket.local_addr().expect("addr").port();
+        let client = loopback();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        for ip in ["127.0.0.2", "127.0.0.1", "127.0.0.3"] {
+            let asked: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+            client.send_to(b"ping", asked).expect("send");
+            let mut buf = [0u8; 64];
+            let (n, from) = loop {
+                tokio::time::timeout(std::time::Duration::from_secs(5), server.readable())
+                    .await
+                    .expect("the datagram arrives")
+                    .expect("readable");
+                match server.try_recv_from(&mut buf) {
+                    Ok(r) => break r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            };
+            assert_eq!(&buf[..n], b"ping");
+            server.socket.writable().await.expect("writable");
+            server.try_send_to(b"pong", from).expect("send");
+            let (n, answered_from) = client.recv_from(&mut buf).expect("an answer");
+            assert_eq!(&buf[..n], b"pong");
+            assert_eq!(answered_from, asked, "the answer comes from the address asked");
         }
     }
 
