@@ -76,11 +76,8 @@ impl ReplySocket {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
         // One datagram per read: no receive offload coalescing a flow's datagrams.
-        let _ = nix::sys::socket::setsockopt(
-            &socket,
-            nix::sys::socket::sockopt::UdpGroSegment,
-            &false,
-        );
+        let _ =
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::UdpGroSegment, &false);
         let reply_from = ReplyFrom::for_socket(&socket)?;
         Ok(ReplySocket {
             socket: UdpSocket::from_std(socket)?,
@@ -383,7 +380,10 @@ mod tests {
             server.try_send_to(b"pong", from).expect("send");
             let (n, answered_from) = client.recv_from(&mut buf).expect("an answer");
             assert_eq!(&buf[..n], b"pong");
-            assert_eq!(answered_from, asked, "the answer comes from the address asked");
+            assert_eq!(
+                answered_from, asked,
+                "the answer comes from the address asked"
+            );
         }
     }
 
