@@ -311,6 +311,34 @@ mod tests {
         }
     }
 
+    /// A loopback client that waits at most 5 s for an answer.
+    fn timed_client() -> std::net::UdpSocket {
+        let client = loopback();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        client
+    }
+
+    /// Where the client writes to a server bound to 0.0.0.0:`port`: three local addresses.
+    fn asked_at(port: u16) -> Vec<SocketAddr> {
+        ["127.0.0.2", "127.0.0.1", "127.0.0.3"]
+            .iter()
+            .map(|ip| format!("{ip}:{port}").parse().expect("address"))
+            .collect()
+    }
+
+    /// The server's "pong" reaches the client from the very address the client wrote to.
+    fn expect_pong_from(client: &std::net::UdpSocket, asked: SocketAddr) {
+        let mut buf = [0u8; 16];
+        let (n, answered_from) = client.recv_from(&mut buf).expect("an answer");
+        assert_eq!(&buf[..n], b"pong");
+        assert_eq!(
+            answered_from, asked,
+            "the answer comes from the address asked"
+        );
+    }
+
     /// Bound to 0.0.0.0 and written to at 127.0.0.2, the socket answers from 127.0.0.2, not
     /// from the address the kernel's route would pick (127.0.0.1).
     #[tokio::test]
@@ -320,12 +348,8 @@ mod tests {
         )
         .expect("batch socket");
         let port = server.socket.local_addr().expect("addr").port();
-        let client = loopback();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        for ip in ["127.0.0.2", "127.0.0.1", "127.0.0.3"] {
-            let asked: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let client = timed_client();
+        for asked in asked_at(port) {
             client.send_to(b"ping", asked).expect("send");
             let mut from = None;
             while from.is_none() {
@@ -338,13 +362,7 @@ mod tests {
             let from = from.expect("a datagram");
             server.socket.writable().await.expect("writable");
             server.send_all(&[(from, b"pong".to_vec())], |(d, c)| (*d, &c[..]));
-            let mut buf = [0u8; 16];
-            let (n, answered_from) = client.recv_from(&mut buf).expect("an answer");
-            assert_eq!(&buf[..n], b"pong");
-            assert_eq!(
-                answered_from, asked,
-                "the answer comes from the address asked"
-            );
+            expect_pong_from(&client, asked);
         }
     }
 
@@ -356,12 +374,8 @@ mod tests {
         )
         .expect("reply socket");
         let port = server.socket.local_addr().expect("addr").port();
-        let client = loopback();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        for ip in ["127.0.0.2", "127.0.0.1", "127.0.0.3"] {
-            let asked: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let client = timed_client();
+        for asked in asked_at(port) {
             client.send_to(b"ping", asked).expect("send");
             let mut buf = [0u8; 64];
             let (n, from) = loop {
@@ -378,12 +392,7 @@ mod tests {
             assert_eq!(&buf[..n], b"ping");
             server.socket.writable().await.expect("writable");
             server.try_send_to(b"pong", from).expect("send");
-            let (n, answered_from) = client.recv_from(&mut buf).expect("an answer");
-            assert_eq!(&buf[..n], b"pong");
-            assert_eq!(
-                answered_from, asked,
-                "the answer comes from the address asked"
-            );
+            expect_pong_from(&client, asked);
         }
     }
 
