@@ -44,7 +44,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const MAX_SDP_BYTES: usize = 64 * 1024;
 /// The share of a guest's downlink estimate its senders are told they may use, in percent.
 pub const CEILING_PERCENT: u64 = 95;
-
 /// The lowest ceiling told to a video sender (below it a browser's video stops being useful,
 /// and an estimate that low is as likely noise).
 pub const MIN_VIDEO_BPS: u64 = 100_000;
