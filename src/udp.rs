@@ -37,29 +37,50 @@ pub struct BatchSocket {
     reply_from: ReplyFrom,
 }
 
-/// For a socket bound to the unspecified address: the local address each remote last wrote to,
-/// which answers to it leave from (nothing to remember for a socket bound to one address).
-struct ReplyFrom(Option<HashMap<SocketAddr, IpAddr>>);
+/// For a socket bound to the unspecified address: which local address answers to each remote
+/// leave from — the one it last wrote to. Nearly every remote writes to one address (the node's
+/// media or TURN address), so that one is kept apart and only remotes that wrote to another are
+/// looked up: on the forwarding path a single-address host pays a comparison per datagram, not
+/// a hash lookup. Nothing to remember for a socket bound to one address.
+struct ReplyFrom {
+    wildcard: bool,
+    /// The first local address a remote wrote to.
+    usual: Option<IpAddr>,
+    /// Remotes that last wrote to another local address (at most [`MAX_REPLY_ADDRS`]).
+    others: HashMap<SocketAddr, IpAddr>,
+}
 
 impl ReplyFrom {
     fn for_socket(socket: &std::net::UdpSocket) -> io::Result<ReplyFrom> {
-        let wildcard = socket.local_addr()?.ip().is_unspecified();
-        Ok(ReplyFrom(wildcard.then(HashMap::new)))
+        Ok(ReplyFrom {
+            wildcard: socket.local_addr()?.ip().is_unspecified(),
+            usual: None,
+            others: HashMap::new(),
+        })
     }
 
     fn learn(&mut self, remote: SocketAddr, local: Option<IpAddr>) {
-        if let (Some(map), Some(local)) = (self.0.as_mut(), local) {
-            if map.get(&remote) != Some(&local) {
-                if map.len() >= MAX_REPLY_ADDRS {
-                    map.clear();
-                }
-                map.insert(remote, local);
+        let Some(local) = local.filter(|_| self.wildcard) else {
+            return;
+        };
+        let usual = *self.usual.get_or_insert(local);
+        if local == usual {
+            if !self.others.is_empty() {
+                self.others.remove(&remote);
             }
+        } else if self.others.get(&remote) != Some(&local) {
+            if self.others.len() >= MAX_REPLY_ADDRS {
+                self.others.clear();
+            }
+            self.others.insert(remote, local);
         }
     }
 
     fn source(&self, remote: SocketAddr) -> Option<IpAddr> {
-        self.0.as_ref().and_then(|m| m.get(&remote).copied())
+        if self.others.is_empty() {
+            return self.usual;
+        }
+        self.others.get(&remote).copied().or(self.usual)
     }
 }
 

@@ -254,17 +254,19 @@ fn on_ws_message<H: EngineIoHandler>(
 }
 
 /// Feeds one packet to the websocket (flushed by the caller).
-async fn feed_packet<S>(
-    ws: &mut WebSocketStream<S>,
+/// (Both the one-task session and the upgraded session's writer task.)
+async fn feed_packet<W>(
+    ws: &mut W,
     protocol: ProtocolVersion,
     packet: Packet,
 ) -> Result<(), tungstenite::Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    W: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     match packet {
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
             if protocol == ProtocolVersion::V3 {
+                // v3 requires the packet type as the first byte (a new buffer: v3 only).
                 let mut buff = Vec::with_capacity(bin.len() + 1);
                 buff.push(0x04);
                 buff.extend(bin);
@@ -273,6 +275,7 @@ where
                 ws.feed(Message::Binary(bin)).await
             }
         }
+        // A Noop sent to end a polling request during an upgrade may still be queued: dropped.
         Packet::Noop => Ok(()),
         packet => {
             let packet: String = packet.try_into().unwrap_or_default();
@@ -350,42 +353,34 @@ where
                     }
                 }
                 _ = &mut cancelled => break,
-                msg = ws.next() => match msg {
-                    Some(Ok(msg)) => {
-                        let pong = || {
-                            if let Some(at) = ping_sent.take() {
-                                beat.as_mut().reset(at + interval);
-                            }
-                        };
-                        match on_ws_message(engine, socket, msg, pong) {
-                            Ok(Flow::Go) => {}
-                            Ok(Flow::Closed) => {
-                                end = Some(DisconnectReason::TransportClose);
-                                break;
-                            }
-                            Err(e) => {
-                                #[cfg(feature = "tracing")]
-                                tracing::debug!("error when handling packet: {:?}", e);
-                                end = Some(
-                                    Option::<DisconnectReason>::from(&e)
-                                        .unwrap_or(DisconnectReason::TransportError),
-                                );
-                                break;
-                            }
+                msg = ws.next() => {
+                    let pong = || {
+                        if let Some(at) = ping_sent.take() {
+                            beat.as_mut().reset(at + interval);
+                        }
+                    };
+                    let flow = match msg {
+                        Some(Ok(msg)) => on_ws_message(engine, socket, msg, pong),
+                        Some(Err(e)) => Err(Error::from(e)),
+                        None => Ok(Flow::Closed),
+                    };
+                    match flow {
+                        Ok(Flow::Go) => {}
+                        Ok(Flow::Closed) => {
+                            end = Some(DisconnectReason::TransportClose);
+                            break;
+                        }
+                        Err(e) => {
+                            #[cfg(feature = "tracing")]
+                            tracing::debug!("error when handling packet: {:?}", e);
+                            end = Some(
+                                Option::<DisconnectReason>::from(&e)
+                                    .unwrap_or(DisconnectReason::TransportError),
+                            );
+                            break;
                         }
                     }
-                    Some(Err(e)) => {
-                        let e = Error::from(e);
-                        end = Some(
-                            Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError),
-                        );
-                        break;
-                    }
-                    None => {
-                        end = Some(DisconnectReason::TransportClose);
-                        break;
-                    }
-                },
+                }
                 Some(val) = volatile.next() => {
                     if let Some(packets) = val {
                         for p in packets {
@@ -475,38 +470,14 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
     macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
+        ($item:ident) => {
+            if let Err(_e) = feed_packet(&mut tx, socket.protocol, $item).await {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+            }
+        };
+    }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
