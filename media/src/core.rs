@@ -625,6 +625,7 @@ impl MediaCore {
             .set_local_ice_credentials(creds)
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            .set_direct_forwarding(true)
             .enable_bwe(Some(Bitrate::kbps(self.cfg.initial_bitrate_kbps)))
             .set_stats_interval(Some(self.cfg.stats_interval))
             .build(now);
@@ -1303,7 +1304,7 @@ impl MediaCore {
     }
 
     /// The hot path: one incoming RTP packet to every subscriber of its track.
-    fn forward(&mut self, src: PeerIdx, pkt: RtpPacket) {
+    fn forward(&mut self, src: PeerIdx, mut pkt: RtpPacket) {
         let sp = self.peers[src]
             .as_mut()
             .expect("forward is called for live peers");
@@ -1343,7 +1344,8 @@ impl MediaCore {
         // A video frame's last packet: the frame rate and freezes of the call's legs.
         let frame = (kind == MediaKind::Video && pkt.header.marker).then_some((sp.call, sp.guest));
         let mut framed = false;
-        for sub in &mut subs {
+        let last = subs.len().saturating_sub(1);
+        for (i, sub) in subs.iter_mut().enumerate() {
             let Some(dp) = self.peers[sub.peer].as_mut() else {
                 continue;
             };
@@ -1372,30 +1374,36 @@ impl MediaCore {
             }
             let out_seq = seq.wrapping_add(sub.seq_delta);
             let out_ts = ts.wrapping_add(sub.ts_delta);
-            let mut api = dp.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(sub.mid, None) else {
-                tracing::debug!(mid = %sub.mid, "rtp: no send stream");
-                self.counters.packets_unrouted += 1;
-                continue;
-            };
-            if !sub.unpaced {
-                // The sender already paced these packets; pacing them again here only adds
-                // delay (a 6 KB frame at a 2.5 Mbit/s pace is 19 ms). The estimate still runs.
-                tx.set_unpaced(true);
-                sub.unpaced = true;
-            }
-            tx.write_rtp(
+            // The sender already paced these packets; pacing them again here would only add
+            // delay (a 6 KB frame at a 2.5 Mbit/s pace is 19 ms): they leave on the next poll
+            // (the fork's direct forwarding, vendor/README.md). The estimate still runs.
+            let written = dp.rtc.direct_api().forward_rtp(
+                sub.mid,
                 RtpWrite::new(
                     pt.into(),
                     out_seq.into(),
                     out_ts,
                     pkt.timestamp,
-                    pkt.payload.clone(),
+                    // The last (in a call, the only) receiver takes the payload itself.
+                    if i == last {
+                        std::mem::take(&mut pkt.payload)
+                    } else {
+                        pkt.payload.clone()
+                    },
                 )
                 .marker(pkt.header.marker)
-                .ext_vals(ext.clone())
+                .ext_vals(if i == last {
+                    std::mem::take(&mut ext)
+                } else {
+                    ext.clone()
+                })
                 .nackable(kind == MediaKind::Video),
             );
+            if !written {
+                tracing::debug!(mid = %sub.mid, "rtp: no send stream");
+                self.counters.packets_unrouted += 1;
+                continue;
+            }
             if sub.last_seq.is_none_or(|l| out_seq > l) {
                 sub.last_seq = Some(out_seq);
                 sub.last_ts = out_ts;

@@ -49,8 +49,6 @@ pub struct Sub {
     pub last_ts: u32,
     /// Source payload type → receiver payload type; 0xFF unknown, 0xFE no match.
     pub pt_map: [u8; 128],
-    /// Whether the receiver's send stream was switched to unpaced.
-    pub unpaced: bool,
 }
 
 impl Sub {
@@ -64,7 +62,6 @@ impl Sub {
             last_seq: None,
             last_ts: 0,
             pt_map: [PT_UNKNOWN; 128],
-            unpaced: false,
         }
     }
 }
