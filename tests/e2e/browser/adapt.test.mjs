@@ -89,10 +89,17 @@ async function sending(g, ms = 3000) {
 
 /** What `g` receives of video over `ms`: frames decoded per second, and the loss ratio. */
 async function receiving(g, ms = 5000) {
-  const s0 = inbound(await pcStats(g), 'video');
+  const first = await pcStats(g);
+  const s0 = inbound(first, 'video');
+  const a0 = inbound(first, 'audio');
   await sleep(ms);
-  const s1 = inbound(await pcStats(g), 'video');
+  const last = await pcStats(g);
+  const s1 = inbound(last, 'video');
+  const a1 = inbound(last, 'audio');
   assert.ok(s0 && s1, `${g.name} receives no video: ${summarize(await pcStats(g))}`);
+  // The average over the window of a per-emitted-sample total (jitter buffer delay, target).
+  const perEmitted = (x0, x1, key) => (x0 && x1 ? (1000 * ((x1[key] ?? 0) - (x0[key] ?? 0)))
+    / Math.max(1, (x1.jitterBufferEmittedCount ?? 0) - (x0.jitterBufferEmittedCount ?? 0)) : null);
   const secs = (s1.timestamp - s0.timestamp) / 1000;
   const lost = (s1.packetsLost ?? 0) - (s0.packetsLost ?? 0);
   const got = s1.packetsReceived - s0.packetsReceived;
@@ -107,8 +114,15 @@ async function receiving(g, ms = 5000) {
     freezes: (s1.freezeCount ?? 0) - (s0.freezeCount ?? 0),
     nacks: (s1.nackCount ?? 0) - (s0.nackCount ?? 0),
     plis: (s1.pliCount ?? 0) - (s0.pliCount ?? 0),
-    jitterBufferMs: (1000 * ((s1.jitterBufferDelay ?? 0) - (s0.jitterBufferDelay ?? 0)))
-      / Math.max(1, (s1.jitterBufferEmittedCount ?? 0) - (s0.jitterBufferEmittedCount ?? 0)),
+    jitterBufferMs: perEmitted(s0, s1, 'jitterBufferDelay'),
+    // Why the buffer holds what it holds: the video's target delay, the audio's (which lip
+    // sync keeps near the video's), and the audio's own arrival jitter.
+    videoTargetMs: perEmitted(s0, s1, 'jitterBufferTargetDelay'),
+    audioJitterBufferMs: perEmitted(a0, a1, 'jitterBufferDelay'),
+    audioTargetMs: perEmitted(a0, a1, 'jitterBufferTargetDelay'),
+    audioJitterMs: a1 ? 1000 * (a1.jitter ?? 0) : null,
+    keyframes: (s1.keyFramesDecoded ?? 0) - (s0.keyFramesDecoded ?? 0),
+    height: s1.frameHeight,
   };
 }
 
@@ -175,7 +189,7 @@ test('a sender on an open uplink settles below its receiver\'s shaped downlink (
   // on an idle box: the floor asked is 5, so that a loaded machine does not fail it.
   await sleep(5000);
   const got = await receiving(B, 10_000);
-  t.diagnostic(`shaped: B decodes ${got.fps.toFixed(1)} fps, loss ${(got.loss * 100).toFixed(1)} %, ${(got.bps / 1000).toFixed(0)} kbit/s; ${JSON.stringify({ received: got.received, dropped: got.dropped, freezes: got.freezes, nacks: got.nacks, plis: got.plis, jitterBufferMs: got.jitterBufferMs })}`);
+  t.diagnostic(`shaped: B decodes ${got.fps.toFixed(1)} fps, loss ${(got.loss * 100).toFixed(1)} %, ${(got.bps / 1000).toFixed(0)} kbit/s; ${JSON.stringify({ received: got.received, dropped: got.dropped, freezes: got.freezes, nacks: got.nacks, plis: got.plis, jitterBufferMs: got.jitterBufferMs, videoTargetMs: got.videoTargetMs, audioJitterBufferMs: got.audioJitterBufferMs, audioTargetMs: got.audioTargetMs, audioJitterMs: got.audioJitterMs, keyframes: got.keyframes, height: got.height })}`);
   assert.ok(got.fps > 5, `B decodes ${got.fps.toFixed(1)} fps under the shaping: ${summarize(await pcStats(B))}`);
   assert.ok(got.loss < 0.05, `B loses ${(got.loss * 100).toFixed(1)} % of its video under the shaping`);
 
