@@ -29,14 +29,15 @@ use crate::WORKER_PREFIX_LEN;
 
 /// At most one keyframe request per source track per this long.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
-/// Times a peer is driven in one turn when it keeps asking for "now" (str0m's pacer releases
-/// one packet per timeout, so a video frame of N packets takes N of them).
+/// Times a peer is driven in one turn when it keeps asking for "now" (what str0m's pacer holds
+/// leaves one packet per timeout, so N packets take N of them; forwarded packets skip the pacer
+/// in the fork, see vendor/README.md).
 const TICKS_PER_TURN: usize = 64;
 /// Shortest wait before driving a peer's timers again.
 const MIN_WAKE: Duration = Duration::from_millis(1);
-/// A wake-up asked for this little ahead is taken at once: after each packet str0m's pacer
-/// asks for the next one a microsecond later, which is not worth a timer (waiting for one
-/// held every packet of a burst but the first for a millisecond or more).
+/// A wake-up asked for this little ahead is taken at once: after each packet it releases,
+/// str0m's pacer asks for the next one a microsecond later, which is not worth a timer (waiting
+/// for one held every packet of a burst but the first for a millisecond or more).
 const IMMEDIATE: Duration = Duration::from_micros(100);
 /// How often calls waiting for an offer are checked against their deadline.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -833,9 +834,9 @@ impl MediaCore {
 
     /// Runs str0m's timers for one peer and drains it.
     fn tick_peer(&mut self, idx: PeerIdx, now: Instant) {
-        // str0m releases what its pacer holds only on a timeout at or after the time it asked
-        // for, one packet per timeout; while that is (about) now, drive it again at once (a
-        // bounded number of times) rather than a turn later.
+        // str0m releases what its pacer holds (not forwarded packets: they skip it) only on a
+        // timeout at or after the time it asked for, one packet per timeout; while that is
+        // (about) now, drive it again at once (a bounded number of times), not a turn later.
         let mut at = self.advance(now);
         for _ in 0..TICKS_PER_TURN {
             let Some(peer) = self.peers[idx].as_mut() else {

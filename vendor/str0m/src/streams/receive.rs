@@ -808,9 +808,6 @@ impl StreamRx {
         received.checked_add(rtt.saturating_mul(3))
     }
 
-    /// Whether this stream should keep its NACK timer active.
-    ///
-    /// Paused streams finish pending retries before disabling NACK reports.
     /// tandem fork: a missing packet still has NACK attempts left.
     pub(crate) fn has_pending_nacks(&self) -> bool {
         self.register
@@ -818,6 +815,9 @@ impl StreamRx {
             .is_some_and(|r| r.has_pending_nacks())
     }
 
+    /// Whether this stream should keep its NACK timer active.
+    ///
+    /// Paused streams finish pending retries before disabling NACK reports.
     pub(crate) fn nack_enabled(&self) -> bool {
         // Deliberately don't look at RTX is_some() here, since when using dynamic SSRC, we might need
         // to send NACK before discovering the remote RTX.
