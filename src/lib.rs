@@ -17,6 +17,7 @@ mod metrics;
 mod rtc;
 mod serve;
 mod sio;
+mod steer;
 mod supervise;
 mod tls;
 mod turn;

@@ -6,11 +6,14 @@
 //! its two guests never leaves the thread. The kernel spreads incoming datagrams over the
 //! sockets by address hash, so a guest's packets may land on another worker: every server ICE
 //! ufrag starts with its worker's index, so the first STUN request says where its sender
-//! belongs; the receiving worker remembers that and hands such datagrams over in batches.
+//! belongs; the receiving worker remembers that and hands such datagrams over in batches. Once
+//! a peer's address is known, the workers publish it and a BPF program on the port steers its
+//! datagrams to the right socket from then on (`steer.rs`): hand-overs are for the first few.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,6 +35,7 @@ type Inboxes = (
     mpsc::Receiver<WorkerMsg>,
     mpsc::UnboundedReceiver<MediaCommand>,
 );
+use crate::steer::Steering;
 use crate::udp::BatchSocket;
 
 /// Commands and handed-over datagrams queued per worker at most.
@@ -60,6 +64,11 @@ const HUB_RETRY: Duration = Duration::from_millis(10);
 const MAX_PENDING_EVENTS: usize = 4096;
 /// How often counters and samples are turned into metrics.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// A worker publishes the addresses its peers sent from for steering (`steer.rs`) when it sees
+/// a new one, at most this often…
+const STEER_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+/// …and forgets those that sent nothing for a whole period of this long.
+const STEER_PERIOD: Duration = Duration::from_secs(10);
 
 /// The media settings the shell needs.
 #[derive(Debug, Clone)]
@@ -214,6 +223,9 @@ pub async fn start(
         inboxes.push((rx, crx));
     }
     let max_peers = (settings.max_calls * 2).div_ceil(n).max(2);
+    // Steering peers' datagrams to their worker's socket: IPv4 only, and only worth it with
+    // more than one worker (steer.rs).
+    let steering = (n > 1 && bind_ip.is_ipv4()).then(|| Arc::new(Steering::new(n)));
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cfg = MediaConfig {
             worker: i,
@@ -241,6 +253,12 @@ pub async fn start(
             last: Default::default(),
             last_sizes: Default::default(),
             out: Vec::new(),
+            steering: steering.clone(),
+            seen: HashSet::new(),
+            published: HashSet::new(),
+            fresh: false,
+            steer_period_end: Instant::now() + STEER_PERIOD,
+            last_publish: None,
         };
         supervisor
             .spawn_worker(format!("media-{i}"), "media", move |beat, stop| {
@@ -282,6 +300,16 @@ struct Worker {
     last_sizes: [(&'static str, usize); 6],
     /// UDP datagrams the core produced in this turn, sent together.
     out: Vec<Transmit>,
+    /// The port's steering table, shared by the workers (none with one worker, or IPv6).
+    steering: Option<Arc<Steering>>,
+    /// Addresses this worker's peers sent from in this steering period…
+    seen: HashSet<SocketAddrV4>,
+    /// …and those it published.
+    published: HashSet<SocketAddrV4>,
+    /// A peer address not published yet was seen.
+    fresh: bool,
+    steer_period_end: Instant,
+    last_publish: Option<Instant>,
 }
 
 impl Worker {
@@ -347,6 +375,7 @@ impl Worker {
                 self.core.handle_timeout(now);
             }
             self.flush(&mut socket);
+            self.steer(&socket, now);
             if now >= next_metrics {
                 next_metrics = now + METRICS_EVERY;
                 self.report();
@@ -372,6 +401,7 @@ impl Worker {
             .handle_receive(Protocol::Udp, source, destination, data, now)
             == Received::Handled
         {
+            self.saw(source);
             return;
         }
         let owner = match tandem_media::stun_worker(data) {
@@ -397,15 +427,57 @@ impl Worker {
         }
     }
 
+    /// A datagram from `source` was one of this worker's peers'.
+    fn saw(&mut self, source: SocketAddr) {
+        if let (Some(_), SocketAddr::V4(a)) = (&self.steering, source) {
+            if self.seen.insert(a) && !self.published.contains(&a) {
+                self.fresh = true;
+            }
+        }
+    }
+
+    /// Publishes this worker's peer addresses to the steering table when there is a new one
+    /// (at most every [`STEER_AT_MOST_EVERY`]) or a period ended (dropping those gone quiet),
+    /// and attaches the table's program if it changed.
+    fn steer(&mut self, socket: &BatchSocket, now: Instant) {
+        let Some(steering) = &self.steering else {
+            return;
+        };
+        let period_over = now >= self.steer_period_end;
+        let may = self
+            .last_publish
+            .is_none_or(|t| now.saturating_duration_since(t) >= STEER_AT_MOST_EVERY);
+        if !(period_over || (self.fresh && may)) {
+            return;
+        }
+        if period_over {
+            self.published = std::mem::take(&mut self.seen);
+            self.steer_period_end = now + STEER_PERIOD;
+        } else {
+            self.published.extend(self.seen.iter().copied());
+        }
+        self.fresh = false;
+        self.last_publish = Some(now);
+        steering.publish(self.index, self.published.iter().copied().collect());
+        if let Err(e) = steering.attach_if_changed(socket) {
+            // Datagrams keep going by the kernel's hash, handed over where they must be.
+            tracing::warn!(worker = self.index, error = %e, "media: cannot attach the steering program");
+            self.steering = None;
+        }
+    }
+
     fn on_msg(&mut self, msg: WorkerMsg) {
         let now = Instant::now();
         match msg {
             WorkerMsg::Handover(batch) => {
                 for d in batch {
                     // Handed-over datagrams are never handed on again.
-                    let _ =
+                    let handled =
                         self.core
                             .handle_receive(d.proto, d.source, d.destination, &d.data, now);
+                    if handled == Received::Handled && d.proto == Protocol::Udp {
+                        self.saw(d.source);
+                    }
                 }
             }
             WorkerMsg::TcpOpen { remote, frames } => {

@@ -145,6 +145,12 @@ impl ReplySocket {
     }
 }
 
+impl std::os::fd::AsFd for BatchSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl BatchSocket {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<BatchSocket> {
         socket.set_nonblocking(true)?;
