@@ -69,6 +69,8 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 const STEER_AT_MOST_EVERY: Duration = Duration::from_millis(100);
 /// …and forgets those that sent nothing for a whole period of this long.
 const STEER_PERIOD: Duration = Duration::from_secs(10);
+/// Peer addresses a worker remembers per period at most (a program steers fewer).
+const MAX_SEEN: usize = 4 * crate::steer::MAX_STEERED;
 
 /// The media settings the shell needs.
 #[derive(Debug, Clone)]
@@ -430,7 +432,7 @@ impl Worker {
     /// A datagram from `source` was one of this worker's peers'.
     fn saw(&mut self, source: SocketAddr) {
         if let (Some(_), SocketAddr::V4(a)) = (&self.steering, source) {
-            if self.seen.insert(a) && !self.published.contains(&a) {
+            if self.seen.len() < MAX_SEEN && self.seen.insert(a) && !self.published.contains(&a) {
                 self.fresh = true;
             }
         }
