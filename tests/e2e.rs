@@ -106,13 +106,22 @@ fn run_suite(name: &str, setup: &str, concurrency: u32, files: &[String], env: &
     let summary = root
         .join(ARTIFACTS)
         .join(format!("{}.spec.txt", name.replace(' ', "-")));
+    // A TAP copy too: for a test file that died (a crash in a native module, an exit), only TAP
+    // keeps its exit code, its signal and the stderr it wrote before, which go into the panic
+    // message as well.
+    let tap = root
+        .join(ARTIFACTS)
+        .join(format!("{}.tap.txt", name.replace(' ', "-")));
     let _ = std::fs::create_dir_all(root.join(ARTIFACTS));
     let _ = std::fs::remove_file(&summary);
+    let _ = std::fs::remove_file(&tap);
     let script = format!(
         "{setup} && exec node --test --test-concurrency={concurrency} \
          --test-reporter=tap --test-reporter-destination=stdout \
-         --test-reporter=spec --test-reporter-destination='{}' \"$@\"",
-        summary.display()
+         --test-reporter=spec --test-reporter-destination='{}' \
+         --test-reporter=tap --test-reporter-destination='{}' \"$@\"",
+        summary.display(),
+        tap.display()
     );
     // Its own process group: whatever it starts (servers, browsers, test files) is killed with
     // the group below, even if a test process crashed before it could stop its server.
@@ -138,8 +147,9 @@ fn run_suite(name: &str, setup: &str, concurrency: u32, files: &[String], env: &
     if !status.success() {
         panic!(
             "the {name} failed ({status}); if node is missing inside the namespace, Node 20+ \
-             must be on PATH\n{}",
-            failure_summary(&summary)
+             must be on PATH\n{}{}",
+            failure_summary(&summary),
+            failed_files(&tap)
         );
     }
 }
@@ -160,6 +170,52 @@ fn failure_summary(path: &Path) -> String {
         tail = &tail[cut..];
     }
     tail.to_owned()
+}
+
+/// From the TAP copy: every test file that failed as a whole (top-level `not ok` with the
+/// exit code and signal of its process), each with up to 40 top-level comment lines written
+/// before it (the stderr of the test files, which may interleave with other files' at a
+/// concurrency above 1); at most 12 KiB in all, or nothing if no file failed as a whole.
+fn failed_files(path: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for (at, line) in lines.iter().enumerate() {
+        if !line.starts_with("not ok ") || !line.contains(".test.mjs") {
+            continue;
+        }
+        let before: Vec<&str> = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|l| !l.starts_with("ok ") && !l.starts_with("not ok "))
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# Subtest:"))
+            .take(40)
+            .copied()
+            .collect();
+        out.push_str("\ntest file failed as a whole (TAP):\n");
+        for l in before.iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        for l in lines[at..]
+            .iter()
+            .take_while(|l| !l.starts_with("  ..."))
+            .take(30)
+        {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    if out.len() > 12 * 1024 {
+        let mut cut = out.len() - 12 * 1024;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out = out[cut..].to_owned();
+    }
+    out
 }
 
 #[test]
@@ -201,4 +257,29 @@ fn browser_e2e() {
             artifacts.to_string_lossy().into_owned(),
         )],
     );
+}
+
+/// The TAP reading above, on what node 20 writes for a file killed by SIGSEGV beside a passing
+/// file.
+#[test]
+fn failed_files_shows_a_crashed_file_with_its_stderr() {
+    let tap = "TAP version 13\n# other file's line\n# Subtest: y\nok 1 - y\n  ---\n  \
+               duration_ms: 2.8\n  ...\n# native module says goodbye\n# Subtest: /x/a.test.mjs\n\
+               not ok 2 - /x/a.test.mjs\n  ---\n  duration_ms: 233.0\n  \
+               location: '/x/a.test.mjs:1:1'\n  failureType: 'testCodeFailure'\n  exitCode: ~\n  \
+               signal: 'SIGSEGV'\n  error: 'test failed'\n  ...\n1..2\n# fail 1\n";
+    let dir = std::env::temp_dir().join(format!("tandem-e2e-tap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("suite.tap.txt");
+    std::fs::write(&path, tap).expect("write the TAP sample");
+    let out = failed_files(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.contains("# native module says goodbye\nnot ok 2 - /x/a.test.mjs"),
+        "{out}"
+    );
+    assert!(out.contains("signal: 'SIGSEGV'"), "{out}");
+    assert!(!out.contains("other file's line"), "{out}");
+    assert!(!out.contains("ok 1 - y"), "{out}");
+    assert_eq!(failed_files(&dir.join("missing")), "");
 }
