@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tandem against what it replaces, in one sitting on this machine (issue 16), one table of ratios:
-#   signaling  tandem-load against tandem and the Node socket.io stack (benches/node-baseline) at
+#   signaling  tandem-load against tandem, the Node socket.io stack (benches/node-baseline) and
+#              socketioxide alone (benches/sio-baseline: the same relay, no tandem) at
 #              200 pairs × 5 msg/s and 500 pairs × 10 msg/s: server CPU per relayed message
 #              (utime + stime over the window / messages received) and delivery p99; the servers
-#              alternate (tandem, node, then node, tandem), medians over --rounds;
+#              alternate (tandem, node, sio, then back), medians over --rounds;
 #   memory     each server's RSS once ready with no guest, then with --mem-guests guests, all
 #              paired, chatting at N/10 msg/s (RSS at the start of tandem-load's window): bytes per
 #              guest and the projection to 20,000 guests;
@@ -67,7 +68,7 @@ if [ -z "${COMPARE_IN_NETNS:-}" ]; then
   done
   servers=0; has signaling || has memory || has media || has turn && servers=1
   if [ "$build" = 1 ]; then
-    [ "$servers" = 1 ] && cargo build --release --bin tandem --bin tandem-load >&2
+    [ "$servers" = 1 ] && cargo build --release --bin tandem --bin tandem-load --bin tandem-sio-baseline >&2
     if has media && [ -z "${COMPARE_MEDIA_LOAD:-}" ]; then
       cargo build --release -p tandem-media-load --bin tandem-media-load >&2
     fi
@@ -89,7 +90,7 @@ for line in sys.stdin:
   if has signaling || has memory; then
     [ -d benches/node-baseline/node_modules ] || (cd benches/node-baseline && npm ci --silent) >&2
   fi
-  for b in $([ "$servers" = 1 ] && echo "$tandem $bin/tandem-load") $(has media && echo "$media_load") $(has core && echo "${forward:-forward-bench}"); do
+  for b in $([ "$servers" = 1 ] && echo "$tandem $bin/tandem-load") $(has signaling && echo "$bin/tandem-sio-baseline") $(has media && echo "$media_load") $(has core && echo "${forward:-forward-bench}"); do
     [ -x "$b" ] || { echo "no $b: build it (or drop --no-build)" >&2; exit 2; }
   done
   exec env COMPARE_IN_NETNS=1 COMPARE_FORWARD_BENCH="$forward" unshare -n \
@@ -157,6 +158,9 @@ start() {
   if [ "$srv" = tandem ]; then
     "$tandem" --bind "127.0.0.1:$port" "${limits[@]}" "$@" >"$log" 2>&1 &
     probe=$url/readyz want=200
+  elif [ "$srv" = sio ]; then
+    "$bin/tandem-sio-baseline" "$port" >"$log" 2>&1 &
+    probe=$url/ want=404
   else
     node benches/node-baseline/server.mjs "$port" >"$log" 2>&1 &
     probe=$url/ want=404
@@ -236,7 +240,7 @@ media() {
 if has signaling; then
   for round in $(seq "$rounds"); do
     for load in 200:2000 500:10000; do
-      order="tandem node"; [ $((round % 2)) = 0 ] && order="node tandem"
+      order="tandem node sio"; [ $((round % 2)) = 0 ] && order="sio node tandem"
       for srv in $order; do signaling "$srv" "${load%%:*}" "${load##*:}" "$round"; done
     done
   done
@@ -280,7 +284,7 @@ notes = []
 if "signaling" in only:
     for pairs, rate in ((200, 2000), (500, 10000)):
         med = {}
-        for srv in ("tandem", "node"):
+        for srv in ("tandem", "node", "sio"):
             runs = [r for r in (load(os.path.basename(p)) for p in
                     sorted(glob.glob(os.path.join(out, f"sig-{srv}-{pairs}-r*.json")))) if r]
             runs = [r for r in runs if r.get("server_cpu_s") is not None and r["received"]]
@@ -297,10 +301,12 @@ if "signaling" in only:
                           + (" (saturated: p99 is queueing)" if med[s][1] > 100 else "")
                           + (f" ({med[s][4]} of {med[s][3]} failed the tool's check)" if med[s][4] else "")
                           if s in med else "FAILED")
-        ratio = med["node"][0] / med["tandem"][0] if len(med) == 2 else None
+        ratio = med["node"][0] / med["tandem"][0] if "node" in med and "tandem" in med else None
+        sio = med["node"][0] / med["sio"][0] if "node" in med and "sio" in med else None
         rows.append(("signaling", f"{pairs} pairs × {rate // (2 * pairs)} msg/s ({2 * pairs} guests)",
-                     cell("tandem"), "Node: " + cell("node"),
-                     f"Node/tandem CPU {ratio:.2f}×" if ratio else "—",
+                     cell("tandem"), "Node: " + cell("node") + "; socketioxide alone (`benches/sio-baseline`): " + cell("sio"),
+                     (f"Node/tandem CPU {ratio:.2f}×" if ratio else "—")
+                     + (f" (Node/socketioxide alone {sio:.2f}×)" if sio else ""),
                      "≥ 3×: " + goal(ratio >= 3 if ratio else None)))
     notes.append(f"Signaling: medians over {rounds} round(s) of {duration} s windows, servers alternated; "
                  "CPU = server utime + stime in the window / messages received.")
