@@ -124,6 +124,10 @@ fn on_connect(s: SocketRef, auth: Option<Value>, state: Shared) {
                 if st.waiting.as_deref() == Some(me.as_str()) {
                     st.waiting = None;
                 }
+                st.sockets.remove(&me);
+                if let Some((partner, _)) = st.partner.remove(&me) {
+                    st.partner.remove(&partner);
+                }
             }
         }
     });
