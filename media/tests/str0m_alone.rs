@@ -138,16 +138,17 @@ fn connected(direct: bool) -> (Peer, Peer, Mid, Pt, Instant) {
     (s, r, mid, pt, now)
 }
 
-/// The burst's packets among `sent` (RTP of payload type `pt` with the burst's sequence numbers;
-/// SRTP leaves the header in the clear).
-fn burst_packets(sent: &[Datagram], pt: Pt) -> usize {
+/// The RTP packets of payload type `pt` among `sent` (SRTP leaves the header in the clear).
+fn rtp_of(sent: &[Datagram], pt: Pt) -> impl Iterator<Item = &[u8]> {
     sent.iter()
-        .filter(|(_, _, d)| d.len() >= 4 && (128..=191).contains(&d[0]))
-        .filter(|(_, _, d)| d[1] & 0x7F == *pt)
-        .filter(|(_, _, d)| {
-            let seq = u16::from_be_bytes([d[2], d[3]]);
-            seq.wrapping_sub(FIRST_SEQ) < BURST
-        })
+        .map(|(_, _, d)| d.as_slice())
+        .filter(move |d| d.len() >= 4 && (128..=191).contains(&d[0]) && d[1] & 0x7F == *pt)
+}
+
+/// The burst's packets among `sent` (the burst's sequence numbers).
+fn burst_packets(sent: &[Datagram], pt: Pt) -> usize {
+    rtp_of(sent, pt)
+        .filter(|d| u16::from_be_bytes([d[2], d[3]]).wrapping_sub(FIRST_SEQ) < BURST)
         .count()
 }
 
@@ -192,13 +193,10 @@ pub fn sender_cost(direct: bool, frames: u64) -> (Duration, u64) {
         for i in 0..BURST {
             write(&mut s.rtc, direct, mid, packet(pt, first, i, now));
         }
-        let mut out = s.poll();
+        let out = s.poll();
         spent += started.elapsed();
-        sent += out
-            .iter()
-            .filter(|(_, _, d)| d.len() >= 2 && d[1] & 0x7F == *pt)
-            .count() as u64;
-        r.receive(std::mem::take(&mut out), now);
+        sent += rtp_of(&out, pt).count() as u64;
+        r.receive(out, now);
         // Every timeout up to the next frame, as an event loop would serve them: at once when
         // due, but after 64 in a row at one instant, a millisecond later (a timer's grain; the
         // upstream pacer asks for "now" again while it holds packets).
@@ -219,13 +217,12 @@ pub fn sender_cost(direct: bool, frames: u64) -> (Duration, u64) {
             s.rtc.handle_input(Input::Timeout(now)).expect("timeout");
             let out = s.poll();
             spent += started.elapsed();
-            sent += out
-                .iter()
-                .filter(|(_, _, d)| d.len() >= 2 && d[1] & 0x7F == *pt)
-                .count() as u64;
+            sent += rtp_of(&out, pt).count() as u64;
             r.receive(out, now);
             let back = r.poll();
+            let started = Instant::now();
             s.receive(back, now);
+            spent += started.elapsed();
         }
         now = next;
         r.rtc.handle_input(Input::Timeout(now)).expect("timeout");
