@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 # Client packages for the integration tests (the official socket.io-client).
 if [ ! -d tests/e2e/node_modules ] || [ tests/e2e/package-lock.json -nt tests/e2e/node_modules ]; then
-  npm ci --prefix tests/e2e --no-audit --no-fund
+  # (run inside the folder: npm 11 refuses `ci --prefix`, finding no lockfile)
+  (cd tests/e2e && npm ci --no-audit --no-fund)
 fi
 
 # The end-to-end suite runs in its own network namespace (`unshare -n`, then `ip link set lo up`;
@@ -56,7 +57,7 @@ fi
 # needs no Node. It must be exactly what web/src builds; if not, rebuild and commit it
 # (`npm run build --prefix web`).
 if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules ]; then
-  npm ci --prefix web --no-audit --no-fund
+  (cd web && npm ci --no-audit --no-fund)
 fi
 rm -rf target/web-dist-check
 npm run --silent build --prefix web -- --out "$PWD/target/web-dist-check"

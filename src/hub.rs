@@ -122,11 +122,15 @@ pub enum Command {
     Drain {
         reply: oneshot::Sender<()>,
     },
-    /// In a cluster: the node that holds a room whose home died (`None`: unknown).
+    /// In a cluster: the node that holds a room whose home died (`None`: unknown), and (for
+    /// this node) the room's journal.
     Claim {
         room: RoomId,
         winner: Option<tandem_signaling::NodeId>,
+        kept: Vec<tandem_signaling::cluster::Kept>,
     },
+    /// In a cluster: these journal tickets were written (or failed): what they held goes out.
+    Journaled(Vec<u64>),
     /// In a cluster: how long a guest's shared record still lives (`None`: gone), the answer
     /// to the core's `MatchRequest::Expiring`.
     SessionTtl {
@@ -561,9 +565,14 @@ impl HubTask {
                 self.drain();
                 let _ = reply.send(());
             }
-            Command::Claim { room, winner } => {
-                tracing::debug!(%room, winner = ?winner, "claimed a room whose home is gone");
-                self.core.handle_claim(room, winner, now)
+            Command::Claim { room, winner, kept } => {
+                tracing::debug!(%room, winner = ?winner, kept = kept.len(), "claimed a room whose home is gone");
+                self.core.handle_claim(room, winner, kept, now)
+            }
+            Command::Journaled(tickets) => {
+                for ticket in tickets {
+                    self.core.handle_journaled(ticket, now);
+                }
             }
             Command::SessionTtl { session, lives } => {
                 self.core.handle_session_ttl(session, lives, now)
@@ -742,6 +751,16 @@ impl HubTask {
                         self.core.handle_bus_failed(to, &msg, Instant::now());
                     }
                 }
+                Output::Journal { room, op, ticket } => {
+                    let job = crate::link::JournalJob { room, op, ticket };
+                    let queued = self.link.as_ref().is_some_and(|l| l.journal(job).is_ok());
+                    if !queued {
+                        if let Some(ticket) = ticket {
+                            // Not written: the message lives in this node's memory only.
+                            self.core.handle_journaled(ticket, Instant::now());
+                        }
+                    }
+                }
                 Output::Match(req) if self.restoring.is_some() => {
                     if let Some(batch) = self.restoring.as_mut() {
                         batch.push(req);
@@ -764,7 +783,8 @@ impl HubTask {
                             }
                             // Taken here, as without Redis.
                             MatchRequest::Claim { room } => {
-                                self.core.handle_claim(room, None, Instant::now())
+                                self.core
+                                    .handle_claim(room, None, Vec::new(), Instant::now())
                             }
                             // Asked again later.
                             MatchRequest::Expiring { sid } => self.core.handle_session_ttl(

@@ -204,8 +204,8 @@ pub async fn run(
     let link = match &cluster {
         Some(c) => {
             let (bus, incoming) = c.bus(cluster::BusSettings::default()).await?;
-            let (link, jobs) = link::Link::new(c, bus);
-            Some((link, incoming, jobs))
+            let (link, jobs, journal) = link::Link::new(c, bus);
+            Some((link, incoming, (jobs, journal)))
         }
         None => None,
     };
@@ -224,7 +224,11 @@ pub async fn run(
         files.clone(),
         link,
     );
-    if let (Some(c), Some(l), Some(jobs)) = (&cluster, worker_link, jobs) {
+    if let (Some(c), Some(l), Some((jobs, journal))) = (&cluster, worker_link, jobs) {
+        supervisor.spawn_task(
+            "cluster-journal",
+            link::journal_writer(journal, c.clone(), hub.clone()),
+        );
         let mm = c.matchmaker(cluster::MatchSettings::default());
         supervisor.spawn_task(
             "cluster-worker",

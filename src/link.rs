@@ -26,6 +26,13 @@ use crate::hub::{Command, Hub};
 /// Redis jobs waiting for the worker, at most; past it an enqueue is refused to its guest.
 const JOBS: usize = 8192;
 
+/// Journal changes waiting for the journal writer, at most; past it a change is not written
+/// (the message lives in this node's memory only, as on a single node).
+const JOURNAL_QUEUE: usize = 16_384;
+
+/// Journal changes written in one pipeline at most.
+const JOURNAL_BATCH: usize = 512;
+
 /// When Redis cannot say whether an expiring session was refreshed elsewhere: it lives on
 /// this much longer, and is asked about again then.
 pub const RETRY_LATER: Duration = Duration::from_secs(30);
@@ -39,12 +46,21 @@ pub enum Job {
     DropNode(CoreNodeId),
 }
 
+/// One change to a chat's journal (`Output::Journal`), for the journal writer.
+pub struct JournalJob {
+    pub room: tandem_signaling::RoomId,
+    pub op: tandem_signaling::JournalOp,
+    /// Answered with [`Command::Journaled`] once written (or failed).
+    pub ticket: Option<u64>,
+}
+
 /// The hub's end of the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
     me: CoreNodeId,
     bus: Bus,
     jobs: mpsc::Sender<Job>,
+    journal: mpsc::Sender<JournalJob>,
     cluster: Cluster,
     /// This node's share of the live statistics, published in its registry entry.
     stats: std::sync::Arc<std::sync::Mutex<tandem_signaling::wire::Stats>>,
@@ -54,17 +70,23 @@ pub struct Link {
 pub struct Busy;
 
 impl Link {
-    /// The link and the receiving end of its job queue (for [`worker`]).
-    pub fn new(cluster: &Cluster, bus: Bus) -> (Link, mpsc::Receiver<Job>) {
+    /// The link and the receiving ends of its job queue (for [`worker`]) and of its journal
+    /// queue (for [`journal_writer`]).
+    pub fn new(
+        cluster: &Cluster,
+        bus: Bus,
+    ) -> (Link, mpsc::Receiver<Job>, mpsc::Receiver<JournalJob>) {
         let (jobs, rx) = mpsc::channel(JOBS);
+        let (journal, journal_rx) = mpsc::channel(JOURNAL_QUEUE);
         let link = Link {
             me: cluster.core_id(),
             bus,
             jobs,
+            journal,
             cluster: cluster.clone(),
             stats: Default::default(),
         };
-        (link, rx)
+        (link, rx, journal_rx)
     }
 
     /// This node's id, as the core names nodes.
@@ -114,6 +136,11 @@ impl Link {
     /// Queues a job for the Redis worker without waiting.
     pub fn request(&self, job: Job) -> Result<(), Busy> {
         self.jobs.try_send(job).map_err(|_| Busy)
+    }
+
+    /// Queues a journal change for the journal writer without waiting.
+    pub fn journal(&self, job: JournalJob) -> Result<(), Busy> {
+        self.journal.try_send(job).map_err(|_| Busy)
     }
 }
 
@@ -169,6 +196,73 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The journal writer: writes the chats' journal changes in order, each batch that queued up
+/// meanwhile in one pipeline, then tells the hub which held acknowledgements may go out
+/// (written or not: a failed write leaves the message in this node's memory only).
+pub async fn journal_writer(mut rx: mpsc::Receiver<JournalJob>, cluster: Cluster, hub: Hub) {
+    let mut batch = Vec::with_capacity(JOURNAL_BATCH);
+    while rx.recv_many(&mut batch, JOURNAL_BATCH).await > 0 {
+        let keep = coalesce(&batch);
+        let written = cluster
+            .journal(
+                batch
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(j, _)| (j.room, &j.op)),
+            )
+            .await;
+        if let Err(f) = written {
+            tracing::warn!(error = %f, changes = batch.len(), "chat journal changes could not be written: those messages live in this node's memory only");
+        }
+        let tickets: Vec<u64> = batch.iter().filter_map(|j| j.ticket).collect();
+        batch.clear();
+        if !tickets.is_empty() {
+            hub.send(Command::Journaled(tickets)).await;
+        }
+    }
+}
+
+/// Which changes of `batch` must be written: an entry whose message was acknowledged later in
+/// the same batch (or whose chat ended in it) is never written, nor is its removal.
+fn coalesce(batch: &[JournalJob]) -> Vec<bool> {
+    use std::collections::HashSet;
+    use tandem_signaling::JournalOp;
+    let mut keep = vec![true; batch.len()];
+    // Walking back: what a later change of the batch makes moot.
+    let mut dropped = HashSet::new();
+    let mut cleared = HashSet::new();
+    for (i, job) in batch.iter().enumerate().rev() {
+        match &job.op {
+            JournalOp::Clear => {
+                if !cleared.insert(job.room) {
+                    keep[i] = false;
+                }
+            }
+            JournalOp::Drop(id) => {
+                if cleared.contains(&job.room) {
+                    keep[i] = false;
+                } else {
+                    dropped.insert((job.room, *id));
+                }
+            }
+            JournalOp::Keep(k) => {
+                if cleared.contains(&job.room) || dropped.remove(&(job.room, k.message.id)) {
+                    keep[i] = false;
+                    // Its removal is moot too.
+                    if let Some(j) = batch[i + 1..].iter().position(|l| {
+                        l.room == job.room
+                            && matches!(&l.op, JournalOp::Drop(id) if *id == k.message.id)
+                    }) {
+                        keep[i + 1 + j] = false;
+                    }
+                }
+            }
+        }
+    }
+    keep
 }
 
 /// The Redis worker: runs the hub's jobs one after another until the hub is gone.
@@ -296,7 +390,17 @@ impl Worker {
                     Ok(node) => (Some(node), Ok(())),
                     Err(f) => (None, Err(MatchError::Redis(f))),
                 };
-                self.hub.send(Command::Claim { room, winner }).await;
+                // The winner hands out again what the dead home kept for the guests.
+                let mut kept = Vec::new();
+                if winner == Some(self.link.me) {
+                    match self.cluster.journal_read(room).await {
+                        Ok(k) => kept = k,
+                        Err(f) => {
+                            tracing::warn!(error = %f, %room, "the journal of a room taken over could not be read: what its home kept is lost")
+                        }
+                    }
+                }
+                self.hub.send(Command::Claim { room, winner, kept }).await;
                 result
             }
             MatchRequest::CallRecord { sid, call } => self
@@ -442,5 +546,63 @@ impl Peers {
             }
         });
         gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_signaling::cluster::Kept;
+    use tandem_signaling::wire::{ChatMessage, Content, MessageType, Sender};
+    use tandem_signaling::{JournalOp, MessageId, RoomId};
+
+    fn keep(room: u128, id: u64) -> JournalJob {
+        let message = ChatMessage {
+            id: MessageId::from_raw(id),
+            room_id: RoomId::from_raw(room),
+            kind: MessageType::Text,
+            content: Content::Text("x".into()),
+            timestamp: 1,
+            from: Sender::Partner,
+        };
+        let sender = SessionId::from_raw(1);
+        JournalJob {
+            room: RoomId::from_raw(room),
+            op: JournalOp::Keep(Kept {
+                sender,
+                seq: id,
+                message,
+            }),
+            ticket: Some(id),
+        }
+    }
+
+    fn op(room: u128, op: JournalOp) -> JournalJob {
+        JournalJob {
+            room: RoomId::from_raw(room),
+            op,
+            ticket: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_skips_entries_acknowledged_or_cleared_within_it() {
+        let drop = |room, id| op(room, JournalOp::Drop(MessageId::from_raw(id)));
+        let batch = [
+            drop(1, 9),              // 0: an entry of an earlier batch: written
+            keep(1, 10),             // 1: acknowledged below: skipped
+            keep(1, 11),             // 2: still unacknowledged: written
+            drop(1, 10),             // 3: skipped with its entry
+            keep(2, 20),             // 4: its chat ends below: skipped
+            drop(2, 19),             // 5: skipped, the chat ends
+            op(2, JournalOp::Clear), // 6: moot, the same clear follows
+            op(2, JournalOp::Clear), // 7: written
+            keep(3, 30),             // 8: written
+        ];
+        let keep = coalesce(&batch);
+        assert_eq!(
+            keep,
+            [true, false, true, false, false, false, false, true, true]
+        );
     }
 }

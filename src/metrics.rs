@@ -208,7 +208,7 @@ mod doc {
         ("tandem_receipts_total", "kind", "`delivered`, `read`"),
         ("tandem_calls", "state", "`ringing`, `connecting`, `connected`"),
         ("tandem_connect_refusals_total", "reason", "why a Socket.IO connect was refused (`unauthorized`, `rate_limited`, `server_busy`, …)"),
-        ("tandem_redis_command_seconds", "command", "`ping`, `heartbeat`, `leave`, `match_*`, `session_get`, `session_set`, `node_entry`, `node_alive`, `room_claim`, `file_set`, `file_get`, `ip_limit`"),
+        ("tandem_redis_command_seconds", "command", "`ping`, `heartbeat`, `leave`, `match_*`, `session_get`, `session_set`, `node_entry`, `node_alive`, `room_claim`, `journal`, `journal_read`, `file_set`, `file_get`, `ip_limit`"),
         ("tandem_redis_errors_total", "kind", "`timeout`, `refused`, `dropped`, `io`, `auth`, `cluster`, `server`, `response`, `other`"),
         ("tandem_worker_panics_total", "kind", "`media`, `turn`, `task`"),
         ("tandem_turn_allocations_total", "event", "`created`, `expired`, `deleted`, `revoked`"),

@@ -746,7 +746,7 @@ settings! {
             env "TANDEM_TURN_MAX_ALLOCATIONS_PER_USER", arg(value_name = "N");
 
         /// TURN allocations at once, in total
-        turn_max_allocations: req u32 = 5000;
+        turn_max_allocations: req u32 = count(turn().max_allocations);
             env "TANDEM_TURN_MAX_ALLOCATIONS", arg(value_name = "N");
 
         /// Permissions (peer addresses) one TURN allocation may hold
@@ -755,7 +755,7 @@ settings! {
 
         /// Bytes per second one TURN allocation may relay (both ways together);
         /// the default is 5 Mbit/s
-        turn_max_bytes_per_sec: req u64 = 625_000;
+        turn_max_bytes_per_sec: req u64 = turn().bytes_per_sec_per_allocation.unwrap_or(u64::MAX);
             env "TANDEM_TURN_MAX_BYTES_PER_SEC", arg(value_name = "BYTES");
 
         /// TURN threads, each with its own socket on the UDP port (SO_REUSEPORT)

@@ -1334,6 +1334,13 @@ fn defaults_agree_with_the_cores() {
     );
     assert_eq!(c.turn_allow_loopback_peers, turn.allow_loopback_peers);
     assert_eq!(c.turn_open_relay, turn.open_relay);
+    assert_eq!(c.turn_max_allocations as usize, turn.max_allocations);
+    assert_eq!(
+        Some(c.turn_max_bytes_per_sec),
+        turn.bytes_per_sec_per_allocation
+    );
+    // 5 Mbit/s, as the flag's help says.
+    assert_eq!(c.turn_max_bytes_per_sec * 8, 5_000_000);
 }
 
 #[test]

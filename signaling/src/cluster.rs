@@ -255,6 +255,38 @@ pub enum MatchRequest {
     },
 }
 
+/// One journal entry: a partner message `sender` posted that its receiver has not
+/// acknowledged yet, kept in Redis by the chat's home (see [`crate::JournalOp`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    pub sender: SessionId,
+    /// The home's order of posting (messages of one millisecond keep their order).
+    pub seq: u64,
+    pub message: crate::wire::ChatMessage,
+}
+
+impl Kept {
+    /// The entry's bytes: [`VERSION`], then JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        // Serializing these types cannot fail (string keys only, no custom errors).
+        if serde_json::to_writer(&mut out, self).is_err() {
+            out.truncate(1);
+        }
+        out
+    }
+
+    /// Parses an entry read back from Redis; anything else is refused with `invalid_payload`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SignalError> {
+        match bytes.split_first() {
+            Some((&VERSION, body)) if bytes.len() <= MAX_MSG_BYTES => {
+                serde_json::from_slice(body).map_err(|_| SignalError::InvalidPayload)
+            }
+            _ => Err(SignalError::InvalidPayload),
+        }
+    }
+}
+
 /// A guest's chat as a session record keeps it: its home, the room, the partner and its name.
 pub type RecordChat = (NodeId, RoomId, Option<(SessionId, String)>);
 

@@ -18,12 +18,12 @@ use rand_core::{RngCore, SeedableRng};
 use serde_json::Value;
 
 use crate::call::{CallStates, Calls, MediaEvent};
-use crate::cluster::{AckResult, ClusterMsg, MatchAnswer, MatchRequest, NodeId, RecordHome};
+use crate::cluster::{AckResult, ClusterMsg, Kept, MatchAnswer, MatchRequest, NodeId, RecordHome};
 use crate::config::CoreConfig;
 use crate::files::FileInfo;
 use crate::ids::{CallId, ClientKey, ConnId, MessageId, RoomId, SessionId};
 use crate::matchmaker::{Entry, Matchmaker, Pair, MAX_BLOCKS_PER_GUEST};
-use crate::output::{CloseReason, Outbox, Output, Target};
+use crate::output::{CloseReason, JournalOp, Outbox, Output, Target};
 use crate::rooms::{announce_end, Rooms};
 use crate::sessions::{valid_username, GuestInfo, Sessions, State, Throttle};
 use crate::stats::{Broadcast, Counters};
@@ -117,6 +117,10 @@ struct Cluster {
     /// after a report, else cooling down) and until when, as the cluster's matchmaker was told:
     /// told again if Redis loses its data. At most [`MAX_ENDS`].
     ends: HashMap<(SessionId, SessionId), (bool, Instant)>,
+    /// Home side: the acknowledgements of local senders' messages (their ack and
+    /// `chat:message:sent`), held by journal ticket until the message's entry is written.
+    held: HashMap<u64, Vec<Output>>,
+    next_ticket: u64,
 }
 
 impl Cluster {
@@ -224,7 +228,7 @@ impl Core {
             epoch_unix_ms: unix_ms,
             sessions: Sessions::new(cfg.clone(), now),
             matchmaker: Matchmaker::new(cfg.repair_cooldown, MAX_BLOCKS_PER_GUEST),
-            rooms: Rooms::new(cfg.away_queue_max),
+            rooms: Rooms::new(cfg.away_queue_max, cfg.node.is_some()),
             calls,
             counters: Counters::default(),
             broadcast: Broadcast::new(cfg.stats_interval),
@@ -538,7 +542,9 @@ impl Core {
             .guest_of(conn)
             .ok_or(SignalError::Unauthorized)?;
         let Some(home) = self.home_of(id) else {
-            return self.local_event(conn, event, now).map(Some);
+            let mark = self.out.len();
+            let ack = self.local_event(conn, event, now)?;
+            return Ok(self.hold_for_journal(id, conn, req, mark, ack, now));
         };
         self.throttle(conn, id, event.kind(), now)?;
         let draft = match &event {
@@ -555,6 +561,83 @@ impl Core {
             name,
             payload,
         })
+    }
+
+    /// (Cluster only.) A message local guest `id` just posted here (its journal entry among the
+    /// outputs from `mark`): its acknowledgements (`ack` for request `req` of socket `conn`,
+    /// and `chat:message:sent`) wait for the entry to be written, so that a message is never
+    /// acknowledged and then lost with this node. Anything else is acked at once.
+    fn hold_for_journal(
+        &mut self,
+        id: SessionId,
+        conn: ConnId,
+        req: u64,
+        mark: usize,
+        ack: Ack,
+        now: Instant,
+    ) -> Option<Ack> {
+        let Some(c) = self.cluster.as_mut() else {
+            return Some(ack);
+        };
+        if !matches!(ack, Ack::Sent { .. }) || c.held.len() >= MAX_PENDING {
+            return Some(ack);
+        }
+        let mut outputs = self.out.take_from(mark);
+        let Some(ticket_slot) = outputs.iter_mut().find_map(|o| match o {
+            Output::Journal {
+                op: JournalOp::Keep(_),
+                ticket,
+                ..
+            } => Some(ticket),
+            _ => None,
+        }) else {
+            for o in outputs {
+                self.out.push(o);
+            }
+            return Some(ack);
+        };
+        c.next_ticket += 1;
+        let ticket = c.next_ticket;
+        *ticket_slot = Some(ticket);
+        let mut held = Vec::new();
+        for o in outputs {
+            match o {
+                Output::Emit {
+                    to: Target::Guest(to),
+                    event: event @ ServerEvent::Sent(_),
+                } if to == id => held.push(Output::Emit {
+                    to: Target::Guest(to),
+                    event,
+                }),
+                o => self.out.push(o),
+            }
+        }
+        let result = Ok(serde_json::to_value(ack).unwrap_or(Value::Null));
+        held.push(Output::Ack { conn, req, result });
+        c.held.insert(ticket, held);
+        self.timers
+            .schedule(now + self.cfg.bus_timeout, Timer::Journal(ticket));
+        None
+    }
+
+    /// (Cluster only.) The journal entry of [`Output::Journal`] `ticket` was written (or could
+    /// not be): the sender's acknowledgements held for it go out.
+    pub fn handle_journaled(&mut self, ticket: u64, now: Instant) {
+        let start = self.out.len();
+        self.sessions.tick(now);
+        self.release_held(ticket);
+        self.route(start);
+    }
+
+    fn release_held(&mut self, ticket: u64) {
+        let held = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.held.remove(&ticket))
+            .unwrap_or_default();
+        for o in held {
+            self.out.push(o);
+        }
     }
 
     /// Sends a request to the chat's home `home` (the message `make` builds with its bus
@@ -1192,8 +1275,16 @@ impl Core {
     /// (Cluster only.) The answer to [`MatchRequest::Claim`]: `winner` holds `room` now (this
     /// node: it opens the room again, the partner away until it attaches; another node: the
     /// local guests of the room attach there). `None`: the claim could not be made (Redis
-    /// lost): this node takes the room, as it serves alone.
-    pub fn handle_claim(&mut self, room: RoomId, winner: Option<NodeId>, now: Instant) {
+    /// lost): this node takes the room, as it serves alone. `kept`: the room's journal (read by
+    /// the winner): the partner messages the dead home had not delivered, handed out again
+    /// (with their ids) when this node wins.
+    pub fn handle_claim(
+        &mut self,
+        room: RoomId,
+        winner: Option<NodeId>,
+        mut kept: Vec<Kept>,
+        now: Instant,
+    ) {
         let start = self.out.len();
         self.sessions.tick(now);
         let Some(c) = self.cluster.as_mut() else {
@@ -1213,6 +1304,19 @@ impl Core {
         if winner == me {
             for g in locals {
                 self.take_over(g, room, now);
+            }
+            kept.sort_by_key(|k| (k.message.timestamp, k.seq));
+            let mut senders: Vec<SessionId> = kept.iter().map(|k| k.sender).collect();
+            senders.dedup();
+            senders.sort();
+            senders.dedup();
+            for sender in senders {
+                let messages = kept
+                    .iter()
+                    .filter(|k| k.sender == sender)
+                    .map(|k| k.message.clone())
+                    .collect();
+                self.restore(room, sender, messages);
             }
             for (from, sid, rconn) in waiters {
                 self.remote_attach(from, sid, rconn, now);
@@ -1250,7 +1354,12 @@ impl Core {
         let Some(receiver) = self.rooms.partner(room, sender) else {
             return;
         };
-        let messages = messages.into_iter().filter(|m| m.room_id == room);
+        let messages: Vec<ChatMessage> =
+            messages.into_iter().filter(|m| m.room_id == room).collect();
+        // Journaled here again: this node is their keeper now.
+        for m in &messages {
+            self.rooms.journal_keep(sender, m, &mut self.out);
+        }
         self.rooms.restore_unacked(room, receiver, messages);
         if !self.sessions.is_away(receiver) {
             self.rooms.hand_out(room, receiver, None, &mut self.out);
@@ -2127,6 +2236,7 @@ impl Core {
             return;
         };
         self.out.push(Output::RoomClosed(room));
+        self.rooms.journal_clear(room, &mut self.out);
         // A guest removed because its grace ran out has no socket to tell.
         let told = reason != EndReason::Disconnected || !self.sessions.is_away(actor);
         if self
@@ -2310,6 +2420,7 @@ impl Core {
                 self.out.push(Output::Match(req));
             }
             Timer::Request(req) => self.fail_request(req),
+            Timer::Journal(ticket) => self.release_held(ticket),
             Timer::BusRetry => {
                 let Some(c) = self.cluster.as_mut() else {
                     return;

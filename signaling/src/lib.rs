@@ -27,7 +27,7 @@ pub mod wire;
 
 pub use crate::config::CoreConfig;
 pub use crate::core::Core;
-pub use crate::output::{CloseReason, Output, Target};
+pub use crate::output::{CloseReason, JournalOp, Output, Target};
 pub use crate::rooms::RECENT_MESSAGES;
 pub use crate::sessions::{valid_username, GuestInfo};
 pub use crate::stats::Counters;

@@ -78,8 +78,19 @@ pub enum Output {
     /// (Cluster only.) A request for the cluster's matchmaker; its pairs come back through
     /// [`crate::Core::handle_match`].
     Match(MatchRequest),
+    /// (Cluster only.) A change to `room`'s journal in Redis, in order with the others. With a
+    /// `ticket`, the sender's acknowledgements of the message (its ack and
+    /// `chat:message:sent`) wait for the write: call [`crate::Core::handle_journaled`] with
+    /// the ticket once it is written, or failed (the message then lives in this node's memory
+    /// only, as on a single node). Unanswered, they go out after the bus timeout anyway.
+    Journal {
+        room: RoomId,
+        op: JournalOp,
+        ticket: Option<u64>,
+    },
     /// (Cluster only.) The ack of an event [`crate::Core::handle_client_event`] forwarded to
-    /// the chat's home: the ack's JSON, or the refusal.
+    /// the chat's home, or of a partner message held until its journal entry was written: the
+    /// ack's JSON, or the refusal.
     Ack {
         conn: ConnId,
         req: u64,
@@ -94,6 +105,19 @@ pub enum Output {
         payload: Value,
         ack: Option<(RoomId, MessageId)>,
     },
+}
+
+/// (Cluster only.) What the chat's home keeps in Redis of a room's partner messages until
+/// their receiver acknowledges them, so that the room's next home can hand them out if this
+/// one dies with both guests' sockets (see [`crate::Core::handle_claim`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalOp {
+    /// A partner message accepted (the entry is [`crate::cluster::Kept::encode`]d).
+    Keep(crate::cluster::Kept),
+    /// Its receiver acknowledged (or read) message `id`: its entry goes.
+    Drop(MessageId),
+    /// The chat ended: the room's entries go.
+    Clear,
 }
 
 /// The outputs not yet polled, in order.

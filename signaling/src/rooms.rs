@@ -5,8 +5,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::cluster::Kept;
 use crate::ids::{ConnId, MessageId, RoomId, SessionId};
-use crate::output::{Outbox, Output, Target};
+use crate::output::{JournalOp, Outbox, Output, Target};
 use crate::wire::{
     ChatMessage, Content, EndReason, Ended, MessageRef, MessageType, Partner, Presence,
     PresenceChange, RoomInfo, RoomRef, Sender, Sent, ServerEvent,
@@ -52,15 +53,54 @@ pub(crate) struct Rooms {
     /// The last typing generation handed out (one sequence for all rooms, so that a stale
     /// typing timer never matches a later indicator of the same guest).
     typing_gen: u64,
+    /// (Cluster only.) Every change to what is kept unacknowledged is journaled
+    /// ([`Output::Journal`]); the number of the last entry.
+    journal: Option<u64>,
 }
 
 impl Rooms {
-    pub(crate) fn new(away_queue_max: usize) -> Self {
+    pub(crate) fn new(away_queue_max: usize, journal: bool) -> Self {
         Self {
             rooms: HashMap::new(),
             away_queue_max,
             typing_gen: 0,
+            journal: journal.then_some(0),
         }
+    }
+
+    /// Journals `op` for `room` (cluster only).
+    fn journal(&self, room: RoomId, op: JournalOp, out: &mut Outbox) {
+        if self.journal.is_some() {
+            out.push(Output::Journal {
+                room,
+                op,
+                ticket: None,
+            });
+        }
+    }
+
+    /// Journals that `sender`'s `message` is kept for its receiver (cluster only).
+    pub(crate) fn journal_keep(
+        &mut self,
+        sender: SessionId,
+        message: &ChatMessage,
+        out: &mut Outbox,
+    ) {
+        let Some(seq) = self.journal.as_mut() else {
+            return;
+        };
+        *seq += 1;
+        let kept = Kept {
+            sender,
+            seq: *seq,
+            message: message.clone(),
+        };
+        self.journal(message.room_id, JournalOp::Keep(kept), out);
+    }
+
+    /// Journals that `room`'s chat ended (cluster only).
+    pub(crate) fn journal_clear(&self, room: RoomId, out: &mut Outbox) {
+        self.journal(room, JournalOp::Clear, out);
     }
 
     pub(crate) fn contains(&self, room: RoomId) -> bool {
@@ -220,6 +260,20 @@ impl Rooms {
         };
         out.emit(Target::Guest(from), ServerEvent::Sent(sent));
         let receiver = 1 - room.side(from);
+        if let Some(seq) = self.journal.as_mut() {
+            *seq += 1;
+            let kept = Kept {
+                sender: from,
+                seq: *seq,
+                message: message.clone(),
+            };
+            let op = JournalOp::Keep(kept);
+            out.push(Output::Journal {
+                room: message.room_id,
+                op,
+                ticket: None,
+            });
+        }
         if away {
             room.unacked[receiver].push_back(message);
         } else {
@@ -254,10 +308,19 @@ impl Rooms {
         let unacked = &mut r.unacked[r.side(reader)];
         let mut delivered = 0;
         if let Some(at) = unacked.iter().position(|m| m.id == msg) {
+            let journal = self.journal.is_some();
             for m in unacked.drain(..=at) {
                 delivered += 1;
                 let event = ServerEvent::Delivered(MessageRef { id: m.id });
                 out.emit(Target::Guest(partner), event);
+                if journal {
+                    let (room, op) = (room, JournalOp::Drop(m.id));
+                    out.push(Output::Journal {
+                        room,
+                        op,
+                        ticket: None,
+                    });
+                }
             }
         }
         let event = ServerEvent::Read(MessageRef { id: msg });
@@ -277,6 +340,7 @@ impl Rooms {
                 unacked.remove(i);
                 let event = ServerEvent::Delivered(MessageRef { id: msg });
                 out.emit(Target::Guest(r.guests[1 - side]), event);
+                self.journal(room, JournalOp::Drop(msg), out);
                 return true;
             }
         }
@@ -409,7 +473,7 @@ mod tests {
     }
 
     fn room(max: usize) -> Rooms {
-        let mut r = Rooms::new(max);
+        let mut r = Rooms::new(max, false);
         r.open(ROOM, [A, B], names(), &mut Outbox::default());
         r
     }
@@ -420,7 +484,7 @@ mod tests {
 
     #[test]
     fn opening_tells_each_who_the_other_is() {
-        let mut r = Rooms::new(10);
+        let mut r = Rooms::new(10, false);
         let mut out = Outbox::default();
         r.open(ROOM, [B, A], names(), &mut out);
         let found = |username: &str| {

@@ -29,6 +29,9 @@ pub(crate) enum Timer {
     Request(u64),
     /// Partner messages the bus refused: hand them out again.
     BusRetry,
+    /// The latest a sender's acknowledgements wait for their message's journal entry (its
+    /// ticket).
+    Journal(u64),
 }
 
 #[derive(Default)]

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tandem_signaling::cluster::{MatchAnswer, MatchRequest, RecordHome};
+use tandem_signaling::cluster::{Kept, MatchAnswer, MatchRequest, RecordHome};
 use tandem_signaling::*;
 
 // Only the shared config and clock are used here.
@@ -104,6 +104,12 @@ struct Sim {
     call_events: Vec<(usize, SessionId, String, Option<CallId>)>,
     /// The records written again after Redis lost its data (`MatchRequest::Restore`).
     restored: Vec<SessionId>,
+    /// The chats' journals in Redis (`Output::Journal`), by room and message id.
+    journal: HashMap<RoomId, HashMap<MessageId, Kept>>,
+    /// Journal writes are not answered until [`Sim::answer_journal`] (a slow Redis).
+    hold_journal: bool,
+    /// Journal tickets not answered yet, by node.
+    tickets: Vec<(usize, u64)>,
 }
 
 impl Sim {
@@ -146,13 +152,26 @@ impl Sim {
             call_ends: Vec::new(),
             call_events: Vec::new(),
             restored: Vec::new(),
+            journal: HashMap::new(),
+            hold_journal: false,
+            tickets: Vec::new(),
         }
+    }
+
+    /// The journal writes held so far are done: what they held goes out.
+    fn answer_journal(&mut self) {
+        let now = self.now;
+        for (node, ticket) in std::mem::take(&mut self.tickets) {
+            self.cores[node].handle_journaled(ticket, now);
+        }
+        self.pump();
     }
 
     /// Redis restarts empty: the records, the queue, the pair ends and the claims are gone,
     /// then every live node learns it and writes what it holds again.
     fn wipe_redis(&mut self) {
         self.mirror.clear();
+        self.journal.clear();
         self.call_records.clear();
         self.claims.clear();
         self.mm.queue.clear();
@@ -389,6 +408,29 @@ impl Sim {
             Output::RoomClosed(room) => self.closed.push((node, room)),
             Output::Media(cmd) => self.media.push((node, cmd)),
             Output::CallEnded(call) => self.call_ends.push((node, call)),
+            Output::Journal { room, op, ticket } => {
+                match op {
+                    JournalOp::Keep(kept) => {
+                        let id = kept.message.id;
+                        self.journal.entry(room).or_default().insert(id, kept);
+                    }
+                    JournalOp::Drop(id) => {
+                        if let Some(j) = self.journal.get_mut(&room) {
+                            j.remove(&id);
+                        }
+                    }
+                    JournalOp::Clear => {
+                        self.journal.remove(&room);
+                    }
+                }
+                if let Some(ticket) = ticket {
+                    if self.hold_journal {
+                        self.tickets.push((node, ticket));
+                    } else {
+                        self.cores[node].handle_journaled(ticket, now);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -473,7 +515,14 @@ impl Sim {
             MatchRequest::Claim { room } => {
                 let winner = *self.claims.entry(room).or_insert(self.ids[node]);
                 let now = self.now;
-                self.cores[node].handle_claim(room, Some(winner), now);
+                // The winner reads the room's journal.
+                let kept = if winner == self.ids[node] {
+                    let j = self.journal.get(&room);
+                    j.into_iter().flat_map(|j| j.values().cloned()).collect()
+                } else {
+                    Vec::new()
+                };
+                self.cores[node].handle_claim(room, Some(winner), kept, now);
             }
             // The sim keeps no shared session records: a session ends where it expires.
             MatchRequest::Expiring { sid } => {
@@ -825,6 +874,130 @@ fn what_the_survivor_sent_and_the_dead_home_had_not_delivered_is_not_lost() {
         .count();
     assert_eq!(delivered, 2);
     let _ = b;
+}
+
+#[test]
+fn both_guests_on_a_killed_home_lose_nothing_acknowledged() {
+    let mut sim = Sim::new(3);
+    // Ann and Bob are both on node 1, their chat's home.
+    let (a, b) = chat_script(&mut sim, 1, 1);
+    let (room, _) = sim.cores[1].chat_of(a.id).unwrap();
+    sim.journal.clear();
+    // Bob is away; Ann writes twice: acknowledged as sent, kept at the home and journaled.
+    sim.disconnect(b);
+    let m1 = sim
+        .ev(
+            a,
+            "chat:message",
+            json!({"clientId": "k1", "content": "one"}),
+        )
+        .unwrap();
+    let m2 = sim
+        .ev(
+            a,
+            "chat:message",
+            json!({"clientId": "k2", "content": "two"}),
+        )
+        .unwrap();
+    assert_eq!(sim.journal[&room].len(), 2);
+    // The home dies with both guests' sockets: no other node held anything of the chat.
+    sim.kill(1);
+    sim.seen.clear();
+    // Ann comes back through node 0, which takes the room over and reads its journal; Bob
+    // through node 2.
+    let a = sim.connect(a, 0);
+    let b = sim.connect(b, 2);
+    let got: Vec<(Value, Value)> = sim.seen[&b.id]
+        .iter()
+        .filter(|(n, _)| n == "chat:message")
+        .map(|(_, m)| (m["id"].clone(), m["content"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (m1["id"].clone(), json!("one")),
+            (m2["id"].clone(), json!("two"))
+        ]
+    );
+    // Bob's acks reach the new home: Ann gets both receipts, and the journal is empty again.
+    let delivered: Vec<Value> = sim.seen[&a.id]
+        .iter()
+        .filter(|(n, _)| n == "chat:message:delivered")
+        .map(|(_, m)| m["id"].clone())
+        .collect();
+    assert_eq!(delivered, [m1["id"].clone(), m2["id"].clone()]);
+    assert!(sim.journal.get(&room).is_none_or(HashMap::is_empty));
+    // The chat goes on at its new home, journaled there; its end clears the journal.
+    sim.disconnect(b);
+    sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "k3", "content": "three"}),
+    )
+    .unwrap();
+    assert_eq!(sim.journal[&room].len(), 1);
+    sim.ev(a, "chat:leave", json!({})).unwrap();
+    assert!(!sim.journal.contains_key(&room));
+}
+
+#[test]
+fn a_local_senders_message_is_acknowledged_once_its_journal_entry_is_written() {
+    let mut sim = Sim::new(2);
+    // Ann on node 0, Bob on node 1, the home.
+    let (a, b) = chat_script(&mut sim, 0, 1);
+    sim.hold_journal = true;
+    sim.seen.clear();
+    // Bob (local to the home) writes: Ann gets it at once, Bob's acknowledgements wait.
+    let r = sim.ev(
+        b,
+        "chat:message",
+        json!({"clientId": "k1", "content": "one"}),
+    );
+    let req = sim.next_req - 1;
+    assert_eq!(r, Err(SignalError::ServiceUnavailable), "no ack yet");
+    assert_eq!(sim.names(a.id), ["chat:message"]);
+    assert!(!sim.names(b.id).contains(&"chat:message:sent".to_owned()));
+    sim.answer_journal();
+    let ack = sim
+        .acks
+        .remove(&(b.node, b.conn, req))
+        .expect("acked now")
+        .unwrap();
+    let sent = sim.seen[&b.id]
+        .iter()
+        .find(|(n, _)| n == "chat:message:sent")
+        .expect("sent now");
+    assert_eq!(sent.1["id"], ack["id"]);
+    assert_eq!(sent.1["clientId"], "k1");
+    // Unanswered (Redis hangs), they go out after the bus timeout anyway.
+    sim.seen.clear();
+    let _ = sim.ev(
+        b,
+        "chat:message",
+        json!({"clientId": "k2", "content": "two"}),
+    );
+    let req = sim.next_req - 1;
+    assert!(!sim.acks.contains_key(&(b.node, b.conn, req)));
+    sim.advance(secs(3));
+    assert!(sim
+        .acks
+        .remove(&(b.node, b.conn, req))
+        .expect("acked")
+        .is_ok());
+    assert!(sim.names(b.id).contains(&"chat:message:sent".to_owned()));
+    // Ann's messages reach the home over the bus; her node keeps a copy until delivered, so
+    // the home acks them without waiting for the journal.
+    let r = sim.ev(
+        a,
+        "chat:message",
+        json!({"clientId": "k3", "content": "three"}),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    // Every message was acknowledged by its receiver: nothing is left in the journal.
+    sim.hold_journal = false;
+    sim.answer_journal();
+    let (room, _) = sim.cores[1].chat_of(a.id).unwrap();
+    assert!(sim.journal.get(&room).is_none_or(HashMap::is_empty));
 }
 
 #[test]

@@ -2871,6 +2871,7 @@ impl Model {
                 Output::Bus { .. }
                 | Output::Match(_)
                 | Output::Ack { .. }
+                | Output::Journal { .. }
                 | Output::Relay { .. } => {
                     prop_assert!(false, "a cluster output from a single node: {o:?}");
                 }

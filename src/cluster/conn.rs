@@ -52,6 +52,9 @@ pub enum Command {
     NodeAlive,
     /// A room claimed after its home died.
     RoomClaim,
+    /// A batch of changes to chats' journals (one pipeline), and a journal read at a takeover.
+    Journal,
+    JournalRead,
     /// Where a shared file is stored.
     FileSet,
     FileGet,
@@ -77,6 +80,8 @@ impl Command {
             Command::NodeEntry => "node_entry",
             Command::NodeAlive => "node_alive",
             Command::RoomClaim => "room_claim",
+            Command::Journal => "journal",
+            Command::JournalRead => "journal_read",
             Command::FileSet => "file_set",
             Command::FileGet => "file_get",
             Command::IpLimit => "ip_limit",
@@ -251,6 +256,16 @@ impl Redis {
         self.timed(
             command,
             async move { cmd.query_async::<T>(&mut conn).await },
+        )
+        .await
+    }
+
+    /// Several commands in one round trip (their answers ignored).
+    pub async fn pipeline(&self, command: Command, pipe: Pipeline) -> Result<(), Fault> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            command,
+            async move { pipe.query_async::<()>(&mut conn).await },
         )
         .await
     }

@@ -22,6 +22,8 @@ pub const REDIS_COMMANDS: &[&str] = &[
     "node_entry",
     "node_alive",
     "room_claim",
+    "journal",
+    "journal_read",
     "file_set",
     "file_get",
     "ip_limit",

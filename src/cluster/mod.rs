@@ -57,6 +57,15 @@ static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::n
     )
 });
 
+/// A chat's journal, kept by its home: `tandem:j:<room>`, a hash of message id → a partner
+/// message its receiver has not acknowledged yet ([`tandem_signaling::cluster::Kept`]), read
+/// by the node that takes the room over when the home died.
+pub const JOURNAL_PREFIX: &str = "tandem:j:";
+
+/// How long a journal outlives its last write (a chat whose home vanished with both guests and
+/// that nobody took over; longer than any grace period).
+const JOURNAL_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Where shared files are stored: `tandem:f:<file id>` → the HTTP address of the node that
 /// stores it.
 pub const FILE_PREFIX: &str = "tandem:f:";
@@ -394,6 +403,52 @@ impl Cluster {
             .await?;
         CoreNodeId::parse(&winner)
             .ok_or_else(|| Fault::response("unexpected answer from the claim script"))
+    }
+
+    /// Writes journal changes, in order, in one round trip (a pipeline).
+    pub async fn journal(
+        &self,
+        ops: impl IntoIterator<Item = (RoomId, &tandem_signaling::JournalOp)>,
+    ) -> Result<(), Fault> {
+        use tandem_signaling::JournalOp;
+        let mut pipe = redis::pipe();
+        let mut n = 0usize;
+        for (room, op) in ops {
+            let key = format!("{JOURNAL_PREFIX}{room}");
+            match op {
+                JournalOp::Keep(kept) => {
+                    pipe.hset(&key, kept.message.id.to_string(), kept.encode())
+                        .ignore();
+                    pipe.pexpire(&key, JOURNAL_TTL.as_millis() as i64).ignore();
+                }
+                JournalOp::Drop(id) => {
+                    pipe.hdel(&key, id.to_string()).ignore();
+                }
+                JournalOp::Clear => {
+                    pipe.del(&key).ignore();
+                }
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.inner.redis.pipeline(Command::Journal, pipe).await
+    }
+
+    /// `room`'s journal: what its dead home kept for the guests (entries that do not parse are
+    /// skipped).
+    pub async fn journal_read(
+        &self,
+        room: RoomId,
+    ) -> Result<Vec<tandem_signaling::cluster::Kept>, Fault> {
+        let mut cmd = redis::cmd("HVALS");
+        cmd.arg(format!("{JOURNAL_PREFIX}{room}"));
+        let values: Vec<Vec<u8>> = self.inner.redis.query(Command::JournalRead, cmd).await?;
+        Ok(values
+            .iter()
+            .filter_map(|v| tandem_signaling::cluster::Kept::decode(v).ok())
+            .collect())
     }
 
     /// Records that file `id` is stored on this node (for `ttl`), so that every node can fetch

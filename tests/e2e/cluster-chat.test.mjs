@@ -785,6 +785,46 @@ test('the home node killed while the partner was away: what the survivor sent an
   b.value.close();
 });
 
+test('the home node killed with both guests on it: what it acknowledged and had not delivered is read from its journal in Redis and delivered after the takeover', { timeout: 90_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 3, { args: ['--grace-period-secs', '30'] });
+  // A and B both on node 2, the home: no other node holds anything of their chat.
+  const { A, B, roomId } = await pairAcross(nodes[1], nodes[1]);
+  B.socket.close();
+  await expectEvent('A sees B away', A.socket, 'partner:presence', (p) => p.status === 'away');
+  const sent = [];
+  for (const content of ['one', 'two', 'three']) {
+    sent.push({ content, ...assertOk(await ackOf(A.socket, 'chat:message', { clientId: `k-${content}`, content }), `A: ${content}`) });
+  }
+  await expectEvent('A: chat:message:sent for the last one', A.socket, 'chat:message:sent', (x) => x.id === sent[2].id);
+  await stopNode(nodes[1], 'SIGKILL');
+  A.socket.close();
+  /** `guest` back in its chat through `node` (its first tries may reach the dead home). */
+  const back = (who, guest, node) => until(`${who} back in its chat through ${node.name}`, async () => {
+    const s = await connect(node.url, guest.token, { timeoutMs: WAIT });
+    try {
+      const est = await waitFor(s, 'connection:established', 3000);
+      if (est.state === 'in_chat' && est.room?.roomId === roomId) return s;
+    } catch {
+      // Not yet.
+    }
+    s.close();
+    return null;
+  }, 30_000, 500);
+  // A returns through node 1, which takes the room over and reads its journal; B through node 3.
+  const a = (await back('A', A.guest, nodes[0])).value;
+  const b = (await back('B', B.guest, nodes[2])).value;
+  for (const m of sent) {
+    const got = await expectEvent(`B gets "${m.content}" that the dead home had acknowledged`, b, 'chat:message', (x) => x.id === m.id);
+    assert.equal(got.content, m.content);
+    await expectEvent(`A (delivered "${m.content}")`, a, 'chat:message:delivered', (x) => x.id === m.id);
+  }
+  const got = b.__log.filter((e) => e.event === 'chat:message').map((e) => e.args[0].content);
+  assert.deepEqual(got, ['one', 'two', 'three'], 'in order, once each');
+  a.close();
+  b.close();
+});
+
 test('Redis restarted empty: every node writes its guests, chats, searches and files again; a guest moves to a node that never held it, a searching guest is paired, a file downloads elsewhere', { timeout: 120_000 }, async (t) => {
   const redis = await restartableRedis(t);
   const first = redis.first;
