@@ -4,7 +4,8 @@
 //
 // Two tandem nodes are scraped: "main" (media and TURN on) carries a short scripted load —
 // guests, a chat with receipts, refusals and rate limits, a file upload and download, a call
-// between two @roamhq/wrtc peers with media both ways, a TURN allocation relaying through
+// between two @roamhq/wrtc peers (libwebrtc) with media both ways and another between two
+// webrtc-rs peers (the `webrtc` crate, through tandem-media-load), a TURN allocation relaying through
 // coturn's turnutils_uclient, bad TURN credentials, unauthenticated STUN; "busy" runs on a
 // redis-server (`--redis-url`) with a 1 MiB memory budget, so it refuses with server_busy, and
 // tight limits (guest creations, TURN streams per address). Once Prometheus has scraped after the
@@ -338,6 +339,16 @@ test('every dashboard panel and alert expression evaluates in a real Prometheus 
   await waitFor(b, 'call:ended');
   pa.close();
   pb.close();
+  // ---- a call between two webrtc-rs peers (the `webrtc` crate): tandem-media-load pairs two
+  // guests of its own, calls, sends audio and video both ways for a few seconds and hangs up;
+  // it fails unless media flowed through tandem both ways ----
+  const mediaLoad = join(dirname(process.env.TANDEM_BIN), 'tandem-media-load');
+  assert.ok(existsSync(mediaLoad), `${mediaLoad} is missing: cargo build --workspace --all-targets builds it`);
+  const rs = await run(mediaLoad, [
+    '--url', main.url, '--pairs', '1', '--warmup', '1s', '--duration', '3s', '--video-kbps', '300', '--fps', '15',
+  ], 60_000);
+  assert.equal(rs.code, 0, `a call between webrtc-rs peers through tandem:\n${rs.out.slice(-3000)}`);
+  t.diagnostic(`webrtc-rs call: ${rs.out.split('\n').filter((l) => /pkt|loss|setup/i.test(l)).slice(0, 4).join(' | ')}`);
   // Refusals and a rate limit (late in the load: "Refusals by code" shows the codes refused
   // within the rate window).
   assertRefused(await emitAck(b, 'chat:message:read', { id: 'deadbeefdeadbeef' }), 'unknown_message');

@@ -59,3 +59,47 @@ test('/readyz: ready while serving (every media and TURN worker beating); 503 wi
   assert.doesNotMatch(server.output(), /worker thread ended|background task ended/);
   assert.match(server.output(), /bye/);
 });
+
+test('/readyz: 503 naming a media or TURN worker that stops beating (that thread alone stopped with ptrace), ready again once it runs on', { timeout: 60_000 }, async (t) => {
+  const { api } = await import('./harness.mjs');
+  const { spawn } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const stopThread = fileURLToPath(new URL('./stop-thread.py', import.meta.url));
+  const server = await serverFor(t, ['--rtc-udp-workers', '2', '--turn-udp-workers', '2']);
+  const readyz = () => api(server.url, '/readyz');
+  /** Polls /readyz until `ok(response)`, for at most `ms`. */
+  const until = async (what, ok, ms) => {
+    let last;
+    for (const end = Date.now() + ms; Date.now() < end;) {
+      last = await readyz();
+      if (ok(last)) return last;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.fail(`${what}: not within ${ms} ms; last /readyz ${last?.status} ${last?.text}`);
+  };
+  assert.equal((await readyz()).status, 200);
+  for (const worker of ['turn-1', 'media-0']) {
+    const helper = spawn('python3', [stopThread, String(server.proc.pid), worker], { stdio: ['pipe', 'pipe', 'pipe'] });
+    t.after(() => { if (helper.exitCode === null) process.kill(helper.pid, 'SIGKILL'); });
+    let out = '';
+    helper.stderr.on('data', (c) => (out += c));
+    await new Promise((resolve, reject) => {
+      helper.stdout.on('data', (c) => {
+        out += c;
+        if (out.includes('stopped')) resolve();
+      });
+      helper.once('exit', (code) => reject(new Error(`stop-thread.py ${worker} exited ${code}: ${out}`)));
+    });
+    const stopped = Date.now();
+    const r = await until(`/readyz 503 once ${worker} is stopped`, (x) => x.status === 503, 8000);
+    t.diagnostic(`${worker} stopped: /readyz 503 after ${Date.now() - stopped} ms: ${r.text}`);
+    assert.deepEqual(r.body, { status: 'not_ready', reasons: [`worker ${worker} is not beating`] });
+    // The other workers, the hub and HTTP kept serving meanwhile.
+    assert.equal((await api(server.url, '/healthz')).status, 200);
+    const exited = new Promise((resolve) => helper.once('exit', resolve));
+    process.kill(helper.pid, 'SIGTERM');
+    await exited;
+    assert.match(out, /released/, out);
+    await until(`/readyz 200 once ${worker} runs on`, (x) => x.status === 200, 5000);
+  }
+});
