@@ -341,9 +341,16 @@ async fn create_guest(
             Some(_) => return Err(SignalError::InvalidUsername.into()),
         }
     };
+    let client = client_key(peer.ip());
+    // In a cluster the cap on open sessions per address counts every node's (as published
+    // within the last second or so); Redis lost, this node's alone.
+    let elsewhere = match &app.cluster {
+        Some(cluster) => cluster.sessions_elsewhere(client).await.unwrap_or(0),
+        None => 0,
+    };
     let info = match app
         .hub
-        .create_guest(username, Some(client_key(peer.ip())))
+        .create_guest(username, Some(client), elsewhere)
         .await
     {
         Err(SignalError::TooManySessions) => {

@@ -74,6 +74,8 @@ pub enum Command {
         username: Option<String>,
         /// The client's address, for the per-address session cap.
         client: Option<ClientKey>,
+        /// In a cluster: the open sessions of that address on the other nodes.
+        elsewhere: usize,
         reply: oneshot::Sender<Result<GuestInfo, SignalError>>,
     },
     Refresh {
@@ -222,10 +224,12 @@ impl Hub {
         &self,
         username: Option<String>,
         client: Option<ClientKey>,
+        elsewhere: usize,
     ) -> Result<GuestInfo, SignalError> {
         self.ask(|reply| Command::CreateGuest {
             username,
             client,
+            elsewhere,
             reply,
         })
         .await?
@@ -348,6 +352,7 @@ pub fn spawn(
         peers: Peers::default(),
         losses: 0,
         restoring: None,
+        sessions: SessionCounts::default(),
     };
     (hub, tokio::spawn(task.run(rx, incoming, views)))
 }
@@ -388,6 +393,18 @@ struct HubTask {
     losses: u64,
     /// While the core writes its records again: its requests, sent as one job.
     restoring: Option<Vec<MatchRequest>>,
+    /// In a cluster: this node's open sessions per client address, as published in Redis.
+    sessions: SessionCounts,
+}
+
+/// What the hub publishes of the core's open sessions per client address (in a cluster, so
+/// that every node counts an address's sessions on all of them): the changes each second, all
+/// of them every [`crate::cluster::CONN_REFRESH`], one write at a time.
+#[derive(Default)]
+struct SessionCounts {
+    unpublished: HashMap<tandem_signaling::ClientKey, usize>,
+    writing: Option<tokio::task::JoinHandle<()>>,
+    next_all: Option<Instant>,
 }
 
 impl HubTask {
@@ -453,6 +470,7 @@ impl HubTask {
             self.drain();
             if now >= self.next_sizes {
                 self.next_sizes = now + SIZES_EVERY;
+                self.publish_sessions(now);
                 let sizes = self.core.sizes();
                 self.sizes.apply("signaling", &self.last_sizes, &sizes);
                 self.last_sizes = sizes;
@@ -479,12 +497,15 @@ impl HubTask {
             Command::CreateGuest {
                 username,
                 client,
+                elsewhere,
                 reply,
             } => {
-                let _ = reply.send(
-                    self.core
-                        .create_guest_from(username.as_deref(), client, now),
-                );
+                let _ = reply.send(self.core.create_guest_counted(
+                    username.as_deref(),
+                    client,
+                    elsewhere,
+                    now,
+                ));
             }
             Command::Refresh { session, reply } => {
                 let _ = reply.send(self.core.refresh(session, now));
@@ -713,6 +734,25 @@ impl HubTask {
             "writing this node's sessions, chats, searches and files into Redis again"
         );
         link.restore_files(files);
+    }
+
+    /// In a cluster: publishes the open sessions per client address that changed (all of
+    /// them now and then, to keep them from expiring), unless the last write is under way.
+    fn publish_sessions(&mut self, now: Instant) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let c = &mut self.sessions;
+        let all = c.next_all.is_none_or(|t| now >= t);
+        if all {
+            c.next_all = Some(now + crate::cluster::CONN_REFRESH);
+        }
+        c.unpublished.extend(self.core.client_sessions(all));
+        if c.unpublished.is_empty() || c.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        let counts: Vec<_> = c.unpublished.drain().collect();
+        c.writing = Some(link.publish_sessions(counts));
     }
 
     fn drain(&mut self) {

@@ -138,6 +138,20 @@ impl Link {
         self.jobs.try_send(job).map_err(|_| Busy)
     }
 
+    /// Publishes this node's open sessions per client address (see
+    /// [`Cluster::publish_sessions`]) in the background.
+    pub fn publish_sessions(
+        &self,
+        counts: Vec<(tandem_signaling::ClientKey, usize)>,
+    ) -> tokio::task::JoinHandle<()> {
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Err(f) = cluster.publish_sessions(&counts).await {
+                tracing::warn!(error = %f, addresses = counts.len(), "open sessions per address could not be published: other nodes count this node's as they were");
+            }
+        })
+    }
+
     /// Queues a journal change for the journal writer without waiting.
     pub fn journal(&self, job: JournalJob) -> Result<(), Busy> {
         self.journal.try_send(job).map_err(|_| Busy)

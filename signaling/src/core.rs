@@ -264,12 +264,25 @@ impl Core {
         client: Option<ClientKey>,
         now: Instant,
     ) -> Result<GuestInfo, SignalError> {
+        self.create_guest_counted(username, client, 0, now)
+    }
+
+    /// (Cluster.) [`Core::create_guest_from`] for a client address that holds `elsewhere` open
+    /// sessions on other nodes (as they published them, see [`Core::client_sessions`]): the cap
+    /// per address holds for the cluster.
+    pub fn create_guest_counted(
+        &mut self,
+        username: Option<&str>,
+        client: Option<ClientKey>,
+        elsewhere: usize,
+        now: Instant,
+    ) -> Result<GuestInfo, SignalError> {
         self.sessions.tick(now);
         let username = match username {
             Some(u) => valid_username(u).ok_or(SignalError::InvalidUsername)?,
             None => format!("Guest-{:04x}", self.rng.next_u32() & 0xffff),
         };
-        self.sessions.check_capacity(client)?;
+        self.sessions.check_capacity(client, elsewhere)?;
         let id = loop {
             let id = SessionId::from_raw(self.random_u128());
             if !self.sessions.contains(id) {
@@ -332,7 +345,7 @@ impl Core {
             return Ok(());
         };
         if !self.sessions.contains(id) {
-            self.sessions.check_capacity(None)?;
+            self.sessions.check_capacity(None, 0)?;
             let username = valid_username(username).unwrap_or_else(|| "Guest".to_owned());
             let (expires_at, connect_by) = self.sessions.insert(id, username, None, now);
             self.timers.schedule(expires_at, Timer::Expiry(id));
@@ -928,6 +941,14 @@ impl Core {
 
     /// How many entries each of the core's tables holds, for leak watching (a soak run checks
     /// that every one of them levels off).
+    /// (Cluster only.) Open sessions per client address that changed since the last call, with
+    /// their count now (0: none left), for the shell to publish so that other nodes count them
+    /// ([`Core::create_guest_counted`]); with `all`, every address that holds some (to refresh
+    /// what was published). Empty on a single node.
+    pub fn client_sessions(&mut self, all: bool) -> Vec<(ClientKey, usize)> {
+        self.sessions.take_changed(all)
+    }
+
     pub fn sizes(&self) -> [(&'static str, usize); 9] {
         [
             ("sessions", self.sessions.len()),

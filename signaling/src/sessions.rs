@@ -100,6 +100,8 @@ pub(crate) struct Sessions {
     sessions: HashMap<SessionId, Session>,
     /// Open sessions per client address (only keys with at least one).
     per_client: HashMap<ClientKey, usize>,
+    /// (Cluster only.) The addresses whose count changed since [`Sessions::take_changed`].
+    changed: Option<std::collections::HashSet<ClientKey>>,
     conns: HashMap<ConnId, SessionId>,
     /// The rate limiters' clock, moved by [`Sessions::tick`].
     clock: FakeRelativeClock,
@@ -114,6 +116,7 @@ impl Sessions {
     /// `now` is the origin of the rate limiters' clock.
     pub(crate) fn new(cfg: CoreConfig, now: Instant) -> Self {
         Self {
+            changed: cfg.node.map(|_| std::collections::HashSet::new()),
             cfg,
             sessions: HashMap::new(),
             per_client: HashMap::new(),
@@ -132,11 +135,17 @@ impl Sessions {
         }
     }
 
-    /// May one more session be created for `client`? Refused with `too_many_sessions` when
-    /// that address holds `max_sessions_per_ip`, then with `server_busy` at `max_sessions`.
-    pub(crate) fn check_capacity(&self, client: Option<ClientKey>) -> Result<(), SignalError> {
+    /// May one more session be created for `client`, which holds `elsewhere` open sessions on
+    /// other nodes? Refused with `too_many_sessions` when that address holds
+    /// `max_sessions_per_ip` in all, then with `server_busy` at `max_sessions`.
+    pub(crate) fn check_capacity(
+        &self,
+        client: Option<ClientKey>,
+        elsewhere: usize,
+    ) -> Result<(), SignalError> {
         if let Some(key) = client {
-            if self.per_client.get(&key).copied().unwrap_or(0) >= self.cfg.max_sessions_per_ip {
+            let here = self.per_client.get(&key).copied().unwrap_or(0);
+            if here.saturating_add(elsewhere) >= self.cfg.max_sessions_per_ip {
                 return Err(SignalError::TooManySessions);
             }
         }
@@ -180,6 +189,9 @@ impl Sessions {
         );
         if let Some(key) = client {
             *self.per_client.entry(key).or_insert(0) += 1;
+            if let Some(changed) = self.changed.as_mut() {
+                changed.insert(key);
+            }
         }
         (expires_at, connect_by)
     }
@@ -389,6 +401,9 @@ impl Sessions {
                     self.per_client.remove(&key);
                 }
             }
+            if let Some(changed) = self.changed.as_mut() {
+                changed.insert(key);
+            }
         }
         for conn in &s.conns {
             self.conns.remove(conn);
@@ -427,6 +442,23 @@ impl Sessions {
     }
 
     /// Client addresses with at least one open session.
+    /// (Cluster only.) Each client address whose open-session count changed since the last
+    /// call, with its count now (0: none left); with `all`, every address that holds some.
+    pub(crate) fn take_changed(&mut self, all: bool) -> Vec<(ClientKey, usize)> {
+        let Some(changed) = self.changed.as_mut() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<ClientKey> = changed.drain().collect();
+        if all {
+            keys.extend(self.per_client.keys().copied());
+            keys.sort_unstable_by_key(|k| k.0);
+            keys.dedup();
+        }
+        keys.into_iter()
+            .map(|k| (k, self.per_client.get(&k).copied().unwrap_or(0)))
+            .collect()
+    }
+
     pub(crate) fn clients_len(&self) -> usize {
         self.per_client.len()
     }
@@ -494,15 +526,15 @@ mod tests {
         let mut s = sessions(cfg, t0);
         let key = Some(ClientKey(9));
         for n in 1..=2 {
-            assert_eq!(s.check_capacity(key), Ok(()));
+            assert_eq!(s.check_capacity(key, 0), Ok(()));
             s.insert(SessionId::from_raw(n), "a".into(), key, t0);
         }
-        assert_eq!(s.check_capacity(key), Err(SignalError::TooManySessions));
+        assert_eq!(s.check_capacity(key, 0), Err(SignalError::TooManySessions));
         assert_eq!(s.clients_len(), 1);
         s.insert(SessionId::from_raw(3), "b".into(), None, t0);
-        assert_eq!(s.check_capacity(None), Err(SignalError::ServerBusy));
+        assert_eq!(s.check_capacity(None, 0), Err(SignalError::ServerBusy));
         assert_eq!(s.remove(S1), Some(vec![]));
-        assert_eq!(s.check_capacity(key), Ok(()));
+        assert_eq!(s.check_capacity(key, 0), Ok(()));
         s.remove(S2);
         assert_eq!(
             s.clients_len(),

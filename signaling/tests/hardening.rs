@@ -186,6 +186,40 @@ fn open_sessions_are_capped_per_address_at_exactly_the_limit() {
 }
 
 #[test]
+fn in_a_cluster_the_cap_counts_the_sessions_an_address_holds_on_other_nodes() {
+    let mut h = H::new(CoreConfig {
+        max_sessions_per_ip: 3,
+        node: Some(NodeId::from_raw(0x1000)),
+        ..loose()
+    });
+    let counted = |h: &mut H, key: u128, elsewhere: usize| {
+        h.core
+            .create_guest_counted(None, Some(ClientKey(key)), elsewhere, h.now)
+    };
+    // Two elsewhere: one more here, then the address is at the limit.
+    counted(&mut h, 1, 2).expect("third in the cluster");
+    assert_eq!(counted(&mut h, 1, 2), Err(SignalError::TooManySessions));
+    assert_eq!(counted(&mut h, 1, 3), Err(SignalError::TooManySessions));
+    assert!(counted(&mut h, 2, 0).is_ok(), "another address");
+    // What the shell publishes for the other nodes: the changed addresses with their counts.
+    let mut changed = h.core.client_sessions(false);
+    changed.sort_by_key(|(k, _)| k.0);
+    assert_eq!(changed, [(ClientKey(1), 1), (ClientKey(2), 1)]);
+    assert!(h.core.client_sessions(false).is_empty(), "reported once");
+    assert_eq!(h.core.client_sessions(true).len(), 2, "all, to refresh");
+    // A reaped session frees its place, and the change is reported (0: nothing left).
+    h.tick_to(61.0);
+    let mut changed = h.core.client_sessions(false);
+    changed.sort_by_key(|(k, _)| k.0);
+    assert_eq!(changed, [(ClientKey(1), 0), (ClientKey(2), 0)]);
+    assert!(counted(&mut h, 1, 2).is_ok());
+    // A single node reports nothing.
+    let mut single = H::new(loose());
+    single.from(1).unwrap();
+    assert!(single.core.client_sessions(true).is_empty());
+}
+
+#[test]
 fn reaped_and_expired_sessions_free_their_place() {
     let mut h = H::new(CoreConfig {
         max_sessions_per_ip: 2,

@@ -94,6 +94,13 @@ fn conn_key(ip: std::net::IpAddr, node: &str) -> String {
     format!("tandem:{{ip:{ip}}}:c:{node}")
 }
 
+/// A node's open-session count for a client address (the core's key, shown as an IPv6
+/// address: an IPv4 one mapped, an IPv6 /64 with its host part zero).
+fn sessions_key(client: tandem_signaling::ClientKey, node: &str) -> String {
+    let ip = std::net::Ipv6Addr::from(client.0);
+    format!("tandem:{{ip:{ip}}}:s:{node}")
+}
+
 /// `KEYS[1]` this node's count for an address, the others the other live nodes': counts one
 /// more unless their sum is `ARGV[1]` already (0), with the expiry `ARGV[2]` (1).
 static CONN_OPEN_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -541,6 +548,53 @@ impl Cluster {
             .invoke::<i64>(Command::IpLimit, &invocation)
             .await
             .map(|_| ())
+    }
+
+    /// The open sessions client address `client` holds on the other live nodes, as they
+    /// published them ([`Cluster::publish_sessions`]; all in one slot, one `MGET`).
+    pub async fn sessions_elsewhere(
+        &self,
+        client: tandem_signaling::ClientKey,
+    ) -> Result<usize, Fault> {
+        let me = self.inner.id.clone();
+        let keys: Vec<String> = self
+            .inner
+            .view
+            .borrow()
+            .iter()
+            .filter(|n| n.id != me)
+            .map(|n| sessions_key(client, &n.id))
+            .collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&keys);
+        let counts: Vec<Option<u64>> = self.inner.redis.query(Command::IpLimit, cmd).await?;
+        Ok(counts.into_iter().flatten().sum::<u64>() as usize)
+    }
+
+    /// Publishes this node's open-session counts for these client addresses (0: the key
+    /// goes), each expiring unless published again within [`CONN_TTL`], so a dead node's counts
+    /// go; one pipeline.
+    pub async fn publish_sessions(
+        &self,
+        counts: &[(tandem_signaling::ClientKey, usize)],
+    ) -> Result<(), Fault> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &(client, n) in counts {
+            let key = sessions_key(client, &self.inner.id);
+            if n == 0 {
+                pipe.del(key).ignore();
+            } else {
+                pipe.pset_ex(key, n as u64, CONN_TTL.as_millis() as u64)
+                    .ignore();
+            }
+        }
+        self.inner.redis.pipeline(Command::IpLimit, pipe).await
     }
 
     /// Keeps this node's per-address counts alive (call every [`CONN_REFRESH`]).

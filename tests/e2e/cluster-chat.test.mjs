@@ -725,6 +725,36 @@ test('guest creations per address are limited across the cluster, not per node',
   assert.deepEqual(statuses, [201, 201, 201, 429]);
 });
 
+test('open sessions per address are limited across the cluster, not per node; reaped ones free their place', { timeout: 40_000 }, async (t) => {
+  const redis = await redisFor(t);
+  const { nodes } = await clusterFor(t, redis, 2, {
+    args: ['--max-sessions-per-ip', '3', '--guest-creations-per-min', '100', '--guest-connect-timeout-secs', '4'],
+  });
+  await until('both nodes in each view', async () => {
+    for (const n of nodes) {
+      if ((await api(n.url, '/metrics')).text.match(/^tandem_cluster_nodes (\d+)/m)?.[1] !== '2') return null;
+    }
+    return true;
+  });
+  const create = (node) => api(node.url, '/api/guest', { method: 'POST', body: {} });
+  // Two on node 1, one on node 2: three open sessions of one address in the cluster.
+  for (const node of [nodes[0], nodes[0], nodes[1]]) assert.equal((await create(node)).status, 201);
+  // A node publishes its counts about once a second.
+  await sleep(1500);
+  // Each node alone would allow three: a fourth is refused wherever it lands.
+  for (const node of nodes) {
+    const r = await create(node);
+    assert.equal(r.status, 429, `${node.name}: ${r.text}`);
+    assert.equal(r.body?.error?.code, 'too_many_sessions', r.text);
+  }
+  // None of them connected a socket: reaped after 4 s, their places are free on both nodes.
+  const freed = await until('the reaped sessions freed their places', async () => {
+    const r = await create(nodes[1]);
+    return r.status === 201 ? r : null;
+  }, 15_000, 500);
+  assert.equal(freed.value.status, 201);
+});
+
 test('open connections per address are limited across the cluster, and a closed one frees its place', { timeout: 30_000 }, async (t) => {
   const redis = await redisFor(t);
   const { nodes } = await clusterFor(t, redis, 2, { args: ['--max-connections-per-ip', '3'] });
