@@ -212,71 +212,157 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The journal writer: writes the chats' journal changes in order, each batch that queued up
-/// meanwhile in one pipeline, then tells the hub which held acknowledgements may go out
-/// (written or not: a failed write leaves the message in this node's memory only).
+/// The journal writer: writes each batch of journal entries that queued up meanwhile in one
+/// pipeline, then tells the hub which held acknowledgements may go out (written or not: a failed
+/// write leaves the message in this node's memory only). Removals (a message acknowledged, a
+/// chat ended) hold no acknowledgement: they are gathered and written within
+/// [`JOURNAL_LAZY`], so that most cost no round trip of their own (see [`JournalPlan`]).
 pub async fn journal_writer(mut rx: mpsc::Receiver<JournalJob>, cluster: Cluster, hub: Hub) {
     let mut batch = Vec::with_capacity(JOURNAL_BATCH);
-    while rx.recv_many(&mut batch, JOURNAL_BATCH).await > 0 {
-        let keep = coalesce(&batch);
-        let written = cluster
-            .journal(
-                batch
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(j, _)| (j.room, &j.op)),
-            )
-            .await;
-        if let Err(f) = written {
-            tracing::warn!(error = %f, changes = batch.len(), "chat journal changes could not be written: those messages live in this node's memory only");
-        }
+    let mut plan = JournalPlan::default();
+    loop {
+        let due = plan.due_at();
+        let open = tokio::select! {
+            n = rx.recv_many(&mut batch, JOURNAL_BATCH) => n > 0,
+            () = sleep_until_opt(due) => true,
+        };
+        let now = std::time::Instant::now();
         let tickets: Vec<u64> = batch.iter().filter_map(|j| j.ticket).collect();
-        batch.clear();
+        let mut writes = plan.take(std::mem::take(&mut batch), now);
+        if !open || plan.due_at().is_some_and(|t| t <= now) || plan.pending_len() >= JOURNAL_BATCH {
+            writes.extend(plan.flush());
+        }
+        if !writes.is_empty() {
+            let written = cluster
+                .journal(writes.iter().map(|(room, op, ttl)| (*room, op, *ttl)))
+                .await;
+            if let Err(f) = written {
+                tracing::warn!(error = %f, changes = writes.len(), "chat journal changes could not be written: those messages live in this node's memory only");
+            }
+        }
         if !tickets.is_empty() {
             hub.send(Command::Journaled(tickets)).await;
+        }
+        if !open {
+            return;
         }
     }
 }
 
-/// Which changes of `batch` must be written: an entry whose message was acknowledged later in
-/// the same batch (or whose chat ended in it) is never written, nor is its removal.
-fn coalesce(batch: &[JournalJob]) -> Vec<bool> {
-    use std::collections::HashSet;
-    use tandem_signaling::JournalOp;
-    let mut keep = vec![true; batch.len()];
-    // Walking back: what a later change of the batch makes moot.
-    let mut dropped = HashSet::new();
-    let mut cleared = HashSet::new();
-    for (i, job) in batch.iter().enumerate().rev() {
-        match &job.op {
-            JournalOp::Clear => {
-                if !cleared.insert(job.room) {
-                    keep[i] = false;
-                }
-            }
-            JournalOp::Drop(id) => {
-                if cleared.contains(&job.room) {
-                    keep[i] = false;
-                } else {
-                    dropped.insert((job.room, *id));
-                }
-            }
-            JournalOp::Keep(k) => {
-                if cleared.contains(&job.room) || dropped.remove(&(job.room, k.message.id)) {
-                    keep[i] = false;
-                    // Its removal is moot too.
-                    if let Some(j) = batch[i + 1..].iter().position(|l| {
-                        l.room == job.room
-                            && matches!(&l.op, JournalOp::Drop(id) if *id == k.message.id)
-                    }) {
-                        keep[i + 1 + j] = false;
+async fn sleep_until_opt(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Removals are written at the latest this long after they were asked for.
+const JOURNAL_LAZY: Duration = Duration::from_millis(100);
+
+/// A journal key's expiry is set again when it was last set longer ago than this (it is 24 h).
+const JOURNAL_TTL_EVERY: Duration = Duration::from_secs(3600);
+
+/// Rooms whose journal expiry the writer remembers setting, at most (past it, it forgets them
+/// all and sets each again at its next entry).
+const JOURNAL_TTL_ROOMS: usize = 65_536;
+
+/// What the journal writer writes when: entries at once (an acknowledgement waits for each),
+/// removals within [`JOURNAL_LAZY`] (none waits for them), and nothing at all of an entry
+/// removed before it was written. A removal still pending when the node dies is not made: the
+/// room's next home then hands that message out once more, with its id (at least once).
+#[derive(Default)]
+struct JournalPlan {
+    /// Removals not written yet, in order.
+    pending: Vec<(tandem_signaling::RoomId, tandem_signaling::JournalOp)>,
+    /// When the oldest of them was asked for.
+    since: Option<std::time::Instant>,
+    /// When each room's journal expiry was last set.
+    ttl_set: std::collections::HashMap<tandem_signaling::RoomId, std::time::Instant>,
+}
+
+/// A journal change to write: the room, the change, and whether to set the key's expiry.
+type JournalWrite = (tandem_signaling::RoomId, tandem_signaling::JournalOp, bool);
+
+impl JournalPlan {
+    /// Takes a batch: the entries to write now; its removals join the pending ones, except
+    /// those of entries in the same batch, which are never written at all.
+    fn take(&mut self, batch: Vec<JournalJob>, now: std::time::Instant) -> Vec<JournalWrite> {
+        use std::collections::HashSet;
+        use tandem_signaling::JournalOp;
+        let removed: HashSet<_> = batch
+            .iter()
+            .filter_map(|j| match &j.op {
+                JournalOp::Drop(id) => Some((j.room, Some(*id))),
+                JournalOp::Clear => Some((j.room, None)),
+                JournalOp::Keep(_) => None,
+            })
+            .collect();
+        let mut unwritten = HashSet::new();
+        let mut writes = Vec::new();
+        for job in batch {
+            match job.op {
+                JournalOp::Keep(k) => {
+                    let id = k.message.id;
+                    if removed.contains(&(job.room, Some(id)))
+                        || removed.contains(&(job.room, None))
+                    {
+                        unwritten.insert((job.room, id));
+                        continue;
                     }
+                    if self.ttl_set.len() >= JOURNAL_TTL_ROOMS {
+                        self.ttl_set.clear();
+                    }
+                    let set = self
+                        .ttl_set
+                        .get(&job.room)
+                        .is_none_or(|t| now.duration_since(*t) >= JOURNAL_TTL_EVERY);
+                    if set {
+                        self.ttl_set.insert(job.room, now);
+                    }
+                    writes.push((job.room, JournalOp::Keep(k), set));
+                }
+                JournalOp::Drop(id) => {
+                    if !unwritten.remove(&(job.room, id)) {
+                        self.defer(job.room, JournalOp::Drop(id), now);
+                    }
+                }
+                JournalOp::Clear => {
+                    self.ttl_set.remove(&job.room);
+                    self.pending.retain(|(room, _)| *room != job.room);
+                    self.defer(job.room, JournalOp::Clear, now);
                 }
             }
         }
+        writes
     }
-    keep
+
+    fn defer(
+        &mut self,
+        room: tandem_signaling::RoomId,
+        op: tandem_signaling::JournalOp,
+        now: std::time::Instant,
+    ) {
+        self.since.get_or_insert(now);
+        self.pending.push((room, op));
+    }
+
+    /// When the pending removals must be written.
+    fn due_at(&self) -> Option<std::time::Instant> {
+        self.since.map(|t| t + JOURNAL_LAZY)
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The pending removals, to write now.
+    fn flush(&mut self) -> Vec<JournalWrite> {
+        self.since = None;
+        self.pending
+            .drain(..)
+            .map(|(room, op)| (room, op, false))
+            .collect()
+    }
 }
 
 /// The Redis worker: runs the hub's jobs one after another until the hub is gone.
@@ -600,23 +686,53 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_skips_entries_acknowledged_or_cleared_within_it() {
+    fn entries_are_written_at_once_removals_later_and_neither_when_both_meet_in_a_batch() {
+        use std::time::Instant;
         let drop = |room, id| op(room, JournalOp::Drop(MessageId::from_raw(id)));
-        let batch = [
-            drop(1, 9),              // 0: an entry of an earlier batch: written
-            keep(1, 10),             // 1: acknowledged below: skipped
-            keep(1, 11),             // 2: still unacknowledged: written
-            drop(1, 10),             // 3: skipped with its entry
-            keep(2, 20),             // 4: its chat ends below: skipped
-            drop(2, 19),             // 5: skipped, the chat ends
-            op(2, JournalOp::Clear), // 6: moot, the same clear follows
-            op(2, JournalOp::Clear), // 7: written
-            keep(3, 30),             // 8: written
-        ];
-        let keep = coalesce(&batch);
-        assert_eq!(
-            keep,
-            [true, false, true, false, false, false, false, true, true]
+        let t0 = Instant::now();
+        let mut plan = JournalPlan::default();
+        let shape = |w: &[JournalWrite]| -> Vec<(u128, &'static str, bool)> {
+            w.iter()
+                .map(|(room, op, ttl)| {
+                    let kind = match op {
+                        JournalOp::Keep(_) => "keep",
+                        JournalOp::Drop(_) => "drop",
+                        JournalOp::Clear => "clear",
+                    };
+                    (room.into_raw(), kind, *ttl)
+                })
+                .collect()
+        };
+        let writes = plan.take(
+            vec![
+                drop(1, 9),  // an entry of an earlier batch: removed later
+                keep(1, 10), // acknowledged in this batch: never written
+                keep(1, 11), // written now, with the key's expiry (first of its room)
+                drop(1, 10), // never written either
+                keep(2, 20), // its chat ends in this batch: never written
+                keep(3, 30), // written now, with the expiry
+                keep(3, 31), // written now, the expiry already set
+                op(2, JournalOp::Clear),
+            ],
+            t0,
         );
+        assert_eq!(
+            shape(&writes),
+            [(1, "keep", true), (3, "keep", true), (3, "keep", false)]
+        );
+        assert_eq!(plan.due_at(), Some(t0 + JOURNAL_LAZY));
+        // A later batch: a removal of room 3's entry, and room 1's chat ends (its pending
+        // removal is moot).
+        let writes = plan.take(vec![drop(3, 30), op(1, JournalOp::Clear)], t0);
+        assert!(writes.is_empty());
+        assert_eq!(
+            shape(&plan.flush()),
+            [(2, "clear", false), (3, "drop", false), (1, "clear", false)]
+        );
+        assert_eq!(plan.due_at(), None);
+        // Room 3's expiry is set again an hour later; room 1's at its next entry.
+        let later = t0 + JOURNAL_TTL_EVERY;
+        let writes = plan.take(vec![keep(3, 32), keep(1, 12)], later);
+        assert_eq!(shape(&writes), [(3, "keep", true), (1, "keep", true)]);
     }
 }

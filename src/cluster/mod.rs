@@ -412,21 +412,24 @@ impl Cluster {
             .ok_or_else(|| Fault::response("unexpected answer from the claim script"))
     }
 
-    /// Writes journal changes, in order, in one round trip (a pipeline).
+    /// Writes journal changes, in order, in one round trip (a pipeline); with the flag, an
+    /// entry also sets its key's expiry.
     pub async fn journal(
         &self,
-        ops: impl IntoIterator<Item = (RoomId, &tandem_signaling::JournalOp)>,
+        ops: impl IntoIterator<Item = (RoomId, &tandem_signaling::JournalOp, bool)>,
     ) -> Result<(), Fault> {
         use tandem_signaling::JournalOp;
         let mut pipe = redis::pipe();
         let mut n = 0usize;
-        for (room, op) in ops {
+        for (room, op, set_ttl) in ops {
             let key = format!("{JOURNAL_PREFIX}{room}");
             match op {
                 JournalOp::Keep(kept) => {
                     pipe.hset(&key, kept.message.id.to_string(), kept.encode())
                         .ignore();
-                    pipe.pexpire(&key, JOURNAL_TTL.as_millis() as i64).ignore();
+                    if set_ttl {
+                        pipe.pexpire(&key, JOURNAL_TTL.as_millis() as i64).ignore();
+                    }
                 }
                 JournalOp::Drop(id) => {
                     pipe.hdel(&key, id.to_string()).ignore();
