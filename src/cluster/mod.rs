@@ -425,11 +425,15 @@ impl Cluster {
             let key = format!("{JOURNAL_PREFIX}{room}");
             match op {
                 JournalOp::Keep(kept) => {
-                    pipe.hset(&key, kept.message.id.to_string(), kept.encode())
-                        .ignore();
                     if set_ttl {
+                        // A field no removal takes, so that the key (and its expiry) lives
+                        // until the chat ends even while every message is acknowledged; a
+                        // reader skips it (it is no entry).
+                        pipe.hset(&key, "_", 1).ignore();
                         pipe.pexpire(&key, JOURNAL_TTL.as_millis() as i64).ignore();
                     }
+                    pipe.hset(&key, kept.message.id.to_string(), kept.encode())
+                        .ignore();
                 }
                 JournalOp::Drop(id) => {
                     pipe.hdel(&key, id.to_string()).ignore();
@@ -446,8 +450,8 @@ impl Cluster {
         self.inner.redis.pipeline(Command::Journal, pipe).await
     }
 
-    /// `room`'s journal: what its dead home kept for the guests (entries that do not parse are
-    /// skipped).
+    /// `room`'s journal: what its dead home kept for the guests (entries that do not parse,
+    /// like the `_` field that keeps the key, are skipped).
     pub async fn journal_read(
         &self,
         room: RoomId,

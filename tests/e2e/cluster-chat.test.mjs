@@ -827,6 +827,11 @@ test('the home node killed with both guests on it: what it acknowledged and had 
     sent.push({ content, ...assertOk(await ackOf(A.socket, 'chat:message', { clientId: `k-${content}`, content }), `A: ${content}`) });
   }
   await expectEvent('A: chat:message:sent for the last one', A.socket, 'chat:message:sent', (x) => x.id === sent[2].id);
+  // The chat's journal in Redis: the three entries (and the field that keeps the key), expiring.
+  const key = `tandem:j:${roomId}`;
+  assert.equal(await redis.command('HLEN', key), 4, 'three entries and "_"');
+  const ttl = await redis.command('PTTL', key);
+  assert.ok(ttl > 23 * 3600_000, `the journal expires in a day: PTTL ${ttl}`);
   await stopNode(nodes[1], 'SIGKILL');
   A.socket.close();
   /** `guest` back in its chat through `node` (its first tries may reach the dead home). */
@@ -851,6 +856,11 @@ test('the home node killed with both guests on it: what it acknowledged and had 
   }
   const got = b.__log.filter((e) => e.event === 'chat:message').map((e) => e.args[0].content);
   assert.deepEqual(got, ['one', 'two', 'three'], 'in order, once each');
+  // Delivered: the new home removes the entries (within 100 ms), the key itself stays.
+  await until('the delivered entries removed from the journal', async () => ((await redis.command('HLEN', key)) === 1 ? true : null), 5000, 100);
+  // The chat ends: its journal goes.
+  assertOk(await ackOf(b, 'chat:leave', {}), 'B leaves');
+  await until('the journal gone with the chat', async () => ((await redis.command('EXISTS', key)) === 0 ? true : null), 5000, 100);
   a.close();
   b.close();
 });
