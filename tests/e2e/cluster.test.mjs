@@ -172,11 +172,23 @@ test('three nodes on one Redis: each counts all three; the registry holds their 
   }
   // Besides the registry and its data epoch (one short string, kept: its change tells the nodes
   // that Redis lost its data), only the guest's shared session record, which expires with its
-  // token, and its address's count of guest creations (a one-minute window).
-  const keys = await redis.command('KEYS', 'tandem:*');
+  // token, its address's count of guest creations (a one-minute window) and its address's open
+  // sessions on the node that made it (published within about a second, expiring unless
+  // published again).
+  const sessionsOf = 'tandem:{ip:::ffff:127.0.0.1}:s:';
+  let keys = [];
+  for (let i = 0; i < 50 && !keys.some((k) => k.startsWith(sessionsOf)); i++) {
+    if (i > 0) await new Promise((res) => setTimeout(res, 100));
+    keys = await redis.command('KEYS', 'tandem:*');
+  }
+  const sessions = keys.filter((k) => k.startsWith(sessionsOf));
+  assert.equal(sessions.length, 1, keys.join(', '));
+  assert.equal(String(await redis.command('GET', sessions[0])), '1');
+  const sessionsTtl = await redis.command('PTTL', sessions[0]);
+  assert.ok(sessionsTtl > 0 && sessionsTtl <= 120_000, `${sessions[0]} PTTL ${sessionsTtl}`);
   const record = `tandem:s:${guest.guest.sessionId}`;
   const creations = 'tandem:ip:127.0.0.1:guests';
-  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, EPOCH_KEY, record, creations].sort());
+  assert.deepEqual(keys.sort(), [INFO_KEY, NODES_KEY, EPOCH_KEY, record, creations, sessions[0]].sort());
   assert.equal(await redis.command('PTTL', EPOCH_KEY), -1, 'the epoch never expires');
   const ttl = await redis.command('PTTL', record);
   assert.ok(ttl > 0 && ttl <= 2 * 3600_000, `${record} PTTL ${ttl}`);
