@@ -131,23 +131,13 @@ pub enum ClusterMsg {
 impl ClusterMsg {
     /// The bytes for the bus: [`VERSION`], then the message as JSON.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
-        // Serializing these types cannot fail (string keys only, no custom errors).
-        if serde_json::to_writer(&mut out, self).is_err() {
-            out.truncate(1);
-        }
-        out
+        encode_versioned(self)
     }
 
     /// Parses bytes from the bus; anything malformed, too large or of another version is
     /// refused with `invalid_payload`. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, SignalError> {
-        match bytes.split_first() {
-            Some((&VERSION, body)) if bytes.len() <= MAX_MSG_BYTES => {
-                serde_json::from_slice(body).map_err(|_| SignalError::InvalidPayload)
-            }
-            _ => Err(SignalError::InvalidPayload),
-        }
+        decode_versioned(bytes)
     }
 
     /// The session this message is about, if one.
@@ -268,22 +258,33 @@ pub struct Kept {
 impl Kept {
     /// The entry's bytes: [`VERSION`], then JSON.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
-        // Serializing these types cannot fail (string keys only, no custom errors).
-        if serde_json::to_writer(&mut out, self).is_err() {
-            out.truncate(1);
-        }
-        out
+        encode_versioned(self)
     }
 
     /// Parses an entry read back from Redis; anything else is refused with `invalid_payload`.
     pub fn decode(bytes: &[u8]) -> Result<Self, SignalError> {
-        match bytes.split_first() {
-            Some((&VERSION, body)) if bytes.len() <= MAX_MSG_BYTES => {
-                serde_json::from_slice(body).map_err(|_| SignalError::InvalidPayload)
-            }
-            _ => Err(SignalError::InvalidPayload),
+        decode_versioned(bytes)
+    }
+}
+
+/// [`VERSION`], then `value` as JSON.
+fn encode_versioned(value: &impl Serialize) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    // Serializing these types cannot fail (string keys only, no custom errors).
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.truncate(1);
+    }
+    out
+}
+
+/// What [`encode_versioned`] made; anything malformed, too large or of another version is
+/// refused with `invalid_payload`. Never panics.
+fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SignalError> {
+    match bytes.split_first() {
+        Some((&VERSION, body)) if bytes.len() <= MAX_MSG_BYTES => {
+            serde_json::from_slice(body).map_err(|_| SignalError::InvalidPayload)
         }
+        _ => Err(SignalError::InvalidPayload),
     }
 }
 

@@ -939,8 +939,6 @@ impl Core {
         self.epoch_unix_ms + t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// How many entries each of the core's tables holds, for leak watching (a soak run checks
-    /// that every one of them levels off).
     /// (Cluster only.) Open sessions per client address that changed since the last call, with
     /// their count now (0: none left), for the shell to publish so that other nodes count them
     /// ([`Core::create_guest_counted`]); with `all`, every address that holds some (to refresh
@@ -949,6 +947,8 @@ impl Core {
         self.sessions.take_changed(all)
     }
 
+    /// How many entries each of the core's tables holds, for leak watching (a soak run checks
+    /// that every one of them levels off).
     pub fn sizes(&self) -> [(&'static str, usize); 9] {
         [
             ("sessions", self.sessions.len()),
@@ -1328,7 +1328,6 @@ impl Core {
             }
             kept.sort_by_key(|k| (k.message.timestamp, k.seq));
             let mut senders: Vec<SessionId> = kept.iter().map(|k| k.sender).collect();
-            senders.dedup();
             senders.sort();
             senders.dedup();
             for sender in senders {

@@ -158,8 +158,16 @@ impl Rooms {
         let max = self.away_queue_max;
         if let Some(r) = self.rooms.get_mut(&room) {
             let side = r.side(receiver);
+            let from = r.guests[1 - side];
             for m in messages {
                 if r.unacked[side].len() < max && !r.unacked[side].iter().any(|k| k.id == m.id) {
+                    // Remembered for receipts too: the receiver may read it here.
+                    if !r.recent.iter().any(|k| k.id == m.id) {
+                        if r.recent.len() == RECENT_MESSAGES {
+                            r.recent.pop_front();
+                        }
+                        r.recent.push_back(Recent { id: m.id, from });
+                    }
                     r.unacked[side].push_back(m);
                 }
             }
@@ -245,6 +253,10 @@ impl Rooms {
         away: bool,
         out: &mut Outbox,
     ) {
+        if !self.rooms.contains_key(&message.room_id) {
+            return;
+        }
+        self.journal_keep(from, &message, out);
         let Some(room) = self.rooms.get_mut(&message.room_id) else {
             return;
         };
@@ -260,20 +272,6 @@ impl Rooms {
         };
         out.emit(Target::Guest(from), ServerEvent::Sent(sent));
         let receiver = 1 - room.side(from);
-        if let Some(seq) = self.journal.as_mut() {
-            *seq += 1;
-            let kept = Kept {
-                sender: from,
-                seq: *seq,
-                message: message.clone(),
-            };
-            let op = JournalOp::Keep(kept);
-            out.push(Output::Journal {
-                room: message.room_id,
-                op,
-                ticket: None,
-            });
-        }
         if away {
             room.unacked[receiver].push_back(message);
         } else {
@@ -307,24 +305,20 @@ impl Rooms {
         }
         let unacked = &mut r.unacked[r.side(reader)];
         let mut delivered = 0;
+        let mut acked = Vec::new();
         if let Some(at) = unacked.iter().position(|m| m.id == msg) {
-            let journal = self.journal.is_some();
             for m in unacked.drain(..=at) {
                 delivered += 1;
                 let event = ServerEvent::Delivered(MessageRef { id: m.id });
                 out.emit(Target::Guest(partner), event);
-                if journal {
-                    let (room, op) = (room, JournalOp::Drop(m.id));
-                    out.push(Output::Journal {
-                        room,
-                        op,
-                        ticket: None,
-                    });
-                }
+                acked.push(m.id);
             }
         }
         let event = ServerEvent::Read(MessageRef { id: msg });
         out.emit(Target::Guest(partner), event);
+        for id in acked {
+            self.journal(room, JournalOp::Drop(id), out);
+        }
         Ok(delivered)
     }
 

@@ -581,6 +581,21 @@ impl Sim {
     fn names(&self, id: SessionId) -> Vec<String> {
         self.transcript(id).into_iter().map(|(n, _)| n).collect()
     }
+
+    /// `g` posts `content` (client id `key`); its ack.
+    fn say(&mut self, g: G, key: &str, content: &str) -> Value {
+        let payload = json!({"clientId": key, "content": content});
+        self.ev(g, "chat:message", payload).expect("posted")
+    }
+
+    /// Field `field` of every `event` `id` saw, in order.
+    fn seen_field(&self, id: SessionId, event: &str, field: &str) -> Vec<Value> {
+        self.seen[&id]
+            .iter()
+            .filter(|(n, _)| n == event)
+            .map(|(_, m)| m[field].clone())
+            .collect()
+    }
 }
 
 fn normalize(v: &Value, names: &mut HashMap<String, usize>) -> Value {
@@ -837,43 +852,20 @@ fn what_the_survivor_sent_and_the_dead_home_had_not_delivered_is_not_lost() {
     // Bob (at the home, node 1) is away; Ann (node 0) writes twice: acknowledged as sent by the
     // home, kept there for Bob.
     sim.disconnect(b);
-    let m1 = sim
-        .ev(
-            a,
-            "chat:message",
-            json!({"clientId": "k1", "content": "one"}),
-        )
-        .unwrap();
-    let m2 = sim
-        .ev(
-            a,
-            "chat:message",
-            json!({"clientId": "k2", "content": "two"}),
-        )
-        .unwrap();
+    let m1 = sim.say(a, "k1", "one");
+    let m2 = sim.say(a, "k2", "two");
     sim.kill(1);
     sim.seen.clear();
     // Bob comes back through node 2: node 0 took the room over and kept Ann's two messages.
     let b = sim.connect(b, 2);
-    let got: Vec<Value> = sim.seen[&b.id]
-        .iter()
-        .filter(|(n, _)| n == "chat:message")
-        .map(|(_, m)| m["id"].clone())
-        .collect();
-    assert_eq!(got, [m1["id"].clone(), m2["id"].clone()]);
-    let contents: Vec<Value> = sim.seen[&b.id]
-        .iter()
-        .filter(|(n, _)| n == "chat:message")
-        .map(|(_, m)| m["content"].clone())
-        .collect();
-    assert_eq!(contents, [json!("one"), json!("two")]);
+    let ids = [m1["id"].clone(), m2["id"].clone()];
+    assert_eq!(sim.seen_field(b.id, "chat:message", "id"), ids);
+    assert_eq!(
+        sim.seen_field(b.id, "chat:message", "content"),
+        [json!("one"), json!("two")]
+    );
     // Bob's acks reach the new home: Ann gets both delivered receipts.
-    let delivered = sim.seen[&a.id]
-        .iter()
-        .filter(|(n, _)| n == "chat:message:delivered")
-        .count();
-    assert_eq!(delivered, 2);
-    let _ = b;
+    assert_eq!(sim.seen_field(a.id, "chat:message:delivered", "id"), ids);
 }
 
 #[test]
@@ -885,20 +877,8 @@ fn both_guests_on_a_killed_home_lose_nothing_acknowledged() {
     sim.journal.clear();
     // Bob is away; Ann writes twice: acknowledged as sent, kept at the home and journaled.
     sim.disconnect(b);
-    let m1 = sim
-        .ev(
-            a,
-            "chat:message",
-            json!({"clientId": "k1", "content": "one"}),
-        )
-        .unwrap();
-    let m2 = sim
-        .ev(
-            a,
-            "chat:message",
-            json!({"clientId": "k2", "content": "two"}),
-        )
-        .unwrap();
+    let m1 = sim.say(a, "k1", "one");
+    let m2 = sim.say(a, "k2", "two");
     assert_eq!(sim.journal[&room].len(), 2);
     // The home dies with both guests' sockets: no other node held anything of the chat.
     sim.kill(1);
@@ -907,34 +887,24 @@ fn both_guests_on_a_killed_home_lose_nothing_acknowledged() {
     // through node 2.
     let a = sim.connect(a, 0);
     let b = sim.connect(b, 2);
-    let got: Vec<(Value, Value)> = sim.seen[&b.id]
-        .iter()
-        .filter(|(n, _)| n == "chat:message")
-        .map(|(_, m)| (m["id"].clone(), m["content"].clone()))
-        .collect();
+    let ids = [m1["id"].clone(), m2["id"].clone()];
+    assert_eq!(sim.seen_field(b.id, "chat:message", "id"), ids);
     assert_eq!(
-        got,
-        [
-            (m1["id"].clone(), json!("one")),
-            (m2["id"].clone(), json!("two"))
-        ]
+        sim.seen_field(b.id, "chat:message", "content"),
+        [json!("one"), json!("two")]
     );
     // Bob's acks reach the new home: Ann gets both receipts, and the journal is empty again.
-    let delivered: Vec<Value> = sim.seen[&a.id]
-        .iter()
-        .filter(|(n, _)| n == "chat:message:delivered")
-        .map(|(_, m)| m["id"].clone())
-        .collect();
-    assert_eq!(delivered, [m1["id"].clone(), m2["id"].clone()]);
+    assert_eq!(sim.seen_field(a.id, "chat:message:delivered", "id"), ids);
     assert!(sim.journal.get(&room).is_none_or(HashMap::is_empty));
+    // Bob's read receipt names a message the new home only knows from the journal.
+    assert_eq!(
+        sim.ev(b, "chat:message:read", json!({"id": m2["id"]})),
+        Ok(json!({"ok": true}))
+    );
+    assert!(sim.names(a.id).contains(&"chat:message:read".to_owned()));
     // The chat goes on at its new home, journaled there; its end clears the journal.
     sim.disconnect(b);
-    sim.ev(
-        a,
-        "chat:message",
-        json!({"clientId": "k3", "content": "three"}),
-    )
-    .unwrap();
+    sim.say(a, "k3", "three");
     assert_eq!(sim.journal[&room].len(), 1);
     sim.ev(a, "chat:leave", json!({})).unwrap();
     assert!(!sim.journal.contains_key(&room));

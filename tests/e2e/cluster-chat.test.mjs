@@ -552,6 +552,25 @@ test('Redis stopped mid-chat: a same-node chat goes on, cross-node messages are 
   await expectEvent('F (new cross-node pair)', F.socket, 'chat:message', (m) => m.id === hello.id);
 });
 
+/**
+ * A new socket of `guest` through `node`, once it is back in chat `roomId` (after a home died,
+ * its first tries may still reach the dead home, or a node not done taking the room over).
+ */
+async function backInChat(who, guest, node, roomId) {
+  const back = await until(`${who} back in its chat through ${node.name}`, async () => {
+    const s = await connect(node.url, guest.token, { timeoutMs: WAIT });
+    try {
+      const est = await waitFor(s, 'connection:established', 3000);
+      if (est.state === 'in_chat' && est.room?.roomId === roomId) return s;
+    } catch {
+      // Not yet.
+    }
+    s.close();
+    return null;
+  }, 30_000, 500);
+  return back.value;
+}
+
 /** Kills `node` with `signal` and resolves once its process exited. */
 async function stopNode(node, signal) {
   const exited = new Promise((resolve) => node.proc.once('exit', resolve));
@@ -801,18 +820,12 @@ test('the home node killed while the partner was away: what the survivor sent an
   }
   await stopNode(nodes[1], 'SIGKILL');
   // B comes back through node 3 once node 1 has taken the room over.
-  const b = await until('B back in its chat through node 3', async () => {
-    const s = await connect(nodes[2].url, B.guest.token, { timeoutMs: WAIT });
-    const est = await waitFor(s, 'connection:established', WAIT);
-    if (est.state === 'in_chat' && est.room?.roomId === roomId) return s;
-    s.close();
-    return null;
-  }, 20_000, 500);
+  const b = await backInChat('B', B.guest, nodes[2], roomId);
   for (const m of sent) {
-    await expectEvent(`B gets "${m.id}" that the dead home held`, b.value, 'chat:message', (x) => x.id === m.id);
+    await expectEvent(`B gets "${m.id}" that the dead home held`, b, 'chat:message', (x) => x.id === m.id);
     await expectEvent('A (delivered)', A.socket, 'chat:message:delivered', (x) => x.id === m.id);
   }
-  b.value.close();
+  b.close();
 });
 
 test('the home node killed with both guests on it: what it acknowledged and had not delivered is read from its journal in Redis and delivered after the takeover', { timeout: 90_000 }, async (t) => {
@@ -834,21 +847,9 @@ test('the home node killed with both guests on it: what it acknowledged and had 
   assert.ok(ttl > 23 * 3600_000, `the journal expires in a day: PTTL ${ttl}`);
   await stopNode(nodes[1], 'SIGKILL');
   A.socket.close();
-  /** `guest` back in its chat through `node` (its first tries may reach the dead home). */
-  const back = (who, guest, node) => until(`${who} back in its chat through ${node.name}`, async () => {
-    const s = await connect(node.url, guest.token, { timeoutMs: WAIT });
-    try {
-      const est = await waitFor(s, 'connection:established', 3000);
-      if (est.state === 'in_chat' && est.room?.roomId === roomId) return s;
-    } catch {
-      // Not yet.
-    }
-    s.close();
-    return null;
-  }, 30_000, 500);
   // A returns through node 1, which takes the room over and reads its journal; B through node 3.
-  const a = (await back('A', A.guest, nodes[0])).value;
-  const b = (await back('B', B.guest, nodes[2])).value;
+  const a = await backInChat('A', A.guest, nodes[0], roomId);
+  const b = await backInChat('B', B.guest, nodes[2], roomId);
   for (const m of sent) {
     const got = await expectEvent(`B gets "${m.content}" that the dead home had acknowledged`, b, 'chat:message', (x) => x.id === m.id);
     assert.equal(got.content, m.content);
