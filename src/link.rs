@@ -243,7 +243,7 @@ pub async fn journal_writer(mut rx: mpsc::Receiver<JournalJob>, cluster: Cluster
         }
         let now = std::time::Instant::now();
         let tickets: Vec<u64> = batch.iter().filter_map(|j| j.ticket).collect();
-        let mut writes = plan.take(std::mem::take(&mut batch), now);
+        let mut writes = plan.take(&mut batch, now);
         if !open || plan.due_at().is_some_and(|t| t <= now) || plan.pending_len() >= JOURNAL_BATCH {
             writes.extend(plan.flush());
         }
@@ -305,7 +305,8 @@ type JournalWrite = (tandem_signaling::RoomId, tandem_signaling::JournalOp, bool
 impl JournalPlan {
     /// Takes a batch: the entries to write now; its removals join the pending ones, except
     /// those of entries in the same batch, which are never written at all.
-    fn take(&mut self, batch: Vec<JournalJob>, now: std::time::Instant) -> Vec<JournalWrite> {
+    /// (`batch` is left empty, its room kept for the next one.)
+    fn take(&mut self, batch: &mut Vec<JournalJob>, now: std::time::Instant) -> Vec<JournalWrite> {
         use std::collections::HashSet;
         use tandem_signaling::JournalOp;
         let removed: HashSet<_> = batch
@@ -318,7 +319,7 @@ impl JournalPlan {
             .collect();
         let mut unwritten = HashSet::new();
         let mut writes = Vec::new();
-        for job in batch {
+        for job in batch.drain(..) {
             match job.op {
                 JournalOp::Keep(k) => {
                     let id = k.message.id;
@@ -723,7 +724,7 @@ mod tests {
                 .collect()
         };
         let writes = plan.take(
-            vec![
+            &mut vec![
                 drop(1, 9),  // an entry of an earlier batch: removed later
                 keep(1, 10), // acknowledged in this batch: never written
                 keep(1, 11), // written now, with the key's expiry (first of its room)
@@ -742,7 +743,7 @@ mod tests {
         assert_eq!(plan.due_at(), Some(t0 + JOURNAL_LAZY));
         // A later batch: a removal of room 3's entry, and room 1's chat ends (its pending
         // removal is moot).
-        let writes = plan.take(vec![drop(3, 30), op(1, JournalOp::Clear)], t0);
+        let writes = plan.take(&mut vec![drop(3, 30), op(1, JournalOp::Clear)], t0);
         assert!(writes.is_empty());
         assert_eq!(
             shape(&plan.flush()),
@@ -751,7 +752,7 @@ mod tests {
         assert_eq!(plan.due_at(), None);
         // Room 3's expiry is set again an hour later; room 1's at its next entry.
         let later = t0 + JOURNAL_TTL_EVERY;
-        let writes = plan.take(vec![keep(3, 32), keep(1, 12)], later);
+        let writes = plan.take(&mut vec![keep(3, 32), keep(1, 12)], later);
         assert_eq!(shape(&writes), [(3, "keep", true), (1, "keep", true)]);
     }
 }

@@ -588,6 +588,15 @@ impl Sim {
         self.ev(g, "chat:message", payload).expect("posted")
     }
 
+    /// `id` got "one" and "two", with these ids, in order, once each.
+    fn assert_got_one_two(&self, id: SessionId, ids: &[Value; 2]) {
+        assert_eq!(&self.seen_field(id, "chat:message", "id"), ids);
+        assert_eq!(
+            self.seen_field(id, "chat:message", "content"),
+            [json!("one"), json!("two")]
+        );
+    }
+
     /// Field `field` of every `event` `id` saw, in order.
     fn seen_field(&self, id: SessionId, event: &str, field: &str) -> Vec<Value> {
         self.seen[&id]
@@ -859,11 +868,7 @@ fn what_the_survivor_sent_and_the_dead_home_had_not_delivered_is_not_lost() {
     // Bob comes back through node 2: node 0 took the room over and kept Ann's two messages.
     let b = sim.connect(b, 2);
     let ids = [m1["id"].clone(), m2["id"].clone()];
-    assert_eq!(sim.seen_field(b.id, "chat:message", "id"), ids);
-    assert_eq!(
-        sim.seen_field(b.id, "chat:message", "content"),
-        [json!("one"), json!("two")]
-    );
+    sim.assert_got_one_two(b.id, &ids);
     // Bob's acks reach the new home: Ann gets both delivered receipts.
     assert_eq!(sim.seen_field(a.id, "chat:message:delivered", "id"), ids);
 }
@@ -888,11 +893,7 @@ fn both_guests_on_a_killed_home_lose_nothing_acknowledged() {
     let a = sim.connect(a, 0);
     let b = sim.connect(b, 2);
     let ids = [m1["id"].clone(), m2["id"].clone()];
-    assert_eq!(sim.seen_field(b.id, "chat:message", "id"), ids);
-    assert_eq!(
-        sim.seen_field(b.id, "chat:message", "content"),
-        [json!("one"), json!("two")]
-    );
+    sim.assert_got_one_two(b.id, &ids);
     // Bob's acks reach the new home: Ann gets both receipts, and the journal is empty again.
     assert_eq!(sim.seen_field(a.id, "chat:message:delivered", "id"), ids);
     assert!(sim.journal.get(&room).is_none_or(HashMap::is_empty));
